@@ -46,7 +46,7 @@ def density(mask: Mapping[str, torch.Tensor]) -> float:
 
 
 def layer_densities(mask: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    return {name: float(m.float().mean()) for name, m in mask.items()}
+    return {name: int(m.sum()) / m.numel() for name, m in mask.items()}
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ Arguments are what a ticket's manifest records, so they must stay plain JSON val
 """
 
 import inspect
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,7 +25,7 @@ class MLP(nn.Module):
     def __init__(self, in_features: int, hidden: Sequence[int], num_classes: int) -> None:
         super().__init__()
         widths = [in_features, *hidden, num_classes]
-        for index, (fan_in, fan_out) in enumerate(zip(widths, widths[1:], strict=False), start=1):
+        for index, (fan_in, fan_out) in enumerate(itertools.pairwise(widths), start=1):
             self.add_module(f"fc{index}", nn.Linear(fan_in, fan_out))
         self.depth = len(widths) - 1
 
@@ -37,7 +38,9 @@ class MLP(nn.Module):
         return x  # [batch, num_classes] logits
 
 
-def heart_mlp(in_features: int, hidden: Sequence[int] = (64, 32), num_classes: int = 2) -> nn.Module:
+def heart_mlp(
+    in_features: int, hidden: Sequence[int] = (64, 32), num_classes: int = 2
+) -> nn.Module:
     """Clinical readings (one row of encoded heart-uci features) -> disease / no disease."""
     return MLP(in_features, hidden, num_classes)
 
@@ -76,4 +79,6 @@ def build_model(name: str, args: Mapping[str, Any], seed: int) -> nn.Module:
         try:
             return factory(**args)
         except (TypeError, ValueError, RuntimeError) as error:
-            raise ModelArgumentError(f"model {name!r} cannot be built from {dict(args)}: {error}") from error
+            raise ModelArgumentError(
+                f"model {name!r} cannot be built from {dict(args)}: {error}"
+            ) from error

@@ -1,0 +1,265 @@
+"""`ticket inspect`: what a ticket holds, how it was found, and who signed it."""
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploy.cmd_keys import read_public_key
+from ticket import crypto
+from ticket.bundle import FORMAT_VERSION, Ticket, read_ticket
+
+INSPECT_SCHEMA = "ticketfleet.inspect.v1"  # docs/ticket-format.md; bump on any breaking change
+_MAX_DENSE_NAMES = 4
+_MAX_INLINE_CHARS = 60
+
+
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    parser = subparsers.add_parser(
+        "inspect",
+        help="show a ticket's model, data, method, density, metrics and signatures",
+        description="Check the ticket's integrity and describe it. Without --key, signatures "
+        "are listed but not checked against a trusted key; with --key, one of the given keys "
+        "must have signed it.",
+    )
+    parser.add_argument("file", type=Path, metavar="FILE", help="the .ticket file")
+    parser.add_argument("--json", action="store_true", help=f"print JSON (schema {INSPECT_SCHEMA})")
+    parser.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="PUB",
+        help="require a signature by this public key; repeat to trust several",
+    )
+    parser.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="with --key: also accept a ticket that none of the keys signed",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    keys = [read_public_key(path) for path in args.key]
+    ticket = read_ticket(
+        args.file, trusted_keys=keys, allow_unsigned=args.allow_unsigned or not keys
+    )
+    trusted = {crypto.key_id(pem) for pem in keys} if keys else None
+    if args.json:
+        print(json.dumps(inspect_document(ticket, trusted), indent=2, sort_keys=True))
+    else:
+        # Manifest strings come from the file: never let them drive the terminal.
+        print("\n".join(_printable(line) for line in report_lines(ticket, trusted)))
+    return 0
+
+
+def inspect_document(ticket: Ticket, trusted: set[str] | None) -> dict[str, Any]:
+    """The `--json` output; `trusted` is None when no key was given (nothing was checked)."""
+    kept, total = _counts(ticket)
+    return {
+        "schema": INSPECT_SCHEMA,
+        "content_id": ticket.content_id,
+        "format_version": FORMAT_VERSION,
+        "signatures": [
+            {"key_id": s.key_id, "trusted": None if trusted is None else s.key_id in trusted}
+            for s in ticket.signatures
+        ],
+        "kept_weights": kept,
+        "total_weights": total,
+        "manifest": dict(ticket.manifest),
+    }
+
+
+def report_lines(ticket: Ticket, trusted: set[str] | None) -> list[str]:
+    """The human-readable report, one line per item."""
+    manifest = ticket.manifest
+    model, data, method = manifest["model"], manifest["data"], manifest["method"]
+    kept, total = _counts(ticket)
+    lines = [
+        f"ticket    {ticket.content_id}  (format {FORMAT_VERSION})",
+        f"model     {model['name']}  {_inline(model['args'])}".rstrip(),
+        f"data      {data['name']}  {_inline(data, skip={'name'})}".rstrip(),
+        f"method    {_method(method, manifest['rewind_step'])}",
+    ]
+    if isinstance(method.get("train"), dict):
+        lines.append(f"training  {_inline(method['train'])}")
+    lines += [
+        f"density   {_percent(manifest['density']['overall'])}  "
+        f"({kept:,} of {total:,} prunable weights kept)",
+        *_dense_line(ticket),
+        f"created   {manifest['created_at']}",
+        f"parent    {manifest['parent'] or 'none'}",
+        "",
+        *_layer_table(ticket),
+        *_metrics_section(manifest["metrics"]),
+        "",
+        "signatures",
+        *_signature_lines(ticket, trusted),
+    ]
+    return lines
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _method(method: Mapping[str, Any], rewind_step: int) -> str:
+    rate = method.get("rate", _get(method, "rates", "rate"))
+    output_rate = _get(method, "rates", "output_rate")
+    parts = [method["name"]]
+    scope = method.get("scope", method.get("pruner"))
+    if scope is not None:
+        parts.append(str(scope))
+    if rate is not None:
+        parts.append(f"rate {rate}" + (f" (output layer {output_rate})" if output_rate else ""))
+    if "target_density" in method:
+        parts.append(f"target density {method['target_density']}")
+    parts.append(f"rewind step {rewind_step}")
+    return ", ".join(parts)
+
+
+def _dense_line(ticket: Ticket) -> list[str]:
+    dense = [name for name in ticket.weights if name not in ticket.masks]
+    if not dense:
+        return []
+    values = sum(ticket.weights[name].size for name in dense)
+    names = ", ".join(dense[:_MAX_DENSE_NAMES]) + (", ..." if len(dense) > _MAX_DENSE_NAMES else "")
+    return [f"dense     {values:,} values in {len(dense)} unpruned parameters ({names})"]
+
+
+def _layer_table(ticket: Ticket) -> list[str]:
+    rows = [
+        [
+            name,
+            "x".join(str(n) for n in mask.shape),
+            f"{int(np.count_nonzero(mask)):,}",
+            f"{mask.size:,}",
+            _percent(np.count_nonzero(mask) / mask.size if mask.size else 1.0),
+        ]
+        for name, mask in ticket.masks.items()
+    ]
+    return _table(["layer", "shape", "kept", "total", "density"], rows, numeric_from=2)
+
+
+def _metrics_section(metrics: Mapping[str, Any]) -> list[str]:
+    levels = metrics.get("levels")
+    if isinstance(levels, list) and levels and all(isinstance(row, dict) for row in levels):
+        return ["", "metrics by pruning level", *_levels_table(levels)]
+    shown = [f"  {key}  {text}" for key, value in metrics.items() if (text := _short(value))]
+    return ["", "metrics" if shown else "metrics   none", *shown]
+
+
+def _levels_table(levels: Sequence[Mapping[str, Any]]) -> list[str]:
+    # A level holds its metrics flat or under "ticket" (what `ticket find` writes), and may
+    # carry the paper's controls under "controls" (shown by their accuracy). Any other shape
+    # shows as "-": a signed manifest may hold anything beyond the required keys.
+    found = [row["ticket"] if isinstance(row.get("ticket"), dict) else row for row in levels]
+    has_auc = any(_get(metrics, "auc") is not None for metrics in found)
+    columns = ["accuracy", *(["auc"] if has_auc else []), "loss"]
+    controls = sorted(
+        {c for row in levels if isinstance(row.get("controls"), dict) for c in row["controls"]}
+    )
+    headers = ["level", "density", *columns, *(f"{c} acc" for c in controls)]
+    rows = [
+        [
+            _number(row.get("level", index)),
+            _percent(row.get("density")),
+            *(_number(_get(metrics, key)) for key in columns),
+            *(_number(_get(row, "controls", c, "accuracy")) for c in controls),
+        ]
+        for index, (row, metrics) in enumerate(zip(levels, found, strict=True))
+    ]
+    return _table(headers, rows, numeric_from=0)
+
+
+def _signature_lines(ticket: Ticket, trusted: set[str] | None) -> list[str]:
+    if not ticket.signatures:
+        return ["  unsigned"]
+    lines = []
+    for signature in ticket.signatures:
+        if trusted is None:
+            status = "not checked against a trusted key"
+        elif signature.key_id in trusted:
+            status = "verified, trusted key"
+        else:
+            status = "not a trusted key, not checked"
+        lines.append(f"  signed by {signature.key_id} ({status})")
+    return lines
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def _counts(ticket: Ticket) -> tuple[int, int]:
+    """(kept, total) over the prunable weights; dense parameters are not counted."""
+    kept = sum(int(np.count_nonzero(mask)) for mask in ticket.masks.values())
+    return kept, sum(mask.size for mask in ticket.masks.values())
+
+
+def _table(headers: list[str], rows: list[list[str]], *, numeric_from: int) -> list[str]:
+    """Columns padded to width; columns from `numeric_from` on are right-aligned."""
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        padded = [
+            cell.rjust(width) if index >= numeric_from else cell.ljust(width)
+            for index, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(padded).rstrip()
+
+    return [line(headers), *(line(row) for row in rows)]
+
+
+def _inline(values: Mapping[str, Any], *, skip: set[str] | None = None) -> str:
+    """`key=value` pairs for the short values; deeper structure and long values are left out."""
+    parts = []
+    for key in sorted(values):
+        if skip and key in skip:
+            continue
+        text = _short(values[key])
+        if text is not None and len(text) <= _MAX_INLINE_CHARS:
+            parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def _short(value: Any) -> str | None:
+    """A scalar, a list of scalars or an object of scalars as compact text; None otherwise."""
+    if isinstance(value, list) and all(_is_scalar(v) for v in value):
+        return "[" + ",".join(_scalar(v) for v in value) + "]"
+    if isinstance(value, dict) and all(_is_scalar(v) for v in value.values()):
+        return ",".join(f"{k}:{_scalar(v)}" for k, v in value.items())
+    return _scalar(value) if _is_scalar(value) else None
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def _scalar(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _get(value: Any, *keys: str) -> Any:
+    """`value[k1][k2]...`, or None where a step is missing or not an object."""
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _printable(line: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
+
+
+def _percent(value: Any) -> str:
+    return f"{100 * value:.2f}%" if isinstance(value, int | float) else "-"
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-" if value is None else str(value)
+    return str(value) if isinstance(value, int) else f"{value:.4f}"

@@ -1,0 +1,111 @@
+"""What a finished search produces besides the ticket: its manifest, a JSON report and a plot."""
+
+import io
+import json
+from collections.abc import Mapping
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from deploy.find_runner import LevelRecord, SearchOutcome
+from ticket import __version__
+from ticket.atomic import atomic_write_bytes, atomic_write_text
+from ticket.masks import density, kept_count, layer_densities, total_count
+
+REPORT_SCHEMA = "ticketfleet.find-report.v1"
+CURVE_LABELS = {
+    "ticket": "winning ticket (IMP, rewound)",
+    "reinit": "random reinit",
+    "random": "random pruning",
+}
+
+
+def build_manifest(
+    outcome: SearchOutcome, *, created_at: datetime, parent: str | None
+) -> dict[str, Any]:
+    """The ticket manifest (format version 1): what it is, how and on what it was found."""
+    spec = outcome.spec
+    final = outcome.levels[-1]
+    return {
+        "format_version": 1,
+        "model": {"name": spec.model, "args": outcome.model_args},
+        "data": outcome.dataset.describe(),
+        "method": {
+            "name": spec.method,
+            "pruner": spec.pruner,
+            "rates": {
+                "rate": spec.rates.rate,
+                "output_rate": spec.rates.output_rate,
+                "layer_rates": dict(spec.rates.layer_rates),
+            },
+            "target_density": spec.target_density,
+            "seed": spec.seed,
+            "train": asdict(spec.train),
+            "controls": list(spec.controls),
+            "search_fingerprint": spec.fingerprint(),
+        },
+        "rewind_step": spec.rewind_step,
+        "density": {"overall": density(outcome.mask), "layers": layer_densities(outcome.mask)},
+        "metrics": {"final": final.ticket, "levels": [level.as_dict() for level in outcome.levels]},
+        "parent": parent,
+        "created_at": created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "tool": {"name": "ticketfleet", "version": __version__},
+    }
+
+
+def build_report(
+    outcome: SearchOutcome, *, ticket_path: Path, content_id: str, plot_path: Path | None
+) -> dict[str, Any]:
+    return {
+        "schema": REPORT_SCHEMA,
+        "ticket": str(ticket_path),
+        "content_id": content_id,
+        "plot": None if plot_path is None else str(plot_path),
+        "spec": outcome.spec.as_dict(),
+        "kept_weights": kept_count(outcome.mask),
+        "total_weights": total_count(outcome.mask),
+        "levels": [level.as_dict() for level in outcome.levels],
+    }
+
+
+def write_json(path: Path, document: Mapping[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
+def plot_levels(path: Path, levels: list[LevelRecord], *, title: str) -> None:
+    """Test accuracy (and ROC-AUC when present) against % of weights remaining, log x axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    panels = ["accuracy"] + (["auc"] if levels[0].ticket.get("auc") is not None else [])
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    remaining = [100 * level.density for level in levels]
+    for axis, metric in zip(axes[0], panels, strict=True):
+        for curve, label in CURVE_LABELS.items():
+            values = [_curve_value(level, curve, metric) for level in levels]
+            points = [(x, y) for x, y in zip(remaining, values, strict=True) if y is not None]
+            if len(points) > 1:
+                axis.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label)
+        axis.set_xscale("log")
+        axis.invert_xaxis()  # read left to right as pruning proceeds
+        axis.set_xlabel("weights remaining (%)")
+        axis.set_ylabel("test ROC-AUC" if metric == "auc" else "test accuracy")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _curve_value(level: LevelRecord, curve: str, metric: str) -> float | None:
+    metrics = level.ticket if curve == "ticket" else level.controls.get(curve)
+    if metrics is None:
+        return None
+    value = metrics.get(metric)
+    return None if value is None else float(value)

@@ -1,0 +1,222 @@
+"""`ticket inspect`: the human report, the stable JSON schema, and the trust options."""
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploy.cli import main
+from deploy.exit_codes import ExitCode
+from ticket import crypto
+from ticket.bundle import build_ticket, read_ticket, write_ticket
+
+GOLDEN = Path(__file__).resolve().parents[1] / "ticket" / "golden"
+SIGNER_PUB = str(GOLDEN / "test-signer.pub")
+GOLDEN_CONTENT_ID = "e967cb47ca54b2a4fc5ff6ec3f3a5fac64be0116c5e04bdd1aa86d6073c9626c"
+GOLDEN_SIGNER_ID = "d30fe813d618ee97"
+
+GOLDEN_REPORT = f"""\
+ticket    {GOLDEN_CONTENT_ID}  (format 1)
+model     heart-mlp  hidden=[3] in_features=4 num_classes=2
+data      heart-uci  sites=[Cleveland]
+method    imp, magnitude-layerwise, rate 0.2, rewind step 0
+density   44.44%  (8 of 18 prunable weights kept)
+dense     5 values in 2 unpruned parameters (fc1.bias, fc2.bias)
+created   2025-01-31T12:00:00Z
+parent    none
+
+layer       shape  kept  total  density
+fc1.weight  3x4       6     12   50.00%
+fc2.weight  2x3       2      6   33.33%
+
+metrics by pruning level
+level  density  accuracy     auc    loss  random acc
+    0  100.00%    0.7500  0.8125  0.5000      0.7500
+    1   44.44%    0.8125  0.8750  0.4375      0.6250
+
+signatures
+  signed by {GOLDEN_SIGNER_ID} (not checked against a trusted key)
+"""
+
+
+@pytest.fixture
+def signed(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.ticket"
+    shutil.copyfile(GOLDEN / "tiny.ticket", path)
+    return path
+
+
+def _rewrite(path: Path, **manifest_changes: Any) -> Path:
+    """An unsigned copy of the golden ticket with some manifest keys replaced."""
+    golden = read_ticket(GOLDEN / "tiny.ticket", allow_unsigned=True)
+    manifest = {**golden.manifest, **manifest_changes}
+    write_ticket(path, build_ticket(manifest, golden.masks, golden.weights))
+    return path
+
+
+@pytest.fixture
+def unsigned(tmp_path: Path) -> Path:
+    path = tmp_path / "unsigned.ticket"
+    golden = read_ticket(GOLDEN / "tiny.ticket", allow_unsigned=True)
+    write_ticket(path, replace(golden, signatures=()))
+    return path
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_human_report_of_the_golden_ticket(
+    signed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(capsys, "inspect", str(signed)) == (0, GOLDEN_REPORT, "")
+
+
+def test_report_marks_trusted_signatures(signed: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "inspect", str(signed), "--key", SIGNER_PUB)
+
+    assert code == ExitCode.OK
+    assert out.endswith(f"  signed by {GOLDEN_SIGNER_ID} (verified, trusted key)\n")
+
+
+def test_report_of_an_unsigned_ticket(unsigned: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "inspect", str(unsigned))
+
+    assert code == ExitCode.OK
+    assert out.endswith("signatures\n  unsigned\n")
+
+
+def test_json_follows_the_documented_schema(
+    signed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = _run(capsys, "inspect", "--json", str(signed))
+    document = json.loads(out)
+
+    assert code == ExitCode.OK
+    assert document == {
+        "schema": "ticketfleet.inspect.v1",
+        "content_id": GOLDEN_CONTENT_ID,
+        "format_version": 1,
+        "signatures": [{"key_id": GOLDEN_SIGNER_ID, "trusted": None}],
+        "kept_weights": 8,
+        "total_weights": 18,
+        "manifest": dict(read_ticket(signed, allow_unsigned=True).manifest),
+    }
+
+
+def test_json_with_keys_says_which_signatures_are_trusted(
+    signed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    private, public = crypto.generate_signing_key()
+    (tmp_path / "other.key").write_bytes(private)
+    (tmp_path / "other.pub").write_bytes(public)
+    assert main(["sign", str(signed), "--key", str(tmp_path / "other.key")]) == 0
+    capsys.readouterr()
+
+    code, out, _ = _run(capsys, "inspect", "--json", str(signed), "--key", SIGNER_PUB)
+
+    trusted = {s["key_id"]: s["trusted"] for s in json.loads(out)["signatures"]}
+    assert code == ExitCode.OK
+    assert trusted == {GOLDEN_SIGNER_ID: True, crypto.key_id(public): False}
+
+
+def test_inspect_with_an_untrusted_key_fails(
+    signed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "other.pub").write_bytes(crypto.generate_signing_key()[1])
+
+    code, out, err = _run(capsys, "inspect", str(signed), "--key", str(tmp_path / "other.pub"))
+
+    assert (code, out) == (ExitCode.INTEGRITY, "")
+    assert "which is not trusted" in err
+
+
+def test_inspect_with_a_key_refuses_unsigned_unless_allowed(
+    unsigned: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    refused, _, err = _run(capsys, "inspect", str(unsigned), "--key", SIGNER_PUB)
+    allowed, out, _ = _run(
+        capsys, "inspect", str(unsigned), "--key", SIGNER_PUB, "--allow-unsigned"
+    )
+
+    assert refused == ExitCode.UNSIGNED
+    assert "not signed" in err
+    assert allowed == ExitCode.OK
+    assert "unsigned" in out
+
+
+def test_inspect_checks_integrity_without_keys(
+    signed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = bytearray(signed.read_bytes())
+    data[300] ^= 0x04
+    signed.write_bytes(bytes(data))
+
+    code, out, err = _run(capsys, "inspect", str(signed))
+
+    assert (code, out) == (ExitCode.INTEGRITY, "")
+    assert "ticket inspect: error: ticket file is corrupt or was modified" in err
+
+
+def test_report_copes_with_a_minimal_manifest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _rewrite(
+        tmp_path / "minimal.ticket",
+        method={"name": "oneshot"},
+        data={"name": "mnist", "nested": {"deep": {"x": 1}}},
+        metrics={},
+        parent="ab" * 32,
+    )
+
+    code, out, _ = _run(capsys, "inspect", str(path))
+
+    assert code == ExitCode.OK
+    assert "method    oneshot, rewind step 0\n" in out
+    assert "data      mnist\n" in out
+    assert "metrics   none\n" in out
+    assert f"parent    {'ab' * 32}\n" in out
+
+
+def test_report_shows_flat_level_metrics_and_scalar_metrics(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flat = _rewrite(
+        tmp_path / "flat.ticket",
+        metrics={"levels": [{"level": 0, "density": 1.0, "accuracy": 0.5, "loss": 1}, {"odd": []}]},
+    )
+    scalars = _rewrite(
+        tmp_path / "scalars.ticket", metrics={"accuracy": 0.9, "per_site": {"a": [1]}}
+    )
+
+    _, flat_out, _ = _run(capsys, "inspect", str(flat))
+    _, scalar_out, _ = _run(capsys, "inspect", str(scalars))
+
+    assert (
+        "\n".join(
+            [
+                "level  density  accuracy  loss",
+                "    0  100.00%    0.5000     1",
+                "    1        -         -     -",
+            ]
+        )
+        in flat_out
+    )
+    assert "metrics\n  accuracy  0.9\n\n" in scalar_out
+
+
+def test_report_escapes_control_characters_from_the_manifest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _rewrite(tmp_path / "escape.ticket", data={"name": "heart\x1b[2J\x07uci"})
+
+    code, out, _ = _run(capsys, "inspect", str(path))
+
+    assert code == ExitCode.OK
+    assert "\x1b" not in out
+    assert "data      heart\\x1b[2J\\x07uci\n" in out

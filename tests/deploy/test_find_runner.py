@@ -1,0 +1,120 @@
+"""The resumable search: levels, determinism, resume without recomputation, workdir safety."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from deploy import find_runner
+from deploy.find_runner import SearchRunner, WorkdirMismatchError
+from ticket.errors import TicketError
+from ticket.lottery import SearchSpec, initial_weights
+from ticket.masks import density
+from ticket.train import TrainConfig
+
+SMALL = {"hidden": [16, 8]}
+
+
+def _spec(**changes: Any) -> SearchSpec:
+    base: dict[str, Any] = {
+        "model": "heart-mlp",
+        "data": "heart-uci",
+        "sites": ("Cleveland",),
+        "target_density": 0.3,
+        "model_args": SMALL,
+        "train": TrainConfig(epochs=2, batch_size=32, lr=1e-2),
+    }
+    return SearchSpec(**{**base, **changes})
+
+
+def _count_training(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = find_runner.train_level
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(find_runner, "train_level", counting)
+    return calls
+
+
+def test_search_prunes_level_by_level_down_to_the_target(tmp_path: Path) -> None:
+    outcome = SearchRunner(_spec(), tmp_path / "work", progress=False).run()
+    densities = [level.density for level in outcome.levels]
+    assert densities[0] == 1.0
+    assert densities == sorted(densities, reverse=True)
+    assert abs(density(outcome.mask) - 0.3) < 0.01
+    assert len(outcome.levels) == 7  # 0.8^5 = 0.33 > 0.3, so level 6 lands on the target
+    for level in outcome.levels[1:]:
+        assert set(level.controls) == {"reinit", "random"}
+        assert 0.0 <= level.ticket["accuracy"] <= 1.0
+
+
+def test_the_rewound_weights_are_the_initialisation_at_step_zero(tmp_path: Path) -> None:
+    outcome = SearchRunner(_spec(controls=()), tmp_path / "work", progress=False).run()
+    init = initial_weights(outcome.spec, outcome.model_args)
+    assert all(torch.equal(outcome.rewind[name], init[name]) for name in init)
+
+
+def test_rewind_step_k_captures_weights_after_k_iterations(tmp_path: Path) -> None:
+    outcome = SearchRunner(
+        _spec(controls=(), rewind_step=3), tmp_path / "work", progress=False
+    ).run()
+    init = initial_weights(outcome.spec, outcome.model_args)
+    assert not torch.equal(outcome.rewind["fc1.weight"], init["fc1.weight"])
+
+
+def test_rewind_step_past_the_end_of_training_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(TicketError, match="past the end of training"):
+        SearchRunner(_spec(rewind_step=10_000), tmp_path / "work", progress=False).run()
+
+
+def test_same_spec_gives_identical_tickets(tmp_path: Path) -> None:
+    first = SearchRunner(_spec(controls=()), tmp_path / "a", progress=False).run()
+    second = SearchRunner(_spec(controls=()), tmp_path / "b", progress=False).run()
+    assert all(torch.equal(first.mask[n], second.mask[n]) for n in first.mask)
+    assert [lv.ticket for lv in first.levels] == [lv.ticket for lv in second.levels]
+
+
+def test_resume_recomputes_only_what_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workdir = tmp_path / "work"
+    finished = SearchRunner(_spec(), workdir, progress=False).run()
+    (workdir / "level-006.tensors").unlink()
+    (workdir / "level-006.random.json").unlink()
+    (workdir / "level-003.reinit.json").unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in workdir.iterdir()}
+
+    calls = _count_training(monkeypatch)
+    resumed = SearchRunner(_spec(), workdir, progress=False).run()
+
+    assert len(calls) == 3  # level 6's ticket and random control, level 3's reinit control
+    after = {p.name: p.stat().st_mtime_ns for p in workdir.iterdir()}
+    assert {name: after[name] for name in before} == before  # nothing finished was rewritten
+    assert [lv.as_dict() for lv in resumed.levels] == [lv.as_dict() for lv in finished.levels]
+
+
+def test_a_finished_search_trains_nothing_when_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    SearchRunner(_spec(), tmp_path / "work", progress=False).run()
+    calls = _count_training(monkeypatch)
+    SearchRunner(_spec(), tmp_path / "work", progress=False).run()
+    assert calls == []
+
+
+def test_a_workdir_of_another_search_is_refused_naming_what_differs(tmp_path: Path) -> None:
+    SearchRunner(_spec(controls=()), tmp_path / "work", progress=False).run()
+    with pytest.raises(WorkdirMismatchError, match=r"seed.*use another --workdir"):
+        SearchRunner(_spec(controls=(), seed=1), tmp_path / "work", progress=False).run()
+
+
+def test_global_scope_and_oneshot_method_run(tmp_path: Path) -> None:
+    oneshot = SearchRunner(
+        _spec(method="oneshot", pruner="magnitude-global"), tmp_path / "one", progress=False
+    ).run()
+    assert len(oneshot.levels) == 2
+    assert abs(oneshot.levels[-1].density - 0.3) < 0.01

@@ -1,0 +1,40 @@
+"""Atomic file writes: a reader sees the old file or the new one, never a torn mixture."""
+
+import os
+from pathlib import Path
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
+    """Write to a temporary file beside `path`, fsync it, then rename it over `path`.
+
+    `mode` (e.g. 0o600 for a private key) is applied before any byte is written.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    temporary.unlink(missing_ok=True)  # a leftover from a crash must not keep its old mode
+    descriptor = os.open(temporary, flags, 0o666 if mode is None else mode)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def atomic_write_text(path: Path, text: str, *, mode: int | None = None) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The rename is durable only once the directory entry is on disk (matters after kill -9
+    # followed by power loss; harmless otherwise).
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
