@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from deploy.find_report import style_density_axis
+
 RESULTS = Path(__file__).resolve().parent / "results"
 CURVES = ("ticket", "reinit", "random")
 
@@ -124,7 +126,6 @@ def plot(path: Path, title: str, rows: list[dict[str, Any]]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
 
     metrics = ["accuracy"] + (["auc"] if "ticket_auc_mean" in rows[0] else [])
     figure, axes = plt.subplots(1, len(metrics), figsize=(6.5 * len(metrics), 4.5), squeeze=False)
@@ -140,14 +141,8 @@ def plot(path: Path, title: str, rows: list[dict[str, Any]]) -> None:
                 [m + s for m, s in zip(mean, std, strict=True)],
                 alpha=0.2,
             )
-        axis.set_xscale("log")
-        axis.invert_xaxis()
-        axis.set_xticks([100, 51.3, 26.3, 13.5, 7.0, 3.6])
-        axis.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        axis.set_xlabel("weights remaining (%)")
         axis.set_ylabel(f"test {metric} (%)")
-        axis.grid(True, which="both", alpha=0.3)
-        axis.legend()
+        style_density_axis(axis, x)
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)

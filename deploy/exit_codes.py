@@ -31,8 +31,8 @@ HELP: dict[ExitCode, str] = {
     ExitCode.BAD_TICKET: "the ticket file cannot be used with this version or this model",
     ExitCode.INTEGRITY: "the ticket was modified after it was written, or is signed by a key "
     "you do not trust; get a fresh copy from its publisher",
-    ExitCode.UNSIGNED: "sign it with `ticket sign FILE --key KEY`, or pass --allow-unsigned "
-    "if you trust where it came from",
+    ExitCode.UNSIGNED: "sign it with `ticket sign FILE --key KEY`; `ticket inspect` also "
+    "takes --allow-unsigned if you trust where the file came from",
 }
 
 

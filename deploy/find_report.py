@@ -89,18 +89,29 @@ def plot_levels(path: Path, levels: list[LevelRecord], *, title: str) -> None:
             points = [(x, y) for x, y in zip(remaining, values, strict=True) if y is not None]
             if len(points) > 1:
                 axis.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label)
-        axis.set_xscale("log")
-        axis.invert_xaxis()  # read left to right as pruning proceeds
-        axis.set_xlabel("weights remaining (%)")
+        style_density_axis(axis, remaining)
         axis.set_ylabel("test ROC-AUC" if metric == "auc" else "test accuracy")
-        axis.grid(True, which="both", alpha=0.3)
-        axis.legend()
     figure.suptitle(title)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
     plt.close(figure)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def style_density_axis(axis: Any, remaining_pct: list[float]) -> None:
+    """Log x axis of % weights remaining, read left to right as pruning proceeds."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axis.set_xscale("log")
+    axis.invert_xaxis()
+    # Label every other level: log-scale default ticks would show only 10 and 100.
+    axis.set_xticks(remaining_pct[::2])
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
+    axis.xaxis.set_minor_formatter(NullFormatter())
+    axis.set_xlabel("weights remaining (%)")
+    axis.grid(True, which="major", alpha=0.3)
+    axis.legend()
 
 
 def _curve_value(level: LevelRecord, curve: str, metric: str) -> float | None:

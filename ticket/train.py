@@ -69,17 +69,24 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
 
 
 @torch.no_grad()
-def _mask_gradients_and_state(
+def _mask_gradients(params: Mapping[str, nn.Parameter], mask: Mapping[str, torch.Tensor]) -> None:
+    for name, keep in mask.items():
+        grad = params[name].grad
+        if grad is not None:
+            grad.mul_(keep)
+
+
+@torch.no_grad()
+def _mask_optimizer_state(
     params: Mapping[str, nn.Parameter],
     mask: Mapping[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
 ) -> None:
-    # Masking only the forward pass would let momentum and Adam's moments move pruned weights
-    # off zero; masking grads, state and weights keeps them exactly zero.
+    # Masking only the forward pass would let momentum and Adam's moments carry pruned weights
+    # off zero (e.g. an optimiser whose state predates the mask); masked gradients, state and
+    # weights keep them exactly zero.
     for name, keep in mask.items():
         param = params[name]
-        if param.grad is not None:
-            param.grad.mul_(keep)
         for value in optimizer.state.get(param, {}).values():
             if isinstance(value, torch.Tensor) and value.shape == param.shape:
                 value.mul_(keep)
@@ -124,9 +131,9 @@ def train_masked(
             optimizer.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
             loss.backward()  # type: ignore[no-untyped-call]  # torch stubs leave it untyped
-            _mask_gradients_and_state(params, bool_mask, optimizer)
+            _mask_gradients(params, bool_mask)
             optimizer.step()
-            _mask_gradients_and_state(params, bool_mask, optimizer)
+            _mask_optimizer_state(params, bool_mask, optimizer)
             apply_mask(model, bool_mask)
             step += 1
             total += loss.item()
