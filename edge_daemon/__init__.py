@@ -1,0 +1,1 @@
+"""Device side: the edge daemon, its readings store, and the Flower ClientApp."""

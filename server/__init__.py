@@ -1,0 +1,1 @@
+"""Aggregation side: the Flower ServerApp, its strategy, and the fleet-server command."""
