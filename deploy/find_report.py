@@ -111,7 +111,8 @@ def style_density_axis(axis: Any, remaining_pct: list[float]) -> None:
     axis.xaxis.set_minor_formatter(NullFormatter())
     axis.set_xlabel("weights remaining (%)")
     axis.grid(True, which="major", alpha=0.3)
-    axis.legend()
+    if axis.get_legend_handles_labels()[0]:  # a one-level search draws no curve
+        axis.legend()
 
 
 def _curve_value(level: LevelRecord, curve: str, metric: str) -> float | None:

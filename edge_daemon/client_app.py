@@ -1,0 +1,286 @@
+"""The device's Flower ClientApp: train or evaluate the cached ticket on local data, packed.
+
+Wire schema (must match server/strategy.py; no indices travel, both ends derive the layout from
+the ticket): instruction = ArrayRecord "arrays" {"packed": codec bytes of kind MODEL} plus
+ConfigRecord "config"; train reply = ArrayRecord "arrays" {"packed": codec bytes of kind UPDATE}
+plus MetricRecord "metrics" {"num-examples", "train-loss"}; evaluate reply = MetricRecord
+"metrics" {"num-examples", "loss", "accuracy"}. A round this node cannot take part in gets a
+Flower `Error` reply; the process never crashes on bad input.
+"""
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    Context,
+    Error,
+    Message,
+    MetricRecord,
+    MetricRecordValues,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+from torch import nn
+
+from edge_daemon.local_data import LocalData, LocalDataError, LocalDataSpec, load_local_data
+from ticket.bundle import Ticket, load_ticket, to_torch_masks
+from ticket.codec import Kind, decode_vector, encode_vector
+from ticket.errors import TicketError
+from ticket.packing import PackLayout
+from ticket.train import TrainConfig, evaluate, load_weights, snapshot, train_masked
+
+ARRAYS_KEY = "arrays"
+CONFIG_KEY = "config"
+METRICS_KEY = "metrics"
+PAYLOAD_KEY = "packed"
+# Raw codec bytes ride in an Array's data; a stype other than "numpy.ndarray" makes an
+# accidental Array.numpy() on them fail loudly instead of parsing codec bytes as .npy.
+PAYLOAD_STYPE = "ticketfleet.codec"
+
+ConfigValue = bool | float | int | str
+
+
+class ErrorCode(IntEnum):
+    """`Error.code` of our replies; above Flower's own codes (0-8, flwr.common.constant)."""
+
+    NODE_CONFIG = 1001  # this node's config is unusable
+    TICKET = 1002  # the ticket is missing, unverifiable, or not the one the run trains
+    LOCAL_DATA = 1003  # no usable local data
+    INSTRUCTIONS = 1004  # the message is malformed (bad config, undecodable payload)
+
+
+class NodeConfigError(Exception):
+    """A node config key is missing or ill-typed."""
+
+
+class InstructionError(Exception):
+    """The server's message lacks a record or a config key, or one has the wrong type."""
+
+
+class TicketUnavailableError(Exception):
+    """The node has no cached ticket, or not the one this run trains."""
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """This node's `context.node_config`, typed once at the top of a handler."""
+
+    ticket_path: Path  # [ticket-path] the verified ticket cached by `ticket deploy`
+    fleet_key: Path | None  # [fleet-key] PEM public key that must have signed the ticket
+    allow_unsigned: bool  # [allow-unsigned] explicit opt-out of signature checks (tests, demos)
+    data: LocalDataSpec
+
+    @classmethod
+    def from_node_config(cls, config: Mapping[str, ConfigValue]) -> "NodeSettings":
+        key = config.get("fleet-key")
+        allow = config.get("allow-unsigned", False)
+        if key is not None and not isinstance(key, str):
+            raise NodeConfigError(f"node config: fleet-key must be a path, got {key!r}")
+        if not isinstance(allow, bool):
+            raise NodeConfigError(f"node config: allow-unsigned must be true/false, got {allow!r}")
+        path = config.get("ticket-path")
+        if not isinstance(path, str) or not path:
+            raise NodeConfigError(f"node config: ticket-path must be a path, got {path!r}")
+        return cls(
+            ticket_path=Path(path),
+            fleet_key=Path(key) if key else None,
+            allow_unsigned=allow,
+            data=LocalDataSpec.from_node_config(config),
+        )
+
+
+@dataclass(frozen=True)
+class Instructions:
+    """What the server asked for in one message."""
+
+    ticket_id: str
+    server_round: int
+    payload: bytes  # codec bytes of the global values (kind MODEL)
+    dtype: str  # encoding of the reply's update
+    train: TrainConfig | None  # None for evaluation
+    seed: int
+
+    @classmethod
+    def from_message(cls, message: Message, *, is_train: bool) -> "Instructions":
+        content = message.content
+        if ARRAYS_KEY not in content.array_records or CONFIG_KEY not in content.config_records:
+            raise InstructionError(f"message lacks the {ARRAYS_KEY!r} or {CONFIG_KEY!r} record")
+        arrays, config = content.array_records[ARRAYS_KEY], content.config_records[CONFIG_KEY]
+        if PAYLOAD_KEY not in arrays or arrays[PAYLOAD_KEY].stype != PAYLOAD_STYPE:
+            raise InstructionError(f"message lacks a {PAYLOAD_KEY!r} payload")
+        train = None
+        if is_train:
+            train = TrainConfig(
+                epochs=_get(config, "local-epochs", int),
+                batch_size=_get(config, "batch-size", int),
+                lr=float(_get(config, "lr", float)),
+                optimizer=_get(config, "optimizer", str),
+            )
+        return cls(
+            ticket_id=_get(config, "ticket-id", str),
+            server_round=_get(config, "server-round", int),
+            payload=arrays[PAYLOAD_KEY].data,
+            dtype=_get(config, "dtype", str) if is_train else "float32",
+            train=train,
+            seed=_get(config, "seed", int) if is_train else 0,
+        )
+
+
+# eq=False: holds a model and tensors.
+@dataclass(frozen=True, eq=False)
+class Workspace:
+    """A handler's inputs, ready: the verified ticket, its model holding the global values."""
+
+    ticket: Ticket
+    model: nn.Module
+    layout: PackLayout
+    data: LocalData
+
+
+app = ClientApp()
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    try:
+        task, work = prepare(message, context, is_train=True)
+        payload, loss = train_and_pack(task, work, node_id=context.node_id)
+    except SKIP_ROUND as error:
+        return error_reply(message, error)
+    examples = int(work.data.y_train.shape[0])
+    return reply(message, payload, {"num-examples": examples, "train-loss": loss})
+
+
+@app.evaluate()
+def evaluate_(message: Message, context: Context) -> Message:
+    try:
+        _, work = prepare(message, context, is_train=False)
+        if work.data.y_test.shape[0] == 0:
+            raise LocalDataError("no local test rows to evaluate on")
+        result = evaluate(work.model, work.data.x_test, work.data.y_test)
+    except SKIP_ROUND as error:
+        return error_reply(message, error)
+    return reply(
+        message,
+        None,
+        {"num-examples": result.examples, "loss": result.loss, "accuracy": result.accuracy},
+    )
+
+
+def prepare(
+    message: Message, context: Context, *, is_train: bool
+) -> tuple[Instructions, Workspace]:
+    """Type the configs, load and check the ticket, decode the global values into its model."""
+    node = NodeSettings.from_node_config(context.node_config)
+    task = Instructions.from_message(message, is_train=is_train)
+    ticket, model = read_node_ticket(node, task.ticket_id)
+    layout = PackLayout.from_ticket(ticket)
+    values = decode_vector(
+        task.payload,
+        kind=Kind.MODEL,
+        ticket_id=task.ticket_id,
+        round=task.server_round,
+        length=layout.size,
+        segment_sizes=layout.segment_sizes,
+    )
+    load_weights(model, layout.unpack_torch(values))
+    data = load_local_data(node.data, ticket.manifest["data"].get("preprocessing"))
+    return task, Workspace(ticket, model, layout, data)
+
+
+def train_and_pack(task: Instructions, work: Workspace, *, node_id: int) -> tuple[bytes, float]:
+    """Train the surviving weights on local data; (UPDATE payload, last epoch's mean loss)."""
+    if task.train is None:
+        raise InstructionError("train instructions without a training config")
+    seed = local_seed(task.seed, task.server_round, node_id)
+    mask = to_torch_masks(work.ticket)
+    loss = train_masked(
+        work.model, mask, work.data.x_train, work.data.y_train, task.train, seed=seed
+    )
+    payload = encode_vector(
+        work.layout.pack(snapshot(work.model)),
+        kind=Kind.UPDATE,
+        ticket_id=task.ticket_id,
+        round=task.server_round,
+        dtype=task.dtype,
+        segment_sizes=work.layout.segment_sizes,
+        rng=np.random.default_rng(seed),  # int8 stochastic rounding
+    )
+    return payload, loss
+
+
+def read_node_ticket(node: NodeSettings, ticket_id: str) -> tuple[Ticket, nn.Module]:
+    """The cached ticket, verified against the fleet key, and only if it is the run's ticket."""
+    try:
+        keys = [node.fleet_key.read_bytes()] if node.fleet_key is not None else []
+        ticket, model = load_ticket(
+            node.ticket_path, trusted_keys=keys, allow_unsigned=node.allow_unsigned
+        )
+    except OSError as error:
+        # Never name the path: it may sit in the user's data directory.
+        raise TicketUnavailableError(
+            f"cannot read the cached ticket or fleet key: {error.strerror}"
+        ) from error
+    except TicketError as error:
+        raise TicketUnavailableError(f"cached ticket refused: {error}") from error
+    if ticket.content_id != ticket_id:
+        raise TicketUnavailableError(
+            f"node has ticket {ticket.content_id[:12]}, the run trains {ticket_id[:12]}"
+        )
+    return ticket, model
+
+
+def local_seed(base: int, server_round: int, node_id: int) -> int:
+    """A data-order seed distinct per (run seed, round, node) and stable across machines."""
+    digest = hashlib.sha256(f"ticketfleet.local:{base}:{server_round}:{node_id}".encode())
+    return int.from_bytes(digest.digest()[:4], "little")
+
+
+def reply(
+    message: Message, payload: bytes | None, metrics: dict[str, MetricRecordValues]
+) -> Message:
+    content = RecordDict({METRICS_KEY: MetricRecord(metrics)})
+    if payload is not None:
+        content[ARRAYS_KEY] = ArrayRecord({PAYLOAD_KEY: payload_array(payload)})
+    return Message(content, reply_to=message)
+
+
+def payload_array(payload: bytes) -> Array:
+    return Array(dtype="uint8", shape=(len(payload),), stype=PAYLOAD_STYPE, data=payload)
+
+
+def error_reply(message: Message, error: Exception) -> Message:
+    code = next(code for kinds, code in _ERROR_CODES if isinstance(error, kinds))
+    reason = f"{type(error).__name__}: {error}"
+    return Message(Error(code=int(code), reason=reason), reply_to=message)
+
+
+_ERROR_CODES: tuple[tuple[type[Exception] | tuple[type[Exception], ...], ErrorCode], ...] = (
+    (NodeConfigError, ErrorCode.NODE_CONFIG),
+    (TicketUnavailableError, ErrorCode.TICKET),
+    (LocalDataError, ErrorCode.LOCAL_DATA),
+    ((InstructionError, TicketError), ErrorCode.INSTRUCTIONS),
+)
+SKIP_ROUND = (
+    NodeConfigError,
+    TicketUnavailableError,
+    LocalDataError,
+    InstructionError,
+    TicketError,
+)
+
+
+def _get(config: Mapping[str, object], key: str, kind: type) -> Any:
+    value = config.get(key)
+    # bool is an int subclass: local-epochs=true is a mistake, not one epoch.
+    is_number = kind is float and isinstance(value, int | float)
+    if isinstance(value, bool) or not (isinstance(value, kind) or is_number):
+        raise InstructionError(f"config {key!r} must be {kind.__name__}, got {value!r}")
+    return value

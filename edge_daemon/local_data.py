@@ -1,0 +1,156 @@
+"""A node's local data, for now one partition of a registered dataset named in its node config.
+
+A later issue replaces this with the device's own readings store; the ClientApp only sees
+`LocalData`, so that swap stays local to this module.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ticket.data import Dataset, load_dataset
+from ticket.data.heart import HEART_SITES, HeartPreprocessor, is_test_row, read_heart_rows
+from ticket.data.partition import IndexArray, partition
+from ticket.errors import TicketError
+
+ConfigValue = bool | float | int | str
+
+# node config key -> partitioner option, for the schemes that take options.
+_PARTITION_OPTIONS = {
+    "partition-alpha": "alpha",
+    "partition-min-size": "min_size",
+    "partition-shards": "shards_per_client",
+}
+
+
+class LocalDataError(Exception):
+    """The node config names no usable local data; the node sits this round out."""
+
+
+@dataclass(frozen=True)
+class LocalDataSpec:
+    """Which slice of which dataset this node trains on (node config keys in brackets)."""
+
+    dataset: str  # [dataset] registry name, e.g. "heart-uci"
+    partition_id: int  # [partition-id] 0-based
+    num_partitions: int  # [num-partitions]
+    partition: str = "natural"  # [partition] partitioner registry name
+    seed: int = 0  # [partition-seed] every node of a fleet must use the same seed
+    options: tuple[tuple[str, float | int], ...] = ()  # partitioner options, sorted
+
+    @classmethod
+    def from_node_config(cls, config: Mapping[str, ConfigValue]) -> "LocalDataSpec":
+        options = tuple(
+            sorted(
+                (option, _number(config, key))
+                for key, option in _PARTITION_OPTIONS.items()
+                if key in config
+            )
+        )
+        spec = cls(
+            dataset=_text(config, "dataset"),
+            partition_id=_whole(config, "partition-id"),
+            num_partitions=_whole(config, "num-partitions"),
+            partition=_text(config, "partition") if "partition" in config else "natural",
+            seed=_whole(config, "partition-seed") if "partition-seed" in config else 0,
+            options=options,
+        )
+        if not 0 <= spec.partition_id < spec.num_partitions:
+            raise LocalDataError(
+                f"node config: partition-id must be in [0, {spec.num_partitions}), "
+                f"got {spec.partition_id}"
+            )
+        return spec
+
+
+# eq=False: field-wise == on tensors is ambiguous.
+@dataclass(frozen=True, eq=False)
+class LocalData:
+    x_train: torch.Tensor  # float32 [N, F]
+    y_train: torch.Tensor  # int64 [N]
+    x_test: torch.Tensor  # float32 [M, F]
+    y_test: torch.Tensor  # int64 [M]
+
+
+def load_local_data(
+    spec: LocalDataSpec, preprocessing: Mapping[str, Any] | None = None
+) -> LocalData:
+    """This node's training and test rows; LocalDataError when the slice is unusable or empty.
+
+    Features are encoded with `preprocessing` (the ticket manifest's `data.preprocessing`) when
+    given: a ticket found on one hospital expects that hospital's fitted encoder, not one fitted
+    on the whole fleet. Train and test rows are partitioned with the same scheme and seed.
+    """
+    try:
+        dataset = load_dataset(spec.dataset)
+        x_train, x_test = dataset.x_train, dataset.x_test
+        if preprocessing is not None and dict(preprocessing) != dict(dataset.preprocessing):
+            x_train, x_test = _reencode(dataset, preprocessing)
+        train_parts = _split(spec, dataset.y_train, dataset.site_train)
+        test_parts = _split(spec, dataset.y_test, dataset.site_test)
+    except TicketError as error:
+        raise LocalDataError(f"local data ({spec.dataset}, {spec.partition}): {error}") from error
+    train_rows = torch.from_numpy(train_parts[spec.partition_id])
+    test_rows = torch.from_numpy(test_parts[spec.partition_id])
+    if train_rows.numel() == 0:
+        raise LocalDataError(
+            f"local data ({spec.dataset}, {spec.partition}): "
+            f"partition {spec.partition_id} has no training rows"
+        )
+    return LocalData(
+        x_train=x_train[train_rows],
+        y_train=dataset.y_train[train_rows],
+        x_test=x_test[test_rows],
+        y_test=dataset.y_test[test_rows],
+    )
+
+
+def _reencode(
+    dataset: Dataset, preprocessing: Mapping[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_train, x_test) of `dataset`'s rows, in its row order, encoded by `preprocessing`."""
+    if dataset.name != "heart-uci":
+        raise LocalDataError(f"{dataset.name}: cannot re-encode with a ticket's preprocessing")
+    encoder = HeartPreprocessor.from_json(preprocessing)
+    # The same rows in the same order as load_heart with every site selected.
+    rows = [row for row in read_heart_rows() if row["dataset"] in HEART_SITES]
+    train = [row for row in rows if not is_test_row(row["dataset"], row["id"])]
+    test = [row for row in rows if is_test_row(row["dataset"], row["id"])]
+    if not np.array_equal(encoder.labels(train), dataset.y_train.numpy()):
+        raise LocalDataError("heart-uci: raw rows do not line up with the loaded dataset")
+    return torch.from_numpy(encoder.transform(train)), torch.from_numpy(encoder.transform(test))
+
+
+def _split(spec: LocalDataSpec, labels: torch.Tensor, sites: IndexArray) -> list[IndexArray]:
+    return partition(
+        spec.partition,
+        labels.numpy(),
+        num_clients=spec.num_partitions,
+        seed=spec.seed,
+        sites=sites,
+        **dict(spec.options),
+    )
+
+
+def _text(config: Mapping[str, ConfigValue], key: str) -> str:
+    value = config.get(key)
+    if not isinstance(value, str) or not value:
+        raise LocalDataError(f"node config: {key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _whole(config: Mapping[str, ConfigValue], key: str) -> int:
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LocalDataError(f"node config: {key} must be an integer, got {value!r}")
+    return value
+
+
+def _number(config: Mapping[str, ConfigValue], key: str) -> float | int:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise LocalDataError(f"node config: {key} must be a number, got {value!r}")
+    return value

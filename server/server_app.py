@@ -1,0 +1,117 @@
+"""The Flower ServerApp: load and verify the run's ticket, then run PackedFedAvg over the grid."""
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Array, ArrayRecord, Context
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Result
+
+from server.strategy import PAYLOAD_KEY, PackedFedAvg, RoundPlan
+from ticket.bundle import read_ticket
+from ticket.packing import PackLayout
+from ticket.train import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+ConfigValue = bool | float | int | str
+
+
+class RunConfigError(ValueError):
+    """A `[tool.flwr.app.config]` / `--run-config` key is missing or ill-typed."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """`context.run_config`, typed once (keys in brackets)."""
+
+    ticket_path: Path  # [ticket-path]
+    fleet_key: Path | None  # [fleet-key] PEM public key the ticket must be signed by
+    allow_unsigned: bool  # [allow-unsigned]
+    num_rounds: int  # [num-rounds]
+    round_timeout_s: float  # [round-timeout-s]
+    fraction_train: float  # [fraction-train]
+    fraction_evaluate: float  # [fraction-evaluate]
+    min_nodes: int  # [min-nodes] sampled per round, and needed online before sampling
+    plan: RoundPlan  # ticket id filled in from the ticket itself
+
+    @classmethod
+    def from_run_config(cls, config: Mapping[str, ConfigValue]) -> "ServerSettings":
+        key = _get(config, "fleet-key", str, "")
+        return cls(
+            ticket_path=Path(_get(config, "ticket-path", str)),
+            fleet_key=Path(key) if key else None,
+            allow_unsigned=_get(config, "allow-unsigned", bool, False),
+            num_rounds=_get(config, "num-rounds", int),
+            round_timeout_s=float(_get(config, "round-timeout-s", float, 600.0)),
+            fraction_train=float(_get(config, "fraction-train", float, 1.0)),
+            fraction_evaluate=float(_get(config, "fraction-evaluate", float, 1.0)),
+            min_nodes=_get(config, "min-nodes", int, 2),
+            plan=RoundPlan(
+                ticket_id="",
+                train=TrainConfig(
+                    epochs=_get(config, "local-epochs", int),
+                    batch_size=_get(config, "batch-size", int),
+                    lr=float(_get(config, "lr", float)),
+                    optimizer=_get(config, "optimizer", str, "adam"),
+                ),
+                uplink_dtype=_get(config, "uplink-dtype", str, "float32"),
+                downlink_dtype=_get(config, "downlink-dtype", str, "float32"),
+                seed=_get(config, "seed", int, 0),
+                min_replies=_get(config, "min-replies", int, 1),
+            ),
+        )
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    settings = ServerSettings.from_run_config(context.run_config)
+    result = run_training(grid, settings)
+    logger.info("finished %d rounds; final metrics %s", settings.num_rounds, result)
+
+
+def run_training(grid: Grid, settings: ServerSettings) -> Result:
+    keys = [settings.fleet_key.read_bytes()] if settings.fleet_key is not None else []
+    ticket = read_ticket(
+        settings.ticket_path, trusted_keys=keys, allow_unsigned=settings.allow_unsigned
+    )
+    layout = PackLayout.from_ticket(ticket)
+    plan = RoundPlan(**{**vars(settings.plan), "ticket_id": ticket.content_id})
+    strategy = PackedFedAvg(
+        layout,
+        plan,
+        fraction_train=settings.fraction_train,
+        fraction_evaluate=settings.fraction_evaluate,
+        min_train_nodes=settings.min_nodes,
+        min_evaluate_nodes=settings.min_nodes if settings.fraction_evaluate > 0 else 0,
+        min_available_nodes=settings.min_nodes,
+    )
+    initial = ArrayRecord({PAYLOAD_KEY: Array(layout.pack(ticket.weights))})
+    return strategy.start(
+        grid=grid,
+        initial_arrays=initial,
+        num_rounds=settings.num_rounds,
+        timeout=settings.round_timeout_s,
+    )
+
+
+_MISSING: Any = object()
+
+
+def _get(config: Mapping[str, ConfigValue], key: str, kind: type, default: Any = _MISSING) -> Any:
+    if key not in config:
+        if default is _MISSING:
+            raise RunConfigError(f"run config: {key} is required")
+        return default
+    value = config[key]
+    is_number = kind is float and isinstance(value, int) and not isinstance(value, bool)
+    wrong_bool = isinstance(value, bool) and kind is not bool
+    if wrong_bool or not (isinstance(value, kind) or is_number):
+        raise RunConfigError(f"run config: {key} must be {kind.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,217 @@
+"""FedAvg over a ticket's packed vector: only the mask's coordinates travel, as codec bytes.
+
+The global model is an ArrayRecord {"packed": float32 [n]} (n = PackLayout.size). Messages
+carry it encoded by ticket.codec; which replies count is decided here, the mean is
+ticket.fedavg's. Wire schema: see edge_daemon/client_app.py (the two must match).
+"""
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from ticket.codec import DTYPES, Kind, decode_vector, encode_vector
+from ticket.errors import CodecError
+from ticket.fedavg import weighted_mean
+from ticket.packing import PackLayout
+from ticket.train import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+ARRAYS_KEY = "arrays"
+CONFIG_KEY = "config"
+PAYLOAD_KEY = "packed"  # in the global ArrayRecord: float32 [n]; on the wire: codec bytes
+PAYLOAD_STYPE = "ticketfleet.codec"
+NUM_EXAMPLES = "num-examples"
+
+
+class ReplyError(Exception):
+    """A train reply that is not a usable update; it is counted and left out."""
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What every sampled node is told to do in a round (sent in the ConfigRecord)."""
+
+    ticket_id: str
+    train: TrainConfig  # local epochs, batch size, lr, optimizer
+    uplink_dtype: str = "float32"  # how nodes encode their update
+    downlink_dtype: str = "float32"  # how the global values are sent
+    seed: int = 0  # nodes derive their data order from (seed, round, node id)
+    min_replies: int = 1  # fewer accepted updates leave the global model unchanged
+
+    def __post_init__(self) -> None:
+        for name in ("uplink_dtype", "downlink_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(f"{name} must be one of {', '.join(DTYPES)}")
+        if self.min_replies < 1:
+            raise ValueError(f"min_replies must be >= 1, got {self.min_replies}")
+
+
+@dataclass
+class RoundRecord:
+    """Per-round bookkeeping: who was sent what, who replied with what, who was left out."""
+
+    server_round: int
+    bytes_down: dict[int, int] = field(default_factory=dict)  # node id -> payload bytes sent
+    bytes_up: dict[int, int] = field(default_factory=dict)  # node id -> payload bytes received
+    accepted: list[int] = field(default_factory=list)  # node ids averaged in
+    failures: dict[int, str] = field(default_factory=dict)  # node id -> its Error reply
+    rejected: dict[int, str] = field(default_factory=dict)  # node id -> why its reply was refused
+
+    def metrics(self) -> dict[str, int | float]:
+        return {
+            "participants": len(self.accepted),
+            "failures": len(self.failures),
+            "rejected": len(self.rejected),
+            "bytes-down": sum(self.bytes_down.values()),
+            "bytes-up": sum(self.bytes_up.values()),
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class _Update:
+    node_id: int
+    values: np.ndarray  # float32 [n]
+    examples: int
+    metrics: dict[str, float]
+
+
+class PackedFedAvg(FedAvg):
+    """FedAvg whose messages carry codec bytes over the ticket's mask instead of dense arrays."""
+
+    def __init__(self, layout: PackLayout, plan: RoundPlan, **fedavg_options: Any) -> None:
+        super().__init__(**fedavg_options)
+        self.layout = layout
+        self.plan = plan
+        self.rounds: dict[int, RoundRecord] = {}
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        plan, train = self.plan, self.plan.train
+        wire_config = ConfigRecord(
+            {
+                **dict(config),
+                "ticket-id": plan.ticket_id,
+                "dtype": plan.uplink_dtype,
+                "local-epochs": train.epochs,
+                "batch-size": train.batch_size,
+                "lr": train.lr,
+                "optimizer": train.optimizer,
+                "seed": plan.seed,
+            }
+        )
+        wire, size = self._encode_global(server_round, arrays)
+        messages = list(super().configure_train(server_round, wire, wire_config, grid))
+        record = self.rounds.setdefault(server_round, RoundRecord(server_round))
+        for message in messages:
+            record.bytes_down[message.metadata.dst_node_id] = size
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        record = self.rounds.setdefault(server_round, RoundRecord(server_round))
+        updates: list[_Update] = []
+        for message in replies:
+            node = message.metadata.src_node_id
+            if message.has_error():
+                record.failures[node] = f"error {message.error.code}: {message.error.reason}"
+                logger.warning(
+                    "round %d: node %d failed: %s", server_round, node, record.failures[node]
+                )
+                continue
+            try:
+                updates.append(self._read_update(server_round, message, record))
+            except (ReplyError, CodecError) as error:
+                record.rejected[node] = str(error)
+                logger.warning("round %d: rejected node %d: %s", server_round, node, error)
+        record.accepted = [update.node_id for update in updates]
+        metrics = MetricRecord({**record.metrics(), **_mean_metrics(updates)})
+        if len(updates) < self.plan.min_replies:
+            logger.warning(
+                "round %d: %d usable updates, need %d; global model unchanged",
+                server_round,
+                len(updates),
+                self.plan.min_replies,
+            )
+            return None, metrics
+        mean = weighted_mean([u.values for u in updates], [u.examples for u in updates])
+        return ArrayRecord({PAYLOAD_KEY: Array(mean)}), metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        wire, _ = self._encode_global(server_round, arrays)
+        wire_config = ConfigRecord({**dict(config), "ticket-id": self.plan.ticket_id})
+        return super().configure_evaluate(server_round, wire, wire_config, grid)
+
+    def _encode_global(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord, int]:
+        payload = encode_vector(
+            arrays[PAYLOAD_KEY].numpy(),
+            kind=Kind.MODEL,
+            ticket_id=self.plan.ticket_id,
+            round=server_round,
+            dtype=self.plan.downlink_dtype,
+            segment_sizes=self.layout.segment_sizes,
+            rng=np.random.default_rng([self.plan.seed, server_round]),  # int8 rounding only
+        )
+        wire = Array(dtype="uint8", shape=(len(payload),), stype=PAYLOAD_STYPE, data=payload)
+        return ArrayRecord({PAYLOAD_KEY: wire}), len(payload)
+
+    def _read_update(self, server_round: int, message: Message, record: RoundRecord) -> _Update:
+        node = message.metadata.src_node_id
+        if node not in record.bytes_down:
+            raise ReplyError("reply from a node that was not sent this round")
+        if node in record.bytes_up:
+            raise ReplyError("second reply from the same node")
+        content = message.content
+        arrays = content.array_records.get(ARRAYS_KEY)
+        if (
+            arrays is None
+            or PAYLOAD_KEY not in arrays
+            or arrays[PAYLOAD_KEY].stype != PAYLOAD_STYPE
+        ):
+            raise ReplyError(f"reply has no {ARRAYS_KEY}.{PAYLOAD_KEY} payload")
+        payload = arrays[PAYLOAD_KEY].data
+        record.bytes_up[node] = len(payload)  # counted even when refused: it was received
+        values = decode_vector(
+            payload,
+            kind=Kind.UPDATE,
+            ticket_id=self.plan.ticket_id,
+            round=server_round,
+            length=self.layout.size,
+            segment_sizes=self.layout.segment_sizes,
+            dtype=self.plan.uplink_dtype,
+        )
+        metrics = next(iter(content.metric_records.values()), None)
+        if metrics is None:
+            raise ReplyError("reply has no MetricRecord")
+        examples = metrics.get(NUM_EXAMPLES)
+        if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
+            raise ReplyError(f"reply's {NUM_EXAMPLES} must be an integer >= 1, got {examples!r}")
+        scalars = {
+            key: float(value)
+            for key, value in metrics.items()
+            # Lists and bools are not averaged; num-examples is the weight, not a metric.
+            if isinstance(value, int | float) and not isinstance(value, bool)
+            if key != NUM_EXAMPLES
+        }
+        return _Update(node, values, examples, scalars)
+
+
+def _mean_metrics(updates: list[_Update]) -> dict[str, float]:
+    """Example-weighted mean of the scalar metrics every accepted update reported."""
+    if not updates:
+        return {}
+    shared = set.intersection(*(set(u.metrics) for u in updates))
+    total = sum(u.examples for u in updates)
+    return {
+        key: sum(u.metrics[key] * u.examples for u in updates) / total for key in sorted(shared)
+    }

@@ -1,0 +1,218 @@
+"""ClientApp handlers called directly with hand-built instructions: replies and Error replies."""
+
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+from deploy.cli import main as ticket_cli
+from edge_daemon import client_app
+from edge_daemon.client_app import ErrorCode, payload_array
+from tests.inprocess import find_ticket, heart_nodes, server_identity
+from ticket.bundle import Ticket, read_ticket
+from ticket.codec import HEADER_BYTES, Kind, decode_vector, encode_vector, read_header
+from ticket.packing import PackLayout
+
+TRAIN_CONFIG: dict[str, Any] = {
+    "local-epochs": 1,
+    "batch-size": 32,
+    "lr": 1e-3,
+    "optimizer": "adam",
+    "seed": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("keys")
+    assert ticket_cli(["keygen", "--out", str(directory / "fleet")]) == 0
+    return directory
+
+
+@pytest.fixture(scope="module")
+def signed_path(tmp_path_factory: pytest.TempPathFactory, keys: Path) -> Path:
+    out = tmp_path_factory.mktemp("signed") / "t.ticket"
+    return find_ticket(out, density=0.5, sign_key=keys / "fleet.key")
+
+
+def _instruction(
+    ticket: Ticket,
+    kind: str,
+    *,
+    server_round: int = 1,
+    payload: bytes | None = None,
+    config: dict[str, Any] | None = None,
+) -> Message:
+    layout = PackLayout.from_ticket(ticket)
+    if payload is None:
+        payload = encode_vector(
+            layout.pack(ticket.weights),
+            kind=Kind.MODEL,
+            ticket_id=ticket.content_id,
+            round=server_round,
+        )
+    settings: dict[str, Any] = {
+        "ticket-id": ticket.content_id,
+        "server-round": server_round,
+        "dtype": "float32",
+    }
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({"packed": payload_array(payload)}),
+            "config": ConfigRecord({**settings, **TRAIN_CONFIG, **(config or {})}),
+        }
+    )
+    with server_identity():
+        message = Message(content, 101, kind)
+    message.metadata.__dict__["_message_id"] = uuid4().hex  # the SuperLink's job
+    return message
+
+
+def _context(node_config: dict[str, bool | float | int | str]) -> Context:
+    return Context(1, 101, node_config, RecordDict(), {})
+
+
+def _node(
+    ticket_path: Path, keys: Path, **extra: bool | float | int | str
+) -> dict[str, bool | float | int | str]:
+    config = heart_nodes(ticket_path)[0]
+    config["allow-unsigned"] = False
+    config["fleet-key"] = str(keys / "fleet.pub")
+    config.update(extra)
+    return config
+
+
+def test_train_replies_with_a_packed_update_of_the_run(signed_path: Path, keys: Path) -> None:
+    ticket = read_ticket(signed_path, allow_unsigned=True)
+    layout = PackLayout.from_ticket(ticket)
+
+    reply = client_app.app(_instruction(ticket, "train"), _context(_node(signed_path, keys)))
+
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    payload = reply.content.array_records["arrays"]["packed"].data
+    assert len(payload) == HEADER_BYTES + 4 * layout.size
+    update = decode_vector(
+        payload, kind=Kind.UPDATE, ticket_id=ticket.content_id, round=1, length=layout.size
+    )
+    assert not np.array_equal(update, layout.pack(ticket.weights))
+    metrics = reply.content.metric_records["metrics"]
+    assert _number(metrics["num-examples"]) == 226  # Cleveland's training rows
+    assert _number(metrics["train-loss"]) > 0
+
+
+def test_train_encodes_the_update_in_the_requested_dtype(signed_path: Path, keys: Path) -> None:
+    ticket = read_ticket(signed_path, allow_unsigned=True)
+
+    reply = client_app.app(
+        _instruction(ticket, "train", config={"dtype": "int8"}), _context(_node(signed_path, keys))
+    )
+
+    assert read_header(reply.content.array_records["arrays"]["packed"].data).dtype == "int8"
+
+
+def test_evaluate_replies_with_local_test_metrics(signed_path: Path, keys: Path) -> None:
+    ticket = read_ticket(signed_path, allow_unsigned=True)
+
+    reply = client_app.app(_instruction(ticket, "evaluate"), _context(_node(signed_path, keys)))
+
+    metrics = reply.content.metric_records["metrics"]
+    assert _number(metrics["num-examples"]) == 78  # Cleveland's test rows
+    assert 0 <= _number(metrics["accuracy"]) <= 1
+    assert reply.content.array_records == {}
+
+
+def _number(value: object) -> float:
+    if not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def _error(reply: Message) -> tuple[int, str]:
+    assert reply.has_error()
+    return reply.error.code, reply.error.reason or ""
+
+
+@pytest.mark.parametrize("kind", ["train", "evaluate"])
+def test_missing_ticket_is_an_error_reply_that_names_no_path(
+    signed_path: Path, keys: Path, tmp_path: Path, kind: str
+) -> None:
+    ticket = read_ticket(signed_path, allow_unsigned=True)
+    node = _node(signed_path, keys, **{"ticket-path": str(tmp_path / "gone.ticket")})
+
+    code, reason = _error(client_app.app(_instruction(ticket, kind), _context(node)))
+
+    assert code == ErrorCode.TICKET
+    assert "No such file" in reason and str(tmp_path) not in reason
+
+
+def test_ticket_of_another_run_is_refused(signed_path: Path, keys: Path) -> None:
+    ticket = read_ticket(signed_path, allow_unsigned=True)
+    message = _instruction(ticket, "train", config={"ticket-id": "ab" * 32})
+
+    code, reason = _error(client_app.app(message, _context(_node(signed_path, keys))))
+
+    assert code == ErrorCode.TICKET
+    assert f"node has ticket {ticket.content_id[:12]}" in reason
+
+
+def test_unsigned_ticket_is_refused_unless_the_node_allows_it(
+    tmp_path: Path, keys: Path, signed_path: Path
+) -> None:
+    unsigned_path = find_ticket(tmp_path / "u.ticket", density=1.0)
+    ticket = read_ticket(unsigned_path, allow_unsigned=True)
+    refused = client_app.app(_instruction(ticket, "evaluate"), _context(_node(unsigned_path, keys)))
+    allowed = client_app.app(
+        _instruction(ticket, "evaluate"),
+        _context(_node(unsigned_path, keys, **{"allow-unsigned": True})),
+    )
+
+    assert _error(refused)[0] == ErrorCode.TICKET
+    assert "not signed" in _error(refused)[1]
+    assert not allowed.has_error()
+
+
+def test_payload_for_another_round_is_an_instruction_error(signed_path: Path, keys: Path) -> None:
+    ticket = read_ticket(signed_path, allow_unsigned=True)
+    layout = PackLayout.from_ticket(ticket)
+    stale = encode_vector(
+        layout.pack(ticket.weights), kind=Kind.MODEL, ticket_id=ticket.content_id, round=1
+    )
+    message = _instruction(ticket, "train", server_round=2, payload=stale)
+
+    code, reason = _error(client_app.app(message, _context(_node(signed_path, keys))))
+
+    assert code == ErrorCode.INSTRUCTIONS
+    assert "CodecError" in reason and "another round" in reason
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "reason"),
+    [
+        ({"partition-id": 7}, ErrorCode.LOCAL_DATA, "partition-id must be in [0, 4)"),
+        ({"dataset": "cifar"}, ErrorCode.LOCAL_DATA, "unknown dataset 'cifar'"),
+        ({"ticket-path": 3}, ErrorCode.NODE_CONFIG, "ticket-path must be a path"),
+    ],
+)
+def test_unusable_node_config_is_an_error_reply(
+    signed_path: Path, keys: Path, change: dict[str, object], code: int, reason: str
+) -> None:
+    ticket = read_ticket(signed_path, allow_unsigned=True)
+    node = _node(signed_path, keys, **change)  # type: ignore[arg-type]
+
+    got_code, got_reason = _error(client_app.app(_instruction(ticket, "train"), _context(node)))
+
+    assert got_code == code
+    assert reason in got_reason
+
+
+def test_missing_train_setting_is_an_instruction_error(signed_path: Path, keys: Path) -> None:
+    ticket = read_ticket(signed_path, allow_unsigned=True)
+    message = _instruction(ticket, "train", config={"local-epochs": "two"})
+
+    code, reason = _error(client_app.app(message, _context(_node(signed_path, keys))))
+
+    assert code == ErrorCode.INSTRUCTIONS
+    assert "'local-epochs' must be int" in reason

@@ -1,0 +1,132 @@
+"""The thinnest Grid that hands messages to a ClientApp in this process: for unit tests only.
+
+It relies on Flower internals (FLOWER.md): instruction messages read the sender's identity from
+`TaskIdentity`, and message ids are normally set by the SuperLink, so both are set here by hand.
+Messages are deep-copied both ways, so neither side can see the other's objects.
+"""
+
+import copy
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from uuid import uuid4
+
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+
+ClientCallable = Callable[[Message, Context], Message]
+NodeConfig = dict[str, bool | float | int | str]
+
+
+class InProcessGrid(Grid):
+    """Nodes numbered from `first_node_id`, each with its own config and persistent context."""
+
+    def __init__(
+        self,
+        client: ClientCallable,
+        node_configs: Iterable[NodeConfig],
+        *,
+        run_id: int = 1,
+        run_config: Mapping[str, bool | float | int | str] | None = None,
+        first_node_id: int = 101,
+    ) -> None:
+        self.client = client
+        self._run = Run.create_empty(run_id)
+        self.contexts = {
+            node_id: Context(run_id, node_id, dict(config), RecordDict(), dict(run_config or {}))
+            for node_id, config in zip(itertools.count(first_node_id), node_configs)
+        }
+        self.sent: list[Message] = []  # every instruction, as delivered
+
+    def set_run(self, run: Run) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Run:
+        return self._run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        raise NotImplementedError("InProcessGrid delivers synchronously: use send_and_receive")
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        raise NotImplementedError("InProcessGrid delivers synchronously: use send_and_receive")
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        replies = []
+        for message in messages:
+            delivered = copy.deepcopy(message)
+            # The SuperLink assigns message ids; Metadata has no public setter for it.
+            delivered.metadata.__dict__["_message_id"] = uuid4().hex
+            self.sent.append(delivered)
+            replies.append(copy.deepcopy(self._call(delivered)))
+        return replies
+
+    def _call(self, message: Message) -> Message:
+        context = self.contexts[message.metadata.dst_node_id]
+        try:
+            return self.client(message, context)
+        except Exception as error:  # what the real runtime turns into an Error reply
+            reason = f"{type(error).__name__}: {error}"
+            return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
+
+
+@contextmanager
+def server_identity(run_id: int = 1) -> Iterator[None]:
+    """Let the strategy build instruction messages outside a real ServerApp process."""
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, SUPERLINK_NODE_ID, 0
+    try:
+        yield
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def find_ticket(out: Path, *, density: float, sign_key: Path | None = None) -> Path:
+    """A small real heart-uci ticket (found on Cleveland) through `ticket find`, in ~1-3 s."""
+    from deploy.cli import main  # tests only: the grid itself needs no deploy code
+
+    args = [
+        "find",
+        *("--model", "heart-mlp", "--data", "heart-uci", "--sites", "Cleveland"),
+        *("--model-arg", "hidden=[16,8]", "--epochs", "2", "--controls", "none", "--quiet"),
+        *("--target-density", str(density), "--out", str(out)),
+        *(("--sign-key", str(sign_key)) if sign_key else ()),
+    ]
+    if main(args) != 0:
+        raise RuntimeError(f"ticket find failed for {out.name}")
+    return out
+
+
+def heart_nodes(ticket: Path, **extra: bool | float | int | str) -> list[NodeConfig]:
+    """Node configs for the four heart-uci hospitals as four devices (natural partition)."""
+    return [
+        {
+            "ticket-path": str(ticket),
+            "allow-unsigned": True,
+            "dataset": "heart-uci",
+            "partition": "natural",
+            "partition-id": index,
+            "num-partitions": 4,
+            **extra,
+        }
+        for index in range(4)
+    ]

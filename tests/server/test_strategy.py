@@ -1,0 +1,282 @@
+"""PackedFedAvg driven in-process against the real ClientApp: heart-uci, 4 hospitals, 4 nodes."""
+
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg, Result
+
+from edge_daemon import client_app
+from edge_daemon.local_data import LocalDataSpec, load_local_data
+from server.strategy import PAYLOAD_KEY, PackedFedAvg, RoundPlan
+from tests.inprocess import ClientCallable, InProcessGrid, find_ticket, heart_nodes, server_identity
+from ticket.bundle import Ticket, load_ticket, read_ticket
+from ticket.codec import HEADER_BYTES, Kind, decode_vector
+from ticket.packing import PackLayout
+from ticket.train import TrainConfig, load_weights, train_masked
+
+TRAIN = TrainConfig(epochs=1, batch_size=32, lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def sparse_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return find_ticket(tmp_path_factory.mktemp("sparse") / "t.ticket", density=0.5)
+
+
+@pytest.fixture(scope="module")
+def dense_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return find_ticket(tmp_path_factory.mktemp("dense") / "t.ticket", density=1.0)
+
+
+def _strategy(ticket: Ticket, **plan: object) -> PackedFedAvg:
+    return PackedFedAvg(
+        PackLayout.from_ticket(ticket),
+        RoundPlan(ticket_id=ticket.content_id, train=TRAIN, **plan),  # type: ignore[arg-type]
+        fraction_evaluate=0.0,
+    )
+
+
+def _run(strategy: FedAvg, grid: InProcessGrid, initial: ArrayRecord, rounds: int = 2) -> Result:
+    random.seed(0)  # FedAvg samples nodes with `random`
+    with server_identity():
+        return strategy.start(grid=grid, initial_arrays=initial, num_rounds=rounds, timeout=60)
+
+
+def _initial(ticket: Ticket) -> ArrayRecord:
+    return ArrayRecord({PAYLOAD_KEY: Array(PackLayout.from_ticket(ticket).pack(ticket.weights))})
+
+
+def test_rounds_train_only_the_mask_and_count_bytes(sparse_path: Path) -> None:
+    ticket = read_ticket(sparse_path, allow_unsigned=True)
+    layout = PackLayout.from_ticket(ticket)
+    strategy = _strategy(ticket)
+    grid = InProcessGrid(client_app.app, heart_nodes(sparse_path))
+
+    result = _run(strategy, grid, _initial(ticket), rounds=2)
+
+    final = result.arrays[PAYLOAD_KEY].numpy()
+    assert final.shape == (layout.size,)
+    assert not np.array_equal(final, layout.pack(ticket.weights))  # training moved the values
+    for name, weight in layout.unpack(final).items():
+        if name in ticket.masks:
+            assert not weight[~ticket.masks[name]].any()  # pruned stay exactly zero
+    expected_bytes = HEADER_BYTES + 4 * layout.size  # float32 both ways
+    for server_round in (1, 2):
+        record = strategy.rounds[server_round]
+        assert sorted(record.accepted) == [101, 102, 103, 104]
+        assert record.failures == {} and record.rejected == {}
+        assert set(record.bytes_down.values()) == {expected_bytes}
+        assert set(record.bytes_up.values()) == {expected_bytes}
+        metrics = result.train_metrics_clientapp[server_round]
+        assert _number(metrics["participants"]) == 4
+        assert _number(metrics["bytes-up"]) == 4 * expected_bytes
+        assert 0 < _number(metrics["train-loss"]) < 2
+
+
+def test_instructions_carry_the_packed_global_and_the_plan(sparse_path: Path) -> None:
+    ticket = read_ticket(sparse_path, allow_unsigned=True)
+    layout = PackLayout.from_ticket(ticket)
+    grid = InProcessGrid(client_app.app, heart_nodes(sparse_path))
+
+    _run(_strategy(ticket, seed=7), grid, _initial(ticket), rounds=1)
+
+    first = grid.sent[0].content
+    config = first.config_records["config"]
+    assert config["ticket-id"] == ticket.content_id
+    assert config["server-round"] == 1 and config["seed"] == 7
+    assert config["local-epochs"] == 1 and config["dtype"] == "float32"
+    payload = first.array_records["arrays"][PAYLOAD_KEY].data
+    values = decode_vector(
+        payload, kind=Kind.MODEL, ticket_id=ticket.content_id, round=1, length=layout.size
+    )
+    np.testing.assert_array_equal(values, layout.pack(ticket.weights))
+
+
+def _tampering(node_id: int, edit: Callable[[bytes], bytes]) -> ClientCallable:
+    def client(message: Message, context: Context) -> Message:
+        reply = client_app.app(message, context)
+        if context.node_id == node_id and reply.has_content():
+            array = reply.content.array_records["arrays"][PAYLOAD_KEY]
+            array.data = edit(array.data)
+        return reply
+
+    return client
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (lambda data: data[:-4], "truncated"),
+        (lambda data: data[:8] + (99).to_bytes(4, "little") + data[12:], "another round"),
+        (lambda data: data + b"\0" * 4, "after its payload"),
+    ],
+)
+def test_a_malformed_update_is_rejected_counted_and_logged(
+    sparse_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    edit: Callable[[bytes], bytes],
+    reason: str,
+) -> None:
+    ticket = read_ticket(sparse_path, allow_unsigned=True)
+    strategy = _strategy(ticket)
+    honest = _strategy(ticket)
+    nodes = heart_nodes(sparse_path)
+
+    with caplog.at_level(logging.WARNING, logger="server.strategy"):
+        result = _run(strategy, InProcessGrid(_tampering(102, edit), nodes), _initial(ticket), 1)
+
+    record = strategy.rounds[1]
+    assert sorted(record.accepted) == [101, 103, 104]
+    assert list(record.rejected) == [102] and reason in record.rejected[102]
+    assert result.train_metrics_clientapp[1]["rejected"] == 1
+    assert "node 102" in caplog.text and reason in caplog.text
+    # The mean is over the three honest updates only: node 102 trained the same in both runs.
+    without = InProcessGrid(_dropping(102), nodes)
+    expected = _run(honest, without, _initial(ticket), 1)
+    np.testing.assert_array_equal(
+        result.arrays[PAYLOAD_KEY].numpy(), expected.arrays[PAYLOAD_KEY].numpy()
+    )
+
+
+def _dropping(node_id: int) -> ClientCallable:
+    def client(message: Message, context: Context) -> Message:
+        if context.node_id == node_id:
+            raise RuntimeError("node went away")
+        return client_app.app(message, context)
+
+    return client
+
+
+def test_error_replies_are_failures_and_too_few_updates_keep_the_model(
+    sparse_path: Path, tmp_path: Path
+) -> None:
+    ticket = read_ticket(sparse_path, allow_unsigned=True)
+    strategy = _strategy(ticket, min_replies=4)
+    nodes = heart_nodes(sparse_path)
+    nodes[0]["ticket-path"] = str(tmp_path / "missing.ticket")
+
+    result = _run(strategy, InProcessGrid(client_app.app, nodes), _initial(ticket), 1)
+
+    record = strategy.rounds[1]
+    assert list(record.failures) == [101]
+    assert "error 1002" in record.failures[101] and "No such file" in record.failures[101]
+    assert str(tmp_path) not in record.failures[101]  # never leak a device path
+    assert len(record.accepted) == 3
+    assert result.train_metrics_clientapp[1]["failures"] == 1
+    # 3 < min_replies: no aggregate, so Flower keeps the previous global (it sets
+    # Result.arrays only from an aggregate; flwr/serverapp/strategy/strategy.py:228).
+    assert PAYLOAD_KEY not in result.arrays
+
+
+def test_federated_evaluation_runs_on_every_node(sparse_path: Path) -> None:
+    ticket = read_ticket(sparse_path, allow_unsigned=True)
+    strategy = PackedFedAvg(
+        PackLayout.from_ticket(ticket), RoundPlan(ticket_id=ticket.content_id, train=TRAIN)
+    )
+
+    grid = InProcessGrid(client_app.app, heart_nodes(sparse_path))
+
+    result = _run(strategy, grid, _initial(ticket), 1)
+
+    evaluate_sent = [m for m in grid.sent if m.metadata.message_type == "evaluate"]
+    assert sorted(m.metadata.dst_node_id for m in evaluate_sent) == [101, 102, 103, 104]
+    metrics = result.evaluate_metrics_clientapp[1]
+    assert 0.0 <= _number(metrics["accuracy"]) <= 1.0
+    assert _number(metrics["loss"]) > 0
+
+
+# ---------------------------------------------------------------- dense mode is FedAvg
+
+
+def _plain_dense_client(ticket_path: Path) -> ClientCallable:
+    """A textbook FedAvg client: full arrays in, full arrays out, no mask, no codec."""
+
+    def client(message: Message, context: Context) -> Message:
+        ticket, model = load_ticket(ticket_path, trusted_keys=[], allow_unsigned=True)
+        arrays = message.content.array_records["arrays"]
+        load_weights(model, {name: torch.from_numpy(a.numpy()) for name, a in arrays.items()})
+        spec = LocalDataSpec.from_node_config(context.node_config)
+        data = load_local_data(spec, ticket.manifest["data"]["preprocessing"])
+        config = message.content.config_records["config"]
+        seed = client_app.local_seed(0, _as_int(config["server-round"]), context.node_id)
+        train_masked(model, {}, data.x_train, data.y_train, TRAIN, seed=seed)
+        reply = RecordDict(
+            {
+                "arrays": ArrayRecord(
+                    {n: Array(p.detach().numpy().copy()) for n, p in model.named_parameters()}
+                ),
+                "metrics": MetricRecord({"num-examples": int(data.y_train.shape[0])}),
+            }
+        )
+        return Message(reply, reply_to=message)
+
+    return client
+
+
+def _as_int(value: object) -> int:
+    if not isinstance(value, int):
+        raise TypeError(f"expected an int, got {value!r}")
+    return value
+
+
+def _number(value: object) -> float:
+    if not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+def test_dense_float32_ticket_is_exactly_fedavg(dense_path: Path) -> None:
+    ticket = read_ticket(dense_path, allow_unsigned=True)
+    assert ticket.manifest["density"]["overall"] == 1.0
+    layout = PackLayout.from_ticket(ticket)
+    nodes = heart_nodes(dense_path)
+
+    ours = _run(_strategy(ticket), InProcessGrid(client_app.app, nodes), _initial(ticket), 3)
+    stock = _run(
+        FedAvg(fraction_evaluate=0.0),
+        InProcessGrid(_plain_dense_client(dense_path), nodes),
+        ArrayRecord({name: Array(np.array(w)) for name, w in ticket.weights.items()}),
+        3,
+    )
+
+    ours_weights = layout.unpack(ours.arrays[PAYLOAD_KEY].numpy())
+    stock_weights = {name: array.numpy() for name, array in stock.arrays.items()}
+    assert ours_weights.keys() == stock_weights.keys()
+    moved = 0.0
+    for name, weight in ours_weights.items():
+        np.testing.assert_allclose(weight, stock_weights[name], rtol=0, atol=1e-6)
+        moved = max(moved, float(np.abs(weight - ticket.weights[name]).max()))
+    assert moved > 1e-3  # the comparison is not vacuous: three rounds moved the weights
+
+
+def test_server_app_runs_from_run_config(sparse_path: Path) -> None:
+    from server.server_app import ServerSettings, run_training
+
+    settings = ServerSettings.from_run_config(
+        {
+            "ticket-path": str(sparse_path),
+            "allow-unsigned": True,
+            "num-rounds": 1,
+            "local-epochs": 1,
+            "batch-size": 32,
+            "lr": 0.001,
+            "uplink-dtype": "int8",
+            "fraction-evaluate": 0.0,
+            "min-nodes": 4,
+        }
+    )
+    grid = InProcessGrid(client_app.app, heart_nodes(sparse_path))
+
+    random.seed(0)
+    with server_identity():
+        result = run_training(grid, settings)
+
+    assert _number(result.train_metrics_clientapp[1]["participants"]) == 4
+    layout = PackLayout.from_ticket(read_ticket(sparse_path, allow_unsigned=True))
+    int8_bytes = _number(result.train_metrics_clientapp[1]["bytes-up"]) / 4
+    assert int8_bytes < HEADER_BYTES + 4 * len(layout.segment_sizes) + layout.size + 1
