@@ -1,6 +1,8 @@
 """The Flower ServerApp: load and verify the run's ticket, then run PackedFedAvg over the grid."""
 
+import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +38,18 @@ class ServerSettings:
     fraction_train: float  # [fraction-train]
     fraction_evaluate: float  # [fraction-evaluate]
     min_nodes: int  # [min-nodes] sampled per round, and needed online before sampling
+    summary_path: Path | None  # [summary-path] per-round metrics as JSON when the run ends
     plan: RoundPlan  # ticket id filled in from the ticket itself
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, ConfigValue]) -> "ServerSettings":
         key = _get(config, "fleet-key", str, "")
+        ticket = _get(config, "ticket-path", str)
+        if not ticket:
+            raise RunConfigError("run config: ticket-path is required")
+        summary = _get(config, "summary-path", str, "")
         return cls(
-            ticket_path=Path(_get(config, "ticket-path", str)),
+            ticket_path=Path(ticket),
             fleet_key=Path(key) if key else None,
             allow_unsigned=_get(config, "allow-unsigned", bool, False),
             num_rounds=_get(config, "num-rounds", int),
@@ -50,6 +57,7 @@ class ServerSettings:
             fraction_train=float(_get(config, "fraction-train", float, 1.0)),
             fraction_evaluate=float(_get(config, "fraction-evaluate", float, 1.0)),
             min_nodes=_get(config, "min-nodes", int, 2),
+            summary_path=Path(summary) if summary else None,
             plan=RoundPlan(
                 ticket_id="",
                 train=TrainConfig(
@@ -73,6 +81,8 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     settings = ServerSettings.from_run_config(context.run_config)
     result = run_training(grid, settings)
+    if settings.summary_path is not None:
+        write_summary(settings.summary_path, result)
     logger.info("finished %d rounds; final metrics %s", settings.num_rounds, result)
 
 
@@ -99,6 +109,29 @@ def run_training(grid: Grid, settings: ServerSettings) -> Result:
         num_rounds=settings.num_rounds,
         timeout=settings.round_timeout_s,
     )
+
+
+def write_summary(path: Path, result: Result) -> None:
+    """Per-round train and federated-evaluate metrics as one JSON document, written atomically.
+
+    The ServerApp runs in its own process under the SuperLink: this file is how a launcher on
+    the same machine (deploy/loopback.py) reads the rounds back.
+    """
+    rounds = sorted(set(result.train_metrics_clientapp) | set(result.evaluate_metrics_clientapp))
+    document = {
+        "rounds": [
+            {
+                "round": server_round,
+                "train": dict(result.train_metrics_clientapp.get(server_round, {})),
+                "evaluate": dict(result.evaluate_metrics_clientapp.get(server_round, {})),
+            }
+            for server_round in rounds
+        ]
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(document, indent=2, sort_keys=True))
+    os.replace(partial, path)
 
 
 _MISSING: Any = object()

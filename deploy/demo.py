@@ -1,0 +1,167 @@
+"""`python -m deploy.demo`: federated training of a heart ticket across real Flower processes.
+
+Finds a heart-uci ticket at density 0.1 with `ticket find` (or reuses OUT/heart.ticket), starts a
+SuperLink and one SuperNode per hospital on loopback (deploy.loopback), trains for a few rounds,
+prints a per-round table, and stops every process it started. Exit status 0 only when the run
+completed every round with at least one participant.
+"""
+
+import argparse
+import logging
+import math
+import shutil
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from deploy.loopback import ConfigValue, Loopback, LoopbackError, RunOutcome
+
+HEART_SITES = 4  # heart-uci's natural partition: one partition per hospital
+APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app: the project's pyproject.toml
+
+
+def heart_node_configs(
+    ticket: Path, nodes: int, **extra: ConfigValue
+) -> list[dict[str, ConfigValue]]:
+    """Node configs for the first `nodes` heart-uci hospitals, one device each."""
+    if not 1 <= nodes <= HEART_SITES:
+        raise ValueError(f"heart-uci has {HEART_SITES} hospitals, asked for {nodes} nodes")
+    return [
+        {
+            "ticket-path": str(ticket.resolve()),
+            "allow-unsigned": True,
+            "dataset": "heart-uci",
+            "partition": "natural",
+            "partition-id": index,
+            "num-partitions": HEART_SITES,  # a property of the natural split, not of the fleet
+            **extra,
+        }
+        for index in range(nodes)
+    ]
+
+
+def run_config(ticket: Path, *, rounds: int, nodes: int, **extra: ConfigValue) -> dict[str, Any]:
+    return {
+        "ticket-path": str(ticket.resolve()),
+        "allow-unsigned": True,
+        "num-rounds": rounds,
+        "min-nodes": nodes,
+        **extra,
+    }
+
+
+def find_ticket(out: Path, *, density: float) -> Path:
+    """OUT/heart.ticket, found with `ticket find` unless it is already there."""
+    ticket = out / "heart.ticket"
+    if ticket.exists():
+        print(f"reusing {ticket}")
+        return ticket
+    from deploy.cli import main
+
+    args = ["find", "--model", "heart-mlp", "--data", "heart-uci", "--quiet"]
+    if main([*args, "--target-density", str(density), "--out", str(ticket)]) != 0:
+        raise LoopbackError("ticket find failed")
+    return ticket
+
+
+def round_rows(outcome: RunOutcome) -> list[dict[str, Any]]:
+    rounds = (outcome.summary or {}).get("rounds", [])
+    rows = []
+    for entry in rounds:
+        train: Mapping[str, Any] = entry.get("train", {})
+        evaluate: Mapping[str, Any] = entry.get("evaluate", {})
+        rows.append(
+            {
+                "round": entry["round"],
+                "participants": train.get("participants", 0),
+                "failures": train.get("failures", 0) + train.get("rejected", 0),
+                "train-loss": train.get("train-loss", math.nan),
+                "loss": evaluate.get("loss", math.nan),
+                "accuracy": evaluate.get("accuracy", math.nan),
+                "bytes-up": train.get("bytes-up", 0),
+                "bytes-down": train.get("bytes-down", 0),
+                "wall-s": outcome.round_wall_s.get(entry["round"], math.nan),
+            }
+        )
+    return rows
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    header = (
+        f"{'round':>5} {'nodes':>5} {'fail':>4} {'train-loss':>10} {'loss':>7} "
+        f"{'acc':>6} {'bytes up':>9} {'bytes down':>10} {'wall s':>7}"
+    )
+    lines = [header]
+    for row in rows:
+        lines.append(
+            f"{row['round']:>5} {row['participants']:>5} {row['failures']:>4} "
+            f"{row['train-loss']:>10.4f} {row['loss']:>7.4f} {row['accuracy']:>6.3f} "
+            f"{row['bytes-up']:>9} {row['bytes-down']:>10} {row['wall-s']:>7.1f}"
+        )
+    return "\n".join(lines)
+
+
+def all_rounds_completed(outcome: RunOutcome, rounds: int) -> bool:
+    rows = round_rows(outcome)
+    return (
+        outcome.completed
+        and [row["round"] for row in rows] == list(range(1, rounds + 1))
+        and all(row["participants"] > 0 for row in rows)
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.demo", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("demo-out"), help="default: demo-out")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--nodes", type=int, default=HEART_SITES, help="hospitals (1-4)")
+    parser.add_argument("--density", type=float, default=0.1)
+    parser.add_argument("--local-epochs", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds for the run")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        ticket = find_ticket(out, density=args.density)
+    except LoopbackError as error:
+        print(f"demo: {error}", file=sys.stderr)
+        return 1
+    workdir = out / "loopback"
+    shutil.rmtree(workdir, ignore_errors=True)  # a fresh SuperLink database every demo
+    nodes = heart_node_configs(ticket, args.nodes)
+    config = run_config(
+        ticket, rounds=args.rounds, nodes=args.nodes, **{"local-epochs": args.local_epochs}
+    )
+    print(f"starting a SuperLink and {args.nodes} SuperNodes on loopback (logs: {workdir}/logs)")
+    # SIGTERM (e.g. from a supervisor or `timeout`) unwinds like Ctrl-C: the processes get stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with Loopback(workdir, APP_DIR, nodes) as fleet:
+            outcome = fleet.run(config, timeout_s=args.timeout, summary_path=out / "rounds.json")
+    except LoopbackError as error:
+        print(f"demo: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("demo: interrupted; every process was stopped", file=sys.stderr)
+        return 130
+    print(f"run {outcome.run_id}: {outcome.status} in {outcome.wall_s:.1f} s")
+    print(format_table(round_rows(outcome)))
+    print("peak RSS (MB): " + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in fleet.peak_rss.items()))
+    left = fleet.alive()
+    if left:
+        print(f"demo: processes still alive: {left}", file=sys.stderr)
+        return 1
+    return 0 if all_rounds_completed(outcome, args.rounds) else 1
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,435 @@
+"""A real Flower deployment on one machine: a SuperLink and one SuperNode per device, on loopback.
+
+Every Flower process is a separate OS process started here in its own session (process group),
+with its own FLWR_HOME under the work dir, telemetry and update checks off, and its output in
+`<workdir>/logs/`. The run is submitted with `flwr run` against a `[superlink.NAME]` connection
+written to the launcher's own `$FLWR_HOME/config.toml`. `Loopback` stops every process it started
+(SIGTERM to each group, SIGKILL after a grace period, then any straggling descendant by pid) when
+its `with` block ends, whether by return, exception or Ctrl-C.
+
+Insecure for now: TLS and node authentication come with the deployment issues.
+"""
+
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import psutil
+
+logger = logging.getLogger(__name__)
+
+ConfigValue = bool | float | int | str
+CONNECTION = "loopback"
+FINISHED_PREFIX = "finished:"
+COMPLETED = "finished:completed"
+_RUN_ID = re.compile(r"Successfully started run (\d+)")
+_ROUND_START = re.compile(r"\[ROUND (\d+)/\d+\]")
+_STRATEGY_END = "Strategy execution finished"
+
+
+class LoopbackError(RuntimeError):
+    """A Flower process could not be started, or the run could not be submitted or followed."""
+
+
+def toml_values(values: Mapping[str, ConfigValue]) -> str:
+    """`key=value` pairs as `--run-config` / `--node-config` take them (strings quoted)."""
+    parts = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, str):
+            text = json.dumps(value)  # a TOML basic string for paths and names
+        else:
+            text = repr(value)
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def flower_env(home: Path, bin_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        FLWR_HOME=str(home),
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        # superexec starts flwr-serverapp / flwr-clientapp by name: use this environment's.
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@dataclass(frozen=True)
+class ProcessId:
+    """A pid plus its start time, so a recycled pid is never mistaken for ours."""
+
+    pid: int
+    create_time: float
+    label: str
+
+    def alive(self) -> bool:
+        try:
+            process = psutil.Process(self.pid)
+            same = abs(process.create_time() - self.create_time) < 0.01
+            return same and process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+
+@dataclass
+class _Started:
+    label: str
+    popen: subprocess.Popen[bytes]
+    log: IO[bytes]
+
+
+@dataclass
+class RunOutcome:
+    run_id: int
+    status: str  # e.g. "finished:completed", "finished:failed", or "timeout"
+    wall_s: float  # from submission until the status was final
+    summary: dict[str, Any] | None  # the ServerApp's summary-path document, when written
+    round_wall_s: dict[int, float] = field(default_factory=dict)  # as seen in the log stream
+
+    @property
+    def completed(self) -> bool:
+        return self.status == COMPLETED
+
+
+@dataclass
+class Loopback:
+    """SuperLink + one SuperNode per entry of `node_configs`, as processes; use as a context."""
+
+    workdir: Path
+    app_dir: Path  # the Flower app: a directory with pyproject.toml
+    node_configs: list[dict[str, ConfigValue]]
+    bin_dir: Path = field(default_factory=lambda: Path(sys.executable).parent)
+    grace_s: float = 10.0
+    sample_every_s: float = 1.0
+    superlink_port: int = 0  # 0: chosen free
+    started: list[_Started] = field(default_factory=list)
+    seen: dict[int, ProcessId] = field(default_factory=dict)  # every pid observed in our trees
+    peak_rss: dict[str, int] = field(default_factory=dict)  # "label/process name" -> bytes
+    _stop_sampling: threading.Event = field(default_factory=threading.Event)
+    _sampler: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> "Loopback":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        if not self.superlink_port:
+            self.superlink_port = free_port()
+        address = f"127.0.0.1:{self.superlink_port}"
+        self._write_connection(address)
+        self._spawn(
+            "superlink",
+            [
+                "flower-superlink",
+                "--insecure",
+                *("--host", "127.0.0.1", "--port", str(self.superlink_port)),
+                *("--database", str(self.workdir / "superlink" / "state.db")),
+                "--disable-runtime-dependency-installation",
+            ],
+            home=self.workdir / "superlink",
+        )
+        wait_for_port(self.superlink_port, timeout_s=120.0, alive=self._check_alive)
+        for index, config in enumerate(self.node_configs):
+            self._spawn(
+                f"supernode-{index}",
+                [
+                    "flower-supernode",
+                    "--insecure",
+                    *("--superlink", address),
+                    *("--host", "127.0.0.1", "--port", str(free_port())),
+                    *("--node-config", toml_values(config)),
+                ],
+                home=self.workdir / f"supernode-{index}",
+            )
+        self._sampler = threading.Thread(target=self._sample_loop, daemon=True)
+        self._sampler.start()
+
+    def stop(self) -> None:
+        """SIGTERM every group we started, SIGKILL after `grace_s`, then any leftover by pid."""
+        self._stop_sampling.set()
+        if self._sampler is not None:
+            self._sampler.join(timeout=5.0)
+        self._sample()  # the final tree, so late children are known and killed too
+        for started in self.started:
+            _signal_group(started.popen, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_s
+        for started in self.started:
+            with suppress(subprocess.TimeoutExpired):
+                started.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+        for started in self.started:
+            _signal_group(started.popen, signal.SIGKILL)
+            with suppress(subprocess.TimeoutExpired):
+                started.popen.wait(timeout=5.0)
+        # Group signals miss a descendant that started its own session: kill those by pid, and
+        # wait, since a signal is delivered asynchronously.
+        leftovers = []
+        for process in self.alive():
+            with suppress(psutil.NoSuchProcess):
+                leftover = psutil.Process(process.pid)
+                leftover.kill()
+                leftovers.append(leftover)
+        psutil.wait_procs(leftovers, timeout=5.0)
+        deadline = time.monotonic() + 5.0
+        while self.alive() and time.monotonic() < deadline:  # children of init, not ours
+            time.sleep(0.05)
+        for started in self.started:
+            started.log.close()
+
+    def alive(self) -> list[ProcessId]:
+        """Processes we started (or that our processes started) that still run."""
+        return [process for process in self.seen.values() if process.alive()]
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def run(
+        self,
+        run_config: Mapping[str, ConfigValue],
+        *,
+        timeout_s: float = 900.0,
+        summary_path: Path | None = None,
+    ) -> RunOutcome:
+        """Submit the app with `flwr run` and follow its log until the run is finished."""
+        config = dict(run_config)
+        if summary_path is not None:
+            config["summary-path"] = str(summary_path)
+        began = time.monotonic()
+        command = [
+            str(self.bin_dir / "flwr"),
+            *("run", str(self.app_dir), CONNECTION),
+            *("--run-config", toml_values(config)),
+            "--stream",
+        ]
+        log_path = self.workdir / "logs" / "flwr-run.log"
+        with log_path.open("wb") as log:
+            stream = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._env(self.workdir / "cli"),
+                cwd=self.app_dir,
+                start_new_session=True,
+            )
+            self._track(stream, "flwr-run")
+            try:
+                marks = _follow(stream, log_path, deadline=began + timeout_s)
+            finally:
+                if stream.poll() is None:
+                    _signal_group(stream, signal.SIGKILL)
+                stream.wait()
+        match = _RUN_ID.search(log_path.read_text(errors="replace"))
+        if match is None:
+            raise LoopbackError(f"flwr run did not start a run; see {log_path}")
+        run_id = int(match.group(1))
+        status = self._wait_finished(run_id, deadline=began + timeout_s)
+        wall = time.monotonic() - began
+        summary = None
+        if summary_path is not None and summary_path.exists():
+            summary = json.loads(summary_path.read_text())
+        return RunOutcome(
+            run_id=run_id,
+            status=status,
+            wall_s=wall,
+            summary=summary,
+            round_wall_s=_round_walls(marks),
+        )
+
+    def run_status(self, run_id: int) -> str:
+        result = subprocess.run(
+            [
+                *(str(self.bin_dir / "flwr"), "ls", CONNECTION),
+                *("--run-id", str(run_id), "--format", "json"),
+            ],
+            capture_output=True,
+            env=self._env(self.workdir / "cli"),
+            timeout=120,
+            check=False,
+        )
+        try:
+            runs = json.loads(result.stdout)["runs"]
+            status: str = runs[0]["status"]
+        except (ValueError, KeyError, IndexError) as error:
+            raise LoopbackError(f"flwr ls failed: {result.stdout[-500:]!r}") from error
+        return status
+
+    def _wait_finished(self, run_id: int, *, deadline: float) -> str:
+        while True:
+            status = self.run_status(run_id)
+            if status.startswith(FINISHED_PREFIX):
+                return status
+            if time.monotonic() > deadline:
+                return "timeout"
+            self._check_alive()
+            time.sleep(2.0)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _env(self, home: Path) -> dict[str, str]:
+        home.mkdir(parents=True, exist_ok=True)
+        return flower_env(home, self.bin_dir)
+
+    def _write_connection(self, address: str) -> None:
+        home = self.workdir / "cli"
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+            f'[superlink.{CONNECTION}]\naddress = "{address}"\ninsecure = true\n'
+        )
+
+    def _spawn(self, label: str, command: list[str], *, home: Path) -> None:
+        executable = self.bin_dir / command[0]
+        log = (self.workdir / "logs" / f"{label}.log").open("wb")
+        try:
+            popen = subprocess.Popen(
+                [str(executable), *command[1:]],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self._env(home),
+                cwd=home,
+                start_new_session=True,  # its own process group: superexec and apps die with it
+            )
+        except BaseException:
+            log.close()
+            raise
+        self.started.append(_Started(label, popen, log))
+        self._track(popen, label)
+        logger.info("started %s (pid %d)", label, popen.pid)
+
+    def _track(self, popen: subprocess.Popen[bytes], label: str) -> None:
+        with suppress(psutil.NoSuchProcess), self._lock:
+            self.seen[popen.pid] = ProcessId(
+                popen.pid, psutil.Process(popen.pid).create_time(), label
+            )
+
+    def _check_alive(self) -> None:
+        for started in self.started:
+            code = started.popen.poll()
+            if code is not None:
+                raise LoopbackError(
+                    f"{started.label} exited with status {code}; "
+                    f"see {self.workdir / 'logs' / (started.label + '.log')}"
+                )
+
+    def _sample_loop(self) -> None:
+        while not self._stop_sampling.wait(self.sample_every_s):
+            self._sample()
+
+    def _sample(self) -> None:
+        """Record every process in our trees, and each one's peak RSS."""
+        for started in self.started:
+            for process in _tree(started.popen.pid):
+                with suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                    name = _flower_name(process)
+                    rss = process.memory_info().rss
+                    root = process.pid == started.popen.pid
+                    key = started.label if root else f"{started.label}/{name}"
+                    with self._lock:
+                        self.seen.setdefault(
+                            process.pid,
+                            ProcessId(process.pid, process.create_time(), key),
+                        )
+                        self.peak_rss[key] = max(self.peak_rss.get(key, 0), rss)
+
+
+def _follow(
+    stream: subprocess.Popen[bytes], log_path: Path, *, deadline: float
+) -> dict[str, float]:
+    """Wait for `flwr run --stream` to end; when each round (and the strategy) was logged."""
+    marks: dict[str, float] = {}
+    while True:
+        finished = stream.poll() is not None
+        text = log_path.read_text(errors="replace")
+        now = time.monotonic()
+        for number in _ROUND_START.findall(text):
+            marks.setdefault(number, now)
+        if _STRATEGY_END in text:
+            marks.setdefault("end", now)
+        if finished or now > deadline:
+            return marks
+        time.sleep(0.5)
+
+
+def _round_walls(marks: Mapping[str, float]) -> dict[int, float]:
+    """Round k lasted from its `[ROUND k/N]` line to the next one (or to the strategy's end)."""
+    starts = sorted((int(key), at) for key, at in marks.items() if key != "end")
+    ends = [at for _, at in starts[1:]] + [marks.get("end", float("nan"))]
+    return {number: end - start for (number, start), end in zip(starts, ends, strict=True)}
+
+
+def _tree(pid: int) -> Iterator[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        yield root
+        yield from root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+
+
+def _flower_name(process: psutil.Process) -> str:
+    """The Flower command a process runs (flwr-clientapp, flower-superexec, ...)."""
+    for part in process.cmdline():
+        base = Path(part).name
+        if base.startswith(("flower-", "flwr-", "flwr")):
+            return base
+    return process.name()
+
+
+def _signal_group(popen: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(popen.pid, sig)  # start_new_session=True: the group id is the pid
+
+
+def wait_for_port(port: int, *, timeout_s: float, alive: Any = None) -> None:
+    """Until something accepts TCP connections on 127.0.0.1:`port`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if alive is not None:
+            alive()
+        time.sleep(0.5)
+    raise LoopbackError(f"nothing listens on 127.0.0.1:{port} after {timeout_s:.0f} s")

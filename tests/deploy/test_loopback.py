@@ -1,0 +1,108 @@
+"""The loopback launcher without Flower: config strings, round timing, and stopping every process.
+
+Fake `flower-superlink` / `flower-supernode` executables stand in for Flower's, each starting a
+child that ignores SIGTERM, so stopping must reach whole process trees and escalate to SIGKILL.
+"""
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from deploy.demo import all_rounds_completed, format_table, round_rows
+from deploy.loopback import Loopback, LoopbackError, RunOutcome, _round_walls, toml_values
+
+FAKE_SUPERLINK = """#!{python}
+import socket, subprocess, sys, time
+port = int(sys.argv[sys.argv.index("--port") + 1])
+server = socket.socket()
+server.bind(("127.0.0.1", port))
+server.listen()
+subprocess.Popen([sys.executable, "-c", {stubborn!r}])
+time.sleep(600)
+"""
+FAKE_SUPERNODE = """#!{python}
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", {stubborn!r}])
+time.sleep(600)
+"""
+STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+
+
+def _fake_bin(tmp_path: Path, supernode: str = FAKE_SUPERNODE) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("flower-superlink", FAKE_SUPERLINK), ("flower-supernode", supernode)):
+        script = bin_dir / name
+        script.write_text(text.format(python=sys.executable, stubborn=STUBBORN))
+        script.chmod(0o755)
+    return bin_dir
+
+
+def test_config_values_are_toml() -> None:
+    text = toml_values({"ticket-path": "/a b/t.ticket", "allow-unsigned": True, "n": 4, "lr": 0.5})
+    assert text == 'ticket-path="/a b/t.ticket" allow-unsigned=true n=4 lr=0.5'
+
+
+def test_a_round_lasts_until_the_next_one_starts() -> None:
+    walls = _round_walls({"1": 10.0, "2": 25.0, "3": 37.0, "end": 50.0})
+    assert walls == {1: 15.0, 2: 12.0, 3: 13.0}
+    assert math.isnan(_round_walls({"1": 10.0})[1])  # the run never reached its end
+
+
+def test_rounds_table_and_completion() -> None:
+    summary = {
+        "rounds": [
+            {
+                "round": 1,
+                "train": {"participants": 2, "failures": 0, "rejected": 1, "bytes-up": 10},
+                "evaluate": {"loss": 0.5, "accuracy": 0.75},
+            }
+        ]
+    }
+    outcome = RunOutcome(1, "finished:completed", 3.0, summary, {1: 2.5})
+    rows = round_rows(outcome)
+    assert rows[0]["failures"] == 1 and rows[0]["bytes-up"] == 10
+    assert "0.750" in format_table(rows)
+    assert all_rounds_completed(outcome, 1)
+    assert not all_rounds_completed(outcome, 2)
+    assert not all_rounds_completed(RunOutcome(1, "finished:failed", 3.0, summary), 1)
+
+
+def test_every_started_process_and_its_children_are_stopped(tmp_path: Path) -> None:
+    fleet = Loopback(
+        tmp_path / "work", tmp_path, [{"partition-id": 0}, {"partition-id": 1}],
+        bin_dir=_fake_bin(tmp_path), grace_s=1.0, sample_every_s=0.2,
+    )  # fmt: skip
+    with fleet:
+        deadline = time.monotonic() + 30
+        while len(fleet.seen) < 6 and time.monotonic() < deadline:  # 3 scripts, 3 children
+            time.sleep(0.2)
+    assert len(fleet.seen) >= 6
+    assert fleet.alive() == []
+    assert (tmp_path / "work" / "logs" / "supernode-1.log").exists()
+    assert 'address = "127.0.0.1:' in (tmp_path / "work" / "cli" / "config.toml").read_text()
+
+
+def test_an_exception_inside_the_block_still_stops_everything(tmp_path: Path) -> None:
+    fleet = Loopback(tmp_path / "work", tmp_path, [{}], bin_dir=_fake_bin(tmp_path), grace_s=1.0)
+    with pytest.raises(RuntimeError, match="boom"), fleet:
+        raise RuntimeError("boom")
+    assert fleet.seen and fleet.alive() == []
+
+
+def test_a_process_that_dies_at_start_is_reported(tmp_path: Path) -> None:
+    fleet = Loopback(
+        tmp_path / "work", tmp_path, [{}],
+        bin_dir=_fake_bin(tmp_path, supernode="#!{python}\nimport sys\nsys.exit(3)\n"),
+        grace_s=1.0,
+    )  # fmt: skip
+    with fleet:
+        deadline = time.monotonic() + 30
+        while fleet.started[-1].popen.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with pytest.raises(LoopbackError, match="supernode-0 exited with status 3"):
+            fleet._check_alive()
+    assert fleet.alive() == []
