@@ -2,7 +2,6 @@
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 
 from server.strategy import PAYLOAD_KEY, PackedFedAvg, RoundPlan
+from ticket.atomic import atomic_write_text
 from ticket.bundle import read_ticket
 from ticket.packing import PackLayout
 from ticket.train import TrainConfig
@@ -129,9 +129,7 @@ def write_summary(path: Path, result: Result) -> None:
         ]
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(document, indent=2, sort_keys=True))
-    os.replace(partial, path)
+    atomic_write_text(path, json.dumps(document, indent=2, sort_keys=True))
 
 
 _MISSING: Any = object()
