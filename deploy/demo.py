@@ -42,9 +42,15 @@ def heart_node_configs(
     ]
 
 
-def run_config(ticket: Path, *, rounds: int, nodes: int, **extra: ConfigValue) -> dict[str, Any]:
+def run_config(
+    ticket: Path, *, run_dir: Path, rounds: int, nodes: int, **extra: ConfigValue
+) -> dict[str, Any]:
+    """Run config for heart-uci: checkpoints and the round log go to `run_dir`, the server
+    scores the pooled held-out rows of all four hospitals every round."""
     return {
         "ticket-path": str(ticket.resolve()),
+        "run-dir": str(run_dir.resolve()),
+        "server-eval": "heart-uci",
         "allow-unsigned": True,
         "num-rounds": rounds,
         "min-nodes": nodes,
@@ -135,7 +141,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     shutil.rmtree(workdir, ignore_errors=True)  # a fresh SuperLink database every demo
     nodes = heart_node_configs(ticket, args.nodes)
     config = run_config(
-        ticket, rounds=args.rounds, nodes=args.nodes, **{"local-epochs": args.local_epochs}
+        ticket,
+        run_dir=workdir / "run",
+        rounds=args.rounds,
+        nodes=args.nodes,
+        **{"local-epochs": args.local_epochs},
     )
     print(f"starting a SuperLink and {args.nodes} SuperNodes on loopback (logs: {workdir}/logs)")
     # SIGTERM (e.g. from a supervisor or `timeout`) unwinds like Ctrl-C: the processes get stopped.
@@ -151,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     print(f"run {outcome.run_id}: {outcome.status} in {outcome.wall_s:.1f} s")
     print(format_table(round_rows(outcome)))
+    run_dir = workdir / "run"
+    print(f"round log {run_dir / 'rounds.jsonl'}  plot {run_dir / 'rounds.png'}")
     print("peak RSS (MB): " + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in fleet.peak_rss.items()))
     left = fleet.alive()
     if left:

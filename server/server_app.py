@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Array, ArrayRecord, Context
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 
-from server.strategy import PAYLOAD_KEY, PackedFedAvg, RoundPlan
+from server.evaluation import ServerEvaluator
+from server.strategy import PackedFedAvg, RoundPlan
+from server.training_run import run_resumable
 from ticket.atomic import atomic_write_text
 from ticket.bundle import read_ticket
 from ticket.packing import PackLayout
@@ -31,6 +33,8 @@ class ServerSettings:
     """`context.run_config`, typed once (keys in brackets)."""
 
     ticket_path: Path  # [ticket-path]
+    run_dir: Path  # [run-dir] checkpoints, rounds.jsonl, rounds.png; a restart resumes from it
+    server_eval: str  # [server-eval] dataset whose pooled test rows the server scores ("": off)
     fleet_key: Path | None  # [fleet-key] PEM public key the ticket must be signed by
     allow_unsigned: bool  # [allow-unsigned]
     num_rounds: int  # [num-rounds]
@@ -48,8 +52,13 @@ class ServerSettings:
         if not ticket:
             raise RunConfigError("run config: ticket-path is required")
         summary = _get(config, "summary-path", str, "")
+        run_dir = _get(config, "run-dir", str)
+        if not run_dir:
+            raise RunConfigError("run config: run-dir is required")
         return cls(
             ticket_path=Path(ticket),
+            run_dir=Path(run_dir),
+            server_eval=_get(config, "server-eval", str, ""),
             fleet_key=Path(key) if key else None,
             allow_unsigned=_get(config, "allow-unsigned", bool, False),
             num_rounds=_get(config, "num-rounds", int),
@@ -102,12 +111,19 @@ def run_training(grid: Grid, settings: ServerSettings) -> Result:
         min_evaluate_nodes=settings.min_nodes if settings.fraction_evaluate > 0 else 0,
         min_available_nodes=settings.min_nodes,
     )
-    initial = ArrayRecord({PAYLOAD_KEY: Array(layout.pack(ticket.weights))})
-    return strategy.start(
-        grid=grid,
-        initial_arrays=initial,
+    evaluator = (
+        ServerEvaluator.held_out(ticket, layout, settings.server_eval)
+        if settings.server_eval
+        else None
+    )
+    return run_resumable(
+        strategy,
+        grid,
+        layout.pack(ticket.weights),
+        run_dir=settings.run_dir,
         num_rounds=settings.num_rounds,
         timeout=settings.round_timeout_s,
+        evaluator=evaluator,
     )
 
 

@@ -2,18 +2,21 @@
 
 The global model is an ArrayRecord {"packed": float32 [n]} (n = PackLayout.size). Messages
 carry it encoded by ticket.codec; which replies count is decided here, the mean is
-ticket.fedavg's. Wire schema: see edge_daemon/client_app.py (the two must match).
+ticket.fedavg's. Wire schema: see edge_daemon/client_app.py (the two must match). Round numbers
+are run-wide: `start(first_round=k)` continues a run after a restart (server/training_run.py).
 """
 
 import logging
-from collections.abc import Iterable
+import random
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Result
 
 from ticket.codec import DTYPES, Kind, decode_vector, encode_vector
 from ticket.errors import CodecError
@@ -63,6 +66,8 @@ class RoundRecord:
     accepted: list[int] = field(default_factory=list)  # node ids averaged in
     failures: dict[int, str] = field(default_factory=dict)  # node id -> its Error reply
     rejected: dict[int, str] = field(default_factory=dict)  # node id -> why its reply was refused
+    train_metrics: dict[str, float] = field(default_factory=dict)  # example-weighted means
+    evaluate_metrics: dict[str, float] = field(default_factory=dict)  # federated evaluation
 
     def metrics(self) -> dict[str, int | float]:
         return {
@@ -89,11 +94,59 @@ class PackedFedAvg(FedAvg):
         super().__init__(**fedavg_options)
         self.layout = layout
         self.plan = plan
-        self.rounds: dict[int, RoundRecord] = {}
+        self.rounds: dict[int, RoundRecord] = {}  # by run-wide round number
+        self._offset = 0  # rounds finished before this start() (a resumed run)
+
+    def start(  # noqa: PLR0917  # Flower's signature, plus first_round
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+        *,
+        first_round: int = 1,
+    ) -> Result:
+        """Run rounds `first_round`..`num_rounds` from `initial_arrays` (a resumed run's state).
+
+        Flower's loop counts its rounds from 1; every round number this strategy sends, logs,
+        records or passes to `evaluate_fn` (and the keys of the Result) is the run-wide one,
+        `first_round - 1` higher. `evaluate_fn` is called with `first_round - 1` before the
+        first round, as Flower calls it with 0.
+        """
+        if first_round < 1:
+            raise ValueError(f"first_round must be >= 1, got {first_round}")
+        offset = first_round - 1
+        if num_rounds <= offset:
+            return Result()  # nothing left to run: the caller already holds the final state
+        shifted = None
+        if evaluate_fn is not None:
+            hook = evaluate_fn
+
+            def shifted(local_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+                return hook(local_round + offset, arrays)
+
+        self._offset = offset
+        try:
+            result = super().start(
+                grid,
+                initial_arrays,
+                num_rounds - offset,
+                timeout,
+                train_config,
+                evaluate_config,
+                shifted,
+            )
+        finally:
+            self._offset = 0
+        return _shift_rounds(result, offset)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self._offset
         plan, train = self.plan, self.plan.train
         wire_config = ConfigRecord(
             {
@@ -108,7 +161,8 @@ class PackedFedAvg(FedAvg):
             }
         )
         wire, size = self._encode_global(server_round, arrays)
-        messages = list(super().configure_train(server_round, wire, wire_config, grid))
+        with _seeded_sampling(plan.seed, server_round, "train"):
+            messages = list(super().configure_train(server_round, wire, wire_config, grid))
         record = self.rounds.setdefault(server_round, RoundRecord(server_round))
         for message in messages:
             record.bytes_down[message.metadata.dst_node_id] = size
@@ -117,6 +171,7 @@ class PackedFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self._offset
         record = self.rounds.setdefault(server_round, RoundRecord(server_round))
         updates: list[_Update] = []
         for message in replies:
@@ -133,7 +188,8 @@ class PackedFedAvg(FedAvg):
                 record.rejected[node] = str(error)
                 logger.warning("round %d: rejected node %d: %s", server_round, node, error)
         record.accepted = [update.node_id for update in updates]
-        metrics = MetricRecord({**record.metrics(), **_mean_metrics(updates)})
+        record.train_metrics = _mean_metrics(updates)
+        metrics = MetricRecord({**record.metrics(), **record.train_metrics})
         if len(updates) < self.plan.min_replies:
             logger.warning(
                 "round %d: %d usable updates, need %d; global model unchanged",
@@ -148,9 +204,25 @@ class PackedFedAvg(FedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self._offset
         wire, _ = self._encode_global(server_round, arrays)
         wire_config = ConfigRecord({**dict(config), "ticket-id": self.plan.ticket_id})
-        return super().configure_evaluate(server_round, wire, wire_config, grid)
+        with _seeded_sampling(self.plan.seed, server_round, "evaluate"):
+            return list(super().configure_evaluate(server_round, wire, wire_config, grid))
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        server_round += self._offset
+        metrics = super().aggregate_evaluate(server_round, replies)
+        if metrics is not None:
+            record = self.rounds.setdefault(server_round, RoundRecord(server_round))
+            record.evaluate_metrics = {
+                key: float(value)
+                for key, value in metrics.items()
+                if isinstance(value, int | float) and not isinstance(value, bool)
+            }
+        return metrics
 
     def _encode_global(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord, int]:
         payload = encode_vector(
@@ -215,3 +287,34 @@ def _mean_metrics(updates: list[_Update]) -> dict[str, float]:
     return {
         key: sum(u.metrics[key] * u.examples for u in updates) / total for key in sorted(shared)
     }
+
+
+@contextmanager
+def _seeded_sampling(seed: int, server_round: int, stage: str) -> Iterator[None]:
+    """Seed the global `random` that Flower samples nodes with, then restore it.
+
+    Sampling then depends on (seed, round, stage) only, so a resumed run samples the nodes the
+    uninterrupted run would have (given the same list of connected nodes).
+    """
+    state = random.getstate()
+    random.seed(f"ticketfleet:{seed}:{server_round}:{stage}")  # a str seed is stable
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
+def _shift_rounds(result: Result, offset: int) -> Result:
+    """`result` with its per-round keys moved from Flower's 1.. to the run-wide numbering."""
+    if offset == 0:
+        return result
+    return Result(
+        arrays=result.arrays,
+        train_metrics_clientapp={r + offset: m for r, m in result.train_metrics_clientapp.items()},
+        evaluate_metrics_clientapp={
+            r + offset: m for r, m in result.evaluate_metrics_clientapp.items()
+        },
+        evaluate_metrics_serverapp={
+            r + offset: m for r, m in result.evaluate_metrics_serverapp.items()
+        },
+    )

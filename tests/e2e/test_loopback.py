@@ -17,7 +17,7 @@ def test_two_rounds_on_two_supernodes_then_every_process_is_gone(tmp_path: Path)
     fleet = Loopback(tmp_path / "loopback", APP_DIR, heart_node_configs(ticket, 2), grace_s=5.0)
     with fleet:
         outcome = fleet.run(
-            run_config(ticket, rounds=2, nodes=2),
+            run_config(ticket, run_dir=tmp_path / "run", rounds=2, nodes=2),
             timeout_s=300.0,
             summary_path=tmp_path / "rounds.json",
         )
@@ -34,3 +34,7 @@ def test_two_rounds_on_two_supernodes_then_every_process_is_gone(tmp_path: Path)
     assert {"superlink", "supernode-0", "supernode-1", "flwr-run"} <= labels
     assert any(label.endswith("flwr-clientapp") for label in labels)
     assert fleet.alive() == []
+    # The ServerApp process checkpointed and logged both rounds, with server-side evaluation.
+    lines = (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    assert (tmp_path / "run" / "rounds.png").read_bytes()[:4] == b"\x89PNG"

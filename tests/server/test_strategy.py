@@ -1,5 +1,6 @@
 """PackedFedAvg driven in-process against the real ClientApp: heart-uci, 4 hospitals, 4 nodes."""
 
+import json
 import logging
 import random
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from flwr.serverapp.strategy import FedAvg, Result
 
 from edge_daemon import client_app
 from edge_daemon.local_data import LocalDataSpec, load_local_data
+from server.server_app import ServerSettings, run_training
 from server.strategy import PAYLOAD_KEY, PackedFedAvg, RoundPlan
 from tests.inprocess import ClientCallable, InProcessGrid, find_ticket, heart_nodes, server_identity
 from ticket.bundle import Ticket, load_ticket, read_ticket
@@ -254,12 +256,13 @@ def test_dense_float32_ticket_is_exactly_fedavg(dense_path: Path) -> None:
     assert moved > 1e-3  # the comparison is not vacuous: three rounds moved the weights
 
 
-def test_server_app_runs_from_run_config(sparse_path: Path) -> None:
+def test_server_app_runs_from_run_config(sparse_path: Path, tmp_path: Path) -> None:
     from server.server_app import ServerSettings, run_training
 
     settings = ServerSettings.from_run_config(
         {
             "ticket-path": str(sparse_path),
+            "run-dir": str(tmp_path / "run"),
             "allow-unsigned": True,
             "num-rounds": 1,
             "local-epochs": 1,
@@ -280,3 +283,128 @@ def test_server_app_runs_from_run_config(sparse_path: Path) -> None:
     layout = PackLayout.from_ticket(read_ticket(sparse_path, allow_unsigned=True))
     int8_bytes = _number(result.train_metrics_clientapp[1]["bytes-up"]) / 4
     assert int8_bytes < HEADER_BYTES + 4 * len(layout.segment_sizes) + layout.size + 1
+
+
+# ---------------------------------------------------------------- resuming at a later round
+
+
+def test_start_at_a_later_round_numbers_everything_run_wide(sparse_path: Path) -> None:
+    ticket = read_ticket(sparse_path, allow_unsigned=True)
+    strategy = PackedFedAvg(
+        PackLayout.from_ticket(ticket), RoundPlan(ticket_id=ticket.content_id, train=TRAIN)
+    )
+    grid = InProcessGrid(client_app.app, heart_nodes(sparse_path))
+    hooked: list[int] = []
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        hooked.append(server_round)
+        return MetricRecord({"round": server_round})
+
+    random.seed(0)
+    with server_identity():
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=_initial(ticket),
+            num_rounds=4,
+            timeout=60,
+            evaluate_fn=evaluate_fn,
+            first_round=3,
+        )
+
+    sent = [
+        (m.metadata.message_type, m.content.config_records["config"]["server-round"])
+        for m in grid.sent
+    ]
+    assert (
+        sent
+        == [("train", 3)] * 4 + [("evaluate", 3)] * 4 + [("train", 4)] * 4 + [("evaluate", 4)] * 4
+    )
+    assert hooked == [2, 3, 4]  # Flower's "round 0" is the state after round 2
+    assert sorted(strategy.rounds) == [3, 4]
+    for metrics in (result.train_metrics_clientapp, result.evaluate_metrics_clientapp):
+        assert sorted(metrics) == [3, 4]
+    assert sorted(result.evaluate_metrics_serverapp) == [2, 3, 4]
+    record = strategy.rounds[4]
+    assert 0 < record.train_metrics["train-loss"] < 2
+    assert 0 <= record.evaluate_metrics["accuracy"] <= 1
+
+
+def test_start_with_no_rounds_left_sends_nothing(sparse_path: Path) -> None:
+    ticket = read_ticket(sparse_path, allow_unsigned=True)
+    grid = InProcessGrid(client_app.app, heart_nodes(sparse_path))
+
+    with server_identity():
+        result = _strategy(ticket).start(
+            grid=grid, initial_arrays=_initial(ticket), num_rounds=2, first_round=3
+        )
+
+    assert grid.sent == [] and result.train_metrics_clientapp == {}
+    with pytest.raises(ValueError, match="first_round must be >= 1"):
+        _strategy(ticket).start(grid=grid, initial_arrays=_initial(ticket), first_round=0)
+
+
+def _sampled(grid: InProcessGrid, message_type: str) -> dict[object, list[int]]:
+    rounds: dict[object, list[int]] = {}
+    for message in grid.sent:
+        if message.metadata.message_type == message_type:
+            server_round = message.content.config_records["config"]["server-round"]
+            rounds.setdefault(server_round, []).append(message.metadata.dst_node_id)
+    return rounds
+
+
+def test_node_sampling_depends_on_seed_and_round_not_on_the_process(sparse_path: Path) -> None:
+    ticket = read_ticket(sparse_path, allow_unsigned=True)
+    nodes = heart_nodes(sparse_path)
+    options = {"fraction_train": 0.5, "min_train_nodes": 2, "fraction_evaluate": 0.0}
+
+    def sampled(first_round: int, global_seed: int) -> dict[object, list[int]]:
+        strategy = PackedFedAvg(
+            PackLayout.from_ticket(ticket),
+            RoundPlan(ticket_id=ticket.content_id, train=TRAIN),
+            **options,
+        )
+        grid = InProcessGrid(client_app.app, nodes)
+        random.seed(global_seed)
+        with server_identity():
+            strategy.start(
+                grid=grid, initial_arrays=_initial(ticket), num_rounds=3, first_round=first_round
+            )
+        return _sampled(grid, "train")
+
+    uninterrupted = sampled(first_round=1, global_seed=1)
+    resumed = sampled(first_round=3, global_seed=2)
+
+    assert all(len(ids) == 2 for ids in uninterrupted.values())
+    assert resumed == {3: uninterrupted[3]}
+
+
+def test_server_app_resumes_and_evaluates_on_held_out_rows(
+    sparse_path: Path, tmp_path: Path
+) -> None:
+
+    def settings(rounds: int) -> ServerSettings:
+        return ServerSettings.from_run_config(
+            {
+                "ticket-path": str(sparse_path),
+                "run-dir": str(tmp_path),
+                "server-eval": "heart-uci",
+                "allow-unsigned": True,
+                "num-rounds": rounds,
+                "local-epochs": 1,
+                "batch-size": 32,
+                "lr": 0.001,
+                "fraction-evaluate": 0.0,
+                "min-nodes": 4,
+            }
+        )
+
+    for rounds in (1, 2):
+        grid = InProcessGrid(client_app.app, heart_nodes(sparse_path))
+        with server_identity():
+            result = run_training(grid, settings(rounds))
+
+    lines = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == [1, 2]
+    assert all(0 <= line["server_eval"]["auc"] <= 1 for line in lines)
+    assert sorted(result.evaluate_metrics_serverapp) == [2]
+    assert (tmp_path / "rounds.png").read_bytes().startswith(b"\x89PNG")

@@ -1,0 +1,133 @@
+"""A resumable training run: checkpoint and log every round, resume after the last checkpoint.
+
+Files under the run directory: `checkpoints/round-NNNNNN.ckpt` (server/checkpoint.py),
+`rounds.jsonl` and `rounds.png` (server/run_log.py). Each round ends, in this order, with
+server-side evaluation, the checkpoint, then the log line; a restart resumes at the round after
+the last checkpoint with its vector, so no round's updates are averaged in twice or skipped.
+"""
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from flwr.app import Array, ArrayRecord, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result
+
+from server.checkpoint import RunCheckpoint
+from server.evaluation import ServerEvaluator
+from server.run_log import RunLog, plot_run, round_line
+from server.strategy import PAYLOAD_KEY, PackedFedAvg, RoundRecord
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run directory keeps its files."""
+
+    root: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "rounds.jsonl"
+
+    @property
+    def plot(self) -> Path:
+        return self.root / "rounds.png"
+
+
+def run_settings(strategy: PackedFedAvg, **extra: Any) -> dict[str, Any]:
+    """What must stay the same across a resume: the round plan, node sampling, and `extra`.
+
+    The number of rounds and the timeout are left out: a resumed run may run longer.
+    """
+    plan = asdict(strategy.plan)
+    del plan["ticket_id"]  # checked on its own, with its own error message
+    return {
+        "plan": plan,
+        "sampling": {
+            "fraction_train": strategy.fraction_train,
+            "fraction_evaluate": strategy.fraction_evaluate,
+            "min_train_nodes": strategy.min_train_nodes,
+            "min_evaluate_nodes": strategy.min_evaluate_nodes,
+            "min_available_nodes": strategy.min_available_nodes,
+        },
+        **extra,
+    }
+
+
+def run_resumable(
+    strategy: PackedFedAvg,
+    grid: Grid,
+    initial: npt.NDArray[np.float32],
+    *,
+    run_dir: Path,
+    num_rounds: int,
+    timeout: float,
+    evaluator: ServerEvaluator | None = None,
+    settings: Mapping[str, Any] | None = None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Result:
+    """Run rounds 1..`num_rounds`, or those after the last checkpoint in `run_dir`.
+
+    `initial` is the packed vector of round 0 (the ticket's W_k); `settings` defaults to
+    `run_settings(strategy)`. Returns Flower's Result with run-wide round numbers and, unlike
+    Flower's, `arrays` always holding the final global vector. Raises CheckpointError for a
+    damaged checkpoint or one from another ticket or other settings.
+    """
+    paths = RunPaths(Path(run_dir))
+    checkpoints = RunCheckpoint(
+        paths.checkpoints,
+        ticket_id=strategy.plan.ticket_id,
+        size=strategy.layout.size,
+        settings=run_settings(strategy) if settings is None else settings,
+    )
+    log = RunLog(paths.log)
+    latest = checkpoints.latest()
+    done = 0 if latest is None else latest.server_round
+    log.reconcile(done, None if latest is None else latest.record)
+    vector = initial if latest is None else latest.vector
+    if done >= num_rounds:
+        logger.warning(
+            "%s already holds round %d of %d: no round to run", paths.root, done, num_rounds
+        )
+    elif latest is not None:
+        logger.info("resuming after round %d of %d (%s)", done, num_rounds, paths.root)
+
+    def end_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round <= done:  # Flower's "round 0": the state we started from
+            return None
+        values = arrays[PAYLOAD_KEY].numpy()  # float32 [n]
+        server_eval = None if evaluator is None else evaluator(values)
+        record = strategy.rounds.get(server_round, RoundRecord(server_round))
+        line = round_line(record, server_eval, now())
+        checkpoints.save(server_round, values, line)  # before the log: see module docstring
+        log.append(line)
+        if server_eval is None:
+            return None
+        return MetricRecord(
+            {key: value for key, value in server_eval.as_dict().items() if value is not None}
+        )
+
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord({PAYLOAD_KEY: Array(vector)}),
+        num_rounds=num_rounds,
+        timeout=timeout,
+        evaluate_fn=end_round,
+        first_round=done + 1,
+    )
+    final = checkpoints.latest()
+    result.arrays = ArrayRecord({PAYLOAD_KEY: Array(vector if final is None else final.vector)})
+    plot_run(paths.log, paths.plot, title=f"ticket {strategy.plan.ticket_id[:12]}")
+    return result
