@@ -8,11 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from ticket.data import Dataset, load_dataset
-from ticket.data.heart import HEART_SITES, HeartPreprocessor, is_test_row, read_heart_rows
+from ticket.data import load_dataset
+from ticket.data.encode import encode_with
 from ticket.data.partition import IndexArray, partition
 from ticket.errors import TicketError
 
@@ -86,9 +85,9 @@ def load_local_data(
     """
     try:
         dataset = load_dataset(spec.dataset)
+        if preprocessing is not None:  # encode as the ticket expects, not as fitted locally
+            dataset = encode_with(dataset, preprocessing)
         x_train, x_test = dataset.x_train, dataset.x_test
-        if preprocessing is not None and dict(preprocessing) != dict(dataset.preprocessing):
-            x_train, x_test = _reencode(dataset, preprocessing)
         train_parts = _split(spec, dataset.y_train, dataset.site_train)
         test_parts = _split(spec, dataset.y_test, dataset.site_test)
     except TicketError as error:
@@ -106,22 +105,6 @@ def load_local_data(
         x_test=x_test[test_rows],
         y_test=dataset.y_test[test_rows],
     )
-
-
-def _reencode(
-    dataset: Dataset, preprocessing: Mapping[str, Any]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_train, x_test) of `dataset`'s rows, in its row order, encoded by `preprocessing`."""
-    if dataset.name != "heart-uci":
-        raise LocalDataError(f"{dataset.name}: cannot re-encode with a ticket's preprocessing")
-    encoder = HeartPreprocessor.from_json(preprocessing)
-    # The same rows in the same order as load_heart with every site selected.
-    rows = [row for row in read_heart_rows() if row["dataset"] in HEART_SITES]
-    train = [row for row in rows if not is_test_row(row["dataset"], row["id"])]
-    test = [row for row in rows if is_test_row(row["dataset"], row["id"])]
-    if not np.array_equal(encoder.labels(train), dataset.y_train.numpy()):
-        raise LocalDataError("heart-uci: raw rows do not line up with the loaded dataset")
-    return torch.from_numpy(encoder.transform(train)), torch.from_numpy(encoder.transform(test))
 
 
 def _split(spec: LocalDataSpec, labels: torch.Tensor, sites: IndexArray) -> list[IndexArray]:

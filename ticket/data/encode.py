@@ -30,11 +30,11 @@ def encode_with(dataset: Dataset, preprocessing: Mapping[str, Any]) -> Dataset:
         return dataset
     if dataset.name != "heart-uci":
         raise TicketError(f"{dataset.name}: cannot re-encode with another preprocessing recipe")
+    if set(dataset.site_names) - set(HEART_SITES):
+        raise TicketError(f"heart-uci: unknown sites {sorted(dataset.site_names)}")
     encoder = HeartPreprocessor.from_json(preprocessing)
     # The rows of load_heart with the dataset's sites selected, in its order.
     rows = [row for row in read_heart_rows() if row["dataset"] in dataset.site_names]
-    if set(dataset.site_names) - set(HEART_SITES):
-        raise TicketError(f"heart-uci: unknown sites {sorted(dataset.site_names)}")
     train = [row for row in rows if not is_test_row(row["dataset"], row["id"])]
     test = [row for row in rows if is_test_row(row["dataset"], row["id"])]
     if not np.array_equal(encoder.labels(train), dataset.y_train.numpy()) or not np.array_equal(
