@@ -10,6 +10,7 @@ import json
 import os
 import resource
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -24,7 +25,10 @@ CURVES = ("ticket", "reinit", "random")
 
 
 def run_seed(find_args: list[str], seed: int, workroot: Path) -> dict[str, Any]:
-    out = workroot / f"seed{seed}" / "bench.ticket"
+    seed_dir = workroot / f"seed{seed}"
+    # A fresh search every time: resuming an old work directory would record resume times.
+    shutil.rmtree(seed_dir, ignore_errors=True)
+    out = seed_dir / "bench.ticket"
     command = [
         str(Path(sys.executable).parent / "ticket"),
         "find",
