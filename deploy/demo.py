@@ -73,38 +73,46 @@ def find_ticket(out: Path, *, density: float) -> Path:
 
 
 def round_rows(outcome: RunOutcome) -> list[dict[str, Any]]:
-    rounds = (outcome.summary or {}).get("rounds", [])
+    """One table row per line of the run's round log (server/run_log.py)."""
     rows = []
-    for entry in rounds:
-        train: Mapping[str, Any] = entry.get("train", {})
-        evaluate: Mapping[str, Any] = entry.get("evaluate", {})
+    for line in outcome.rounds:
+        federated: Mapping[str, Any] = line.get("federated_eval") or {}
+        server: Mapping[str, Any] = line.get("server_eval") or {}
+        nodes = max(len(line["bytes"]["up"]), 1)
         rows.append(
             {
-                "round": entry["round"],
-                "participants": train.get("participants", 0),
-                "failures": train.get("failures", 0) + train.get("rejected", 0),
-                "train-loss": train.get("train-loss", math.nan),
-                "loss": evaluate.get("loss", math.nan),
-                "accuracy": evaluate.get("accuracy", math.nan),
-                "bytes-up": train.get("bytes-up", 0),
-                "bytes-down": train.get("bytes-down", 0),
-                "wall-s": outcome.round_wall_s.get(entry["round"], math.nan),
+                "round": line["round"],
+                "participants": len(line["participants"]),
+                "failures": len(line["failures"]) + len(line["rejected"]),
+                "train-loss": _number(line["train"].get("loss")),
+                "accuracy": _number(federated.get("accuracy")),
+                "server-accuracy": _number(server.get("accuracy")),
+                "server-auc": _number(server.get("auc")),
+                "bytes-up": line["bytes"]["up_total"] // nodes,
+                "bytes-down": line["bytes"]["down_total"] // max(len(line["bytes"]["down"]), 1),
+                "wall-s": outcome.round_wall_s.get(line["round"], math.nan),
             }
         )
     return rows
 
 
+def _number(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Accuracy as the nodes measured it (federated) and on the pooled held-out rows (server)."""
     header = (
-        f"{'round':>5} {'nodes':>5} {'fail':>4} {'train-loss':>10} {'loss':>7} "
-        f"{'acc':>6} {'bytes up':>9} {'bytes down':>10} {'wall s':>7}"
+        f"{'round':>5} {'nodes':>5} {'fail':>4} {'train-loss':>10} {'fed acc':>7} "
+        f"{'srv acc':>7} {'srv auc':>7} {'up B/node':>9} {'down B/node':>11} {'wall s':>6}"
     )
     lines = [header]
     for row in rows:
         lines.append(
             f"{row['round']:>5} {row['participants']:>5} {row['failures']:>4} "
-            f"{row['train-loss']:>10.4f} {row['loss']:>7.4f} {row['accuracy']:>6.3f} "
-            f"{row['bytes-up']:>9} {row['bytes-down']:>10} {row['wall-s']:>7.1f}"
+            f"{row['train-loss']:>10.4f} {row['accuracy']:>7.3f} {row['server-accuracy']:>7.3f} "
+            f"{row['server-auc']:>7.3f} {row['bytes-up']:>9} {row['bytes-down']:>11} "
+            f"{row['wall-s']:>6.1f}"
         )
     return "\n".join(lines)
 
@@ -152,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         with Loopback(workdir, APP_DIR, nodes) as fleet:
-            outcome = fleet.run(config, timeout_s=args.timeout, summary_path=out / "rounds.json")
+            outcome = fleet.run(config, timeout_s=args.timeout)
     except LoopbackError as error:
         print(f"demo: {error}", file=sys.stderr)
         return 1

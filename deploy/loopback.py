@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,8 @@ from types import TracebackType
 from typing import IO, Any
 
 import psutil
+
+from server.run_log import RunLog
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +110,7 @@ class RunOutcome:
     run_id: int
     status: str  # e.g. "finished:completed", "finished:failed", or "timeout"
     wall_s: float  # from submission until the status was final
-    summary: dict[str, Any] | None  # the ServerApp's summary-path document, when written
+    rounds: list[dict[str, Any]]  # the run directory's round log (server/run_log.py), all lines
     round_wall_s: dict[int, float] = field(default_factory=dict)  # as seen in the log stream
 
     @property
@@ -118,7 +120,12 @@ class RunOutcome:
 
 @dataclass
 class Loopback:
-    """SuperLink + one SuperNode per entry of `node_configs`, as processes; use as a context."""
+    """SuperLink + one SuperNode per entry of `node_configs`, as processes; use as a context.
+
+    With `simulation=True` the SuperLink runs Flower's Simulation Engine instead (Ray, virtual
+    nodes in one process tree; `run(federation_config={"num-supernodes": N})`) and
+    `node_configs` must be empty.
+    """
 
     workdir: Path
     app_dir: Path  # the Flower app: a directory with pyproject.toml
@@ -127,7 +134,10 @@ class Loopback:
     grace_s: float = 10.0
     sample_every_s: float = 1.0
     superlink_port: int = 0  # 0: chosen free
+    simulation: bool = False
     started: list[_Started] = field(default_factory=list)
+    killed: set[str] = field(default_factory=set)  # labels stopped on purpose (fault injection)
+    attempts: int = 0  # `run` calls so far; each streams to logs/flwr-run-<attempt>.log
     seen: dict[int, ProcessId] = field(default_factory=dict)  # every pid observed in our trees
     peak_rss: dict[str, int] = field(default_factory=dict)  # "label/process name" -> bytes
     _stop_sampling: threading.Event = field(default_factory=threading.Event)
@@ -159,11 +169,20 @@ class Loopback:
             self.superlink_port = free_port()
         address = f"127.0.0.1:{self.superlink_port}"
         self._write_connection(address)
+        simulation: list[str] = []
+        if self.simulation:
+            if self.node_configs:
+                raise LoopbackError("a simulation has virtual nodes only: node_configs is for real")
+            simulation = [
+                *("--simulation", "--isolation", "subprocess"),
+                *("--control-api-address", f"127.0.0.1:{free_port()}"),
+            ]
         self._spawn(
             "superlink",
             [
                 "flower-superlink",
                 "--insecure",
+                *simulation,
                 *("--host", "127.0.0.1", "--port", str(self.superlink_port)),
                 *("--database", str(self.workdir / "superlink" / "state.db")),
                 "--disable-runtime-dependency-installation",
@@ -228,24 +247,36 @@ class Loopback:
         run_config: Mapping[str, ConfigValue],
         *,
         timeout_s: float = 900.0,
-        summary_path: Path | None = None,
+        on_round: Callable[[int], None] | None = None,
+        federation_config: Mapping[str, ConfigValue] | None = None,
     ) -> RunOutcome:
-        """Submit the app with `flwr run` and follow its log until the run is finished."""
+        """Submit the app with `flwr run` and follow its log until the run is finished.
+
+        `on_round(k)` is called once as round k starts (fault injection). The rounds come from
+        the round log in the config's `run-dir`: a resumed run's outcome lists the rounds of
+        earlier attempts too, and its round numbers (here and in `on_round`) are run-wide.
+        """
         config = dict(run_config)
-        if summary_path is not None:
-            config["summary-path"] = str(summary_path)
+        run_dir = config.get("run-dir")
+        log = RunLog(Path(str(run_dir)) / "rounds.jsonl") if run_dir else None
+        earlier = log.read() if log is not None else []
+        # Flower logs `[ROUND k/N]` counting from 1 in every attempt; a resumed run starts after
+        # the last logged round.
+        offset = earlier[-1]["round"] if earlier else 0
         began = time.monotonic()
         command = [
             str(self.bin_dir / "flwr"),
             *("run", str(self.app_dir), CONNECTION),
             *("--run-config", toml_values(config)),
+            *(("--federation-config", toml_values(federation_config)) if federation_config else ()),
             "--stream",
         ]
-        log_path = self.workdir / "logs" / "flwr-run.log"
-        with log_path.open("wb") as log:
+        self.attempts += 1
+        log_path = self.workdir / "logs" / f"flwr-run-{self.attempts}.log"
+        with log_path.open("wb") as stream_log:
             stream = subprocess.Popen(
                 command,
-                stdout=log,
+                stdout=stream_log,
                 stderr=subprocess.STDOUT,
                 env=self._env(self.workdir / "cli"),
                 cwd=self.app_dir,
@@ -253,7 +284,9 @@ class Loopback:
             )
             self._track(stream, "flwr-run")
             try:
-                marks = _follow(stream, log_path, deadline=began + timeout_s)
+                marks = _follow(
+                    stream, log_path, deadline=began + timeout_s, offset=offset, on_round=on_round
+                )
             finally:
                 if stream.poll() is None:
                     _signal_group(stream, signal.SIGKILL)
@@ -264,14 +297,12 @@ class Loopback:
         run_id = int(match.group(1))
         status = self._wait_finished(run_id, deadline=began + timeout_s)
         wall = time.monotonic() - began
-        summary = None
-        if summary_path is not None and summary_path.exists():
-            summary = json.loads(summary_path.read_text())
+        rounds = log.read() if log is not None else []
         return RunOutcome(
             run_id=run_id,
             status=status,
             wall_s=wall,
-            summary=summary,
+            rounds=rounds,
             round_wall_s=_round_walls(marks),
         )
 
@@ -302,6 +333,28 @@ class Loopback:
                 return "timeout"
             self._check_alive()
             time.sleep(2.0)
+
+    # -- fault injection ---------------------------------------------------------------------
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL SuperNode `index` and everything it started, as a device losing power would."""
+        label = f"supernode-{index}"
+        started = next(s for s in self.started if s.label == label)
+        self.killed.add(label)
+        self._sample()  # know its children (superexec, a clientapp in flight) before they go
+        _signal_group(started.popen, signal.SIGKILL)
+        started.popen.wait(timeout=10.0)
+
+    def kill_serverapp(self) -> int:
+        """SIGKILL the running `flwr-serverapp` process (under the SuperLink); its pid."""
+        superlink = next(s for s in self.started if s.label == "superlink")
+        for process in _tree(superlink.popen.pid):
+            with suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                if _flower_name(process) == "flwr-serverapp":
+                    process.kill()
+                    _wait_dead(process, timeout_s=10.0)
+                    return process.pid
+        raise LoopbackError("no flwr-serverapp process is running")
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -346,7 +399,7 @@ class Loopback:
     def _check_alive(self) -> None:
         for started in self.started:
             code = started.popen.poll()
-            if code is not None:
+            if code is not None and started.label not in self.killed:
                 raise LoopbackError(
                     f"{started.label} exited with status {code}; "
                     f"see {self.workdir / 'logs' / (started.label + '.log')}"
@@ -374,16 +427,28 @@ class Loopback:
 
 
 def _follow(
-    stream: subprocess.Popen[bytes], log_path: Path, *, deadline: float
+    stream: subprocess.Popen[bytes],
+    log_path: Path,
+    *,
+    deadline: float,
+    offset: int = 0,
+    on_round: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-    """Wait for `flwr run --stream` to end; when each round (and the strategy) was logged."""
+    """Wait for `flwr run --stream` to end; when each round (and the strategy) was logged.
+
+    Keys are run-wide round numbers (Flower's `[ROUND k/N]` plus `offset`) and "end".
+    """
     marks: dict[str, float] = {}
     while True:
         finished = stream.poll() is not None
         text = log_path.read_text(errors="replace")
         now = time.monotonic()
-        for number in _ROUND_START.findall(text):
-            marks.setdefault(number, now)
+        for logged in _ROUND_START.findall(text):
+            number = str(int(logged) + offset)
+            if number not in marks:
+                marks[number] = now
+                if on_round is not None:
+                    on_round(int(number))
         if _STRATEGY_END in text:
             marks.setdefault("end", now)
         if finished or now > deadline:
@@ -414,6 +479,19 @@ def _flower_name(process: psutil.Process) -> str:
         if base.startswith(("flower-", "flwr-", "flwr")):
             return base
     return process.name()
+
+
+def _wait_dead(process: psutil.Process, *, timeout_s: float) -> None:
+    """Until `process` (not our child: its parent reaps it) is gone or a zombie."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.05)
+    raise LoopbackError(f"pid {process.pid} still runs {timeout_s:.0f} s after SIGKILL")
 
 
 def _signal_group(popen: subprocess.Popen[bytes], sig: signal.Signals) -> None:

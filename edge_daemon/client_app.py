@@ -78,6 +78,15 @@ class NodeSettings:
     data: LocalDataSpec
 
     @classmethod
+    def from_context(cls, context: Context) -> "NodeSettings":
+        """A real node's settings come from its node config; a virtual node's from the run's."""
+        if set(context.node_config) == SIMULATED_NODE_KEYS:
+            return cls.from_node_config(
+                {**simulated_node_config(context.run_config), **context.node_config}
+            )
+        return cls.from_node_config(context.node_config)
+
+    @classmethod
     def from_node_config(cls, config: Mapping[str, ConfigValue]) -> "NodeSettings":
         key = config.get("fleet-key")
         allow = config.get("allow-unsigned", False)
@@ -94,6 +103,44 @@ class NodeSettings:
             allow_unsigned=allow,
             data=LocalDataSpec.from_node_config(config),
         )
+
+
+# Flower's Simulation Engine gives each virtual node exactly these keys and nothing else; a
+# real node's config always names its ticket and data.
+SIMULATED_NODE_KEYS = frozenset({"partition-id", "num-partitions"})
+# run config key -> node config key, for virtual nodes. The Simulation Engine runs every virtual
+# node on the server's machine, so the server's ticket path is theirs too.
+_SIMULATION_KEYS = {
+    "ticket-path": "ticket-path",
+    "fleet-key": "fleet-key",
+    "allow-unsigned": "allow-unsigned",
+    "sim-dataset": "dataset",
+    "sim-partition": "partition",
+    "sim-partition-seed": "partition-seed",
+    "sim-partition-shards": "partition-shards",
+    "sim-partition-alpha": "partition-alpha",
+}
+
+
+def simulated_node_config(run_config: Mapping[str, ConfigValue]) -> dict[str, ConfigValue]:
+    """The node config a virtual node would have had, from the run config's `sim-*` keys."""
+    if not run_config.get("sim-dataset"):
+        raise NodeConfigError(
+            "virtual node (Simulation Engine): the run config's sim-dataset is empty"
+        )
+    config = {
+        node_key: run_config[run_key]
+        for run_key, node_key in _SIMULATION_KEYS.items()
+        if run_key in run_config
+    }
+    # An empty fleet-key in the run config means "none" there; a node config omits it instead.
+    if config.get("fleet-key") == "":
+        del config["fleet-key"]
+    # The run config holds every partitioner's option; pass on only the chosen one's.
+    for key, scheme in (("partition-shards", "shards"), ("partition-alpha", "dirichlet")):
+        if config.get("partition") != scheme:
+            config.pop(key, None)
+    return config
 
 
 @dataclass(frozen=True)
@@ -178,7 +225,7 @@ def prepare(
     message: Message, context: Context, *, is_train: bool
 ) -> tuple[Instructions, Workspace]:
     """Type the configs, load and check the ticket, decode the global values into its model."""
-    node = NodeSettings.from_node_config(context.node_config)
+    node = NodeSettings.from_context(context)
     task = Instructions.from_message(message, is_train=is_train)
     ticket, model = read_node_ticket(node, task.ticket_id)
     layout = PackLayout.from_ticket(ticket)

@@ -4,13 +4,15 @@ A later issue replaces this with the device's own readings store; the ClientApp 
 `LocalData`, so that swap stays local to this module.
 """
 
+import functools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ticket.data import load_dataset
+from ticket.data import Dataset, load_dataset
 from ticket.data.encode import encode_with
 from ticket.data.partition import IndexArray, partition
 from ticket.errors import TicketError
@@ -84,9 +86,7 @@ def load_local_data(
     on the whole fleet. Train and test rows are partitioned with the same scheme and seed.
     """
     try:
-        dataset = load_dataset(spec.dataset)
-        if preprocessing is not None:  # encode as the ticket expects, not as fitted locally
-            dataset = encode_with(dataset, preprocessing)
+        dataset = _encoded_dataset(spec.dataset, _canonical(preprocessing))
         x_train, x_test = dataset.x_train, dataset.x_test
         train_parts = _split(spec, dataset.y_train, dataset.site_train)
         test_parts = _split(spec, dataset.y_test, dataset.site_test)
@@ -105,6 +105,20 @@ def load_local_data(
         x_test=x_test[test_rows],
         y_test=dataset.y_test[test_rows],
     )
+
+
+# One dataset per process: a Simulation Engine worker serves many virtual nodes of one run, and
+# loading MNIST costs ~0.8 s a time. A real node's ClientApp process handles one message.
+@functools.lru_cache(maxsize=1)
+def _encoded_dataset(name: str, preprocessing: str | None) -> Dataset:
+    dataset = load_dataset(name)
+    if preprocessing is not None:  # encode as the ticket expects, not as fitted locally
+        dataset = encode_with(dataset, json.loads(preprocessing))
+    return dataset
+
+
+def _canonical(preprocessing: Mapping[str, Any] | None) -> str | None:
+    return None if preprocessing is None else json.dumps(preprocessing, sort_keys=True)
 
 
 def _split(spec: LocalDataSpec, labels: torch.Tensor, sites: IndexArray) -> list[IndexArray]:

@@ -1,6 +1,5 @@
 """The Flower ServerApp: load and verify the run's ticket, then run PackedFedAvg over the grid."""
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,7 +13,6 @@ from flwr.serverapp.strategy import Result
 from server.evaluation import ServerEvaluator
 from server.strategy import PackedFedAvg, RoundPlan
 from server.training_run import run_resumable
-from ticket.atomic import atomic_write_text
 from ticket.bundle import read_ticket
 from ticket.packing import PackLayout
 from ticket.train import TrainConfig
@@ -42,7 +40,6 @@ class ServerSettings:
     fraction_train: float  # [fraction-train]
     fraction_evaluate: float  # [fraction-evaluate]
     min_nodes: int  # [min-nodes] sampled per round, and needed online before sampling
-    summary_path: Path | None  # [summary-path] per-round metrics as JSON when the run ends
     plan: RoundPlan  # ticket id filled in from the ticket itself
 
     @classmethod
@@ -51,7 +48,6 @@ class ServerSettings:
         ticket = _get(config, "ticket-path", str)
         if not ticket:
             raise RunConfigError("run config: ticket-path is required")
-        summary = _get(config, "summary-path", str, "")
         run_dir = _get(config, "run-dir", str)
         if not run_dir:
             raise RunConfigError("run config: run-dir is required")
@@ -66,7 +62,6 @@ class ServerSettings:
             fraction_train=float(_get(config, "fraction-train", float, 1.0)),
             fraction_evaluate=float(_get(config, "fraction-evaluate", float, 1.0)),
             min_nodes=_get(config, "min-nodes", int, 2),
-            summary_path=Path(summary) if summary else None,
             plan=RoundPlan(
                 ticket_id="",
                 train=TrainConfig(
@@ -90,8 +85,6 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     settings = ServerSettings.from_run_config(context.run_config)
     result = run_training(grid, settings)
-    if settings.summary_path is not None:
-        write_summary(settings.summary_path, result)
     logger.info("finished %d rounds; final metrics %s", settings.num_rounds, result)
 
 
@@ -125,27 +118,6 @@ def run_training(grid: Grid, settings: ServerSettings) -> Result:
         timeout=settings.round_timeout_s,
         evaluator=evaluator,
     )
-
-
-def write_summary(path: Path, result: Result) -> None:
-    """Per-round train and federated-evaluate metrics as one JSON document, written atomically.
-
-    The ServerApp runs in its own process under the SuperLink: this file is how a launcher on
-    the same machine (deploy/loopback.py) reads the rounds back.
-    """
-    rounds = sorted(set(result.train_metrics_clientapp) | set(result.evaluate_metrics_clientapp))
-    document = {
-        "rounds": [
-            {
-                "round": server_round,
-                "train": dict(result.train_metrics_clientapp.get(server_round, {})),
-                "evaluate": dict(result.evaluate_metrics_clientapp.get(server_round, {})),
-            }
-            for server_round in rounds
-        ]
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(document, indent=2, sort_keys=True))
 
 
 _MISSING: Any = object()

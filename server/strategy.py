@@ -31,6 +31,7 @@ CONFIG_KEY = "config"
 PAYLOAD_KEY = "packed"  # in the global ArrayRecord: float32 [n]; on the wire: codec bytes
 PAYLOAD_STYPE = "ticketfleet.codec"
 NUM_EXAMPLES = "num-examples"
+NO_REPLY = "no reply before the round timeout"
 
 
 class ReplyError(Exception):
@@ -187,6 +188,11 @@ class PackedFedAvg(FedAvg):
             except (ReplyError, CodecError) as error:
                 record.rejected[node] = str(error)
                 logger.warning("round %d: rejected node %d: %s", server_round, node, error)
+        answered = record.bytes_up.keys() | record.failures.keys() | record.rejected.keys()
+        for node in sorted(record.bytes_down.keys() - answered):
+            # Sent, never answered: the node went away mid-round, or the round timed out first.
+            record.failures[node] = NO_REPLY
+            logger.warning("round %d: node %d failed: %s", server_round, node, NO_REPLY)
         record.accepted = [update.node_id for update in updates]
         record.train_metrics = _mean_metrics(updates)
         metrics = MetricRecord({**record.metrics(), **record.train_metrics})

@@ -52,23 +52,40 @@ def test_a_round_lasts_until_the_next_one_starts() -> None:
     assert math.isnan(_round_walls({"1": 10.0})[1])  # the run never reached its end
 
 
+def _log_line(server_round: int, **changes: object) -> dict[str, object]:
+    line: dict[str, object] = {
+        "round": server_round,
+        "participants": [7, 8],
+        "failures": {},
+        "rejected": {"9": "CodecError: wrong round"},
+        "bytes": {"up": {"7": 10, "8": 10, "9": 10}, "down": {"7": 20, "8": 20, "9": 20},
+                  "up_total": 30, "down_total": 60},
+        "train": {"loss": 0.4},
+        "federated_eval": {"loss": 0.5, "accuracy": 0.75},
+        "server_eval": {"loss": 0.45, "accuracy": 0.8, "auc": 0.9, "examples": 277},
+    }  # fmt: skip
+    return {**line, **changes}
+
+
 def test_rounds_table_and_completion() -> None:
-    summary = {
-        "rounds": [
-            {
-                "round": 1,
-                "train": {"participants": 2, "failures": 0, "rejected": 1, "bytes-up": 10},
-                "evaluate": {"loss": 0.5, "accuracy": 0.75},
-            }
-        ]
-    }
-    outcome = RunOutcome(1, "finished:completed", 3.0, summary, {1: 2.5})
+    outcome = RunOutcome(1, "finished:completed", 3.0, [_log_line(1)], {1: 2.5})
     rows = round_rows(outcome)
-    assert rows[0]["failures"] == 1 and rows[0]["bytes-up"] == 10
-    assert "0.750" in format_table(rows)
+    assert rows[0]["participants"] == 2 and rows[0]["failures"] == 1
+    assert rows[0]["bytes-up"] == 10 and rows[0]["bytes-down"] == 20  # per node
+    assert rows[0]["server-auc"] == 0.9
+    assert "0.750" in format_table(rows) and "0.900" in format_table(rows)
     assert all_rounds_completed(outcome, 1)
     assert not all_rounds_completed(outcome, 2)
-    assert not all_rounds_completed(RunOutcome(1, "finished:failed", 3.0, summary), 1)
+    assert not all_rounds_completed(RunOutcome(1, "finished:failed", 3.0, [_log_line(1)]), 1)
+    nobody = RunOutcome(1, "finished:completed", 3.0, [_log_line(1, participants=[])])
+    assert not all_rounds_completed(nobody, 1)
+
+
+def test_a_round_without_evaluation_shows_nan() -> None:
+    line = _log_line(1, federated_eval=None, server_eval=None)
+    row = round_rows(RunOutcome(1, "finished:completed", 3.0, [line]))[0]
+    assert math.isnan(row["accuracy"]) and math.isnan(row["server-accuracy"])
+    assert "nan" in format_table([row])
 
 
 def test_every_started_process_and_its_children_are_stopped(tmp_path: Path) -> None:

@@ -19,7 +19,6 @@ def test_two_rounds_on_two_supernodes_then_every_process_is_gone(tmp_path: Path)
         outcome = fleet.run(
             run_config(ticket, run_dir=tmp_path / "run", rounds=2, nodes=2),
             timeout_s=300.0,
-            summary_path=tmp_path / "rounds.json",
         )
 
     assert outcome.completed, (outcome.status, (tmp_path / "loopback" / "logs").iterdir())

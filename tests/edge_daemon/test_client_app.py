@@ -216,3 +216,67 @@ def test_missing_train_setting_is_an_instruction_error(signed_path: Path, keys: 
 
     assert code == ErrorCode.INSTRUCTIONS
     assert "'local-epochs' must be int" in reason
+
+
+def _virtual(partition_id: int, run_config: dict[str, bool | float | int | str]) -> Context:
+    """A node as Flower's Simulation Engine makes it: partition keys only, the run's config."""
+    node_config = {"partition-id": partition_id, "num-partitions": 4}
+    return Context(1, 101, node_config, RecordDict(), run_config)  # type: ignore[arg-type]
+
+
+def _sim_run_config(ticket: Path, keys: Path, **extra: object) -> dict[str, Any]:
+    return {
+        "ticket-path": str(ticket),
+        "fleet-key": str(keys / "fleet.pub"),
+        "allow-unsigned": False,
+        "sim-dataset": "heart-uci",
+        "sim-partition": "natural",
+        "sim-partition-seed": 0,
+        "sim-partition-shards": 2,
+        "sim-partition-alpha": 0.5,
+        **extra,
+    }
+
+
+def test_a_virtual_node_trains_on_its_partition_of_the_run_configs_dataset(
+    signed_path: Path, keys: Path
+) -> None:
+    ticket = read_ticket(signed_path, allow_unsigned=True)
+
+    reply = client_app.app(
+        _instruction(ticket, "train"), _virtual(0, _sim_run_config(signed_path, keys))
+    )
+
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    assert _number(reply.content.metric_records["metrics"]["num-examples"]) == 226  # Cleveland
+
+
+def test_a_virtual_node_passes_on_only_the_chosen_partitioners_option(
+    signed_path: Path, keys: Path
+) -> None:
+    run = _sim_run_config(signed_path, keys, **{"sim-partition": "shards"})
+    assert client_app.simulated_node_config(run)["partition-shards"] == 2
+    assert "partition-alpha" not in client_app.simulated_node_config(run)
+    assert "fleet-key" not in client_app.simulated_node_config({**run, "fleet-key": ""})
+
+
+def test_a_virtual_node_without_sim_dataset_is_a_node_config_error(
+    signed_path: Path, keys: Path
+) -> None:
+    ticket = read_ticket(signed_path, allow_unsigned=True)
+    run = _sim_run_config(signed_path, keys, **{"sim-dataset": ""})
+
+    code, reason = _error(client_app.app(_instruction(ticket, "train"), _virtual(0, run)))
+
+    assert code == ErrorCode.NODE_CONFIG and "sim-dataset is empty" in reason
+
+
+def test_a_real_node_ignores_the_run_configs_sim_keys(signed_path: Path, keys: Path) -> None:
+    ticket = read_ticket(signed_path, allow_unsigned=True)
+    node = _node(signed_path, keys)  # hospital 0, natural split
+    run = _sim_run_config(signed_path, keys, **{"sim-dataset": "mnist", "ticket-path": "/x"})
+    context = Context(1, 101, node, RecordDict(), run)
+
+    reply = client_app.app(_instruction(ticket, "train"), context)
+
+    assert _number(reply.content.metric_records["metrics"]["num-examples"]) == 226

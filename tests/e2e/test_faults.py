@@ -1,0 +1,50 @@
+"""Faults in a real deployment: a device lost mid-round, then the ServerApp killed and resumed."""
+
+from pathlib import Path
+
+import pytest
+
+from deploy.demo import heart_node_configs, run_config
+from deploy.loopback import Loopback
+from server.strategy import NO_REPLY
+from tests.inprocess import find_ticket
+
+APP_DIR = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_a_lost_node_fails_its_round_and_a_killed_serverapp_resumes(tmp_path: Path) -> None:
+    ticket = find_ticket(tmp_path / "heart.ticket", density=0.1)
+    fleet = Loopback(tmp_path / "loopback", APP_DIR, heart_node_configs(ticket, 3), grace_s=5.0)
+    config = run_config(
+        ticket,
+        run_dir=tmp_path / "run",
+        rounds=4,
+        nodes=2,  # the round survives with 2 of its 3 nodes
+        **{"round-timeout-s": 30.0, "fraction-evaluate": 0.0},
+    )
+    killed: list[int] = []
+
+    def inject(server_round: int) -> None:
+        if server_round == 2:  # sampled, then gone: its instruction is never answered
+            fleet.kill_node(2)
+        if server_round == 3:  # rounds 1-2 are checkpointed; round 3 is lost with the process
+            killed.append(fleet.kill_serverapp())
+
+    with fleet:
+        first = fleet.run(config, timeout_s=400.0, on_round=inject)
+        second = fleet.run(config, timeout_s=300.0)
+
+    assert killed and first.status == "finished:failed"
+    assert [line["round"] for line in first.rounds] == [1, 2]
+    assert second.completed
+    # Every round exactly once, across both attempts.
+    assert [line["round"] for line in second.rounds] == [1, 2, 3, 4]
+    one, two, *rest = second.rounds
+    assert len(one["participants"]) == 3 and one["failures"] == {}
+    [(lost, reason)] = two["failures"].items()
+    assert reason == NO_REPLY and len(two["participants"]) == 2
+    assert lost in two["bytes"]["down"] and lost not in two["bytes"]["up"]
+    assert all(int(lost) not in line["participants"] for line in rest)
+    assert all(line["server_eval"]["examples"] == 277 for line in second.rounds)
+    assert fleet.alive() == []
