@@ -1,0 +1,26 @@
+"""Every file the daemon keeps under its state directory, named in one place."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DaemonPaths:
+    state_dir: Path
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    @property
+    def readings_db(self) -> Path:
+        return self.state_dir / "readings.sqlite3"
+
+    @property
+    def tickets_dir(self) -> Path:
+        return self.state_dir / "tickets"
+
+    @property
+    def flwr_home(self) -> Path:
+        """The node's own FLWR_HOME, so it never shares ~/.flwr with anything else."""
+        return self.state_dir / "flwr"

@@ -1,0 +1,298 @@
+"""The device's private readings: CSV files checked against a schema, kept in one SQLite file.
+
+A file goes in whole or not at all: every row is validated before the single transaction that
+inserts it, and the transaction rolls back on any failure. Error messages name the file, the line
+and the column and the rule broken, never a value: readings are private.
+
+Retention is applied in the same transaction as each ingest and whenever `apply_retention` is
+called (the daemon calls it on a timer, as age limits lapse with no ingest): the oldest rows go
+beyond `retention_rows`, and rows ingested more than `retention_days` ago. A reading carries no
+time of its own in the heart-uci schema, so its age is the time since it was ingested.
+"""
+
+import csv
+import hashlib
+import io
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from ticket.registry import Registry
+
+STORE_VERSION = 1  # PRAGMA user_version of a store this module writes
+_SECONDS_PER_DAY = 86_400.0
+
+Cell = float | str | None  # a parsed cell; None = not recorded
+Reading = dict[str, Cell]
+
+
+class IngestError(Exception):
+    """A CSV file was rejected; nothing of it was stored."""
+
+    def __init__(
+        self, source: str, rule: str, *, line: int | None = None, column: str = ""
+    ) -> None:
+        where = [f"line {line}"] if line else []
+        where += [f"column {column}"] if column else []
+        super().__init__(": ".join([source, ", ".join(where), rule] if where else [source, rule]))
+        self.source = source
+        self.line = line
+        self.column = column
+        self.rule = rule
+
+
+class StoreError(Exception):
+    """The database is not a readings store of this version and schema."""
+
+
+@dataclass(frozen=True)
+class RowSchema:
+    name: str
+    columns: tuple[str, ...]  # every column a file must have (features, then the label)
+    # (column, raw text) -> value; ValueError whose message states the rule, never the value.
+    parse_cell: Callable[[str, str], Cell]
+
+
+def _heart_uci() -> RowSchema:
+    # Imported on first ingest only: heart_encoding needs numpy, and an idle daemon that merely
+    # opens its store should not load it.
+    from ticket.data import heart_encoding as heart
+
+    columns = {column.name: column for column in (*heart.HEART_SCHEMA, heart.HEART_TARGET)}
+
+    def parse_cell(name: str, raw: str) -> Cell:
+        column = columns[name]
+        try:
+            value = heart.parse_cell(column, raw)
+        except heart.ReadingError as error:
+            raise ValueError(str(error).removeprefix(f"{name}: ")) from None
+        if value is None and column is heart.HEART_TARGET:
+            raise ValueError("not recorded; training needs a label on every reading")
+        return value
+
+    return RowSchema("heart-uci", tuple(columns), parse_cell)
+
+
+SCHEMAS: Registry[Callable[[], RowSchema]] = Registry("readings schema", {"heart-uci": _heart_uci})
+
+
+def read_csv(path: Path, schema: RowSchema) -> tuple[list[Reading], str]:
+    """Every row of `path` parsed against `schema`, and the SHA-256 of the file's bytes.
+
+    Columns beyond the schema's (an id, a site name) are ignored and never stored.
+    """
+    source = path.name
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise IngestError(source, f"cannot read: {error.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")  # a spreadsheet's byte-order mark is not part of a name
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise IngestError(source, "not UTF-8 text", line=line) from None
+    return _parse_rows(_records(text, source), source, schema), hashlib.sha256(data).hexdigest()
+
+
+def _records(text: str, source: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each CSV record; a quoted field may span lines."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # stray quotes are errors
+    try:
+        for fields in reader:
+            yield reader.line_num, fields
+    except csv.Error as error:
+        raise IngestError(source, f"malformed CSV: {error}", line=reader.line_num) from None
+
+
+def _parse_rows(
+    records: Iterator[tuple[int, list[str]]], source: str, schema: RowSchema
+) -> list[Reading]:
+    header = [name.strip() for name in next(records, (1, []))[1]]
+    if not header:
+        raise IngestError(source, "no header line", line=1)
+    for name in header:
+        if header.count(name) > 1:
+            raise IngestError(source, "appears twice in the header", line=1, column=name)
+    missing = [name for name in schema.columns if name not in header]
+    if missing:
+        raise IngestError(source, f"header lacks column(s): {', '.join(missing)}", line=1)
+    positions = {name: header.index(name) for name in schema.columns}
+    readings = []
+    for line, fields in records:
+        if not fields:
+            continue  # a blank line, e.g. at the end of the file
+        if len(fields) != len(header):
+            rule = f"expected {len(header)} fields, got {len(fields)}"
+            raise IngestError(source, rule, line=line)
+        reading: Reading = {}
+        for name, position in positions.items():
+            try:
+                reading[name] = schema.parse_cell(name, fields[position])
+            except ValueError as error:
+                raise IngestError(source, str(error), line=line, column=name) from None
+        readings.append(reading)
+    return readings
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    rows_added: int
+    rows_expired: int  # removed by retention in the same transaction
+    is_duplicate: bool  # these exact bytes were ingested before: nothing added
+    content_sha256: str
+    ingested_at: float  # Unix seconds
+
+
+@dataclass(frozen=True)
+class IngestRecord:
+    content_sha256: str
+    ingested_at: float  # Unix seconds
+    rows: int  # rows the file added then (retention may have removed some since)
+
+
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS ingests (
+        id INTEGER PRIMARY KEY,
+        content_sha256 TEXT NOT NULL UNIQUE,
+        ingested_at REAL NOT NULL,
+        rows INTEGER NOT NULL
+    )""",
+    # AUTOINCREMENT: ids are never reused, so id order is ingest order even after deletions.
+    """CREATE TABLE IF NOT EXISTS readings (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ingest_id INTEGER NOT NULL REFERENCES ingests(id),
+        ingested_at REAL NOT NULL,
+        reading TEXT NOT NULL -- JSON object: column -> parsed value
+    )""",
+    "CREATE INDEX IF NOT EXISTS readings_by_age ON readings (ingested_at)",
+)
+
+
+class ReadingsStore:
+    """One SQLite file of readings of one schema; use as a context manager or call `close`."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        schema: str = "heart-uci",
+        retention_rows: int | None = None,
+        retention_days: float | None = None,
+    ) -> None:
+        self._schema_loader = SCHEMAS[schema]  # unknown names fail here, listing the valid ones
+        self._schema_name = schema
+        self._retention_rows = retention_rows
+        self._retention_days = retention_days
+        # Create the file private before SQLite does (its journal files copy this mode).
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        # isolation_level=None: transactions are exactly the BEGIN/COMMIT written below.
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+        try:
+            self._prepare(path)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _prepare(self, path: Path) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, STORE_VERSION):
+            raise StoreError(f"{path}: store version {version}, this daemon reads {STORE_VERSION}")
+        self._db.execute("PRAGMA journal_mode=WAL")  # the ClientApp reads while an ingest writes
+        self._db.execute("PRAGMA synchronous=FULL")  # an acknowledged ingest survives power loss
+        with self._transaction():
+            for statement in _TABLES:  # not executescript: it would COMMIT our transaction
+                self._db.execute(statement)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (self._schema_name,)
+            )
+            self._db.execute(f"PRAGMA user_version = {STORE_VERSION}")
+        stored = self._db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0]
+        if stored != self._schema_name:
+            raise StoreError(f"{path}: holds {stored} readings, not {self._schema_name}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "ReadingsStore":
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")  # take the write lock now, not at the first write
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def ingest_csv(self, path: Path, *, now: float | None = None) -> IngestResult:
+        """Validate all of `path`, then store it in one transaction; IngestError stores nothing."""
+        readings, digest = read_csv(path, self._schema_loader())
+        at = time.time() if now is None else now
+        with self._transaction():
+            seen = self._db.execute(
+                "SELECT ingested_at FROM ingests WHERE content_sha256 = ?", (digest,)
+            ).fetchone()
+            if seen is not None:  # the same export fed twice must not double its rows
+                return IngestResult(0, 0, True, digest, seen[0])
+            ingest_id = self._db.execute(
+                "INSERT INTO ingests (content_sha256, ingested_at, rows) VALUES (?, ?, ?)",
+                (digest, at, len(readings)),
+            ).lastrowid
+            self._db.executemany(
+                "INSERT INTO readings (ingest_id, ingested_at, reading) VALUES (?, ?, ?)",
+                ((ingest_id, at, json.dumps(reading)) for reading in readings),
+            )
+            expired = self._expire(at)
+        return IngestResult(len(readings), expired, False, digest, at)
+
+    def apply_retention(self, *, now: float | None = None) -> int:
+        """Delete readings beyond the retention limits; the number deleted."""
+        with self._transaction():
+            return self._expire(time.time() if now is None else now)
+
+    def _expire(self, now: float) -> int:
+        deleted = 0
+        if self._retention_days is not None:
+            cutoff = now - self._retention_days * _SECONDS_PER_DAY
+            deleted += self._db.execute(
+                "DELETE FROM readings WHERE ingested_at < ?", (cutoff,)
+            ).rowcount
+        if self._retention_rows is not None:
+            deleted += self._db.execute(
+                "DELETE FROM readings WHERE id NOT IN "
+                "(SELECT id FROM readings ORDER BY id DESC LIMIT ?)",
+                (self._retention_rows,),
+            ).rowcount
+        return deleted
+
+    def count(self) -> int:
+        count: int = self._db.execute("SELECT count(*) FROM readings").fetchone()[0]
+        return count
+
+    def rows(self) -> list[Reading]:
+        """Every stored reading, oldest first, as column -> parsed value."""
+        cursor = self._db.execute("SELECT reading FROM readings ORDER BY id")
+        return [json.loads(text) for (text,) in cursor]
+
+    def ingests(self) -> list[IngestRecord]:
+        cursor = self._db.execute(
+            "SELECT content_sha256, ingested_at, rows FROM ingests ORDER BY id"
+        )
+        return [IngestRecord(digest, at, rows) for digest, at, rows in cursor]

@@ -1,0 +1,178 @@
+"""daemon.yaml -> DaemonConfig: defaults, path resolution, and errors that name file and key."""
+
+from datetime import time
+from pathlib import Path
+
+import pytest
+
+from edge_daemon.config import ConfigError, DaemonConfig, load_config
+from edge_daemon.eligibility import EligibilityPolicy, TimeWindow
+
+MINIMAL = """\
+state_dir: state
+fleet_key: keys/fleet.pub
+server:
+  address: fleet.example.org:9092
+  root_certificates: certs/ca.pem
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "daemon.yaml"
+    path.write_text(text)
+    return path
+
+
+def _error(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_config(_write(tmp_path, text))
+    return str(caught.value)
+
+
+def test_minimal_file_gets_defaults_and_paths_relative_to_the_file(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, MINIMAL))
+
+    assert isinstance(config, DaemonConfig)
+    assert config.state_dir == tmp_path / "state"
+    assert config.fleet_key == tmp_path / "keys" / "fleet.pub"
+    assert config.server.root_certificates == tmp_path / "certs" / "ca.pem"
+    assert config.server.auth_key is None
+    assert config.data.schema == "heart-uci"
+    assert config.data.retention_rows is None
+    assert config.eligibility == EligibilityPolicy()
+    assert config.supervisor.backoff_max_s == 300.0
+
+
+def test_full_file_is_read_into_typed_fields(tmp_path: Path) -> None:
+    text = MINIMAL + (
+        "  auth_key: /etc/edge/node.key\n"
+        "data:\n  retention_rows: 5000\n  retention_days: 30\n"
+        "eligibility:\n"
+        "  battery_min_percent: null\n"
+        "  cpu_busy_max_percent: 20\n"
+        "  time_windows: ['22:00-06:00', '12:30-13:30']\n"
+        "  unmetered_only: false\n"
+        "supervisor:\n  grace_s: 0\n  jitter: 0.5\n"
+    )
+
+    config = load_config(_write(tmp_path, text))
+
+    assert config.server.auth_key == Path("/etc/edge/node.key")  # absolute stays absolute
+    assert config.data.retention_rows == 5000
+    assert config.data.retention_days == 30.0
+    assert isinstance(config.data.retention_days, float)
+    assert config.eligibility.battery_min_percent is None
+    assert config.eligibility.cpu_busy_max_percent == 20.0
+    assert config.eligibility.time_windows == (
+        TimeWindow(time(22, 0), time(6, 0)),
+        TimeWindow(time(12, 30), time(13, 30)),
+    )
+    assert config.eligibility.unmetered_only is False
+    assert config.supervisor.grace_s == 0.0
+    assert config.supervisor.jitter == 0.5
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            "eligibility:\n  battery_min_percent: x\n",
+            "daemon.yaml: eligibility.battery_min_percent: must be a number in [0, 100], got 'x'",
+        ),
+        (
+            "eligibility:\n  battery_min_percent: 101\n",
+            "eligibility.battery_min_percent: must be a number in [0, 100], got 101",
+        ),
+        (
+            "eligibility:\n  unmetered_only: 1\n",
+            "eligibility.unmetered_only: must be true or false, got 1",
+        ),
+        (
+            "eligibility:\n  batery_min_percent: 50\n",
+            "eligibility.batery_min_percent: unknown key; expected one of: battery_min_percent",
+        ),
+        (
+            "eligibility:\n  time_windows: ['22:00-22:00']\n",
+            "eligibility.time_windows[0]: start equals end",
+        ),
+        (
+            "eligibility:\n  time_windows: ['10pm-6am']\n",
+            'eligibility.time_windows[0]: expected "HH:MM-HH:MM"',
+        ),
+        (
+            "eligibility:\n  time_windows: '22:00-06:00'\n",
+            "eligibility.time_windows: must be a list",
+        ),
+        (
+            "eligibility:\n  on_after_s: -1\n",
+            "eligibility.on_after_s: must be a number >= 0, got -1",
+        ),
+        (
+            "eligibility:\n  cpu_window_s: 0\n",
+            "eligibility.cpu_window_s: must be a number > 0, got 0",
+        ),
+        ("eligibility: []\n", "eligibility: must be a mapping of keys, got []"),
+        (
+            "data:\n  retention_rows: 2.5\n",
+            "data.retention_rows: must be a whole number >= 1, got 2.5",
+        ),
+        (
+            "data:\n  retention_rows: true\n",
+            "data.retention_rows: must be a whole number >= 1, got true",
+        ),
+        ("data:\n  schema: mnist\n", "data.schema: must be one of: heart-uci; got 'mnist'"),
+        ("supervisor:\n  jitter: 2\n", "supervisor.jitter: must be a number in [0, 1], got 2"),
+        (
+            "supervisor:\n  backoff_initial_s: 10\n  backoff_max_s: 5\n",
+            "supervisor.backoff_max_s: must be >= supervisor.backoff_initial_s",
+        ),
+        ("colour: blue\n", "daemon.yaml: colour: unknown key"),
+    ],
+)
+def test_bad_values_name_file_and_dotted_key(tmp_path: Path, extra: str, expected: str) -> None:
+    assert expected in _error(tmp_path, MINIMAL + extra)
+
+
+def test_missing_required_keys_are_named(tmp_path: Path) -> None:
+    assert _error(tmp_path, "fleet_key: f.pub\n").endswith("daemon.yaml: state_dir: required")
+    without_address = MINIMAL.replace("  address: fleet.example.org:9092\n", "")
+    assert _error(tmp_path, without_address).endswith("server.address: required")
+    assert _error(tmp_path, "").endswith("state_dir: required")
+
+
+@pytest.mark.parametrize("address", ["fleet.example.org", ":9092", "host:port", "host:70000"])
+def test_server_address_must_be_host_and_port(tmp_path: Path, address: str) -> None:
+    text = MINIMAL.replace("fleet.example.org:9092", f"'{address}'")
+    assert 'server.address: expected "host:port"' in _error(tmp_path, text)
+
+
+def test_ipv6_address_is_accepted(tmp_path: Path) -> None:
+    text = MINIMAL.replace("fleet.example.org:9092", "'[::1]:9092'")
+    assert load_config(_write(tmp_path, text)).server.address == "[::1]:9092"
+
+
+def test_tls_certificates_are_required_unless_explicitly_insecure(tmp_path: Path) -> None:
+    no_tls = MINIMAL.replace("  root_certificates: certs/ca.pem\n", "")
+    assert "server.root_certificates: required unless server.insecure" in _error(tmp_path, no_tls)
+
+    config = load_config(_write(tmp_path, no_tls + "  insecure: true\n"))
+    assert config.server.insecure is True
+    assert "server.insecure: true conflicts" in _error(tmp_path, MINIMAL + "  insecure: true\n")
+
+
+def test_missing_file_and_invalid_yaml_raise_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml: no such file"):
+        load_config(tmp_path / "nowhere.yaml")
+
+    message = _error(tmp_path, "state_dir: [unclosed\n")
+    assert "daemon.yaml: invalid YAML at line 2" in message
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    assert "daemon.yaml: must be a mapping of keys, got ['a']" in _error(tmp_path, "- a\n")
+
+
+def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
+    # A Python object tag must be refused, not constructed.
+    text = "state_dir: !!python/object/apply:os.getcwd []\n"
+    assert "invalid YAML" in _error(tmp_path, text)
