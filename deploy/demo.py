@@ -16,7 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from deploy.loopback import ConfigValue, Loopback, LoopbackError, RunOutcome
+from deploy.loopback import Loopback, LoopbackError, RunOutcome
+from ticket.config_text import ConfigValue
 
 HEART_SITES = 4  # heart-uci's natural partition: one partition per hospital
 APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app: the project's pyproject.toml

@@ -30,10 +30,10 @@ from typing import IO, Any
 import psutil
 
 from server.run_log import RunLog
+from ticket.config_text import ConfigValue, toml_values
 
 logger = logging.getLogger(__name__)
 
-ConfigValue = bool | float | int | str
 CONNECTION = "loopback"
 FINISHED_PREFIX = "finished:"
 COMPLETED = "finished:completed"
@@ -44,20 +44,6 @@ _STRATEGY_END = "Strategy execution finished"
 
 class LoopbackError(RuntimeError):
     """A Flower process could not be started, or the run could not be submitted or followed."""
-
-
-def toml_values(values: Mapping[str, ConfigValue]) -> str:
-    """`key=value` pairs as `--run-config` / `--node-config` take them (strings quoted)."""
-    parts = []
-    for key, value in values.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, str):
-            text = json.dumps(value)  # a TOML basic string for paths and names
-        else:
-            text = repr(value)
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
 
 
 def free_port() -> int:
@@ -459,6 +445,8 @@ def _follow(
 def _round_walls(marks: Mapping[str, float]) -> dict[int, float]:
     """Round k lasted from its `[ROUND k/N]` line to the next one (or to the strategy's end)."""
     starts = sorted((int(key), at) for key, at in marks.items() if key != "end")
+    if not starts:
+        return {}
     ends = [at for _, at in starts[1:]] + [marks.get("end", float("nan"))]
     return {number: end - start for (number, start), end in zip(starts, ends, strict=True)}
 

@@ -11,6 +11,7 @@ Flower `Error` reply; the process never crashes on bad input.
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,14 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from edge_daemon.local_data import LocalData, LocalDataError, LocalDataSpec, load_local_data
+from edge_daemon.local_data import (
+    LocalData,
+    LocalDataError,
+    LocalDataSpec,
+    StoreSpec,
+    load_local_data,
+    load_store_data,
+)
 from ticket.bundle import Ticket, load_ticket, to_torch_masks
 from ticket.codec import Kind, decode_vector, encode_vector
 from ticket.errors import TicketError
@@ -72,17 +80,29 @@ class TicketUnavailableError(Exception):
 class NodeSettings:
     """This node's `context.node_config`, typed once at the top of a handler."""
 
-    ticket_path: Path  # [ticket-path] the verified ticket cached by `ticket deploy`
+    # Exactly one of: [ticket-path] one ticket file, or [ticket-dir] the daemon's ticket cache,
+    # where the run's ticket is <ticket-dir>/<content id>.ticket.
+    ticket_path: Path | None
+    ticket_dir: Path | None
     fleet_key: Path | None  # [fleet-key] PEM public key that must have signed the ticket
     allow_unsigned: bool  # [allow-unsigned] explicit opt-out of signature checks (tests, demos)
-    data: LocalDataSpec
+    data: LocalDataSpec | StoreSpec  # [readings-db] the device's readings, else [dataset] ...
+    state_path: Path | None = None  # [state-path] the daemon's durable state: rounds joined
+
+    def ticket_file(self, ticket_id: str) -> Path:
+        if self.ticket_path is not None:
+            return self.ticket_path
+        assert self.ticket_dir is not None
+        if not all(c in "0123456789abcdef" for c in ticket_id) or len(ticket_id) != 64:
+            raise InstructionError("the run's ticket id is not a content id")
+        return self.ticket_dir / f"{ticket_id}.ticket"
 
     @classmethod
     def from_context(cls, context: Context) -> "NodeSettings":
         """A real node's settings come from its node config; a virtual node's from the run's."""
         if set(context.node_config) == SIMULATED_NODE_KEYS:
             return cls.from_node_config(
-                {**simulated_node_config(context.run_config), **context.node_config}
+                {**context.node_config, **simulated_node_config(context.run_config)}
             )
         return cls.from_node_config(context.node_config)
 
@@ -94,14 +114,21 @@ class NodeSettings:
             raise NodeConfigError(f"node config: fleet-key must be a path, got {key!r}")
         if not isinstance(allow, bool):
             raise NodeConfigError(f"node config: allow-unsigned must be true/false, got {allow!r}")
-        path = config.get("ticket-path")
-        if not isinstance(path, str) or not path:
-            raise NodeConfigError(f"node config: ticket-path must be a path, got {path!r}")
+        path, directory = _path(config, "ticket-path"), _path(config, "ticket-dir")
+        if (path is None) == (directory is None):
+            raise NodeConfigError("node config: set exactly one of ticket-path and ticket-dir")
+        data = (
+            StoreSpec.from_node_config(config)
+            if "readings-db" in config
+            else LocalDataSpec.from_node_config(config)
+        )
         return cls(
-            ticket_path=Path(path),
+            ticket_path=path,
+            ticket_dir=directory,
             fleet_key=Path(key) if key else None,
             allow_unsigned=allow,
-            data=LocalDataSpec.from_node_config(config),
+            data=data,
+            state_path=_path(config, "state-path"),
         )
 
 
@@ -133,6 +160,11 @@ def simulated_node_config(run_config: Mapping[str, ConfigValue]) -> dict[str, Co
         for run_key, node_key in _SIMULATION_KEYS.items()
         if run_key in run_config
     }
+    # N virtual nodes take partitions 0..N-1 of an N-way split unless the run asks for a wider
+    # one (e.g. the first 3 of heart-uci's 4 hospitals).
+    split = run_config.get("sim-num-partitions", 0)
+    if split:
+        config["num-partitions"] = split
     # An empty fleet-key in the run config means "none" there; a node config omits it instead.
     if config.get("fleet-key") == "":
         del config["fleet-key"]
@@ -189,6 +221,7 @@ class Workspace:
     model: nn.Module
     layout: PackLayout
     data: LocalData
+    node: NodeSettings
 
 
 app = ClientApp()
@@ -202,7 +235,20 @@ def train(message: Message, context: Context) -> Message:
     except SKIP_ROUND as error:
         return error_reply(message, error)
     examples = int(work.data.y_train.shape[0])
+    if work.node.state_path is not None:
+        record_round(work.node.state_path, bytes_sent=len(payload), loss=loss)
     return reply(message, payload, {"num-examples": examples, "train-loss": loss})
+
+
+def record_round(state_path: Path, *, bytes_sent: int, loss: float) -> None:
+    """Count the round in the daemon's durable state (`edge-daemon status` shows it)."""
+    from edge_daemon.state import update_state
+
+    at = datetime.now(UTC)
+    update_state(
+        state_path,
+        lambda state: state.with_round(at=at, bytes_sent=bytes_sent, metrics={"train-loss": loss}),
+    )
 
 
 @app.evaluate()
@@ -238,8 +284,13 @@ def prepare(
         segment_sizes=layout.segment_sizes,
     )
     load_weights(model, layout.unpack_torch(values))
-    data = load_local_data(node.data, ticket.manifest["data"].get("preprocessing"))
-    return task, Workspace(ticket, model, layout, data)
+    preprocessing = ticket.manifest["data"].get("preprocessing")
+    data = (
+        load_store_data(node.data, preprocessing)
+        if isinstance(node.data, StoreSpec)
+        else load_local_data(node.data, preprocessing)
+    )
+    return task, Workspace(ticket, model, layout, data, node)
 
 
 def train_and_pack(task: Instructions, work: Workspace, *, node_id: int) -> tuple[bytes, float]:
@@ -265,10 +316,12 @@ def train_and_pack(task: Instructions, work: Workspace, *, node_id: int) -> tupl
 
 def read_node_ticket(node: NodeSettings, ticket_id: str) -> tuple[Ticket, nn.Module]:
     """The cached ticket, verified against the fleet key, and only if it is the run's ticket."""
+    if node.ticket_dir is not None and not node.ticket_file(ticket_id).exists():
+        raise TicketUnavailableError(f"ticket {ticket_id[:12]} is not cached on this device")
     try:
         keys = [node.fleet_key.read_bytes()] if node.fleet_key is not None else []
         ticket, model = load_ticket(
-            node.ticket_path, trusted_keys=keys, allow_unsigned=node.allow_unsigned
+            node.ticket_file(ticket_id), trusted_keys=keys, allow_unsigned=node.allow_unsigned
         )
     except OSError as error:
         # Never name the path: it may sit in the user's data directory.
@@ -322,6 +375,15 @@ SKIP_ROUND = (
     InstructionError,
     TicketError,
 )
+
+
+def _path(config: Mapping[str, ConfigValue], key: str) -> Path | None:
+    value = config.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise NodeConfigError(f"node config: {key} must be a path, got {value!r}")
+    return Path(value)
 
 
 def _get(config: Mapping[str, object], key: str, kind: type) -> Any:

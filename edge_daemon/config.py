@@ -40,6 +40,10 @@ and the dotted key. Relative paths resolve against the directory of daemon.yaml.
       backoff_initial_s: 1            # delay before the first restart after an exit
       backoff_max_s: 300              # the restart delay doubles up to this
       jitter: 0.2                     # each delay is scaled by a random factor in [1-j, 1+j]
+    node_port: 9094                   # the SuperNode's local ClientApp port (one per daemon)
+    probe_file: null                  # tests and demos only: read the device's conditions from
+                                      #   this JSON file (edge_daemon.probe.FileProbe) instead
+                                      #   of its sensors
 """
 
 import contextlib
@@ -92,6 +96,8 @@ class DaemonConfig:
     data: DataConfig = field(default_factory=DataConfig)
     eligibility: EligibilityPolicy = field(default_factory=EligibilityPolicy)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    node_port: int = field(default=9094, metadata={"ge": 1, "le": 65535})
+    probe_file: Path | None = None
 
 
 def load_config(path: Path | str) -> DaemonConfig:

@@ -1,13 +1,16 @@
-"""A node's local data, for now one partition of a registered dataset named in its node config.
+"""A node's local data: the device's own readings store, or one partition of a registered dataset.
 
-A later issue replaces this with the device's own readings store; the ClientApp only sees
-`LocalData`, so that swap stays local to this module.
+A device run by `edge-daemon` trains on the readings its owner ingested (`StoreSpec`, node config
+`readings-db`); demos, benchmarks and the Simulation Engine use a partition of a public dataset
+(`LocalDataSpec`, node config `dataset`). The ClientApp only sees `LocalData`.
 """
 
 import functools
 import json
+import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -67,6 +70,22 @@ class LocalDataSpec:
         return spec
 
 
+@dataclass(frozen=True)
+class StoreSpec:
+    """The device's readings store (node config keys in brackets)."""
+
+    path: Path  # [readings-db] the SQLite file `edge-daemon ingest` writes
+    schema: str = "heart-uci"  # [readings-schema]
+    test_every: int = 5  # every 5th reading (in ingest order) is held out for local evaluation
+
+    @classmethod
+    def from_node_config(cls, config: Mapping[str, ConfigValue]) -> "StoreSpec":
+        schema = config.get("readings-schema", "heart-uci")
+        if not isinstance(schema, str):
+            raise LocalDataError(f"node config: readings-schema must be a name, got {schema!r}")
+        return cls(path=Path(_text(config, "readings-db")), schema=schema)
+
+
 # eq=False: field-wise == on tensors is ambiguous.
 @dataclass(frozen=True, eq=False)
 class LocalData:
@@ -104,6 +123,39 @@ def load_local_data(
         y_train=dataset.y_train[train_rows],
         x_test=x_test[test_rows],
         y_test=dataset.y_test[test_rows],
+    )
+
+
+def load_store_data(spec: StoreSpec, preprocessing: Mapping[str, Any] | None) -> LocalData:
+    """The device's readings, encoded as the ticket expects; LocalDataError when there are none.
+
+    Errors never quote a reading: they may end up in an Error reply the server sees.
+    """
+    from edge_daemon.readings import ReadingsStore, StoreError
+    from ticket.data.heart_encoding import HeartPreprocessor
+
+    if spec.schema != "heart-uci":
+        raise LocalDataError(f"readings schema {spec.schema!r} has no encoder")
+    if preprocessing is None:
+        raise LocalDataError("the ticket carries no preprocessing to encode device readings with")
+    if not spec.path.exists():
+        raise LocalDataError("no readings on this device yet (edge-daemon ingest)")
+    try:
+        with ReadingsStore(spec.path, schema=spec.schema) as store:
+            rows = store.rows()
+        encoder = HeartPreprocessor.from_json(preprocessing)
+        features = torch.from_numpy(encoder.transform(rows)) if rows else None
+        labels = torch.from_numpy(encoder.labels(rows)) if rows else None
+    except (StoreError, TicketError, sqlite3.Error) as error:
+        raise LocalDataError(f"device readings unusable: {type(error).__name__}") from None
+    if features is None or labels is None:
+        raise LocalDataError("no readings on this device yet (edge-daemon ingest)")
+    held_out = torch.arange(len(rows)) % spec.test_every == spec.test_every - 1
+    return LocalData(
+        x_train=features[~held_out],
+        y_train=labels[~held_out],
+        x_test=features[held_out],
+        y_test=labels[held_out],
     )
 
 

@@ -24,3 +24,12 @@ class DaemonPaths:
     def flwr_home(self) -> Path:
         """The node's own FLWR_HOME, so it never shares ~/.flwr with anything else."""
         return self.state_dir / "flwr"
+
+    @property
+    def status_file(self) -> Path:
+        """The running daemon's eligibility and node state, for `edge-daemon status`."""
+        return self.state_dir / "status.json"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"

@@ -5,6 +5,7 @@ yet); nothing is ever guessed to fill a gap. The policy in `eligibility.py` deci
 reading means.
 """
 
+import json
 import math
 import os
 import subprocess
@@ -13,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import psutil
 
@@ -260,3 +261,53 @@ def _hottest_sensor() -> float | None:
         if entry.current is not None and math.isfinite(entry.current)
     ]
     return max(readings) if readings else None
+
+
+class FileProbe:
+    """Conditions read from a JSON file instead of sensors: for tests and demos that need to
+    make a device eligible or not on cue. Keys (all optional): on_power, battery_percent,
+    cpu_busy_percent, free_memory_mb, temperature_c (null: no such sensor) and network (a
+    NetworkKind). A missing or unreadable file reads as offline, so the device is not eligible.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, now: Callable[[], datetime] = _local_now):
+        self._path = path
+        self._now = now
+
+    def snapshot(self) -> DeviceSnapshot:
+        try:
+            with open(self._path, encoding="utf-8") as file:
+                values = json.load(file)
+            if not isinstance(values, dict):
+                raise ValueError("not a JSON object")
+            network = values.get("network", "unmetered")
+            if network not in ("unmetered", "metered", "unknown", "offline"):
+                raise ValueError(f"network must be a network kind, got {network!r}")
+            return DeviceSnapshot(
+                time=self._now(),
+                on_power=_optional(values, "on_power", bool, True),
+                battery_percent=_optional(values, "battery_percent", float, None),
+                cpu_busy_percent=_optional(values, "cpu_busy_percent", float, 0.0),
+                free_memory_mb=_optional(values, "free_memory_mb", float, 4096.0) or 0.0,
+                temperature_c=_optional(values, "temperature_c", float, None),
+                network=NetworkState(network, f"probe file {self._path}"),
+            )
+        except (OSError, ValueError) as error:
+            return DeviceSnapshot(
+                time=self._now(),
+                on_power=None,
+                battery_percent=None,
+                cpu_busy_percent=None,
+                free_memory_mb=0.0,
+                temperature_c=None,
+                network=NetworkState("offline", f"probe file {self._path}: {error}"),
+            )
+
+
+def _optional(values: dict[str, object], key: str, kind: type, default: Any) -> Any:
+    value = values.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind | int):
+        raise ValueError(f"{key} must be {kind.__name__} or null, got {value!r}")
+    return kind(value)

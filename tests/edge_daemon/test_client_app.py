@@ -260,6 +260,19 @@ def test_a_virtual_node_passes_on_only_the_chosen_partitioners_option(
     assert "fleet-key" not in client_app.simulated_node_config({**run, "fleet-key": ""})
 
 
+def test_virtual_nodes_may_take_the_first_parts_of_a_wider_split(
+    signed_path: Path, keys: Path
+) -> None:
+    ticket = read_ticket(signed_path, allow_unsigned=True)
+    run = _sim_run_config(signed_path, keys, **{"sim-num-partitions": 4})
+    # Flower made 3 virtual nodes: node 2 is still Switzerland, the third of 4 hospitals.
+    context = Context(1, 101, {"partition-id": 2, "num-partitions": 3}, RecordDict(), run)
+
+    reply = client_app.app(_instruction(ticket, "train"), context)
+
+    assert _number(reply.content.metric_records["metrics"]["num-examples"]) == 75
+
+
 def test_a_virtual_node_without_sim_dataset_is_a_node_config_error(
     signed_path: Path, keys: Path
 ) -> None:

@@ -1,0 +1,405 @@
+"""Federated training of a ticket vs dense FedAvg: accuracy per round and bytes on the wire.
+
+Every run is a real Flower run of this project's ServerApp and ClientApp. The federated tasks
+run through Flower's Simulation Engine (a simulation SuperLink started by deploy.loopback, Ray,
+virtual nodes); `--loopback` also measures a real deployment (a SuperLink and 4 SuperNodes as
+separate processes). Tickets come from `ticket find`, run here first.
+
+Tasks (each compares the same seeds, nodes and rounds across arms):
+  fed-heart     heart-uci, the 4 hospitals as 4 devices (natural non-IID split), all per round
+  fed-mnist     mnist, 100 devices with 2 label-sorted shards each (FedAvg paper), 10 per round,
+                lenet-300-100
+  transfer      heart-uci: a ticket found on VA Long Beach only, trained by the other three
+                hospitals, against a ticket found on all four and the dense network
+Arms: dense (density 1.0, float32 both ways: plain FedAvg), ticket (density 0.1, float32), and
+ticket-int8 (int8 uplink, float32 downlink).
+
+    python bench/comm.py                     # all tasks plus the loopback deployment
+    python bench/comm.py --task fed-heart --rounds 3 --no-loopback    # a quick look
+
+Results: bench/results/comm.{json,md} and comm_<task>.png, with the command that made them.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `python bench/comm.py` from a checkout
+
+from deploy.demo import heart_node_configs, round_rows  # noqa: E402
+from deploy.loopback import Loopback, RunOutcome  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    ticket: str  # key into Task.tickets
+    uplink: str = "float32"
+    downlink: str = "float32"
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    dataset: str
+    nodes: int  # virtual devices
+    per_round: int  # sampled for training each round
+    rounds: int
+    target: float  # accuracy whose uplink cost is reported
+    tickets: dict[str, list[str]]  # name -> `ticket find` arguments
+    arms: tuple[Arm, ...]
+    training: dict[str, Any]  # run config: local epochs, batch size, lr, optimizer
+    simulation: dict[str, Any] = field(default_factory=dict)  # run config sim-* keys
+    accuracy_from: str = "server"  # "server": pooled held-out rows; "federated": the nodes'
+
+
+HEART_FIND = ["--model", "heart-mlp", "--data", "heart-uci", "--controls", "none"]
+MNIST_FIND = [
+    *("--model", "lenet-300-100", "--data", "mnist", "--controls", "none"),
+    *("--rate", "0.5", "--epochs", "2"),  # IMP at 50% per level: 4 levels to 10%
+]
+DEFAULT_ARMS = (
+    Arm("dense", "dense"),
+    Arm("ticket", "ticket"),
+    Arm("ticket-int8", "ticket", uplink="int8"),
+)
+TASKS = {
+    "fed-heart": Task(
+        name="fed-heart",
+        dataset="heart-uci",
+        nodes=4,
+        per_round=4,
+        rounds=30,
+        target=0.80,
+        tickets={
+            "dense": [*HEART_FIND, "--target-density", "1.0"],
+            "ticket": [*HEART_FIND, "--target-density", "0.1"],
+        },
+        arms=DEFAULT_ARMS,
+        training={"local-epochs": 2, "batch-size": 32, "lr": 1e-3, "optimizer": "adam"},
+        simulation={"sim-partition": "natural"},
+    ),
+    "fed-mnist": Task(
+        name="fed-mnist",
+        dataset="mnist",
+        nodes=100,
+        per_round=10,
+        rounds=100,
+        target=0.97,
+        tickets={
+            "dense": [*MNIST_FIND, "--target-density", "1.0"],
+            "ticket": [*MNIST_FIND, "--target-density", "0.1"],
+        },
+        arms=DEFAULT_ARMS,
+        # FedAvg's E=5, B=10 with plain SGD (McMahan et al. 2017).
+        training={"local-epochs": 5, "batch-size": 10, "lr": 0.1, "optimizer": "sgd"},
+        simulation={"sim-partition": "shards", "sim-partition-shards": 2},
+    ),
+    "transfer": Task(
+        name="transfer",
+        dataset="heart-uci",
+        nodes=3,  # partitions 0-2 of the 4-hospital split: all but VA Long Beach
+        per_round=3,
+        rounds=30,
+        target=0.80,
+        tickets={
+            "dense": [*HEART_FIND, "--target-density", "1.0"],
+            "all-sites": [*HEART_FIND, "--target-density", "0.1"],
+            "va-only": [*HEART_FIND, "--target-density", "0.1", "--sites", "VA Long Beach"],
+        },
+        arms=(
+            Arm("dense", "dense"),
+            Arm("ticket (found on all 4)", "all-sites"),
+            Arm("ticket (found on VA only)", "va-only"),
+        ),
+        training={"local-epochs": 2, "batch-size": 32, "lr": 1e-3, "optimizer": "adam"},
+        simulation={"sim-partition": "natural", "sim-num-partitions": 4},
+        accuracy_from="federated",  # the three training hospitals' own test rows
+    ),
+}
+
+
+def find_tickets(task: Task, work: Path, seed: int) -> dict[str, dict[str, Any]]:
+    """Run `ticket find` for each of the task's tickets; name -> {path, command, wall_s, ...}."""
+    found = {}
+    for name, arguments in task.tickets.items():
+        out = work / "tickets" / f"{task.dataset}-{name}-seed{seed}.ticket"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        command = [
+            str(Path(sys.executable).parent / "ticket"),
+            *("find", *arguments, "--seed", str(seed), "--out", str(out), "--quiet"),
+        ]
+        started = time.perf_counter()
+        if not out.exists():
+            subprocess.run(command, check=True, capture_output=True)
+        report = json.loads(out.with_suffix(".json").read_text())
+        found[name] = {
+            "path": str(out),
+            "command": shlex.join(["ticket", *command[1:]]),
+            "find_wall_s": time.perf_counter() - started,
+            "density": report["levels"][-1]["density"],
+            "content_id": report["content_id"],
+        }
+    return found
+
+
+def run_arm(
+    fleet: Loopback, task: Task, arm: Arm, ticket: Path, *, work: Path, rounds: int, seed: int
+) -> dict[str, Any]:
+    run_dir = work / "runs" / task.name / arm.name.replace(" ", "_").replace("/", "_")
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resumed one
+    config = {
+        "ticket-path": str(ticket),
+        "run-dir": str(run_dir),
+        "allow-unsigned": True,
+        "num-rounds": rounds,
+        "fraction-train": task.per_round / task.nodes,
+        "fraction-evaluate": 1.0 if task.accuracy_from == "federated" else 0.0,
+        "min-nodes": task.per_round,
+        "server-eval": task.dataset if task.accuracy_from == "server" else "",
+        "uplink-dtype": arm.uplink,
+        "downlink-dtype": arm.downlink,
+        "seed": seed,
+        "sim-dataset": task.dataset,
+        "sim-partition-seed": seed,
+        **task.simulation,
+        **task.training,
+    }
+    federation = {"num-supernodes": task.nodes, "client-resources-num-cpus": 1}
+    outcome = fleet.run(config, timeout_s=6 * 3600, federation_config=federation)
+    if not outcome.completed:
+        sys.exit(f"{task.name}/{arm.name}: run {outcome.run_id} ended {outcome.status}")
+    return summarise(task, arm, outcome)
+
+
+def summarise(task: Task, arm: Arm, outcome: RunOutcome) -> dict[str, Any]:
+    """Per-round accuracy and bytes per device, and the uplink spent until the target."""
+    rounds = []
+    uplink_total = 0
+    reached = None
+    for line in outcome.rounds:
+        up, down = line["bytes"]["up"], line["bytes"]["down"]
+        uplink_total += line["bytes"]["up_total"]
+        metrics = line["server_eval"] if task.accuracy_from == "server" else line["federated_eval"]
+        accuracy = None if metrics is None else metrics["accuracy"]
+        rounds.append(
+            {
+                "round": line["round"],
+                "accuracy": accuracy,
+                "auc": None if metrics is None else metrics.get("auc"),
+                "participants": len(line["participants"]),
+                "failures": len(line["failures"]) + len(line["rejected"]),
+                "up_bytes_per_device": max(up.values()) if up else 0,
+                "down_bytes_per_device": max(down.values()) if down else 0,
+                "uplink_bytes_so_far": uplink_total,
+            }
+        )
+        if reached is None and accuracy is not None and accuracy >= task.target:
+            reached = {"round": line["round"], "uplink_bytes": uplink_total}
+    last = rounds[-1]
+    return {
+        "arm": asdict(arm),
+        "run_wall_s": outcome.wall_s,
+        "rounds": rounds,
+        "final_accuracy": last["accuracy"],
+        "best_accuracy": max(r["accuracy"] for r in rounds if r["accuracy"] is not None),
+        "up_bytes_per_device": last["up_bytes_per_device"],
+        "down_bytes_per_device": last["down_bytes_per_device"],
+        "target": task.target,
+        "reached_target": reached,
+    }
+
+
+def run_task(task: Task, work: Path, rounds: int, seed: int) -> dict[str, Any]:
+    tickets = find_tickets(task, work, seed)
+    arms = []
+    with Loopback(work / "sim" / task.name, ROOT, [], simulation=True) as fleet:
+        for arm in task.arms:
+            print(f"{task.name}: {arm.name} ({rounds} rounds)", flush=True)
+            ticket = Path(tickets[arm.ticket]["path"])
+            result = run_arm(fleet, task, arm, ticket, work=work, rounds=rounds, seed=seed)
+            result["ticket"] = tickets[arm.ticket]
+            arms.append(result)
+        peak = dict(fleet.peak_rss)
+    dense_up = arms[0]["up_bytes_per_device"]
+    for arm in arms:
+        arm["uplink_vs_dense"] = arm["up_bytes_per_device"] / dense_up
+        arm["final_vs_dense_pp"] = 100 * (arm["final_accuracy"] - arms[0]["final_accuracy"])
+    return {
+        "task": asdict(task),
+        "rounds": rounds,
+        "arms": arms,
+        "simulation_peak_rss_mb": {k: v / 2**20 for k, v in sorted(peak.items())},
+    }
+
+
+def run_loopback(work: Path, rounds: int, seed: int) -> dict[str, Any]:
+    """The heart ticket on a real deployment: 4 SuperNodes, round wall time, peak RSS."""
+    task = TASKS["fed-heart"]
+    ticket = Path(find_tickets(task, work, seed)["ticket"]["path"])
+    run_dir = work / "loopback-run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.rmtree(work / "loopback", ignore_errors=True)
+    config = {
+        "ticket-path": str(ticket),
+        "run-dir": str(run_dir),
+        "allow-unsigned": True,
+        "num-rounds": rounds,
+        "min-nodes": 4,
+        "server-eval": "heart-uci",
+        "seed": seed,
+        **task.training,
+    }
+    with Loopback(work / "loopback", ROOT, heart_node_configs(ticket, 4)) as fleet:
+        outcome = fleet.run(config, timeout_s=1800)
+        peak = dict(fleet.peak_rss)
+    if not outcome.completed:
+        sys.exit(f"loopback: run {outcome.run_id} ended {outcome.status}")
+    rows = round_rows(outcome)
+    return {
+        "rounds": rows,
+        "round_wall_s": [row["wall-s"] for row in rows],
+        "run_wall_s": outcome.wall_s,
+        "peak_rss_mb": {k: v / 2**20 for k, v in sorted(peak.items())},
+    }
+
+
+def write_markdown(document: dict[str, Any], path: Path) -> None:
+    lines = [
+        "# Federated ticket vs dense FedAvg: accuracy and bytes",
+        "",
+        f"Produced by: `{document['command']}` ({document['machine']}).",
+        "",
+    ]
+    for result in document["tasks"]:
+        task = result["task"]
+        lines += [
+            f"## {task['name']}",
+            "",
+            f"{task['dataset']}, {task['nodes']} devices, {task['per_round']} per round, "
+            f"{result['rounds']} rounds; local training {json.dumps(task['training'])}; "
+            f"accuracy: {task['accuracy_from']} evaluation; target {100 * task['target']:.0f}%.",
+            "",
+            "| arm | density | final acc | best acc | vs dense (pp) | up B/device/round "
+            "| down B/device/round | up vs dense | rounds to target | uplink bytes to target "
+            "| run wall s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for arm in result["arms"]:
+            reached = arm["reached_target"]
+            to_target = f"{reached['uplink_bytes']:,}" if reached else "-"
+            lines.append(
+                f"| {arm['arm']['name']} | {arm['ticket']['density']:.3f} "
+                f"| {100 * arm['final_accuracy']:.2f} | {100 * arm['best_accuracy']:.2f} "
+                f"| {arm['final_vs_dense_pp']:+.2f} | {arm['up_bytes_per_device']:,} "
+                f"| {arm['down_bytes_per_device']:,} | {arm['uplink_vs_dense']:.4f} "
+                f"| {reached['round'] if reached else 'not reached'} "
+                f"| {to_target} "
+                f"| {arm['run_wall_s']:.0f} |"
+            )
+        lines += ["", f"![{task['name']}](comm_{task['name']}.png)", ""]
+        lines += ["Tickets:", ""] + [
+            f"    {arm['ticket']['command']}" for arm in _unique_tickets(result["arms"])
+        ]
+        lines.append("")
+    if document.get("loopback"):
+        loop = document["loopback"]
+        walls = ", ".join(f"{w:.1f}" for w in loop["round_wall_s"])
+        lines += [
+            "## Real deployment on loopback (fed-heart ticket, 4 SuperNodes)",
+            "",
+            f"Round wall times (s): {walls}; whole run {loop['run_wall_s']:.0f} s.",
+            "",
+            "| process | peak RSS (MB) |",
+            "|---|---|",
+        ]
+        lines += [f"| {name} | {mb:.0f} |" for name, mb in loop["peak_rss_mb"].items()]
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def _unique_tickets(arms: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: dict[str, dict[str, Any]] = {}
+    for arm in arms:
+        seen.setdefault(arm["ticket"]["content_id"], arm)
+    return list(seen.values())
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (by_round, by_bytes) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for arm in result["arms"]:
+        rounds = [r for r in arm["rounds"] if r["accuracy"] is not None]
+        accuracy = [100 * r["accuracy"] for r in rounds]
+        by_round.plot([r["round"] for r in rounds], accuracy, label=arm["arm"]["name"])
+        by_bytes.plot(
+            [r["uplink_bytes_so_far"] for r in rounds], accuracy, label=arm["arm"]["name"]
+        )
+    target = 100 * result["task"]["target"]
+    for axis in (by_round, by_bytes):
+        axis.axhline(target, color="grey", linestyle=":", linewidth=1)
+        axis.set_ylabel("test accuracy (%)")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    by_round.set_xlabel("round")
+    by_bytes.set_xlabel("uplink bytes, all devices, cumulative")
+    by_bytes.set_xscale("log")
+    figure.suptitle(f"{result['task']['name']}: dense FedAvg vs ticket")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--task", choices=[*TASKS, "all"], default="all")
+    parser.add_argument("--rounds", type=int, help="override every task's number of rounds")
+    parser.add_argument("--loopback-rounds", type=int, default=3)
+    parser.add_argument("--no-loopback", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/ticketfleet-bench-comm"))
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    # Ray runs one virtual node per core; torch inside each must not also use every core.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    tasks = list(TASKS.values()) if args.task == "all" else [TASKS[args.task]]
+    started = time.perf_counter()
+    results = [run_task(task, args.work, args.rounds or task.rounds, args.seed) for task in tasks]
+    loopback = (
+        None if args.no_loopback else run_loopback(args.work, args.loopback_rounds, args.seed)
+    )
+    document = {
+        "command": shlex.join(["python", "bench/comm.py", *(argv or sys.argv[1:])]),
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}, "
+        f"Python {platform.python_version()}",
+        "wall_s": time.perf_counter() - started,
+        "tasks": results,
+        "loopback": loopback,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if args.task == "all" else f"_{args.task}"
+    (args.out / f"comm{suffix}.json").write_text(json.dumps(document, indent=2) + "\n")
+    for result in results:
+        plot(result, args.out / f"comm_{result['task']['name']}.png")
+    write_markdown(document, args.out / f"comm{suffix}.md")
+    print((args.out / f"comm{suffix}.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""The same ServerApp and ClientApp under Flower's Simulation Engine (Ray, virtual nodes)."""
+
+from pathlib import Path
+
+import pytest
+
+from deploy.loopback import Loopback, LoopbackError
+from tests.inprocess import find_ticket
+
+APP_DIR = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_virtual_hospitals_train_the_ticket_under_the_simulation_engine(tmp_path: Path) -> None:
+    ticket = find_ticket(tmp_path / "heart.ticket", density=0.1)
+    config = {
+        "ticket-path": str(ticket),
+        "run-dir": str(tmp_path / "run"),
+        "allow-unsigned": True,
+        "num-rounds": 2,
+        "min-nodes": 3,
+        "server-eval": "heart-uci",
+        "sim-dataset": "heart-uci",
+        "sim-partition": "natural",
+        "sim-num-partitions": 4,  # 3 virtual nodes: the first 3 of the 4 hospitals
+    }
+    fleet = Loopback(tmp_path / "sim", APP_DIR, [], simulation=True, grace_s=5.0)
+    with fleet:
+        outcome = fleet.run(
+            config,
+            timeout_s=300.0,
+            federation_config={"num-supernodes": 3, "client-resources-num-cpus": 1},
+        )
+
+    assert outcome.completed, outcome.status
+    assert [line["round"] for line in outcome.rounds] == [1, 2]
+    for line in outcome.rounds:
+        assert len(line["participants"]) == 3 and line["failures"] == {}
+        assert set(line["bytes"]["up"].values()) == {line["bytes"]["up_total"] // 3}
+        assert line["federated_eval"]["accuracy"] is not None
+        assert line["server_eval"]["examples"] == 277
+    assert fleet.alive() == []  # Ray's processes too
+
+
+def test_a_simulation_takes_no_real_nodes(tmp_path: Path) -> None:
+    fleet = Loopback(tmp_path / "sim", APP_DIR, [{"partition-id": 0}], simulation=True)
+    with pytest.raises(LoopbackError, match="virtual nodes only"):
+        fleet.start()
+    fleet.stop()
