@@ -121,6 +121,8 @@ class Loopback:
     sample_every_s: float = 1.0
     superlink_port: int = 0  # 0: chosen free
     simulation: bool = False
+    # `edge-daemon run -c PATH` per entry: devices whose daemon starts their SuperNode.
+    daemon_configs: list[Path] = field(default_factory=list)
     started: list[_Started] = field(default_factory=list)
     killed: set[str] = field(default_factory=set)  # labels stopped on purpose (fault injection)
     attempts: int = 0  # `run` calls so far; each streams to logs/flwr-run-<attempt>.log
@@ -187,6 +189,12 @@ class Loopback:
                     *("--node-config", toml_values(config)),
                 ],
                 home=self.workdir / f"supernode-{index}",
+            )
+        for index, config_path in enumerate(self.daemon_configs):
+            self._spawn(
+                f"daemon-{index}",
+                ["edge-daemon", "run", "-c", str(config_path)],
+                home=self.workdir / f"daemon-{index}",
             )
         self._sampler = threading.Thread(target=self._sample_loop, daemon=True)
         self._sampler.start()
@@ -330,6 +338,28 @@ class Loopback:
         self._sample()  # know its children (superexec, a clientapp in flight) before they go
         _signal_group(started.popen, signal.SIGKILL)
         started.popen.wait(timeout=10.0)
+
+    def kill_daemon_node(self, index: int) -> int:
+        """SIGKILL the SuperNode that daemon `index` supervises (not the daemon); its pid."""
+        daemon = next(s for s in self.started if s.label == f"daemon-{index}")
+        for process in _tree(daemon.popen.pid):
+            with suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                if _flower_name(process) == "flower-supernode":
+                    self._sample()
+                    os.killpg(process.pid, signal.SIGKILL)  # the node and its own children
+                    _wait_dead(process, timeout_s=10.0)
+                    return process.pid
+        raise LoopbackError(f"daemon-{index} runs no flower-supernode")
+
+    def node_pids(self, index: int) -> list[int]:
+        """The pids of flower-supernode processes under daemon `index` right now."""
+        daemon = next(s for s in self.started if s.label == f"daemon-{index}")
+        pids = []
+        for process in _tree(daemon.popen.pid):
+            with suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                if _flower_name(process) == "flower-supernode" and process.status() != "zombie":
+                    pids.append(process.pid)
+        return pids
 
     def kill_serverapp(self) -> int:
         """SIGKILL the running `flwr-serverapp` process (under the SuperLink); its pid."""

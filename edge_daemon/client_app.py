@@ -92,7 +92,8 @@ class NodeSettings:
     def ticket_file(self, ticket_id: str) -> Path:
         if self.ticket_path is not None:
             return self.ticket_path
-        assert self.ticket_dir is not None
+        if self.ticket_dir is None:  # from_node_config sets exactly one of the two
+            raise NodeConfigError("node config: set exactly one of ticket-path and ticket-dir")
         if not all(c in "0123456789abcdef" for c in ticket_id) or len(ticket_id) != 64:
             raise InstructionError("the run's ticket id is not a content id")
         return self.ticket_dir / f"{ticket_id}.ticket"

@@ -9,6 +9,7 @@ import hashlib
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ticket.errors import IntegrityError, TicketError
@@ -28,6 +29,22 @@ def generate_signing_key() -> tuple[bytes, bytes]:
     """A fresh Ed25519 key pair: (private PEM, PKCS#8 unencrypted; public PEM, SPKI)."""
     private = Ed25519PrivateKey.generate()
     return _private_pem(private), _public_pem(private.public_key())
+
+
+def generate_node_auth_key(comment: str) -> tuple[bytes, str]:
+    """A Flower SuperNode authentication key: ECDSA P-384, as (OpenSSH private key bytes,
+    OpenSSH public key line), the format `flower-supernode --auth-supernode-private-key` reads."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = key.private_bytes(
+        serialization.Encoding.PEM,  # OpenSSH's own armour ("BEGIN OPENSSH PRIVATE KEY")
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),  # the node starts unattended: no one to type a passphrase
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+    line = public.decode("ascii")
+    return private, f"{line} {comment}" if comment else line
 
 
 def load_private_key(pem: bytes) -> Ed25519PrivateKey:

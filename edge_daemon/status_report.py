@@ -1,0 +1,223 @@
+"""What `edge-daemon status` reports, gathered from the state directory (or a probe, if need be).
+
+Eligibility comes from the running daemon's last verdict, `<state_dir>/status.json`, which the
+daemon rewrites whenever its verdict or its node changes. Without that file (the daemon has never
+run), or with `--probe`, the device is probed now: the CPU is sampled for `sample_s` (the daemon
+averages over `eligibility.cpu_window_s`), and the stricter turn-on limits apply, as they would
+for a daemon whose node is stopped. A recorded node pid that is no longer alive is reported as
+"not running" with a warning: the daemon was stopped without cleaning up.
+
+`edge-daemon status --json` prints `StatusReport.to_json()`, version 1; later versions only add
+keys:
+
+    {
+      "format": "ticketfleet/edge-daemon-status",
+      "version": 1,
+      "eligible": false,                  # may the device train now
+      "reasons": ["power: on battery 40% < 55%"],  # why not, one per failed check; [] if eligible
+      "verdict_source": "daemon",         # "daemon": status.json; "probe": measured just now
+      "verdict_at": "2025-06-01T12:00:00+00:00",   # when that verdict was reached (ISO 8601)
+      "node_running": true,               # the flower-supernode process is alive
+      "node_pid": 4242,                   # null when not running
+      "rounds_joined": 3,
+      "last_participation": "2025-06-01T11:58:10+00:00",  # null: never took part
+      "last_metrics": {"loss": 0.41, "accuracy": 0.8},    # the last round's; null: not finite
+      "bytes_sent": 48213,                # payload bytes uploaded, all rounds
+      "cached_tickets": ["<64 hex digits>"],  # content ids, sorted
+      "readings": 303                     # rows in the local readings store
+    }
+"""
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import psutil
+
+from edge_daemon.config import DaemonConfig
+from edge_daemon.eligibility import Verdict, evaluate
+from edge_daemon.paths import DaemonPaths
+from edge_daemon.probe import FileProbe, PsutilProbe
+from edge_daemon.readings import ReadingsStore
+from edge_daemon.state import load_state
+from edge_daemon.ticket_cache import TicketCache
+
+FORMAT = "ticketfleet/edge-daemon-status"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class DaemonVerdict:
+    """The running daemon's record in status.json (the keys `edge-daemon status` relies on)."""
+
+    eligible: bool
+    reasons: tuple[str, ...]
+    node_running: bool
+    node_pid: int | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    eligible: bool
+    reasons: tuple[str, ...]
+    verdict_source: str  # "daemon" or "probe"
+    verdict_at: datetime
+    node_running: bool
+    node_pid: int | None
+    rounds_joined: int
+    last_participation: datetime | None
+    last_metrics: Mapping[str, float | None]
+    bytes_sent: int
+    cached_tickets: tuple[str, ...]
+    readings: int
+    warnings: tuple[str, ...] = ()  # for stderr; not part of the JSON
+
+    def to_json(self) -> dict[str, Any]:
+        last = self.last_participation
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "eligible": self.eligible,
+            "reasons": list(self.reasons),
+            "verdict_source": self.verdict_source,
+            "verdict_at": self.verdict_at.isoformat(timespec="seconds"),
+            "node_running": self.node_running,
+            "node_pid": self.node_pid,
+            "rounds_joined": self.rounds_joined,
+            "last_participation": None if last is None else last.isoformat(timespec="seconds"),
+            "last_metrics": dict(self.last_metrics),
+            "bytes_sent": self.bytes_sent,
+            "cached_tickets": list(self.cached_tickets),
+            "readings": self.readings,
+        }
+
+
+def read_daemon_verdict(data: object) -> DaemonVerdict:
+    """Parse status.json's content; ValueError names the first key that does not fit."""
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object")
+    reasons, pid, at = data.get("reasons"), data.get("node_pid"), data.get("updated_at")
+    for key in ("eligible", "node_running"):
+        if not isinstance(data.get(key), bool):
+            raise ValueError(f"{key}: expected true or false")
+    if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+        raise ValueError("reasons: expected a list of strings")
+    if pid is not None and (type(pid) is not int or pid <= 0):
+        raise ValueError("node_pid: expected a process id or null")
+    try:
+        moment = datetime.fromisoformat(at) if isinstance(at, str) else None
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise ValueError("updated_at: expected an ISO 8601 time with a timezone")
+    return DaemonVerdict(data["eligible"], tuple(reasons), data["node_running"], pid, moment)
+
+
+def collect_status(
+    config: DaemonConfig, *, probe_now: bool = False, sample_s: float = 1.0
+) -> StatusReport:
+    """Read everything the report shows; StateError/StoreError when those files are damaged."""
+    paths = DaemonPaths(config.state_dir)
+    warnings: list[str] = []
+    recorded = None if probe_now else _recorded_verdict(paths, warnings)
+    if recorded is None:
+        probed = probe_verdict(config, sample_s)
+        source = "probe"
+        current = DaemonVerdict(probed.is_eligible, probed.reasons, False, None, datetime.now(UTC))
+    else:
+        source, current = "daemon", _without_dead_node(recorded, paths, warnings)
+    state = load_state(paths.state_file)
+    return StatusReport(
+        eligible=current.eligible,
+        reasons=current.reasons,
+        verdict_source=source,
+        verdict_at=current.updated_at,
+        node_running=current.node_running,
+        node_pid=current.node_pid,
+        rounds_joined=state.rounds_joined,
+        last_participation=state.last_participation,
+        last_metrics=state.last_metrics,
+        bytes_sent=state.bytes_sent,
+        cached_tickets=TicketCache(paths.tickets_dir, config.fleet_key).ids(),
+        readings=_count_readings(config, paths),
+        warnings=tuple(warnings),
+    )
+
+
+def _recorded_verdict(paths: DaemonPaths, warnings: list[str]) -> DaemonVerdict | None:
+    try:
+        text = paths.status_file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        warnings.append(f"{paths.status_file}: cannot read ({error}); probed the device instead")
+        return None
+    try:
+        return read_daemon_verdict(json.loads(text))
+    except ValueError as error:
+        warnings.append(f"{paths.status_file}: {error}; probed the device instead")
+        return None
+
+
+def _without_dead_node(
+    verdict: DaemonVerdict, paths: DaemonPaths, warnings: list[str]
+) -> DaemonVerdict:
+    # A daemon killed with -9 (or a crash) leaves its last record saying the node runs.
+    pid = verdict.node_pid
+    if not verdict.node_running or pid is None or psutil.pid_exists(pid):
+        return verdict
+    warnings.append(
+        f"{paths.status_file}: records node pid {pid}, which is not running; is the daemon running?"
+    )
+    return replace(verdict, node_running=False, node_pid=None)
+
+
+def probe_verdict(config: DaemonConfig, sample_s: float) -> Verdict:
+    """Probe the device now and judge it by the turn-on limits of the config's policy."""
+    if config.probe_file is not None:  # the daemon reads its conditions from a file too
+        snapshot = FileProbe(config.probe_file).snapshot()
+    else:
+        probe = PsutilProbe(sample_s)
+        probe.snapshot()  # the CPU's busy share needs two samples, `sample_s` apart
+        time.sleep(sample_s)
+        snapshot = probe.snapshot()
+    return evaluate(snapshot, config.eligibility, is_eligible=False)
+
+
+def _count_readings(config: DaemonConfig, paths: DaemonPaths) -> int:
+    if not paths.readings_db.exists():  # opening the store would create it: status writes nothing
+        return 0
+    with ReadingsStore(paths.readings_db, schema=config.data.schema) as store:
+        return store.count()
+
+
+def format_status(report: StatusReport) -> str:
+    """The report as aligned lines for a person."""
+    if report.verdict_source == "daemon":
+        source = f"the daemon's verdict at {report.verdict_at:%Y-%m-%d %H:%M:%S %Z}"
+    else:
+        source = "probed now"
+    lines = [f"eligible        {'yes' if report.eligible else 'no'} ({source})"]
+    lines += [f"                - {reason}" for reason in report.reasons]
+    node = f"running (pid {report.node_pid})" if report.node_running else "not running"
+    lines.append(f"node            {node}")
+    last = report.last_participation
+    lines.append(
+        f"rounds joined   {report.rounds_joined}"
+        + (f", last at {last:%Y-%m-%d %H:%M:%S %Z}" if last is not None else "")
+    )
+    if report.last_metrics:
+        metrics = ", ".join(
+            f"{name} {'not finite' if value is None else f'{value:.4g}'}"
+            for name, value in sorted(report.last_metrics.items())
+        )
+        lines.append(f"last metrics    {metrics}")
+    lines.append(f"bytes sent      {report.bytes_sent}")
+    tickets = ", ".join(ticket_id[:12] for ticket_id in report.cached_tickets) or "none"
+    lines.append(f"cached tickets  {tickets}")
+    lines.append(f"readings        {report.readings}")
+    return "\n".join(lines)
