@@ -1,13 +1,12 @@
 """The ClientApp as `edge-daemon` runs it: the ticket from the cache, the device's own readings,
 rounds counted in the daemon's durable state."""
 
-import csv
-import io
 from pathlib import Path
 
 import pytest
 from flwr.app import Context, RecordDict
 
+from deploy.devices import hospital_csv
 from edge_daemon import client_app
 from edge_daemon.client_app import ErrorCode
 from edge_daemon.readings import ReadingsStore
@@ -15,23 +14,6 @@ from edge_daemon.state import load_state
 from tests.edge_daemon.test_client_app import _error, _instruction, _number
 from tests.inprocess import find_ticket
 from ticket.bundle import read_ticket
-
-VENDOR_CSV = Path(__file__).resolve().parents[2] / "ticket/data/vendor/heart_disease_uci.csv"
-
-
-def hospital_csv(directory: Path, hospital: str, *, rows: int | None = None) -> Path:
-    """One hospital's rows of the vendored UCI table, as a device owner would export them."""
-    with VENDOR_CSV.open(newline="") as source:
-        reader = csv.DictReader(source)
-        fields = list(reader.fieldnames or [])
-        chosen = [row for row in reader if row["dataset"] == hospital][:rows]
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(chosen)
-    path = directory / f"{hospital.replace(' ', '_')}.csv"
-    path.write_text(out.getvalue())
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +29,8 @@ def _device(tmp_path: Path, ticket: Path, *, readings: int | None = 40) -> dict[
     database = tmp_path / "readings.sqlite3"
     if readings:
         with ReadingsStore(database) as store:
-            store.ingest_csv(hospital_csv(tmp_path, "Hungary", rows=readings))
+            csv_path = tmp_path / "hungary.csv"
+            store.ingest_csv(hospital_csv("Hungary", csv_path, training_only=False, limit=readings))
     return {
         "ticket-dir": str(tickets),
         "allow-unsigned": True,

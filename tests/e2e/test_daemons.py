@@ -1,0 +1,88 @@
+"""Edge daemons on loopback: each supervises a real flower-supernode and trains on its readings.
+
+Three hospitals, each its own `edge-daemon run` with its readings ingested and the signed
+ticket cached. During round 1 one node is killed with SIGKILL: its daemon restarts it. During
+round 2 another device is unplugged: its daemon stops its node, and the round completes with
+the others. Stopping the daemons leaves no process behind.
+"""
+
+import time
+from pathlib import Path
+
+import pytest
+
+from deploy.cli import main as ticket_cli
+from deploy.demo import run_config
+from deploy.devices import UNPLUGGED, prepare_devices
+from deploy.loopback import Loopback, free_port
+from tests.inprocess import find_ticket
+
+APP_DIR = Path(__file__).resolve().parents[2]
+HOSPITALS = ("Cleveland", "Hungary", "VA Long Beach")
+
+
+def _wait_for(condition: object, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.slow
+def test_daemons_restart_a_killed_node_and_stop_an_ineligible_one(tmp_path: Path) -> None:
+    assert ticket_cli(["keygen", "--out", str(tmp_path / "fleet")]) == 0
+    ticket = find_ticket(tmp_path / "heart.ticket", density=0.1, sign_key=tmp_path / "fleet.key")
+    port = free_port()
+    devices = prepare_devices(
+        tmp_path / "devices",
+        hospitals=HOSPITALS,
+        ticket=ticket,
+        fleet_key=tmp_path / "fleet.pub",
+        superlink=f"127.0.0.1:{port}",
+        ports=[free_port() for _ in HOSPITALS],
+    )
+    fleet = Loopback(
+        tmp_path / "loopback",
+        APP_DIR,
+        [],
+        daemon_configs=[device.config for device in devices],
+        superlink_port=port,
+        grace_s=10.0,
+    )
+    config = run_config(
+        ticket,
+        run_dir=tmp_path / "run",
+        rounds=3,
+        nodes=2,
+        **{"round-timeout-s": 30.0, "fleet-key": str(tmp_path / "fleet.pub")},
+    )
+    config["allow-unsigned"] = False
+    events: dict[str, object] = {}
+
+    def inject(server_round: int) -> None:
+        if server_round == 1:
+            killed = fleet.kill_daemon_node(0)
+            events["restarted"] = _wait_for(
+                lambda: fleet.node_pids(0) and fleet.node_pids(0) != [killed], 20.0
+            )
+        if server_round == 2:
+            devices[2].set_conditions(UNPLUGGED)
+            events["stopped"] = _wait_for(lambda: fleet.node_pids(2) == [], 20.0)
+
+    with fleet:
+        assert _wait_for(lambda: all(fleet.node_pids(i) for i in range(3)), 60.0)
+        outcome = fleet.run(config, timeout_s=400.0, on_round=inject)
+        statuses = [device.status() for device in devices]
+
+    assert events == {"restarted": True, "stopped": True}
+    assert outcome.completed, outcome.status
+    assert [line["round"] for line in outcome.rounds] == [1, 2, 3]
+    assert all(line["participants"] for line in outcome.rounds)
+    assert len(outcome.rounds[2]["participants"]) == 2  # the unplugged device sat round 3 out
+    # What each owner sees: rounds joined; the unplugged device says why it is not training.
+    assert all(status["rounds_joined"] >= 1 for status in statuses)
+    assert statuses[2]["eligible"] is False and statuses[2]["node_running"] is False
+    assert any("power" in reason for reason in statuses[2]["reasons"])
+    assert fleet.alive() == []
