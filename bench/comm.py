@@ -26,6 +26,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -97,7 +98,7 @@ TASKS = {
         dataset="mnist",
         nodes=100,
         per_round=10,
-        rounds=100,
+        rounds=250,  # dense FedAvg does not reach 97% within 100 rounds of this split
         target=0.97,
         tickets={
             "dense": [*MNIST_FIND, "--target-density", "1.0"],
@@ -378,6 +379,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     # Ray runs one virtual node per core; torch inside each must not also use every core.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # SIGTERM unwinds like Ctrl-C, so every `with Loopback` block stops what it started.
+    signal.signal(signal.SIGTERM, _interrupt)
     tasks = list(TASKS.values()) if args.task == "all" else [TASKS[args.task]]
     started = time.perf_counter()
     results = [run_task(task, args.work, args.rounds or task.rounds, args.seed) for task in tasks]
@@ -399,6 +402,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         plot(result, args.out / f"comm_{result['task']['name']}.png")
     write_markdown(document, args.out / f"comm{suffix}.md")
     print((args.out / f"comm{suffix}.md").read_text())
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

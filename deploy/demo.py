@@ -1,9 +1,11 @@
 """`python -m deploy.demo`: federated training of a heart ticket across real Flower processes.
 
-Finds a heart-uci ticket at density 0.1 with `ticket find` (or reuses OUT/heart.ticket), starts a
-SuperLink and one SuperNode per hospital on loopback (deploy.loopback), trains for a few rounds,
-prints a per-round table, and stops every process it started. Exit status 0 only when the run
-completed every round with at least one participant.
+Makes a fleet signing key and finds a signed heart-uci ticket at density 0.1 with `ticket` (or
+reuses OUT/heart.ticket), then gives each hospital its own device: an `edge-daemon` with that
+hospital's readings ingested and the ticket installed (deploy.devices). It starts a SuperLink and
+the daemons on loopback (deploy.loopback); each daemon starts its SuperNode. It trains for a few
+rounds, prints a per-round table and what each device's owner sees, and stops every process it
+started. Exit status 0 only when the run completed every round with at least one participant.
 """
 
 import argparse
@@ -16,10 +18,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from deploy.loopback import Loopback, LoopbackError, RunOutcome
+from deploy.devices import Device, DeviceSetupError, prepare_devices
+from deploy.loopback import Loopback, LoopbackError, RunOutcome, free_port
 from ticket.config_text import ConfigValue
+from ticket.data.heart import HEART_SITES
 
-HEART_SITES = 4  # heart-uci's natural partition: one partition per hospital
+HOSPITALS = len(HEART_SITES)  # heart-uci's natural partition: one partition per hospital
 APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app: the project's pyproject.toml
 
 
@@ -27,8 +31,8 @@ def heart_node_configs(
     ticket: Path, nodes: int, **extra: ConfigValue
 ) -> list[dict[str, ConfigValue]]:
     """Node configs for the first `nodes` heart-uci hospitals, one device each."""
-    if not 1 <= nodes <= HEART_SITES:
-        raise ValueError(f"heart-uci has {HEART_SITES} hospitals, asked for {nodes} nodes")
+    if not 1 <= nodes <= HOSPITALS:
+        raise ValueError(f"heart-uci has {HOSPITALS} hospitals, asked for {nodes} nodes")
     return [
         {
             "ticket-path": str(ticket.resolve()),
@@ -36,7 +40,7 @@ def heart_node_configs(
             "dataset": "heart-uci",
             "partition": "natural",
             "partition-id": index,
-            "num-partitions": HEART_SITES,  # a property of the natural split, not of the fleet
+            "num-partitions": HOSPITALS,  # a property of the natural split, not of the fleet
             **extra,
         }
         for index in range(nodes)
@@ -59,18 +63,27 @@ def run_config(
     }
 
 
-def find_ticket(out: Path, *, density: float) -> Path:
-    """OUT/heart.ticket, found with `ticket find` unless it is already there."""
-    ticket = out / "heart.ticket"
-    if ticket.exists():
-        print(f"reusing {ticket}")
-        return ticket
+def find_ticket(out: Path, *, density: float) -> tuple[Path, Path]:
+    """OUT/heart.ticket signed by the demo fleet's key OUT/fleet.key; (ticket, public key).
+
+    Both are made with the `ticket` command unless already there.
+    """
     from deploy.cli import main
 
-    args = ["find", "--model", "heart-mlp", "--data", "heart-uci", "--quiet"]
-    if main([*args, "--target-density", str(density), "--out", str(ticket)]) != 0:
+    ticket, key = out / "heart.ticket", out / "fleet.key"
+    public = key.with_suffix(".pub")
+    if not key.exists():
+        if main(["keygen", "--out", str(out / "fleet")]) != 0:
+            raise LoopbackError("ticket keygen failed")
+        ticket.unlink(missing_ok=True)  # signed by an older key: find it again
+    if ticket.exists():
+        print(f"reusing {ticket}")
+        return ticket, public
+    args = ["find", "--model", "heart-mlp", "--data", "heart-uci", "--quiet", "--force"]
+    args += ["--sign-key", str(key), "--target-density", str(density), "--out", str(ticket)]
+    if main(args) != 0:
         raise LoopbackError("ticket find failed")
-    return ticket
+    return ticket, public
 
 
 def round_rows(outcome: RunOutcome) -> list[dict[str, Any]]:
@@ -131,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.demo", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("demo-out"), help="default: demo-out")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--nodes", type=int, default=HEART_SITES, help="hospitals (1-4)")
+    parser.add_argument("--nodes", type=int, default=HOSPITALS, help="hospitals (1-4)")
     parser.add_argument("--density", type=float, default=0.1)
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds for the run")
@@ -142,27 +155,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        ticket = find_ticket(out, density=args.density)
+        ticket, fleet_key = find_ticket(out, density=args.density)
     except LoopbackError as error:
         print(f"demo: {error}", file=sys.stderr)
         return 1
     workdir = out / "loopback"
     shutil.rmtree(workdir, ignore_errors=True)  # a fresh SuperLink database every demo
-    nodes = heart_node_configs(ticket, args.nodes)
+    port = free_port()
+    hospitals = HEART_SITES[: args.nodes]
+    try:
+        devices = prepare_devices(
+            workdir / "devices",
+            hospitals=hospitals,
+            ticket=ticket,
+            fleet_key=fleet_key,
+            superlink=f"127.0.0.1:{port}",
+            ports=[free_port() for _ in hospitals],
+        )
+    except DeviceSetupError as error:
+        print(f"demo: {error}", file=sys.stderr)
+        return 1
     config = run_config(
         ticket,
         run_dir=workdir / "run",
         rounds=args.rounds,
         nodes=args.nodes,
-        **{"local-epochs": args.local_epochs},
+        **{"local-epochs": args.local_epochs, "fleet-key": str(fleet_key.resolve())},
     )
-    print(f"starting a SuperLink and {args.nodes} SuperNodes on loopback (logs: {workdir}/logs)")
+    config["allow-unsigned"] = False
+    print(
+        f"starting a SuperLink and {args.nodes} edge daemons on loopback, one per hospital, "
+        f"each with its own readings (logs: {workdir}/logs)"
+    )
     # SIGTERM (e.g. from a supervisor or `timeout`) unwinds like Ctrl-C: the processes get stopped.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        with Loopback(workdir, APP_DIR, nodes) as fleet:
+        with Loopback(
+            workdir,
+            APP_DIR,
+            [],
+            daemon_configs=[device.config for device in devices],
+            superlink_port=port,
+        ) as fleet:
             outcome = fleet.run(config, timeout_s=args.timeout)
-    except LoopbackError as error:
+            statuses = [device.status() for device in devices]
+    except (LoopbackError, DeviceSetupError) as error:
         print(f"demo: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -172,12 +209,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(round_rows(outcome)))
     run_dir = workdir / "run"
     print(f"round log {run_dir / 'rounds.jsonl'}  plot {run_dir / 'rounds.png'}")
+    print(format_devices(devices, statuses))
     print("peak RSS (MB): " + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in fleet.peak_rss.items()))
     left = fleet.alive()
     if left:
         print(f"demo: processes still alive: {left}", file=sys.stderr)
         return 1
     return 0 if all_rounds_completed(outcome, args.rounds) else 1
+
+
+def format_devices(devices: Sequence[Device], statuses: Sequence[Mapping[str, Any]]) -> str:
+    """What each device owner sees with `edge-daemon status`."""
+    lines = [f"{'device':<14} {'readings':>8} {'rounds':>6} {'bytes sent':>10}  state dir"]
+    for device, status in zip(devices, statuses, strict=True):
+        lines.append(
+            f"{device.name:<14} {status['readings']:>8} {status['rounds_joined']:>6} "
+            f"{status['bytes_sent']:>10}  {device.state_dir}"
+        )
+    return "\n".join(lines)
 
 
 def _interrupt(signum: int, frame: object) -> None:
