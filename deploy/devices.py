@@ -69,9 +69,16 @@ def hospital_csv(
 
 
 def daemon_yaml(
-    device_dir: Path, *, superlink: str, fleet_key: Path, node_port: int, probe_file: Path
+    device_dir: Path, *, superlink: str, fleet_key: Path, node_port: int, probe_file: Path | None
 ) -> str:
-    """A daemon.yaml for a device on loopback: plaintext (for now), quick to react."""
+    """A daemon.yaml for a device on loopback: plaintext (for now), quick to react. Without a
+    probe file the daemon reads the real sensors under the default eligibility policy."""
+    quick = [
+        "eligibility:",
+        "  on_after_s: 0",
+        "  off_after_s: 0",
+        "  probe_interval_s: 0.5",
+    ]
     return "\n".join(
         [
             f"state_dir: {json.dumps(str(device_dir / 'state'))}",
@@ -79,16 +86,13 @@ def daemon_yaml(
             "server:",
             f"  address: {json.dumps(superlink)}",
             "  insecure: true",
-            "eligibility:",
-            "  on_after_s: 0",
-            "  off_after_s: 0",
-            "  probe_interval_s: 0.5",
+            *(quick if probe_file is not None else []),
             "supervisor:",
             "  grace_s: 5",
             "  backoff_initial_s: 1",
             "  backoff_max_s: 10",
             f"node_port: {node_port}",
-            f"probe_file: {json.dumps(str(probe_file))}",
+            f"probe_file: {json.dumps(str(probe_file)) if probe_file else 'null'}",
             "",
         ]
     )
