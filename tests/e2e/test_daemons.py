@@ -6,9 +6,11 @@ round 2 another device is unplugged: its daemon stops its node, and the round co
 the others. Stopping the daemons leaves no process behind.
 """
 
+import signal
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from deploy.cli import main as ticket_cli
@@ -75,6 +77,14 @@ def test_daemons_restart_a_killed_node_and_stop_an_ineligible_one(tmp_path: Path
         assert _wait_for(lambda: all(fleet.node_pids(i) for i in range(3)), 60.0)
         outcome = fleet.run(config, timeout_s=400.0, on_round=inject)
         statuses = [device.status() for device in devices]
+        # SIGTERM to a daemon alone (not its group; the node has a session of its own): the
+        # daemon itself must stop its node and everything under it before it exits.
+        daemon = next(s.popen for s in fleet.started if s.label == "daemon-1")
+        node = psutil.Process(fleet.node_pids(1)[0])
+        under_node = [node, *node.children(recursive=True)]
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=30) == 0
+        _, still_running = psutil.wait_procs(under_node, timeout=10)
 
     assert events == {"restarted": True, "stopped": True}
     assert outcome.completed, outcome.status
@@ -85,4 +95,5 @@ def test_daemons_restart_a_killed_node_and_stop_an_ineligible_one(tmp_path: Path
     assert all(status["rounds_joined"] >= 1 for status in statuses)
     assert statuses[2]["eligible"] is False and statuses[2]["node_running"] is False
     assert any("power" in reason for reason in statuses[2]["reasons"])
+    assert still_running == []
     assert fleet.alive() == []

@@ -8,6 +8,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 IDLE_MODULES = [
+    "edge_daemon.cli",
+    "edge_daemon.daemon",
+    "edge_daemon.supervisor",
     "edge_daemon.config",
     "edge_daemon.eligibility",
     "edge_daemon.paths",
