@@ -3,7 +3,11 @@
 import json
 import multiprocessing
 import os
+import signal
 import stat
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -13,6 +17,7 @@ from edge_daemon import state as state_module
 from edge_daemon.paths import DaemonPaths
 from edge_daemon.state import DaemonState, StateError, load_state, save_state, update_state
 
+ROOT = Path(__file__).resolve().parents[2]
 AT = datetime(2025, 6, 1, 23, 15, tzinfo=timezone(timedelta(hours=2)))
 
 
@@ -156,3 +161,28 @@ def test_paths_live_under_the_state_directory(tmp_path: Path) -> None:
     named = [paths.state_file, paths.readings_db, paths.tickets_dir, paths.flwr_home]
     assert all(path.parent == tmp_path for path in named)
     assert len(set(named)) == 4
+
+
+def test_state_survives_kill_9_of_a_writer_mid_stream(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    writer = (
+        "from datetime import UTC, datetime\n"
+        "from pathlib import Path\n"
+        "from edge_daemon.state import update_state\n"
+        "while True:\n"
+        f"    update_state(Path({str(path)!r}), lambda s: s.with_round(\n"
+        "        at=datetime.now(UTC), bytes_sent=100, metrics={'train-loss': 0.5}))\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", writer], cwd=ROOT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (
+        not path.exists() or load_state(path).rounds_joined < 20
+    ):
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+    state = load_state(path)  # whole and parseable, never torn
+
+    assert state.rounds_joined >= 20
+    assert state.bytes_sent == 100 * state.rounds_joined
