@@ -1,4 +1,4 @@
-"""`ticket`: the ML engineer's command: find, inspect, sign and verify winning tickets."""
+"""`ticket`: the ML engineer's command: find, inspect, sign, verify and publish winning tickets."""
 
 import argparse
 import sys
@@ -12,15 +12,15 @@ from ticket.errors import TicketError
 def _command_modules() -> list[ModuleType]:
     # Imported here, not at module level, so `ticket --help` stays fast and a broken
     # subcommand cannot stop the others from loading their own help.
-    from deploy import cmd_find, cmd_inspect, cmd_keys
+    from deploy import cmd_find, cmd_inspect, cmd_keys, cmd_registry
 
-    return [cmd_find, cmd_inspect, cmd_keys]
+    return [cmd_find, cmd_inspect, cmd_keys, cmd_registry]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ticket",
-        description="Find, inspect, sign and verify lottery-ticket sparse networks.",
+        description="Find, inspect, sign, verify and publish lottery-ticket sparse networks.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in _command_modules():
