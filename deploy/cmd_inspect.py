@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(inspect_document(ticket, trusted), indent=2, sort_keys=True))
     else:
         # Manifest strings come from the file: never let them drive the terminal.
-        print("\n".join(_printable(line) for line in report_lines(ticket, trusted)))
+        print("\n".join(printable(line) for line in report_lines(ticket, trusted)))
     return 0
 
 
@@ -81,14 +81,14 @@ def report_lines(ticket: Ticket, trusted: set[str] | None) -> list[str]:
     kept, total = _counts(ticket)
     lines = [
         f"ticket    {ticket.content_id}  (format {FORMAT_VERSION})",
-        f"model     {model['name']}  {_inline(model['args'])}".rstrip(),
-        f"data      {data['name']}  {_inline(data, skip={'name'})}".rstrip(),
+        f"model     {model['name']}  {inline_values(model['args'])}".rstrip(),
+        f"data      {data['name']}  {inline_values(data, skip={'name'})}".rstrip(),
         f"method    {_method(method, manifest['rewind_step'])}",
     ]
     if isinstance(method.get("train"), dict):
-        lines.append(f"training  {_inline(method['train'])}")
+        lines.append(f"training  {inline_values(method['train'])}")
     lines += [
-        f"density   {_percent(manifest['density']['overall'])}  "
+        f"density   {percent_text(manifest['density']['overall'])}  "
         f"({kept:,} of {total:,} prunable weights kept)",
         *_dense_line(ticket),
         f"created   {manifest['created_at']}",
@@ -137,7 +137,7 @@ def _layer_table(ticket: Ticket) -> list[str]:
             "x".join(str(n) for n in mask.shape),
             f"{int(np.count_nonzero(mask)):,}",
             f"{mask.size:,}",
-            _percent(np.count_nonzero(mask) / mask.size if mask.size else 1.0),
+            percent_text(np.count_nonzero(mask) / mask.size if mask.size else 1.0),
         ]
         for name, mask in ticket.masks.items()
     ]
@@ -165,10 +165,10 @@ def _levels_table(levels: Sequence[Mapping[str, Any]]) -> list[str]:
     headers = ["level", "density", *columns, *(f"{c} acc" for c in controls)]
     rows = [
         [
-            _number(row.get("level", index)),
-            _percent(row.get("density")),
-            *(_number(_get(metrics, key)) for key in columns),
-            *(_number(_get(row, "controls", c, "accuracy")) for c in controls),
+            number_text(row.get("level", index)),
+            percent_text(row.get("density")),
+            *(number_text(_get(metrics, key)) for key in columns),
+            *(number_text(_get(row, "controls", c, "accuracy")) for c in controls),
         ]
         for index, (row, metrics) in enumerate(zip(levels, found, strict=True))
     ]
@@ -213,7 +213,7 @@ def _table(headers: list[str], rows: list[list[str]], *, numeric_from: int) -> l
     return [line(headers), *(line(row) for row in rows)]
 
 
-def _inline(values: Mapping[str, Any], *, skip: set[str] | None = None) -> str:
+def inline_values(values: Mapping[str, Any], *, skip: set[str] | None = None) -> str:
     """`key=value` pairs for the short values; deeper structure and long values are left out."""
     parts = []
     for key in sorted(values):
@@ -251,15 +251,15 @@ def _get(value: Any, *keys: str) -> Any:
     return value
 
 
-def _printable(line: str) -> str:
+def printable(line: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
 
 
-def _percent(value: Any) -> str:
+def percent_text(value: Any) -> str:
     return f"{100 * value:.2f}%" if isinstance(value, int | float) else "-"
 
 
-def _number(value: Any) -> str:
+def number_text(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "-" if value is None else str(value)
     return str(value) if isinstance(value, int) else f"{value:.4f}"

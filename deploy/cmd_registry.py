@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 # Shared with `ticket inspect` so both commands show values the same way.
-from deploy.cmd_inspect import _inline, _number, _percent, _printable
+from deploy.cmd_inspect import inline_values, number_text, percent_text, printable
 from deploy.cmd_keys import read_public_key
 from deploy.registry import ORDERS, TRUSTED_DIR, Entry, Outcome, TicketRegistry
 
@@ -110,9 +110,9 @@ def run_publish(args: argparse.Namespace) -> int:
     else:
         print(f"published {entry.content_id}")
     print(
-        _printable(
-            f"  {entry.model} on {entry.task}, density {_percent(entry.density)}, "
-            f"accuracy {_number(entry.accuracy)}, signed by {', '.join(entry.verified_by)}"
+        printable(
+            f"  {entry.model} on {entry.task}, density {percent_text(entry.density)}, "
+            f"accuracy {number_text(entry.accuracy)}, signed by {', '.join(entry.verified_by)}"
         )
     )
     return 0
@@ -133,7 +133,7 @@ def run_list(args: argparse.Namespace) -> int:
     elif not entries:
         print("no tickets match")
     else:
-        print("\n".join(_printable(line) for line in list_lines(entries)))
+        print("\n".join(printable(line) for line in list_lines(entries)))
     return 0
 
 
@@ -145,7 +145,7 @@ def run_show(args: argparse.Namespace) -> int:
         document = {"schema": SHOW_SCHEMA, "ticket": entry.as_dict()}
         print(json.dumps(document, indent=2, sort_keys=True))
     else:
-        print("\n".join(_printable(line) for line in show_lines(entry, blob)))
+        print("\n".join(printable(line) for line in show_lines(entry, blob)))
     return 0
 
 
@@ -181,9 +181,9 @@ def list_lines(entries: list[Entry]) -> list[str]:
             entry.short_id,
             entry.model,
             entry.task,
-            _percent(entry.density),
-            _number(entry.accuracy),
-            _number(entry.auc),
+            percent_text(entry.density),
+            number_text(entry.accuracy),
+            number_text(entry.auc),
             _minutes(entry.created_at),
             ", ".join(entry.verified_by) or "-",
         ]
@@ -195,12 +195,12 @@ def list_lines(entries: list[Entry]) -> list[str]:
 
 def show_lines(entry: Entry, blob: Path) -> list[str]:
     kept = f"({entry.kept_weights:,} of {entry.total_weights:,} prunable weights kept)"
-    sites = _inline({"sites": entry.sites}) if entry.sites is not None else ""
+    sites = inline_values({"sites": entry.sites}) if entry.sites is not None else ""
     return [
         f"ticket     {entry.content_id}",
-        f"model      {entry.model}  {_inline(entry.model_args)}".rstrip(),
+        f"model      {entry.model}  {inline_values(entry.model_args)}".rstrip(),
         f"task       {entry.task}  {sites}".rstrip(),
-        f"density    {_percent(entry.density)}  {kept}",
+        f"density    {percent_text(entry.density)}  {kept}",
         f"metrics    {_metrics(entry.metrics)}",
         f"method     {entry.method}, rewind step {entry.rewind_step}",
         f"parent     {entry.parent or 'none'}",
@@ -236,7 +236,7 @@ def _table(headers: list[str], rows: list[list[str]], *, right_aligned: set[int]
 
 
 def _metrics(metrics: Mapping[str, Any]) -> str:
-    shown = " ".join(f"{key}={_number(value)}" for key, value in sorted(metrics.items()))
+    shown = " ".join(f"{key}={number_text(value)}" for key, value in sorted(metrics.items()))
     return shown or "none"
 
 
