@@ -6,11 +6,17 @@ forget a check. Every verification failure raises the same opaque `IntegrityErro
 """
 
 import hashlib
+import os
+import struct
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ticket.errors import IntegrityError, TicketError
 
@@ -130,3 +136,141 @@ def _kind(key: object) -> str:
     for suffix in ("PrivateKey", "PublicKey"):
         name = name.removesuffix(suffix)
     return f"a key of type {name or type(key).__name__}"
+
+
+# ---------------------------------------------------------------- secure aggregation primitives
+#
+# Raw 32-byte keys and seeds in, bytes out (ticket/secagg builds the protocol on these). Failed
+# authentication, and a peer key that yields no usable shared secret, raise IntegrityError.
+
+X25519_KEY_BYTES = 32
+SEED_BYTES = 32
+AEAD_NONCE_BYTES = 12
+AEAD_TAG_BYTES = 16
+AEAD_OVERHEAD_BYTES = AEAD_NONCE_BYTES + AEAD_TAG_BYTES  # sealed = nonce | ciphertext | tag
+_KDF_DOMAIN = b"ticketfleet/secagg/v1\x00"
+_KDF_CONTEXT = struct.Struct("<QIQQ")  # run id, round, lower node id, higher node id
+_U64_MAX = 2**64 - 1
+_U32_MAX = 2**32 - 1
+_CHACHA_ZERO_NONCE = bytes(16)  # 32-bit block counter 0 + 96-bit nonce 0 (OpenSSL layout)
+
+
+def x25519_public_key(private: bytes) -> bytes:
+    """The raw 32-byte X25519 public key of a raw 32-byte private key (any 32 bytes will do:
+    X25519 clamps them, so 32 bytes from a CSPRNG are a private key)."""
+    _check_len("X25519 private key", private, X25519_KEY_BYTES)
+    key = X25519PrivateKey.from_private_bytes(private)
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def generate_x25519_key_pair() -> tuple[bytes, bytes]:
+    """A fresh X25519 key pair from the OS CSPRNG: (raw private 32 bytes, raw public 32 bytes)."""
+    private = os.urandom(X25519_KEY_BYTES)
+    return private, x25519_public_key(private)
+
+
+def x25519_shared_secret(private: bytes, peer_public: bytes) -> bytes:
+    """The raw X25519 shared secret; never use it as a key directly, pass it through HKDF.
+
+    A peer key of small order (the shared secret would be all zeros) raises IntegrityError.
+    """
+    _check_len("X25519 private key", private, X25519_KEY_BYTES)
+    _check_len("X25519 public key", peer_public, X25519_KEY_BYTES)
+    key = X25519PrivateKey.from_private_bytes(private)
+    try:
+        return key.exchange(X25519PublicKey.from_public_bytes(peer_public))
+    except ValueError:
+        raise IntegrityError("key agreement failed") from None
+
+
+def hkdf_sha256(secret: bytes, *, info: bytes, length: int = SEED_BYTES) -> bytes:
+    """HKDF-SHA256 (RFC 5869) with no salt: `length` bytes bound to the `info` context."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(secret)
+
+
+def pair_context(*, run_id: int, round: int, node_a: int, node_b: int, purpose: str) -> bytes:
+    """The HKDF `info` for a key two nodes share: domain | u64 run | u32 round | u64 lower id
+    | u64 higher id | purpose (ASCII). The ids are sorted, so both ends derive the same bytes;
+    the fixed-width prefix keeps the variable-length purpose label unambiguous."""
+    for name, value, top in (("run id", run_id, _U64_MAX), ("round", round, _U32_MAX)):
+        if not 0 <= value <= top:
+            raise ValueError(f"{name} {value} is outside 0..{top}")
+    for node in (node_a, node_b):
+        if not 0 <= node <= _U64_MAX:
+            raise ValueError(f"node id {node} is outside 0..{_U64_MAX}")
+    if not purpose or not purpose.isascii():
+        raise ValueError("purpose must be a non-empty ASCII label")
+    low, high = sorted((node_a, node_b))
+    return _KDF_DOMAIN + _KDF_CONTEXT.pack(run_id, round, low, high) + purpose.encode("ascii")
+
+
+def derive_pair_key(
+    private: bytes,
+    peer_public: bytes,
+    *,
+    run_id: int,
+    round: int,
+    node_a: int,
+    node_b: int,
+    purpose: str,
+) -> bytes:
+    """A 32-byte key only nodes a and b can compute: HKDF(X25519(private, peer_public), info =
+    pair_context(...)). Either end gets the same key; another run, round, pair or purpose gets
+    an unrelated one."""
+    shared = x25519_shared_secret(private, peer_public)
+    info = pair_context(run_id=run_id, round=round, node_a=node_a, node_b=node_b, purpose=purpose)
+    return hkdf_sha256(shared, info=info)
+
+
+def chacha20_keystream(seed: bytes, length: int) -> bytes:
+    """`length` bytes of the ChaCha20 keystream under a full 256-bit `seed`.
+
+    The nonce is fixed at zero: that is safe only because every seed given here is used for
+    one expansion (a fresh per-round self-mask seed, or an HKDF output bound to one run,
+    round, pair and purpose). Output is capped by the 32-bit block counter (256 GiB).
+    """
+    _check_len("ChaCha20 seed", seed, SEED_BYTES)
+    if length < 0:
+        raise ValueError(f"keystream length must be >= 0, got {length}")
+    encryptor = Cipher(algorithms.ChaCha20(seed, _CHACHA_ZERO_NONCE), mode=None).encryptor()
+    return encryptor.update(bytes(length))
+
+
+def aead_encrypt(
+    key: bytes, plaintext: bytes, associated_data: bytes, *, nonce: bytes | None = None
+) -> bytes:
+    """ChaCha20-Poly1305: nonce (12) | ciphertext | tag (16), authenticating `associated_data`.
+
+    The nonce is random (from the OS, or the caller's CSPRNG): a key that is ever used twice,
+    e.g. a step retried after a crash, must never repeat a nonce.
+    """
+    _check_len("AEAD key", key, SEED_BYTES)
+    nonce = os.urandom(AEAD_NONCE_BYTES) if nonce is None else nonce
+    _check_len("AEAD nonce", nonce, AEAD_NONCE_BYTES)
+    return nonce + ChaCha20Poly1305(key).encrypt(nonce, plaintext, associated_data)
+
+
+def aead_decrypt(key: bytes, sealed: bytes, associated_data: bytes) -> bytes:
+    """The plaintext of `aead_encrypt`'s output; anything else raises the opaque IntegrityError
+    (a flipped byte, a truncated message, another key, other associated data)."""
+    _check_len("AEAD key", key, SEED_BYTES)
+    if len(sealed) < AEAD_OVERHEAD_BYTES:
+        raise IntegrityError("authentication failed")
+    nonce, body = sealed[:AEAD_NONCE_BYTES], sealed[AEAD_NONCE_BYTES:]
+    try:
+        return ChaCha20Poly1305(key).decrypt(nonce, body, associated_data)
+    except InvalidTag:
+        raise IntegrityError("authentication failed") from None
+
+
+def hash_commitment(value: bytes, context: bytes) -> bytes:
+    """SHA-256(len(context) | context | value): a binding commitment to a high-entropy value
+    (a 32-byte random seed), so a reconstructed seed can be checked against what was sent."""
+    prefix = struct.pack("<I", len(context))
+    return hashlib.sha256(prefix + context + value).digest()
+
+
+def _check_len(what: str, data: bytes, expected: int) -> None:
+    if not isinstance(data, bytes) or len(data) != expected:
+        size = len(data) if isinstance(data, bytes | bytearray) else type(data).__name__
+        raise KeyFormatError(f"{what} must be {expected} bytes, got {size}")
