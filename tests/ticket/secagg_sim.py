@@ -1,0 +1,108 @@
+"""A whole secure-aggregation round in process, with dropouts and a tap on every message."""
+
+import random
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from ticket import secagg
+from ticket.secagg import NodeRound, RoundSecrets, SecAggParams, ServerRound
+
+# (step, node, bytes) -> bytes actually delivered; steps: advert, bundle, shares, mask_request,
+# masked, unmask_request, reveal.
+Tap = Callable[[str, int, bytes], bytes]
+
+PARAMS = SecAggParams(clip=1.0, levels=2**10)
+
+
+def entropy(seed: int) -> Callable[[int], bytes]:
+    """Deterministic bytes for reproducible tests (never for real keys)."""
+    return random.Random(seed).randbytes
+
+
+@dataclass
+class Drops:
+    before_shares: Collection[int] = ()  # never deliver their share bundle
+    before_mask: Collection[int] = ()  # never deliver their masked vector
+    before_reveal: Collection[int] = ()  # never answer the unmask request
+
+
+@dataclass
+class Simulation:
+    nodes: tuple[int, ...]
+    length: int
+    params: SecAggParams = PARAMS
+    run_id: int = 7
+    round: int = 3
+    seed: int = 0
+    tap: Tap = field(default=lambda step, node, data: data)
+    server: ServerRound = field(init=False)
+    secrets: dict[int, RoundSecrets] = field(default_factory=dict)
+    states: dict[int, NodeRound] = field(default_factory=dict)
+    inputs: dict[int, npt.NDArray[np.float32]] = field(default_factory=dict)
+    levels: dict[int, npt.NDArray[np.uint32]] = field(default_factory=dict)
+    sent: dict[str, dict[int, bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.server = ServerRound(
+            run_id=self.run_id, round=self.round, params=self.params, length=self.length
+        )
+        self._entropy = entropy(self.seed)
+        rng = np.random.default_rng(self.seed)
+        for node in self.nodes:
+            self.inputs[node] = rng.uniform(-1.2, 1.2, self.length).astype(np.float32)
+
+    def _record(self, step: str, node: int, data: bytes) -> bytes:
+        self.sent.setdefault(step, {})[node] = data
+        return self.tap(step, node, data)
+
+    def setup(self, drops: Drops) -> None:
+        for node in self.nodes:
+            advert, self.secrets[node] = secagg.advertise_keys(
+                run_id=self.run_id, round=self.round, node_id=node, entropy=self._entropy
+            )
+            self.server.add_advert(node, self._record("advert", node, advert))
+        for node, bundle in self.server.key_bundles().items():
+            shares, self.states[node] = secagg.distribute_shares(
+                self._record("bundle", node, bundle), self.secrets[node], entropy=self._entropy
+            )
+            if node not in drops.before_shares:
+                self.server.add_share_bundle(node, self._record("shares", node, shares))
+
+    def mask(self, drops: Drops) -> None:
+        for node, request in self.server.mask_requests().items():
+            # The same rng seed twice: once for the oracle, once inside mask_input.
+            self.levels[node] = secagg.quantize(
+                self.inputs[node], self.params, np.random.default_rng(node)
+            )
+            masked, self.states[node] = secagg.mask_input(
+                self._record("mask_request", node, request),
+                self.states[node],
+                self.inputs[node],
+                rng=np.random.default_rng(node),
+            )
+            if node not in drops.before_mask:
+                self.server.add_masked_input(node, self._record("masked", node, masked))
+
+    def unmask(self, drops: Drops) -> secagg.AggregateResult:
+        for node, request in self.server.unmask_requests().items():
+            reply, self.states[node] = secagg.reveal_shares(
+                self._record("unmask_request", node, request), self.states[node]
+            )
+            if node not in drops.before_reveal:
+                self.server.add_unmask_response(node, self._record("reveal", node, reply))
+        return self.server.result()
+
+    def run(self, drops: Drops | None = None) -> secagg.AggregateResult:
+        drops = drops or Drops()
+        self.setup(drops)
+        self.mask(drops)
+        return self.unmask(drops)
+
+    def plain_sum(self, survivors: Iterable[int]) -> npt.NDArray[np.int64]:
+        return sum(
+            (self.levels[node].astype(np.int64) for node in survivors),
+            np.zeros(self.length, np.int64),
+        )
