@@ -20,6 +20,7 @@ from typing import Any
 
 from deploy.devices import Device, DeviceSetupError, prepare_devices
 from deploy.loopback import Loopback, LoopbackError, RunOutcome, free_port
+from deploy.tls import write_dev_pki
 from ticket.config_text import ConfigValue
 from ticket.data.heart import HEART_SITES
 
@@ -163,6 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shutil.rmtree(workdir, ignore_errors=True)  # a fresh SuperLink database every demo
     port = free_port()
     hospitals = HEART_SITES[: args.nodes]
+    tls = write_dev_pki(out / "pki", ["127.0.0.1", "localhost"])
     try:
         devices = prepare_devices(
             workdir / "devices",
@@ -171,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             fleet_key=fleet_key,
             superlink=f"127.0.0.1:{port}",
             ports=[free_port() for _ in hospitals],
+            root_certificates=tls.ca_cert,
+            node_auth=True,
         )
     except DeviceSetupError as error:
         print(f"demo: {error}", file=sys.stderr)
@@ -184,8 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     config["allow-unsigned"] = False
     print(
-        f"starting a SuperLink and {args.nodes} edge daemons on loopback, one per hospital, "
-        f"each with its own readings (logs: {workdir}/logs)"
+        f"starting a SuperLink (TLS, node authentication) and {args.nodes} edge daemons on "
+        f"loopback, one per hospital, each with its own readings (logs: {workdir}/logs)"
     )
     # SIGTERM (e.g. from a supervisor or `timeout`) unwinds like Ctrl-C: the processes get stopped.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -196,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             [],
             daemon_configs=[device.config for device in devices],
             superlink_port=port,
+            tls=tls,
+            node_auth=True,
+            node_keys=[device.public_key for device in devices],
         ) as fleet:
             outcome = fleet.run(config, timeout_s=args.timeout)
             statuses = [device.status() for device in devices]

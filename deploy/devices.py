@@ -39,6 +39,11 @@ class Device:
     def state_dir(self) -> Path:
         return self.directory / "state"
 
+    @property
+    def public_key(self) -> Path:
+        """The node's public key (`edge-daemon keygen`), for the operator to register."""
+        return self.directory / "node.key.pub"
+
     def set_conditions(self, conditions: dict[str, Any]) -> None:
         atomic_write_text(self.probe_file, json.dumps(conditions))
 
@@ -69,10 +74,25 @@ def hospital_csv(
 
 
 def daemon_yaml(
-    device_dir: Path, *, superlink: str, fleet_key: Path, node_port: int, probe_file: Path | None
+    device_dir: Path,
+    *,
+    superlink: str,
+    fleet_key: Path,
+    node_port: int,
+    probe_file: Path | None,
+    root_certificates: Path | None = None,
+    auth_key: Path | None = None,
 ) -> str:
-    """A daemon.yaml for a device on loopback: plaintext (for now), quick to react. Without a
-    probe file the daemon reads the real sensors under the default eligibility policy."""
+    """A daemon.yaml for a device on loopback, quick to react: TLS when `root_certificates` is
+    given (else plaintext), node authentication with `auth_key`. Without a probe file the
+    daemon reads the real sensors under the default eligibility policy."""
+    server = (
+        [f"  root_certificates: {json.dumps(str(root_certificates))}"]
+        if root_certificates is not None
+        else ["  insecure: true"]
+    )
+    if auth_key is not None:
+        server.append(f"  auth_key: {json.dumps(str(auth_key))}")
     quick = [
         "eligibility:",
         "  on_after_s: 0",
@@ -85,7 +105,7 @@ def daemon_yaml(
             f"fleet_key: {json.dumps(str(fleet_key))}",
             "server:",
             f"  address: {json.dumps(superlink)}",
-            "  insecure: true",
+            *server,
             *(quick if probe_file is not None else []),
             "supervisor:",
             "  grace_s: 5",
@@ -106,14 +126,20 @@ def prepare_devices(
     fleet_key: Path,
     superlink: str,
     ports: list[int],
+    root_certificates: Path | None = None,
+    node_auth: bool = False,
 ) -> list[Device]:
-    """One device directory per hospital: config, readings ingested, ticket installed."""
+    """One device directory per hospital: config, readings ingested, ticket installed; with
+    `node_auth`, a node key made by `edge-daemon keygen` (Device.public_key, to register)."""
     devices = []
     for hospital, port in zip(hospitals, ports, strict=True):
         directory = root / hospital.lower().replace(" ", "-")
         directory.mkdir(parents=True, exist_ok=True)
         device = Device(hospital, directory, directory / "daemon.yaml", directory / "probe.json")
         device.set_conditions(ELIGIBLE)
+        auth_key = directory / "node.key" if node_auth else None
+        if auth_key is not None and not auth_key.exists():
+            _edge_daemon("keygen", "--out", str(auth_key), "--comment", device.name)
         device.config.write_text(
             daemon_yaml(
                 directory,
@@ -121,6 +147,8 @@ def prepare_devices(
                 fleet_key=fleet_key.resolve(),
                 node_port=port,
                 probe_file=device.probe_file,
+                root_certificates=root_certificates,
+                auth_key=auth_key,
             )
         )
         readings = hospital_csv(hospital, directory / "readings.csv")

@@ -7,7 +7,11 @@ written to the launcher's own `$FLWR_HOME/config.toml`. `Loopback` stops every p
 (SIGTERM to each group, SIGKILL after a grace period, then any straggling descendant by pid) when
 its `with` block ends, whether by return, exception or Ctrl-C.
 
-Insecure for now: TLS and node authentication come with the deployment issues.
+With `tls` the SuperLink serves TLS and every client (SuperNodes, daemons' nodes, the `flwr`
+CLI) verifies it against the CA; with `node_auth` as well, the SuperLink admits only nodes
+whose public keys were registered (`node_keys`, registered before any node starts).
+Without `tls` everything runs in plaintext (`--insecure`), for the Simulation Engine and for
+tests of the launcher itself.
 """
 
 import json
@@ -29,6 +33,7 @@ from typing import IO, Any
 
 import psutil
 
+from deploy.tls import TlsFiles
 from server.run_log import RunLog
 from ticket.config_text import ConfigValue, toml_values
 
@@ -123,6 +128,9 @@ class Loopback:
     simulation: bool = False
     # `edge-daemon run -c PATH` per entry: devices whose daemon starts their SuperNode.
     daemon_configs: list[Path] = field(default_factory=list)
+    tls: TlsFiles | None = None
+    node_auth: bool = False  # needs tls; register `node_keys` (OpenSSH public keys) first
+    node_keys: list[Path] = field(default_factory=list)
     started: list[_Started] = field(default_factory=list)
     killed: set[str] = field(default_factory=set)  # labels stopped on purpose (fault injection)
     attempts: int = 0  # `run` calls so far; each streams to logs/flwr-run-<attempt>.log
@@ -165,11 +173,16 @@ class Loopback:
                 *("--simulation", "--isolation", "subprocess"),
                 *("--control-api-address", f"127.0.0.1:{free_port()}"),
             ]
+        if self.node_auth and self.tls is None:
+            raise LoopbackError("node authentication needs TLS")
+        security = ["--insecure"] if self.tls is None else self.tls.superlink_args()
+        if self.node_auth:
+            security.append("--enable-supernode-auth")
         self._spawn(
             "superlink",
             [
                 "flower-superlink",
-                "--insecure",
+                *security,
                 *simulation,
                 *("--host", "127.0.0.1", "--port", str(self.superlink_port)),
                 *("--database", str(self.workdir / "superlink" / "state.db")),
@@ -178,12 +191,17 @@ class Loopback:
             home=self.workdir / "superlink",
         )
         wait_for_port(self.superlink_port, timeout_s=120.0, alive=self._check_alive)
+        for index, key in enumerate(self.node_keys):
+            self.register_node(key, name=f"node-{index}")
+        client_security = (
+            ["--insecure"] if self.tls is None else ["--root-certificates", str(self.tls.ca_cert)]
+        )
         for index, config in enumerate(self.node_configs):
             self._spawn(
                 f"supernode-{index}",
                 [
                     "flower-supernode",
-                    "--insecure",
+                    *client_security,
                     *("--superlink", address),
                     *("--host", "127.0.0.1", "--port", str(free_port())),
                     *("--node-config", toml_values(config)),
@@ -381,10 +399,33 @@ class Loopback:
     def _write_connection(self, address: str) -> None:
         home = self.workdir / "cli"
         home.mkdir(parents=True, exist_ok=True)
+        trust = (
+            "insecure = true"
+            if self.tls is None
+            else f"root-certificates = {json.dumps(str(self.tls.ca_cert))}"
+        )
         (home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-            f'[superlink.{CONNECTION}]\naddress = "{address}"\ninsecure = true\n'
+            f'[superlink.{CONNECTION}]\naddress = "{address}"\n{trust}\n'
         )
+
+    def register_node(self, public_key: Path, *, name: str) -> None:
+        """`flwr supernode register`: let the node holding this key's private half join."""
+        result = subprocess.run(
+            [
+                *(str(self.bin_dir / "flwr"), "supernode", "register", str(public_key)),
+                *(CONNECTION, "--name", name),
+            ],
+            capture_output=True,
+            text=True,
+            env=self._env(self.workdir / "cli"),
+            timeout=120,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise LoopbackError(
+                f"flwr supernode register {public_key.name}: {result.stdout[-500:]}"
+            )
 
     def _spawn(self, label: str, command: list[str], *, home: Path) -> None:
         executable = self.bin_dir / command[0]

@@ -5,10 +5,13 @@ and signatures as bytes; callers never hold key objects, so they cannot mix up k
 forget a check. Every verification failure raises the same opaque `IntegrityError`.
 """
 
+import datetime
 import hashlib
+import ipaddress
 import os
 import struct
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -17,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ticket.errors import IntegrityError, TicketError
 
@@ -274,3 +278,88 @@ def _check_len(what: str, data: bytes, expected: int) -> None:
     if not isinstance(data, bytes) or len(data) != expected:
         size = len(data) if isinstance(data, bytes | bytearray) else type(data).__name__
         raise KeyFormatError(f"{what} must be {expected} bytes, got {size}")
+
+
+# -- TLS for a development fleet -----------------------------------------------------------------
+# Operators with their own PKI point the SuperLink at their own files; these make a private CA
+# and a server certificate so a fresh fleet (and every test) runs with TLS on.
+
+
+_CA_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
+
+
+def generate_tls_ca(common_name: str, *, days: int = 3650) -> tuple[bytes, bytes]:
+    """A self-signed CA for the fleet: (private key PEM, certificate PEM), ECDSA P-256."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_CA_KEY_USAGE, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return _private_pkcs8(key), certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def generate_tls_server_cert(
+    ca_key_pem: bytes, ca_cert_pem: bytes, hosts: list[str], *, days: int = 825
+) -> tuple[bytes, bytes]:
+    """A server certificate signed by the CA, valid for `hosts` (IP addresses and DNS names,
+    each a subject alternative name): (private key PEM, certificate PEM)."""
+    if not hosts:
+        raise ValueError("a server certificate needs at least one host name or address")
+    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TicketError("the CA key is not an ECDSA key")
+    ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return _private_pkcs8(key), certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def _private_pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )

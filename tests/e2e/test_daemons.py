@@ -1,11 +1,13 @@
 """Edge daemons on loopback: each supervises a real flower-supernode and trains on its readings.
 
-Three hospitals, each its own `edge-daemon run` with its readings ingested and the signed
-ticket cached. During round 1 one node is killed with SIGKILL: its daemon restarts it. During
-round 2 another device is unplugged: its daemon stops its node, and the round completes with
-the others. Stopping the daemons leaves no process behind.
+TLS and node authentication on. Three enrolled hospitals, each its own `edge-daemon run` with
+its readings ingested and the signed ticket cached; a fourth device is not enrolled, and the
+SuperLink turns its node away. During round 1 one node is killed with SIGKILL: its daemon
+restarts it. During round 2 another device is unplugged: its daemon stops its node, and the
+round completes with the others. Stopping the daemons leaves no process behind.
 """
 
+import json
 import signal
 import time
 from pathlib import Path
@@ -17,6 +19,7 @@ from deploy.cli import main as ticket_cli
 from deploy.demo import run_config
 from deploy.devices import UNPLUGGED, prepare_devices
 from deploy.loopback import Loopback, free_port
+from deploy.tls import write_dev_pki
 from tests.inprocess import find_ticket
 
 APP_DIR = Path(__file__).resolve().parents[2]
@@ -37,13 +40,16 @@ def test_daemons_restart_a_killed_node_and_stop_an_ineligible_one(tmp_path: Path
     assert ticket_cli(["keygen", "--out", str(tmp_path / "fleet")]) == 0
     ticket = find_ticket(tmp_path / "heart.ticket", density=0.1, sign_key=tmp_path / "fleet.key")
     port = free_port()
+    tls = write_dev_pki(tmp_path / "pki", ["127.0.0.1"])
     devices = prepare_devices(
         tmp_path / "devices",
-        hospitals=HOSPITALS,
+        hospitals=(*HOSPITALS, "Switzerland"),
         ticket=ticket,
         fleet_key=tmp_path / "fleet.pub",
         superlink=f"127.0.0.1:{port}",
-        ports=[free_port() for _ in HOSPITALS],
+        ports=[free_port() for _ in range(4)],
+        root_certificates=tls.ca_cert,
+        node_auth=True,
     )
     fleet = Loopback(
         tmp_path / "loopback",
@@ -52,6 +58,9 @@ def test_daemons_restart_a_killed_node_and_stop_an_ineligible_one(tmp_path: Path
         daemon_configs=[device.config for device in devices],
         superlink_port=port,
         grace_s=10.0,
+        tls=tls,
+        node_auth=True,
+        node_keys=[device.public_key for device in devices[:3]],  # Switzerland is not enrolled
     )
     config = run_config(
         ticket,
@@ -75,6 +84,9 @@ def test_daemons_restart_a_killed_node_and_stop_an_ineligible_one(tmp_path: Path
 
     with fleet:
         assert _wait_for(lambda: all(fleet.node_pids(i) for i in range(3)), 60.0)
+        # The unenrolled device's node is turned away by the SuperLink (node authentication).
+        status_file = devices[3].state_dir / "status.json"
+        assert _wait_for(lambda: '"node_last_exit": null' not in status_file.read_text(), 60.0)
         outcome = fleet.run(config, timeout_s=400.0, on_round=inject)
         statuses = [device.status() for device in devices]
         # SIGTERM to a daemon alone (not its group; the node has a session of its own): the
@@ -90,9 +102,13 @@ def test_daemons_restart_a_killed_node_and_stop_an_ineligible_one(tmp_path: Path
     assert outcome.completed, outcome.status
     assert [line["round"] for line in outcome.rounds] == [1, 2, 3]
     assert all(line["participants"] for line in outcome.rounds)
+    assert all(len(line["bytes"]["down"]) <= 3 for line in outcome.rounds)  # never Switzerland
+    unenrolled = json.loads((devices[3].state_dir / "status.json").read_text())
+    assert unenrolled["node_starts"] >= 1 and unenrolled["node_last_exit"] not in (None, 0)
     assert len(outcome.rounds[2]["participants"]) == 2  # the unplugged device sat round 3 out
     # What each owner sees: rounds joined; the unplugged device says why it is not training.
-    assert all(status["rounds_joined"] >= 1 for status in statuses)
+    assert all(status["rounds_joined"] >= 1 for status in statuses[:3])
+    assert statuses[3]["rounds_joined"] == 0
     assert statuses[2]["eligible"] is False and statuses[2]["node_running"] is False
     assert any("power" in reason for reason in statuses[2]["reasons"])
     assert still_running == []
