@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -30,6 +31,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from edge_daemon import secagg_client
 from edge_daemon.local_data import (
     LocalData,
     LocalDataError,
@@ -38,6 +40,7 @@ from edge_daemon.local_data import (
     load_local_data,
     load_store_data,
 )
+from edge_daemon.secagg_client import LocalUpdate, SecAggStepError
 from ticket.bundle import Ticket, load_ticket, to_torch_masks
 from ticket.codec import Kind, decode_vector, encode_vector
 from ticket.errors import TicketError
@@ -62,6 +65,7 @@ class ErrorCode(IntEnum):
     TICKET = 1002  # the ticket is missing, unverifiable, or not the one the run trains
     LOCAL_DATA = 1003  # no usable local data
     INSTRUCTIONS = 1004  # the message is malformed (bad config, undecodable payload)
+    SECAGG = 1005  # a secure aggregation step failed or was refused (state lost, bad message)
 
 
 class NodeConfigError(Exception):
@@ -230,6 +234,8 @@ app = ClientApp()
 
 @app.train()
 def train(message: Message, context: Context) -> Message:
+    if secagg_client.is_secure(message):
+        return train_secure(message, context)
     try:
         task, work = prepare(message, context, is_train=True)
         payload, loss = train_and_pack(task, work, node_id=context.node_id)
@@ -239,6 +245,38 @@ def train(message: Message, context: Context) -> Message:
     if work.node.state_path is not None:
         record_round(work.node.state_path, bytes_sent=len(payload), loss=loss)
     return reply(message, payload, {"num-examples": examples, "train-loss": loss})
+
+
+def train_secure(message: Message, context: Context) -> Message:
+    """Trip A of secure aggregation: train (if a member this round), mask, advertise keys."""
+    trained: list[tuple[NodeSettings, float]] = []
+
+    def trainer() -> LocalUpdate:
+        task, work = prepare(message, context, is_train=True)
+        start = work.layout.pack(snapshot(work.model))  # float32 [k]: the global as decoded
+        values, loss, seed = train_local(task, work, node_id=context.node_id)
+        trained.append((work.node, loss))
+        return LocalUpdate(values - start, int(work.data.y_train.shape[0]), loss, seed)
+
+    try:
+        answer, sent = secagg_client.train_step(message, context, trainer)
+    except SKIP_ROUND as error:
+        return error_reply(message, error)
+    for node, loss in trained:
+        if node.state_path is not None and sent:
+            record_round(node.state_path, bytes_sent=sent, loss=loss)
+    return answer
+
+
+@app.query()
+def query(message: Message, context: Context) -> Message:
+    """Secure aggregation's key setup and unmask steps; no other query is served."""
+    try:
+        if not secagg_client.is_secure(message):
+            raise InstructionError("a query must carry a secure aggregation step")
+        return secagg_client.query_step(message, context)
+    except SKIP_ROUND as error:
+        return error_reply(message, error)
 
 
 def record_round(state_path: Path, *, bytes_sent: int, loss: float) -> None:
@@ -296,15 +334,9 @@ def prepare(
 
 def train_and_pack(task: Instructions, work: Workspace, *, node_id: int) -> tuple[bytes, float]:
     """Train the surviving weights on local data; (UPDATE payload, last epoch's mean loss)."""
-    if task.train is None:
-        raise InstructionError("train instructions without a training config")
-    seed = local_seed(task.seed, task.server_round, node_id)
-    mask = to_torch_masks(work.ticket)
-    loss = train_masked(
-        work.model, mask, work.data.x_train, work.data.y_train, task.train, seed=seed
-    )
+    values, loss, seed = train_local(task, work, node_id=node_id)
     payload = encode_vector(
-        work.layout.pack(snapshot(work.model)),
+        values,
         kind=Kind.UPDATE,
         ticket_id=task.ticket_id,
         round=task.server_round,
@@ -313,6 +345,21 @@ def train_and_pack(task: Instructions, work: Workspace, *, node_id: int) -> tupl
         rng=np.random.default_rng(seed),  # int8 stochastic rounding
     )
     return payload, loss
+
+
+def train_local(
+    task: Instructions, work: Workspace, *, node_id: int
+) -> tuple[npt.NDArray[np.float32], float, int]:
+    """Train the surviving weights on local data; (packed values [k], last epoch's mean loss,
+    the seed of this node's round)."""
+    if task.train is None:
+        raise InstructionError("train instructions without a training config")
+    seed = local_seed(task.seed, task.server_round, node_id)
+    mask = to_torch_masks(work.ticket)
+    loss = train_masked(
+        work.model, mask, work.data.x_train, work.data.y_train, task.train, seed=seed
+    )
+    return work.layout.pack(snapshot(work.model)), loss, seed
 
 
 def read_node_ticket(node: NodeSettings, ticket_id: str) -> tuple[Ticket, nn.Module]:
@@ -367,9 +414,11 @@ _ERROR_CODES: tuple[tuple[type[Exception] | tuple[type[Exception], ...], ErrorCo
     (NodeConfigError, ErrorCode.NODE_CONFIG),
     (TicketUnavailableError, ErrorCode.TICKET),
     (LocalDataError, ErrorCode.LOCAL_DATA),
+    (SecAggStepError, ErrorCode.SECAGG),
     ((InstructionError, TicketError), ErrorCode.INSTRUCTIONS),
 )
 SKIP_ROUND = (
+    SecAggStepError,
     NodeConfigError,
     TicketUnavailableError,
     LocalDataError,

@@ -1,9 +1,10 @@
 """The run log: one JSON line per finished round, appended line-atomically, and its plot.
 
 A line: {"round", "finished_at", "participants", "failures", "rejected", "bytes", "train",
-"federated_eval", "server_eval"}; node ids are JSON object keys (strings). The checkpoint is the
-source of truth: a restarted run trims the log to the checkpointed round and restores that
-round's line from the checkpoint if a crash lost it.
+"federated_eval", "server_eval"}, plus "round_trips" (message round trips by step) when counted
+and "secagg" under secure aggregation (server/secagg_round.py); node ids are JSON object keys
+(strings). The checkpoint is the source of truth: a restarted run trims the log to the
+checkpointed round and restores that round's line from the checkpoint if a crash lost it.
 """
 
 import io
@@ -27,7 +28,7 @@ def round_line(
     record: RoundRecord, server_eval: EvalResult | None, finished_at: datetime
 ) -> dict[str, Any]:
     """The JSON-able log line of one finished round."""
-    return {
+    line = {
         "round": record.server_round,
         "finished_at": finished_at.isoformat(timespec="seconds"),
         "participants": sorted(record.accepted),
@@ -47,6 +48,14 @@ def round_line(
         ),
         "server_eval": None if server_eval is None else server_eval.as_dict(),
     }
+    if record.round_trips:  # message round trips by step, and their total
+        line["round_trips"] = {
+            **record.round_trips,
+            "total": sum(record.round_trips.values()),
+        }
+    if record.secagg is not None:  # members, survivors, who dropped at which stage, abort
+        line["secagg"] = record.secagg
+    return line
 
 
 class RunLog:

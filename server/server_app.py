@@ -1,4 +1,5 @@
-"""The Flower ServerApp: load and verify the run's ticket, then run PackedFedAvg over the grid."""
+"""The Flower ServerApp: load and verify the run's ticket, then run PackedFedAvg over the grid
+(or SecurePackedFedAvg with run config `secagg = true`)."""
 
 import logging
 from collections.abc import Mapping
@@ -11,6 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 
 from server.evaluation import ServerEvaluator
+from server.secagg_round import SecAggPlan, SecurePackedFedAvg
 from server.strategy import PackedFedAvg, RoundPlan
 from server.training_run import run_resumable
 from ticket.bundle import read_ticket
@@ -41,6 +43,9 @@ class ServerSettings:
     fraction_evaluate: float  # [fraction-evaluate]
     min_nodes: int  # [min-nodes] sampled per round, and needed online before sampling
     plan: RoundPlan  # ticket id filled in from the ticket itself
+    # [secagg] secure aggregation (server/secagg_round.py) with [secagg-clip], [secagg-levels],
+    # [secagg-weight-cap]; None: plaintext FedAvg
+    secagg: SecAggPlan | None = None
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, ConfigValue]) -> "ServerSettings":
@@ -75,6 +80,7 @@ class ServerSettings:
                 seed=_get(config, "seed", int, 0),
                 min_replies=_get(config, "min-replies", int, 1),
             ),
+            secagg=_secagg_plan(config),
         )
 
 
@@ -95,14 +101,17 @@ def run_training(grid: Grid, settings: ServerSettings) -> Result:
     )
     layout = PackLayout.from_ticket(ticket)
     plan = RoundPlan(**{**vars(settings.plan), "ticket_id": ticket.content_id})
-    strategy = PackedFedAvg(
-        layout,
-        plan,
-        fraction_train=settings.fraction_train,
-        fraction_evaluate=settings.fraction_evaluate,
-        min_train_nodes=settings.min_nodes,
-        min_evaluate_nodes=settings.min_nodes if settings.fraction_evaluate > 0 else 0,
-        min_available_nodes=settings.min_nodes,
+    sampling: dict[str, Any] = {
+        "fraction_train": settings.fraction_train,
+        "fraction_evaluate": settings.fraction_evaluate,
+        "min_train_nodes": settings.min_nodes,
+        "min_evaluate_nodes": settings.min_nodes if settings.fraction_evaluate > 0 else 0,
+        "min_available_nodes": settings.min_nodes,
+    }
+    strategy = (
+        PackedFedAvg(layout, plan, **sampling)
+        if settings.secagg is None
+        else SecurePackedFedAvg(layout, plan, settings.secagg, **sampling)
     )
     evaluator = (
         ServerEvaluator.held_out(ticket, layout, settings.server_eval)
@@ -118,6 +127,22 @@ def run_training(grid: Grid, settings: ServerSettings) -> Result:
         timeout=settings.round_timeout_s,
         evaluator=evaluator,
     )
+
+
+def _secagg_plan(config: Mapping[str, ConfigValue]) -> SecAggPlan | None:
+    if not _get(config, "secagg", bool, False):
+        return None
+    default = SecAggPlan()
+    try:
+        plan = SecAggPlan(
+            clip=float(_get(config, "secagg-clip", float, default.clip)),
+            levels=_get(config, "secagg-levels", int, default.levels),
+            weight_cap=_get(config, "secagg-weight-cap", int, default.weight_cap),
+        )
+        plan.params()  # range checks of the protocol's parameters
+    except ValueError as error:  # ParamsError, or the weight cap's own check
+        raise RunConfigError(f"run config: secagg-*: {error}") from None
+    return plan
 
 
 _MISSING: Any = object()

@@ -69,6 +69,8 @@ class RoundRecord:
     rejected: dict[int, str] = field(default_factory=dict)  # node id -> why its reply was refused
     train_metrics: dict[str, float] = field(default_factory=dict)  # example-weighted means
     evaluate_metrics: dict[str, float] = field(default_factory=dict)  # federated evaluation
+    round_trips: dict[str, int] = field(default_factory=dict)  # step -> message round trips
+    secagg: dict[str, Any] | None = None  # secure aggregation's account (server/secagg_round.py)
 
     def metrics(self) -> dict[str, int | float]:
         return {
@@ -148,8 +150,21 @@ class PackedFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         server_round += self._offset
+        wire_config = self._train_config(config)
+        wire, size = self._encode_global(server_round, arrays)
+        with seeded_sampling(self.plan.seed, server_round, "train"):
+            messages = list(super().configure_train(server_round, wire, wire_config, grid))
+        record = self.rounds.setdefault(server_round, RoundRecord(server_round))
+        for message in messages:
+            record.bytes_down[message.metadata.dst_node_id] = size
+        if messages:
+            record.round_trips["train"] = 1
+        return messages
+
+    def _train_config(self, config: ConfigRecord) -> ConfigRecord:
+        """The ConfigRecord of a train instruction: `config` plus the round plan."""
         plan, train = self.plan, self.plan.train
-        wire_config = ConfigRecord(
+        return ConfigRecord(
             {
                 **dict(config),
                 "ticket-id": plan.ticket_id,
@@ -161,13 +176,6 @@ class PackedFedAvg(FedAvg):
                 "seed": plan.seed,
             }
         )
-        wire, size = self._encode_global(server_round, arrays)
-        with _seeded_sampling(plan.seed, server_round, "train"):
-            messages = list(super().configure_train(server_round, wire, wire_config, grid))
-        record = self.rounds.setdefault(server_round, RoundRecord(server_round))
-        for message in messages:
-            record.bytes_down[message.metadata.dst_node_id] = size
-        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -213,8 +221,12 @@ class PackedFedAvg(FedAvg):
         server_round += self._offset
         wire, _ = self._encode_global(server_round, arrays)
         wire_config = ConfigRecord({**dict(config), "ticket-id": self.plan.ticket_id})
-        with _seeded_sampling(self.plan.seed, server_round, "evaluate"):
-            return list(super().configure_evaluate(server_round, wire, wire_config, grid))
+        with seeded_sampling(self.plan.seed, server_round, "evaluate"):
+            messages = list(super().configure_evaluate(server_round, wire, wire_config, grid))
+        if messages:
+            record = self.rounds.setdefault(server_round, RoundRecord(server_round))
+            record.round_trips["evaluate"] = 1
+        return messages
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -296,7 +308,7 @@ def _mean_metrics(updates: list[_Update]) -> dict[str, float]:
 
 
 @contextmanager
-def _seeded_sampling(seed: int, server_round: int, stage: str) -> Iterator[None]:
+def seeded_sampling(seed: int, server_round: int, stage: str) -> Iterator[None]:
     """Seed the global `random` that Flower samples nodes with, then restore it.
 
     Sampling then depends on (seed, round, stage) only, so a resumed run samples the nodes the

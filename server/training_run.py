@@ -22,6 +22,7 @@ from flwr.serverapp.strategy import Result
 from server.checkpoint import RunCheckpoint
 from server.evaluation import ServerEvaluator
 from server.run_log import RunLog, plot_run, round_line
+from server.secagg_round import SecurePackedFedAvg
 from server.strategy import PAYLOAD_KEY, PackedFedAvg, RoundRecord
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ def run_settings(strategy: PackedFedAvg, **extra: Any) -> dict[str, Any]:
             "min_evaluate_nodes": strategy.min_evaluate_nodes,
             "min_available_nodes": strategy.min_available_nodes,
         },
+        # Secure aggregation changes what is averaged (clip, quantisation): part of the run.
+        **({"secagg": asdict(strategy.secagg)} if isinstance(strategy, SecurePackedFedAvg) else {}),
         **extra,
     }
 

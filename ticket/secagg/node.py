@@ -44,6 +44,7 @@ from ticket.secagg.shamir import Entropy
 
 SHARE_SEAL_PURPOSE = "share-seal"
 STATE_FORMAT = "ticketfleet-secagg-node-state/1"
+SECRETS_FORMAT = "ticketfleet-secagg-round-secrets/1"
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,29 @@ class RoundSecrets:
     cipher_secret: bytes  # X25519 private key that seals and opens shares
     mask_secret: bytes  # X25519 private key of the pairwise masks (shared: revealed if dropped)
     seed: bytes  # b_u, the self-mask seed (shared: revealed if the masked vector counts)
+
+    def to_bytes(self) -> bytes:
+        """Canonical JSON; holds secrets: store it with mode 0600, never log it."""
+        document = {
+            "format": SECRETS_FORMAT,
+            "ids": [self.run_id, self.round, self.node_id],
+            "keys": [self.cipher_secret.hex(), self.mask_secret.hex(), self.seed.hex()],
+        }
+        return json.dumps(document, sort_keys=True, separators=(",", ":")).encode("ascii")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "RoundSecrets":
+        try:
+            document = json.loads(data)
+            if not isinstance(document, dict) or document.get("format") != SECRETS_FORMAT:
+                raise MessageError(f"not a {SECRETS_FORMAT} document")
+            if set(document) != {"format", "ids", "keys"}:
+                raise MessageError("round secrets have missing or unknown fields")
+            run_id, round, node = (_int(value) for value in document["ids"])
+            cipher, mask_key, seed = (_hex(value, 32) for value in document["keys"])
+        except (ValueError, TypeError) as error:
+            raise MessageError(f"round secrets are malformed: {error}") from None
+        return cls(run_id, round, node, cipher, mask_key, seed)
 
     def public_keys(self) -> PublicKeys:
         commitment = commit_seed(self.seed, run_id=self.run_id, round=self.round, node=self.node_id)

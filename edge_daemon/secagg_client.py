@@ -1,0 +1,229 @@
+"""The device's secure aggregation steps: Flower messages in, ticket/secagg calls, replies out.
+
+Wire schema (must match server/secagg_round.py): ConfigRecord "secagg" with "round" (int),
+"weight-cap" (int) and the parts the server asks for: "advert-round" (int) -> reply
+"key-advert"; "key-bundle" (bytes) with "bundle-round" (int) -> "share-bundle";
+"mask-request" (bytes, on a train message with the global values) -> "masked-input";
+"unmask-request" (bytes) -> "unmask-response". A train message may carry a mask request and an
+advert request, a query message an unmask request and a key bundle, or the setup exchange's
+single parts. Nothing per node but the masked vector leaves: no example count, no loss.
+
+The node's protocol state (RoundSecrets until its shares go out, then NodeRound) lives in
+`context.state` (one run on one SuperNode: every message runs in a fresh clientapp process)
+and, when the node config names a state-path, in a 0600 file beside it, written atomically. It
+is saved BEFORE the reply leaves, so a retried message never masks twice or contradicts an
+earlier reveal. A node that lost its state sits the round out: an Error reply.
+"""
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from ticket.atomic import atomic_write_bytes
+from ticket.errors import TicketError
+from ticket.secagg import (
+    NodeRound,
+    RoundSecrets,
+    advertise_keys,
+    distribute_shares,
+    mask_input,
+    reveal_shares,
+)
+from ticket.secagg.weighting import weighted_input
+
+SECAGG_KEY = "secagg"
+STATE_KEY = "secagg-state"  # in context.state: a ConfigRecord of protocol state bytes
+_T = TypeVar("_T")
+
+
+class SecAggStepError(Exception):
+    """This node cannot do the step asked for this round (state lost, message refused)."""
+
+
+class InstructionsError(SecAggStepError):
+    """The secagg record lacks a key or holds one of the wrong type."""
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    """What training produced, before masking: delta = local - global, float32 [k]."""
+
+    delta: npt.NDArray[np.float32]
+    examples: int
+    loss: float
+    seed: int  # for the stochastic rounding of the quantiser
+
+
+Trainer = Callable[[], LocalUpdate]
+
+
+def is_secure(message: Message) -> bool:
+    return SECAGG_KEY in message.content.config_records
+
+
+def train_step(message: Message, context: Context, trainer: Trainer) -> tuple[Message, int]:
+    """Trip A: mask this round's update (if a member) and advertise next round's keys (if
+    asked); (reply, bytes of the masked vector, 0 if none). Raises SecAggStepError."""
+    ask = message.content.config_records[SECAGG_KEY]
+    store = StateStore.of(context)
+    r = _int(ask, "round")
+    parts: dict[str, bytes] = {}
+    if "mask-request" in ask:
+        state = store.node_round(r)
+        update = trainer()
+        vector = _protocol(
+            "mask",
+            lambda: weighted_input(
+                update.delta,
+                examples=update.examples,
+                loss=update.loss,
+                params=state.params,
+                cap=_int(ask, "weight-cap"),
+            ),
+        )
+        rng = np.random.default_rng(update.seed)
+        masked, state = _protocol(
+            "mask", lambda: mask_input(_bytes(ask, "mask-request"), state, vector, rng=rng)
+        )
+        store.put(f"round-{r}", state.to_bytes())
+        parts["masked-input"] = masked
+    if "advert-round" in ask:
+        parts["key-advert"] = _advertise(store, context, _int(ask, "advert-round"))
+    store.save(keep_from=r - 1)
+    return _reply(message, parts), len(parts.get("masked-input", b""))
+
+
+def query_step(message: Message, context: Context) -> Message:
+    """Setup and trip B: advertise keys, reveal shares, share next round's secrets."""
+    ask = message.content.config_records[SECAGG_KEY]
+    store = StateStore.of(context)
+    r = _int(ask, "round")
+    parts: dict[str, bytes] = {}
+    if "advert-round" in ask:
+        parts["key-advert"] = _advertise(store, context, _int(ask, "advert-round"))
+    if "unmask-request" in ask:
+        state = store.node_round(r)
+        reply, state = _protocol(
+            "unmask", lambda: reveal_shares(_bytes(ask, "unmask-request"), state)
+        )
+        store.put(f"round-{r}", state.to_bytes())
+        parts["unmask-response"] = reply
+    if "key-bundle" in ask:
+        nxt = _int(ask, "bundle-round")
+        held = store.get(f"secrets-{nxt}", nxt)
+        secrets = _protocol("state", lambda: RoundSecrets.from_bytes(held))
+        shares, state = _protocol(
+            "shares", lambda: distribute_shares(_bytes(ask, "key-bundle"), secrets)
+        )
+        store.put(f"round-{nxt}", state.to_bytes())
+        parts["share-bundle"] = shares
+    store.save(keep_from=r - 1)
+    return _reply(message, parts)
+
+
+def _advertise(store: "StateStore", context: Context, round: int) -> bytes:
+    held = store.find(f"round-{round}")
+    if held is not None and store.node_round(round).is_masked:
+        # Fresh keys for a round this node already masked would give the server two masked
+        # inputs of one round under different masks: sums over two subsets leak a difference.
+        raise SecAggStepError(f"round {round} was already masked on this node; not re-keying")
+    advert, secrets = advertise_keys(run_id=context.run_id, round=round, node_id=context.node_id)
+    store.put(f"secrets-{round}", secrets.to_bytes())
+    return advert
+
+
+def _protocol(step: str, call: Callable[[], _T]) -> _T:
+    """Run a ticket/secagg step; its refusals become SecAggStepError (no secrets in them)."""
+    try:
+        return call()
+    except TicketError as error:  # MessageError, RevealRefusedError, IntegrityError, ...
+        raise SecAggStepError(f"{step}: {type(error).__name__}: {error}") from None
+
+
+def _reply(message: Message, parts: dict[str, bytes]) -> Message:
+    return Message(RecordDict({SECAGG_KEY: ConfigRecord(dict(parts))}), reply_to=message)
+
+
+class StateStore:
+    """Protocol state by key ("secrets-R", "round-R"): context.state, mirrored to a file."""
+
+    def __init__(self, context: Context, path: Path | None) -> None:
+        self._context = context
+        self._path = path
+        record = context.state.config_records.get(STATE_KEY)
+        self._values: dict[str, bytes] = {
+            key: value for key, value in (record or {}).items() if isinstance(value, bytes)
+        }
+        if not self._values and path is not None and path.exists():
+            self._values = _read_file(path)
+
+    @classmethod
+    def of(cls, context: Context) -> "StateStore":
+        return cls(context, state_file(context))
+
+    def find(self, key: str) -> bytes | None:
+        return self._values.get(key)
+
+    def get(self, key: str, round: int) -> bytes:
+        value = self._values.get(key)
+        if value is None:
+            raise SecAggStepError(f"no secure aggregation state for round {round} on this node")
+        return value
+
+    def node_round(self, round: int) -> NodeRound:
+        held = self.get(f"round-{round}", round)
+        return _protocol("state", lambda: NodeRound.from_bytes(held))
+
+    def put(self, key: str, value: bytes) -> None:
+        self._values[key] = value
+        self.save(keep_from=None)
+
+    def save(self, *, keep_from: int | None) -> None:
+        if keep_from is not None:
+            self._values = {
+                key: value
+                for key, value in self._values.items()
+                if int(key.rsplit("-", 1)[1]) >= keep_from
+            }
+        self._context.state.config_records[STATE_KEY] = ConfigRecord(dict(self._values))
+        if self._path is not None:
+            document = {key: value.hex() for key, value in sorted(self._values.items())}
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self._path, json.dumps(document).encode("ascii"), mode=0o600)
+
+
+def state_file(context: Context) -> Path | None:
+    """<state-path>.secagg-<run id> beside the daemon's state, if the node config has one."""
+    path = context.node_config.get("state-path")
+    if not isinstance(path, str) or not path:
+        return None
+    state = Path(path)
+    return state.with_name(f"{state.name}.secagg-{context.run_id}")
+
+
+def _read_file(path: Path) -> dict[str, bytes]:
+    try:
+        document = json.loads(path.read_bytes())
+        return {str(key): bytes.fromhex(value) for key, value in document.items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}  # unreadable state: this node sits out the rounds it was for
+
+
+def _int(config: ConfigRecord, key: str) -> int:
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InstructionsError(f"secagg {key!r} must be int, got {type(value).__name__}")
+    return value
+
+
+def _bytes(config: ConfigRecord, key: str) -> bytes:
+    value = config.get(key)
+    if not isinstance(value, bytes):
+        raise InstructionsError(f"secagg {key!r} must be bytes, got {type(value).__name__}")
+    return value

@@ -1,0 +1,403 @@
+"""Secure aggregation over Flower: PackedFedAvg whose server sees only the sum of the updates.
+
+The protocol is ticket/secagg's (its package docstring); this module carries its bytes. Per
+round r, two message round trips:
+
+  (A) Flower's train message: to the members M_r the global values and MaskRequest(r), to the
+      sampled cohort of r + 1 an advert request; replies MaskedInput(r), KeyAdvert(r + 1).
+  (B) a "query" message: UnmaskRequest(r) to the survivors, KeyBundle(r + 1) to the nodes that
+      advertised; replies UnmaskResponse(r), ShareBundle(r + 1).
+
+Before the first round of every `start()` (a fresh run, or a resumed one: ServerRound state is
+not persisted, and a restarted ServerApp is a new run for the nodes) a setup exchange of two
+query trips (advert request, then KeyBundle) prepares round r. Every trip waits at most the
+round timeout. Nodes mask their example-weighted delta (ticket/secagg/weighting.py); the new
+global is the old one plus the weighted mean delta. A round that cannot give the survivors'
+exact sum (RoundAbortedError) keeps the global model and is logged as aborted.
+
+Wire schema (must match edge_daemon/secagg_client.py): ConfigRecord "secagg" with, server to
+node, "round" (int, r), "weight-cap" (int), and any of "mask-request", "unmask-request",
+"key-bundle" (bytes), "advert-round", "bundle-round" (int); node to server, any of
+"masked-input", "key-advert", "unmask-response", "share-bundle" (bytes). Bytes counted up and
+down per node are those of every trip of the round: the codec payload of the global values plus
+the secagg record as Flower counts it (ConfigRecord.count_bytes: keys and values).
+"""
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
+
+from server.strategy import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    NO_REPLY,
+    PAYLOAD_KEY,
+    PackedFedAvg,
+    RoundPlan,
+    RoundRecord,
+    seeded_sampling,
+)
+from ticket.errors import TicketError
+from ticket.packing import PackLayout
+from ticket.secagg import Phase, RoundAbortedError, SecAggParams, ServerRound
+from ticket.secagg.weighting import EXTRA_VALUES, read_sum
+
+logger = logging.getLogger(__name__)
+
+SECAGG_KEY = "secagg"
+ConfigValue = int | bytes
+
+
+@dataclass(frozen=True)
+class SecAggPlan:
+    """Run config's secure aggregation keys, typed."""
+
+    clip: float = 0.25  # [secagg-clip] each node's weighted delta is clipped to [-clip, clip]
+    levels: int = 2**14  # [secagg-levels] quantisation levels q
+    weight_cap: int = 1000  # [secagg-weight-cap] examples at which a node's weight saturates
+
+    def __post_init__(self) -> None:
+        if isinstance(self.weight_cap, bool) or self.weight_cap < 1:
+            raise ValueError(f"weight_cap must be an integer >= 1, got {self.weight_cap}")
+
+    def params(self) -> SecAggParams:
+        return SecAggParams(clip=self.clip, levels=self.levels)
+
+
+@dataclass
+class _Pending:
+    """A round's key setup, collected across two trips (the setup's, or the round before's)."""
+
+    round: ServerRound
+    asked: set[int] = field(default_factory=set)  # who was asked to advertise
+    dropped: dict[str, list[int]] = field(default_factory=dict)  # stage -> node ids
+    failure: str | None = None  # why the round cannot run (RoundAbortedError during setup)
+
+
+class SecurePackedFedAvg(PackedFedAvg):
+    """PackedFedAvg under secure aggregation: 2 message round trips per steady-state round."""
+
+    def __init__(
+        self, layout: PackLayout, plan: RoundPlan, secagg: SecAggPlan, **fedavg_options: Any
+    ) -> None:
+        super().__init__(layout, plan, **fedavg_options)
+        self.secagg = secagg
+        self._params = secagg.params()
+        self._timeout = 3600.0
+        self._last_round = 0  # run-wide
+        self._run_id = 0
+        self._grid: Grid | None = None
+        self._current: _Pending | None = None  # round r, in phase MASK once set up
+        self._next: _Pending | None = None  # round r + 1, collecting keys during round r
+        self._requests: dict[int, bytes] = {}  # MaskRequest(r) by member
+        self._failure: str | None = None  # why round r has no key setup
+        self._carried: dict[str, list[int]] = {}  # round r's drops during its key setup
+        self._sent_train: set[int] = set()
+        self._global = np.zeros(0, np.float32)
+
+    def start(  # noqa: PLR0917  # PackedFedAvg's signature
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+        *,
+        first_round: int = 1,
+    ) -> Result:
+        """PackedFedAvg.start; round `first_round` begins with a key setup exchange."""
+        self._grid, self._run_id = grid, grid.run.run_id
+        self._timeout, self._last_round = float(timeout), num_rounds
+        self._current = self._next = None
+        self._requests, self._failure = {}, None
+        return super().start(
+            grid,
+            initial_arrays,
+            num_rounds,
+            timeout,
+            train_config,
+            evaluate_config,
+            evaluate_fn,
+            first_round=first_round,
+        )
+
+    # ------------------------------------------------------------ trip A
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        r = server_round + self._offset
+        record = self.rounds.setdefault(r, RoundRecord(r))
+        record.secagg = {"members": [], "survivors": [], "dropped": {}, "aborted": None}
+        if self._current is None or self._current.round.round != r:
+            self._setup(r, grid, record)
+        record.secagg["dropped"].update(self._carried)
+        record.secagg["members"] = sorted(self._requests)
+        self._next = None
+        if r < self._last_round:
+            cohort = self._sample(r + 1, grid)
+            self._next = _Pending(self._server_round(r + 1), asked=set(cohort))
+        self._global = arrays[PAYLOAD_KEY].numpy().copy()  # float32 [n]
+        wire, size = self._encode_global(r, arrays)
+        train_config = self._train_config(config)
+        train_config["server-round"] = r
+        asked = self._next.asked if self._next is not None else set()
+        messages = []
+        for node in sorted(set(self._requests) | asked):
+            parts: dict[str, ConfigValue] = {}
+            if node in self._requests:
+                parts["mask-request"] = self._requests[node]
+            if node in asked:
+                parts["advert-round"] = r + 1
+            content = self._content(r, parts)
+            down = _size(content.config_records[SECAGG_KEY])
+            if node in self._requests:
+                content[ARRAYS_KEY], content[CONFIG_KEY] = wire, train_config
+                down += size
+            messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
+            record.bytes_down[node] = record.bytes_down.get(node, 0) + down
+        self._sent_train = {message.metadata.dst_node_id for message in messages}
+        if messages:
+            record.round_trips["train"] = 1
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        r = server_round + self._offset
+        record = self.rounds.setdefault(r, RoundRecord(r))
+        got = self._receive(replies, self._sent_train, record, "train")
+        current, pending = self._current, self._next
+        for node, parts in got.items():
+            if current is not None and node in self._requests:
+                add = current.round.add_masked_input
+                self._apply(record, node, "masked input", parts.get("masked-input"), add)
+            if pending is not None and node in pending.asked:
+                add = pending.round.add_advert
+                self._apply(record, node, "key advert", parts.get("key-advert"), add)
+        if current is not None:
+            self._drop(record, "mask", set(self._requests) - current.round.survivors)
+        if pending is not None:
+            pending.dropped["advert"] = sorted(pending.asked - set(pending.round.keys))
+        result, reason = self._unmask_and_share(r, record)
+        return self._finish(r, record, result, reason)
+
+    # ------------------------------------------------------------ trip B
+
+    def _unmask_and_share(self, r: int, record: RoundRecord) -> tuple[Any, str | None]:
+        """Trip B: reveal shares of round r, share keys of r + 1; (result, why it aborted)."""
+        current, pending = self._current, self._next
+        unmask: dict[int, bytes] = {}
+        reason = self._failure if current is None else None
+        if current is not None:
+            try:
+                unmask = current.round.unmask_requests()
+            except RoundAbortedError as error:
+                reason = str(error)
+        bundles = self._bundles(pending)
+        outgoing: dict[int, dict[str, ConfigValue]] = {}
+        for node, request in unmask.items():
+            outgoing.setdefault(node, {})["unmask-request"] = request
+        for node, bundle in bundles.items():
+            outgoing.setdefault(node, {}).update({"key-bundle": bundle, "bundle-round": r + 1})
+        for node, parts in self._exchange(r, outgoing, record, "unmask").items():
+            if current is not None and node in unmask:
+                add = current.round.add_unmask_response
+                self._apply(record, node, "unmask response", parts.get("unmask-response"), add)
+            if pending is not None and node in bundles:
+                add = pending.round.add_share_bundle
+                self._apply(record, node, "share bundle", parts.get("share-bundle"), add)
+        self._promote(set(bundles))  # round r + 1 becomes current
+        if current is None or reason is not None:
+            return None, reason
+        self._drop(record, "unmask", set(unmask) - set(current.round.revealed))
+        try:
+            return current.round.result(), None
+        except RoundAbortedError as error:
+            return None, str(error)
+
+    def _finish(
+        self, r: int, record: RoundRecord, result: Any, reason: str | None
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        secagg = record.secagg if record.secagg is not None else {}
+        arrays = None
+        if result is not None:
+            try:
+                mean, weight, loss = read_sum(result.sum(), self._params)
+            except RoundAbortedError as error:
+                reason = str(error)
+            else:
+                record.accepted = sorted(result.survivors)
+                record.train_metrics = {"train-loss": loss}
+                secagg["survivors"] = sorted(result.survivors)
+                secagg["weight"] = weight
+                arrays = ArrayRecord({PAYLOAD_KEY: Array(self._global + mean)})
+        if reason is not None:
+            secagg["aborted"] = reason
+            logger.warning("round %d aborted, global model unchanged: %s", r, reason)
+        metrics = MetricRecord(
+            {**record.metrics(), **record.train_metrics, "aborted": int(arrays is None)}
+        )
+        return arrays, metrics
+
+    # ------------------------------------------------------------ setup and key rotation
+
+    def _setup(self, r: int, grid: Grid, record: RoundRecord) -> None:
+        """The two-trip key setup of round r; leaves it in phase MASK, or says why not."""
+        pending = _Pending(self._server_round(r), asked=set(self._sample(r, grid)))
+        adverts: dict[int, dict[str, ConfigValue]] = {n: {"advert-round": r} for n in pending.asked}
+        for node, parts in self._exchange(r, adverts, record, "setup").items():
+            add = pending.round.add_advert
+            self._apply(record, node, "key advert", parts.get("key-advert"), add)
+        pending.dropped["advert"] = sorted(pending.asked - set(pending.round.keys))
+        self._next = pending
+        bundles = self._bundles(pending)
+        outgoing: dict[int, dict[str, ConfigValue]] = {
+            node: {"key-bundle": bundle, "bundle-round": r} for node, bundle in bundles.items()
+        }
+        for node, parts in self._exchange(r, outgoing, record, "setup").items():
+            add = pending.round.add_share_bundle
+            self._apply(record, node, "share bundle", parts.get("share-bundle"), add)
+        self._promote(set(bundles))
+
+    def _bundles(self, pending: _Pending | None) -> dict[int, bytes]:
+        if pending is None or pending.round.phase is not Phase.ADVERTISE:
+            return {}
+        try:
+            return pending.round.key_bundles()
+        except RoundAbortedError as error:
+            pending.failure = f"key setup: {error}"
+            return {}
+
+    def _promote(self, bundled: set[int]) -> None:
+        """The next round becomes current once its members are fixed, or keeps why not."""
+        pending, self._next = self._next, None
+        self._current, self._requests, self._failure = None, {}, None
+        if pending is None:
+            return
+        if pending.round.phase is Phase.SHARE:
+            try:
+                self._requests = pending.round.mask_requests()
+            except RoundAbortedError as error:
+                pending.failure = f"key setup: {error}"
+            else:
+                self._current = pending
+        pending.dropped["shares"] = sorted(bundled - set(self._requests))
+        self._carried = {stage: nodes for stage, nodes in pending.dropped.items() if nodes}
+        self._failure = pending.failure or (None if self._current else "key setup failed")
+
+    def _server_round(self, r: int) -> ServerRound:
+        return ServerRound(
+            run_id=self._run_id,
+            round=r,
+            params=self._params,
+            length=self.layout.size + EXTRA_VALUES,
+            min_survivors=max(2, self.plan.min_replies),
+        )
+
+    def _sample(self, r: int, grid: Grid) -> list[int]:
+        """The cohort of round r: FedAvg's sample, seeded by (seed, r) like the plain path."""
+        with seeded_sampling(self.plan.seed, r, "train"):
+            size = max(
+                int(len(list(grid.get_node_ids())) * self.fraction_train), self.min_train_nodes
+            )
+            nodes, _ = sample_nodes(grid, self.min_available_nodes, size)
+        return sorted(nodes)
+
+    # ------------------------------------------------------------ messages
+
+    def _content(self, r: int, parts: Mapping[str, ConfigValue]) -> RecordDict:
+        values: dict[str, ConfigValue] = {"round": r, "weight-cap": self.secagg.weight_cap}
+        return RecordDict({SECAGG_KEY: ConfigRecord({**values, **parts})})
+
+    def _exchange(
+        self,
+        r: int,
+        outgoing: Mapping[int, Mapping[str, ConfigValue]],
+        record: RoundRecord,
+        step: str,
+    ) -> dict[int, Mapping[str, Any]]:
+        """One query round trip of protocol bytes, bounded by the round timeout."""
+        if not outgoing:
+            return {}
+        messages = []
+        for node, parts in sorted(outgoing.items()):
+            content = self._content(r, parts)
+            size = _size(content.config_records[SECAGG_KEY])
+            record.bytes_down[node] = record.bytes_down.get(node, 0) + size
+            messages.append(Message(content, dst_node_id=node, message_type=MessageType.QUERY))
+        record.round_trips[step] = record.round_trips.get(step, 0) + 1
+        if self._grid is None:
+            raise RuntimeError("secure aggregation needs start(): no grid to send on")
+        replies = self._grid.send_and_receive(messages, timeout=self._timeout)
+        return self._receive(replies, set(outgoing), record, step)
+
+    def _receive(
+        self, replies: Iterable[Message], sent: set[int], record: RoundRecord, step: str
+    ) -> dict[int, Mapping[str, Any]]:
+        """{node: its secagg parts} of the usable replies; errors and silence are failures."""
+        got: dict[int, Mapping[str, Any]] = {}
+        failed: set[int] = set()
+        for message in replies:
+            node = message.metadata.src_node_id
+            if node not in sent or node in got or node in failed:
+                record.rejected[node] = f"{step}: unexpected reply"
+                continue
+            if message.has_error():
+                error = message.error
+                self._fail(record, node, f"error {error.code} ({step}): {error.reason}")
+                failed.add(node)
+                continue
+            parts = message.content.config_records.get(SECAGG_KEY)
+            if parts is None:
+                record.rejected[node] = f"{step}: reply has no {SECAGG_KEY} record"
+                failed.add(node)
+                continue
+            got[node] = dict(parts)
+            record.bytes_up[node] = record.bytes_up.get(node, 0) + _size(parts)
+        for node in sorted(sent - got.keys() - failed):
+            self._fail(record, node, f"{NO_REPLY} ({step})")
+        return got
+
+    def _apply(self, record: RoundRecord, node: int, what: str, data: Any, add: Any) -> None:
+        """Hand one protocol message to the ServerRound; a refused one is counted as rejected."""
+        if not isinstance(data, bytes):
+            record.rejected[node] = f"reply lacks the {what} it was asked for"
+            return
+        try:
+            add(node, data)
+        except TicketError as error:  # MessageError, RoundStateError, IntegrityError
+            record.rejected[node] = f"{what} refused: {error}"
+            logger.warning(
+                "round %d: rejected node %d's %s: %s", record.server_round, node, what, error
+            )
+
+    def _fail(self, record: RoundRecord, node: int, reason: str) -> None:
+        record.failures.setdefault(node, reason)
+        logger.warning("round %d: node %d failed: %s", record.server_round, node, reason)
+
+    def _drop(self, record: RoundRecord, stage: str, nodes: set[int]) -> None:
+        if record.secagg is not None and nodes:
+            record.secagg["dropped"][stage] = sorted(nodes)
+
+
+def _size(record: ConfigRecord) -> int:
+    """A secagg record's bytes as Flower counts them (keys and values)."""
+    return int(record.count_bytes())

@@ -1,0 +1,48 @@
+"""Secure aggregation in a real deployment: 4 SuperNodes on loopback, one killed mid-round."""
+
+from pathlib import Path
+
+import pytest
+
+from deploy.demo import heart_node_configs, run_config
+from deploy.loopback import Loopback
+from server.strategy import NO_REPLY
+from tests.inprocess import find_ticket
+
+APP_DIR = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_a_node_killed_mid_round_leaves_the_survivors_sum(tmp_path: Path) -> None:
+    ticket = find_ticket(tmp_path / "heart.ticket", density=0.1)
+    fleet = Loopback(tmp_path / "loopback", APP_DIR, heart_node_configs(ticket, 4), grace_s=5.0)
+    config = run_config(
+        ticket,
+        run_dir=tmp_path / "run",
+        rounds=2,
+        nodes=4,  # round 1's key setup waits for all four
+        **{"secagg": True, "round-timeout-s": 30.0, "fraction-evaluate": 0.0},
+    )
+
+    def inject(server_round: int) -> None:
+        if server_round == 2:  # a member of round 2 (its shares went out in round 1), then gone
+            fleet.kill_node(3)
+
+    with fleet:
+        outcome = fleet.run(config, timeout_s=400.0, on_round=inject)
+
+    assert outcome.completed
+    one, two = outcome.rounds
+    assert len(one["participants"]) == 4 and one["failures"] == {}
+    assert one["round_trips"] == {"setup": 2, "train": 1, "unmask": 1, "total": 4}
+    assert one["secagg"]["aborted"] is None
+    # Round 2: the lost node's pairwise masks were removed with its key's shares.
+    [(lost, reason)] = two["failures"].items()
+    assert reason.startswith(NO_REPLY) and len(two["participants"]) == 3
+    assert int(lost) not in two["participants"]
+    assert two["secagg"]["aborted"] is None
+    assert two["secagg"]["dropped"] == {"mask": [int(lost)]}
+    assert two["secagg"]["survivors"] == two["participants"]
+    assert two["round_trips"] == {"train": 1, "unmask": 1, "total": 2}
+    assert two["server_eval"]["examples"] == 277
+    assert fleet.alive() == []

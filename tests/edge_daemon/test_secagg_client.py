@@ -1,0 +1,76 @@
+"""The ClientApp's secure aggregation steps, driven by hand-built query messages."""
+
+import os
+import stat
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+
+from edge_daemon import client_app
+from edge_daemon.client_app import ErrorCode
+from edge_daemon.secagg_client import SECAGG_KEY, StateStore, state_file
+from tests.inprocess import InProcessGrid, server_identity
+from ticket.secagg import SecAggParams, ServerRound
+
+PARAMS = SecAggParams(clip=0.25)
+
+
+def _ask(grid: InProcessGrid, node: int, **parts: int | bytes) -> Message:
+    content = RecordDict({SECAGG_KEY: ConfigRecord({"round": 1, "weight-cap": 100, **parts})})
+    message = Message(content, dst_node_id=node, message_type=MessageType.QUERY)
+    [reply] = grid.send_and_receive([message], timeout=10)
+    return reply
+
+
+def _setup(grid: InProcessGrid) -> ServerRound:
+    server = ServerRound(run_id=1, round=1, params=PARAMS, length=5)
+    for node in grid.contexts:
+        reply = _ask(grid, node, **{"advert-round": 1})
+        server.add_advert(node, reply.content.config_records[SECAGG_KEY]["key-advert"])  # type: ignore[arg-type]
+    for node, bundle in server.key_bundles().items():
+        reply = _ask(grid, node, **{"key-bundle": bundle, "bundle-round": 1})
+        server.add_share_bundle(node, reply.content.config_records[SECAGG_KEY]["share-bundle"])  # type: ignore[arg-type]
+    return server
+
+
+def test_state_is_mirrored_to_a_private_file_beside_the_daemon_state(tmp_path: Path) -> None:
+    configs = [{"state-path": str(tmp_path / f"node{i}/state.json")} for i in range(3)]
+    with server_identity():
+        grid = InProcessGrid(client_app.app, configs)
+        server = _setup(grid)
+        context = grid.contexts[101]
+        path = state_file(context)
+        assert path is not None and path.exists()
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        context.state.config_records.clear()  # the SuperNode restarted: context.state is gone
+        state = StateStore.of(context).node_round(1)
+        assert state.secrets.node_id == 101 and not state.is_masked
+        assert set(server.mask_requests()) == {101, 102, 103}
+
+
+def test_a_query_without_a_secure_aggregation_step_is_an_error_reply() -> None:
+    with server_identity():
+        grid = InProcessGrid(client_app.app, [{}])
+        message = Message(RecordDict(), dst_node_id=101, message_type=MessageType.QUERY)
+        [reply] = grid.send_and_receive([message], timeout=10)
+    assert reply.has_error() and reply.error.code == ErrorCode.INSTRUCTIONS
+
+
+def test_a_key_bundle_for_a_round_without_keys_is_refused_with_the_secagg_code() -> None:
+    with server_identity():
+        grid = InProcessGrid(client_app.app, [{}, {}])
+        reply = _ask(grid, 101, **{"key-bundle": b"\0" * 40, "bundle-round": 1})
+    assert reply.has_error() and reply.error.code == ErrorCode.SECAGG
+    assert "no secure aggregation state for round 1" in reply.error.reason
+
+
+def test_a_tampered_key_bundle_is_refused_without_crashing() -> None:
+    with server_identity():
+        grid = InProcessGrid(client_app.app, [{}, {}])
+        server = ServerRound(run_id=1, round=1, params=PARAMS, length=5)
+        for node in grid.contexts:
+            reply = _ask(grid, node, **{"advert-round": 1})
+            server.add_advert(node, reply.content.config_records[SECAGG_KEY]["key-advert"])  # type: ignore[arg-type]
+        bundle = server.key_bundles()[101]
+        reply = _ask(grid, 102, **{"key-bundle": bundle, "bundle-round": 1})  # 101's, to 102
+    assert reply.has_error() and reply.error.code == ErrorCode.SECAGG
