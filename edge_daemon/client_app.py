@@ -31,7 +31,7 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from edge_daemon import secagg_client
+from edge_daemon import secagg_client, ticket_install
 from edge_daemon.local_data import (
     LocalData,
     LocalDataError,
@@ -270,7 +270,9 @@ def train_secure(message: Message, context: Context) -> Message:
 
 @app.query()
 def query(message: Message, context: Context) -> Message:
-    """Secure aggregation's key setup and unmask steps; no other query is served."""
+    """A pushed ticket (`ticket deploy`), or secure aggregation's key setup and unmask steps."""
+    if ticket_install.is_install(message):
+        return ticket_install.install(message, context.node_config)
     try:
         if not secagg_client.is_secure(message):
             raise InstructionError("a query must carry a secure aggregation step")

@@ -12,6 +12,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 
 from server.evaluation import ServerEvaluator
+from server.rollout import Rollout, roll_out, write_outcome
 from server.secagg_round import SecAggPlan, SecurePackedFedAvg
 from server.strategy import PackedFedAvg, RoundPlan
 from server.training_run import run_resumable
@@ -87,11 +88,66 @@ class ServerSettings:
 app = ServerApp()
 
 
+@dataclass(frozen=True)
+class DeploySettings:
+    """A rollout run (`mode = "deploy"`): push the ticket at [ticket-path] to the devices."""
+
+    ticket_path: Path  # [ticket-path] the signed bundle to push
+    run_dir: Path  # [run-dir] where deploy.json (the acknowledgements) is written
+    fleet_key: Path  # [fleet-key] the server checks the signature too before pushing
+    timeout_s: float  # [round-timeout-s] how long devices have to answer
+    canary_fraction: float  # [canary-fraction] 0: everyone at once
+    seed: int  # [seed] picks the canary
+
+    @classmethod
+    def from_run_config(cls, config: Mapping[str, ConfigValue]) -> "DeploySettings":
+        required = {
+            key: _get(config, key, str, "") for key in ("ticket-path", "run-dir", "fleet-key")
+        }
+        for key, value in required.items():
+            if not value:
+                raise RunConfigError(f"run config: {key} is required to deploy")
+        fraction = float(_get(config, "canary-fraction", float, 0.0))
+        if not 0.0 <= fraction <= 1.0:
+            raise RunConfigError(f"run config: canary-fraction must be in [0, 1], got {fraction}")
+        return cls(
+            ticket_path=Path(required["ticket-path"]),
+            run_dir=Path(required["run-dir"]),
+            fleet_key=Path(required["fleet-key"]),
+            timeout_s=float(_get(config, "round-timeout-s", float, 600.0)),
+            canary_fraction=fraction,
+            seed=_get(config, "seed", int, 0),
+        )
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    mode = _get(context.run_config, "mode", str, "train")
+    if mode == "deploy":
+        rollout = run_deploy(grid, DeploySettings.from_run_config(context.run_config))
+        logger.info("rollout of %s: %s", rollout.ticket_id[:12], rollout.to_json())
+        return
+    if mode != "train":
+        raise RunConfigError(f'run config: mode must be "train" or "deploy", got {mode!r}')
     settings = ServerSettings.from_run_config(context.run_config)
     result = run_training(grid, settings)
     logger.info("finished %d rounds; final metrics %s", settings.num_rounds, result)
+
+
+def run_deploy(grid: Grid, settings: DeploySettings) -> Rollout:
+    """Verify the bundle against the fleet key, push it, write `deploy.json`."""
+    bundle = settings.ticket_path.read_bytes()
+    ticket = read_ticket(settings.ticket_path, trusted_keys=[settings.fleet_key.read_bytes()])
+    rollout = roll_out(
+        grid,
+        bundle,
+        ticket.content_id,
+        timeout=settings.timeout_s,
+        canary_fraction=settings.canary_fraction,
+        seed=settings.seed,
+    )
+    write_outcome(rollout, settings.run_dir)
+    return rollout
 
 
 def run_training(grid: Grid, settings: ServerSettings) -> Result:
