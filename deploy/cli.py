@@ -12,9 +12,9 @@ from ticket.errors import TicketError
 def _command_modules() -> list[ModuleType]:
     # Imported here, not at module level, so `ticket --help` stays fast and a broken
     # subcommand cannot stop the others from loading their own help.
-    from deploy import cmd_find, cmd_inspect, cmd_keys, cmd_registry
+    from deploy import cmd_deploy, cmd_find, cmd_inspect, cmd_keys, cmd_registry
 
-    return [cmd_find, cmd_inspect, cmd_keys, cmd_registry]
+    return [cmd_find, cmd_inspect, cmd_keys, cmd_registry, cmd_deploy]
 
 
 def build_parser() -> argparse.ArgumentParser:

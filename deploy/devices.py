@@ -122,7 +122,7 @@ def prepare_devices(
     root: Path,
     *,
     hospitals: tuple[str, ...] = HEART_SITES,
-    ticket: Path,
+    ticket: Path | None,
     fleet_key: Path,
     superlink: str,
     ports: list[int],
@@ -153,7 +153,8 @@ def prepare_devices(
         )
         readings = hospital_csv(hospital, directory / "readings.csv")
         _edge_daemon("ingest", "-c", str(device.config), str(readings))
-        _edge_daemon("tickets", "add", "-c", str(device.config), str(ticket))
+        if ticket is not None:  # else it arrives with `ticket deploy`
+            _edge_daemon("tickets", "add", "-c", str(device.config), str(ticket))
         devices.append(device)
     return devices
 
