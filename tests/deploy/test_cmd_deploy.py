@@ -1,0 +1,61 @@
+"""`ticket deploy` without a fleet: argument checks, the table, and a run that never reported."""
+
+from pathlib import Path
+
+import pytest
+
+from deploy.cli import main
+from deploy.cmd_deploy import format_acks
+from tests.inprocess import find_ticket
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("signed")
+    assert main(["keygen", "--out", str(directory / "fleet")]) == 0
+    return find_ticket(directory / "t.ticket", density=0.5, sign_key=directory / "fleet.key")
+
+
+def test_the_table_names_every_device_and_the_verdict() -> None:
+    document = {
+        "ticket_id": "ab" * 32,
+        "succeeded": False,
+        "nodes": [
+            {"node_id": 7, "status": "installed", "reason": "", "canary": True},
+            {"node_id": 8, "status": "rejected", "reason": "not trusted", "canary": False},
+            {"node_id": 9, "status": "offline", "reason": "no answer", "canary": False},
+        ],
+    }
+    table = format_acks(document)
+    assert "installed" in table and "(canary)" in table and "not trusted" in table
+    assert table.splitlines()[-1] == ("rollout did NOT succeed: 1 installed, 1 offline, 1 rejected")
+
+
+def test_a_canary_fraction_outside_0_1_is_refused(
+    signed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = signed.parent / "fleet.pub"
+    args = ["deploy", str(signed), "--connection", "x", "--fleet-key", str(key)]
+    assert main([*args, "--canary", "1.5"]) != 0
+    assert "--canary must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_a_ticket_from_another_fleet_is_refused_before_any_device_sees_it(
+    signed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["keygen", "--out", str(tmp_path / "other")]) == 0
+    args = ["deploy", str(signed), "--connection", "x", "--fleet-key", str(tmp_path / "other.pub")]
+    assert main([*args, "--run-dir", str(tmp_path / "run")]) != 0
+    assert "not trusted" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "deploy.json").exists()
+
+
+def test_a_run_that_cannot_be_submitted_is_an_error(
+    signed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = signed.parent / "fleet.pub"
+    args = ["deploy", str(signed), "--connection", "nowhere", "--fleet-key", str(key)]
+    home = tmp_path / "flwr"
+    home.mkdir()
+    assert main([*args, "--flwr-home", str(home), "--run-dir", str(tmp_path / "run")]) != 0
+    assert "left no deploy.json" in capsys.readouterr().err
