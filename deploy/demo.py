@@ -20,9 +20,9 @@ from typing import Any
 
 from deploy.devices import Device, DeviceSetupError, prepare_devices
 from deploy.loopback import Loopback, LoopbackError, RunOutcome, free_port
-from deploy.tls import write_dev_pki
 from ticket.config_text import ConfigValue
 from ticket.data.heart import HEART_SITES
+from ticket.tls import write_dev_pki
 
 HOSPITALS = len(HEART_SITES)  # heart-uci's natural partition: one partition per hospital
 APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app: the project's pyproject.toml

@@ -14,12 +14,9 @@ Without `tls` everything runs in plaintext (`--insecure`), for the Simulation En
 tests of the launcher itself.
 """
 
-import json
 import logging
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,43 +30,40 @@ from typing import IO, Any
 
 import psutil
 
-from deploy.tls import TlsFiles
 from server.run_log import RunLog
+from server.superlink import (
+    COMPLETED,
+    FINISHED_PREFIX,
+    FlowerCli,
+    SuperLinkError,
+    flower_env,
+    follow_stream,
+    free_port,
+    round_walls,
+    run_id_from_log,
+    superlink_command,
+    wait_for_port,
+)
 from ticket.config_text import ConfigValue, toml_values
+from ticket.tls import TlsFiles
 
 logger = logging.getLogger(__name__)
 
 CONNECTION = "loopback"
-FINISHED_PREFIX = "finished:"
-COMPLETED = "finished:completed"
-_RUN_ID = re.compile(r"Successfully started run (\d+)")
-_ROUND_START = re.compile(r"\[ROUND (\d+)/\d+\]")
-_STRATEGY_END = "Strategy execution finished"
+# The launcher's errors are the SuperLink module's: one class to catch, whichever layer raised.
+LoopbackError = SuperLinkError
+_round_walls = round_walls  # the tests' name for it
 
-
-class LoopbackError(RuntimeError):
-    """A Flower process could not be started, or the run could not be submitted or followed."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def flower_env(home: Path, bin_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        FLWR_HOME=str(home),
-        FLWR_TELEMETRY_ENABLED="0",
-        FLWR_DISABLE_UPDATE_CHECK="1",
-        # superexec starts flwr-serverapp / flwr-clientapp by name: use this environment's.
-        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
+__all__ = [
+    "COMPLETED",
+    "FINISHED_PREFIX",
+    "Loopback",
+    "LoopbackError",
+    "RunOutcome",
+    "flower_env",
+    "free_port",
+    "wait_for_port",
+]
 
 
 @dataclass(frozen=True)
@@ -164,7 +158,7 @@ class Loopback:
         if not self.superlink_port:
             self.superlink_port = free_port()
         address = f"127.0.0.1:{self.superlink_port}"
-        self._write_connection(address)
+        self.cli.write_connection(address, None if self.tls is None else self.tls.ca_cert)
         simulation: list[str] = []
         if self.simulation:
             if self.node_configs:
@@ -173,22 +167,17 @@ class Loopback:
                 *("--simulation", "--isolation", "subprocess"),
                 *("--control-api-address", f"127.0.0.1:{free_port()}"),
             ]
-        if self.node_auth and self.tls is None:
-            raise LoopbackError("node authentication needs TLS")
-        security = ["--insecure"] if self.tls is None else self.tls.superlink_args()
-        if self.node_auth:
-            security.append("--enable-supernode-auth")
+        command = superlink_command(
+            self.bin_dir,
+            host="127.0.0.1",
+            port=self.superlink_port,
+            database=self.workdir / "superlink" / "state.db",
+            tls=self.tls,
+            node_auth=self.node_auth,
+            extra=simulation,
+        )
         self._spawn(
-            "superlink",
-            [
-                "flower-superlink",
-                *security,
-                *simulation,
-                *("--host", "127.0.0.1", "--port", str(self.superlink_port)),
-                *("--database", str(self.workdir / "superlink" / "state.db")),
-                "--disable-runtime-dependency-installation",
-            ],
-            home=self.workdir / "superlink",
+            "superlink", ["flower-superlink", *command[1:]], home=self.workdir / "superlink"
         )
         wait_for_port(self.superlink_port, timeout_s=120.0, alive=self._check_alive)
         for index, key in enumerate(self.node_keys):
@@ -276,38 +265,24 @@ class Loopback:
         # the last logged round.
         offset = earlier[-1]["round"] if earlier else 0
         began = time.monotonic()
-        command = [
-            str(self.bin_dir / "flwr"),
-            *("run", str(self.app_dir), CONNECTION),
-            *("--run-config", toml_values(config)),
-            *(("--federation-config", toml_values(federation_config)) if federation_config else ()),
-            "--stream",
-        ]
         self.attempts += 1
         log_path = self.workdir / "logs" / f"flwr-run-{self.attempts}.log"
-        with log_path.open("wb") as stream_log:
-            stream = subprocess.Popen(
-                command,
-                stdout=stream_log,
-                stderr=subprocess.STDOUT,
-                env=self._env(self.workdir / "cli"),
-                cwd=self.app_dir,
-                start_new_session=True,
+        stream = self.cli.submit(
+            self.app_dir, config, log_path=log_path, federation_config=federation_config
+        )
+        self._track(stream, "flwr-run")
+        try:
+            marks = follow_stream(
+                stream, log_path, deadline=began + timeout_s, offset=offset, on_round=on_round
             )
-            self._track(stream, "flwr-run")
-            try:
-                marks = _follow(
-                    stream, log_path, deadline=began + timeout_s, offset=offset, on_round=on_round
-                )
-            finally:
-                if stream.poll() is None:
-                    _signal_group(stream, signal.SIGKILL)
-                stream.wait()
-        match = _RUN_ID.search(log_path.read_text(errors="replace"))
-        if match is None:
+        finally:
+            if stream.poll() is None:
+                _signal_group(stream, signal.SIGKILL)
+            stream.wait()
+        run_id = run_id_from_log(log_path)
+        if run_id is None:
             raise LoopbackError(f"flwr run did not start a run; see {log_path}")
-        run_id = int(match.group(1))
-        status = self._wait_finished(run_id, deadline=began + timeout_s)
+        status = self.cli.wait_finished(run_id, deadline=began + timeout_s, check=self._check_alive)
         wall = time.monotonic() - began
         rounds = log.read() if log is not None else []
         return RunOutcome(
@@ -315,36 +290,11 @@ class Loopback:
             status=status,
             wall_s=wall,
             rounds=rounds,
-            round_wall_s=_round_walls(marks),
+            round_wall_s=round_walls(marks),
         )
 
     def run_status(self, run_id: int) -> str:
-        result = subprocess.run(
-            [
-                *(str(self.bin_dir / "flwr"), "ls", CONNECTION),
-                *("--run-id", str(run_id), "--format", "json"),
-            ],
-            capture_output=True,
-            env=self._env(self.workdir / "cli"),
-            timeout=120,
-            check=False,
-        )
-        try:
-            runs = json.loads(result.stdout)["runs"]
-            status: str = runs[0]["status"]
-        except (ValueError, KeyError, IndexError) as error:
-            raise LoopbackError(f"flwr ls failed: {result.stdout[-500:]!r}") from error
-        return status
-
-    def _wait_finished(self, run_id: int, *, deadline: float) -> str:
-        while True:
-            status = self.run_status(run_id)
-            if status.startswith(FINISHED_PREFIX):
-                return status
-            if time.monotonic() > deadline:
-                return "timeout"
-            self._check_alive()
-            time.sleep(2.0)
+        return self.cli.run_status(run_id)
 
     # -- fault injection ---------------------------------------------------------------------
 
@@ -396,36 +346,14 @@ class Loopback:
         home.mkdir(parents=True, exist_ok=True)
         return flower_env(home, self.bin_dir)
 
-    def _write_connection(self, address: str) -> None:
-        home = self.workdir / "cli"
-        home.mkdir(parents=True, exist_ok=True)
-        trust = (
-            "insecure = true"
-            if self.tls is None
-            else f"root-certificates = {json.dumps(str(self.tls.ca_cert))}"
-        )
-        (home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-            f'[superlink.{CONNECTION}]\naddress = "{address}"\n{trust}\n'
-        )
+    @property
+    def cli(self) -> FlowerCli:
+        """The `flwr` CLI with this launcher's connection (its FLWR_HOME is `<workdir>/cli`)."""
+        return FlowerCli(self.workdir / "cli", self.bin_dir, CONNECTION)
 
     def register_node(self, public_key: Path, *, name: str) -> None:
         """`flwr supernode register`: let the node holding this key's private half join."""
-        result = subprocess.run(
-            [
-                *(str(self.bin_dir / "flwr"), "supernode", "register", str(public_key)),
-                *(CONNECTION, "--name", name),
-            ],
-            capture_output=True,
-            text=True,
-            env=self._env(self.workdir / "cli"),
-            timeout=120,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise LoopbackError(
-                f"flwr supernode register {public_key.name}: {result.stdout[-500:]}"
-            )
+        self.cli.register_node(public_key, name=name)
 
     def _spawn(self, label: str, command: list[str], *, home: Path) -> None:
         executable = self.bin_dir / command[0]
@@ -483,45 +411,6 @@ class Loopback:
                         self.peak_rss[key] = max(self.peak_rss.get(key, 0), rss)
 
 
-def _follow(
-    stream: subprocess.Popen[bytes],
-    log_path: Path,
-    *,
-    deadline: float,
-    offset: int = 0,
-    on_round: Callable[[int], None] | None = None,
-) -> dict[str, float]:
-    """Wait for `flwr run --stream` to end; when each round (and the strategy) was logged.
-
-    Keys are run-wide round numbers (Flower's `[ROUND k/N]` plus `offset`) and "end".
-    """
-    marks: dict[str, float] = {}
-    while True:
-        finished = stream.poll() is not None
-        text = log_path.read_text(errors="replace")
-        now = time.monotonic()
-        for logged in _ROUND_START.findall(text):
-            number = str(int(logged) + offset)
-            if number not in marks:
-                marks[number] = now
-                if on_round is not None:
-                    on_round(int(number))
-        if _STRATEGY_END in text:
-            marks.setdefault("end", now)
-        if finished or now > deadline:
-            return marks
-        time.sleep(0.5)
-
-
-def _round_walls(marks: Mapping[str, float]) -> dict[int, float]:
-    """Round k lasted from its `[ROUND k/N]` line to the next one (or to the strategy's end)."""
-    starts = sorted((int(key), at) for key, at in marks.items() if key != "end")
-    if not starts:
-        return {}
-    ends = [at for _, at in starts[1:]] + [marks.get("end", float("nan"))]
-    return {number: end - start for (number, start), end in zip(starts, ends, strict=True)}
-
-
 def _tree(pid: int) -> Iterator[psutil.Process]:
     try:
         root = psutil.Process(pid)
@@ -556,17 +445,3 @@ def _wait_dead(process: psutil.Process, *, timeout_s: float) -> None:
 def _signal_group(popen: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     with suppress(ProcessLookupError, PermissionError):
         os.killpg(popen.pid, sig)  # start_new_session=True: the group id is the pid
-
-
-def wait_for_port(port: int, *, timeout_s: float, alive: Any = None) -> None:
-    """Until something accepts TCP connections on 127.0.0.1:`port`."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.settimeout(1.0)
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        if alive is not None:
-            alive()
-        time.sleep(0.5)
-    raise LoopbackError(f"nothing listens on 127.0.0.1:{port} after {timeout_s:.0f} s")

@@ -46,19 +46,15 @@ and the dotted key. Relative paths resolve against the directory of daemon.yaml.
                                       #   of its sensors
 """
 
-import contextlib
-import dataclasses
-import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from edge_daemon.eligibility import EligibilityPolicy, TimeWindow
 from edge_daemon.readings import SCHEMAS
+from ticket.config_schema import SchemaLoader, show_value
 
 
 class ConfigError(Exception):
@@ -117,7 +113,7 @@ def load_config(path: Path | str) -> DaemonConfig:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or "cannot parse"
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
-    loader = _Loader(str(path), path.absolute().parent)
+    loader = SchemaLoader(str(path), path.absolute().parent, error_type=ConfigError, parsed=_PARSED)
     config: DaemonConfig = loader.build(DaemonConfig, {} if data is None else data, "")
     _check_server(config.server, loader)
     if config.supervisor.backoff_max_s < config.supervisor.backoff_initial_s:
@@ -125,10 +121,12 @@ def load_config(path: Path | str) -> DaemonConfig:
     return config
 
 
-def _check_server(server: ServerConfig, loader: "_Loader") -> None:
+def _check_server(server: ServerConfig, loader: SchemaLoader) -> None:
     host, _, port = server.address.rpartition(":")
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise loader.error("server.address", f'expected "host:port", got {_show(server.address)}')
+        raise loader.error(
+            "server.address", f'expected "host:port", got {show_value(server.address)}'
+        )
     if server.insecure and server.root_certificates is not None:
         raise loader.error("server.insecure", "true conflicts with server.root_certificates")
     if not server.insecure and server.root_certificates is None:
@@ -137,115 +135,3 @@ def _check_server(server: ServerConfig, loader: "_Loader") -> None:
 
 # Types read from a YAML string by a parser that raises ValueError with the rule broken.
 _PARSED: dict[type, typing.Callable[[str], object]] = {TimeWindow: TimeWindow.parse}
-
-
-class _Loader:
-    """Walks the YAML data alongside the dataclass schema, keeping the dotted key for errors."""
-
-    def __init__(self, source: str, base_dir: Path) -> None:
-        self._source = source
-        self._base_dir = base_dir
-
-    def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(
-            f"{self._source}: {key}: {message}" if key else f"{self._source}: {message}"
-        )
-
-    def build(self, schema: Any, data: object, key: str) -> Any:
-        if not isinstance(data, dict):
-            raise self.error(key, f"must be a mapping of keys, got {_show(data)}")
-        fields = {spec.name: spec for spec in dataclasses.fields(schema)}
-        for name in data:
-            if name not in fields:
-                known = ", ".join(fields)
-                raise self.error(_join(key, str(name)), f"unknown key; expected one of: {known}")
-        hints = typing.get_type_hints(schema)
-        values = {}
-        for name, spec in fields.items():
-            if name in data:
-                values[name] = self._value(hints[name], data[name], _join(key, name), spec.metadata)
-            elif (
-                spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
-            ):
-                raise self.error(_join(key, name), "required")
-        return schema(**values)
-
-    def _value(self, hint: Any, raw: object, key: str, rules: typing.Mapping[str, Any]) -> object:
-        options = typing.get_args(hint)
-        if typing.get_origin(hint) in (types.UnionType, typing.Union):  # X | None
-            if raw is None:
-                return None
-            (hint,) = (option for option in options if option is not type(None))
-            return self._value(hint, raw, key, rules)
-        if typing.get_origin(hint) is tuple:  # tuple[X, ...]
-            if not isinstance(raw, list):
-                raise self.error(key, f"must be a list, got {_show(raw)}")
-            return tuple(
-                self._value(options[0], item, f"{key}[{i}]", {}) for i, item in enumerate(raw)
-            )
-        if dataclasses.is_dataclass(hint) and hint not in _PARSED:  # TimeWindow is a string
-            return self.build(hint, raw, key)
-        return self._scalar(hint, raw, key, rules)
-
-    def _scalar(self, hint: Any, raw: object, key: str, rules: typing.Mapping[str, Any]) -> object:
-        if hint is bool:
-            if not isinstance(raw, bool):
-                raise self.error(key, f"must be true or false, got {_show(raw)}")
-            return raw
-        if hint in (int, float):
-            return self._number(hint, raw, key, rules)
-        if not isinstance(raw, str) or not raw:
-            raise self.error(key, f"must be a non-empty string, got {_show(raw)}")
-        choices = rules.get("choices")
-        if choices is not None and raw not in choices:
-            raise self.error(key, f"must be one of: {', '.join(choices)}; got {_show(raw)}")
-        if hint is Path:
-            return self._base_dir / Path(raw).expanduser()  # an absolute raw path wins
-        if hint is str:
-            return raw
-        try:
-            return _PARSED[hint](raw)
-        except ValueError as error:
-            raise self.error(key, f"{error}; got {_show(raw)}") from None
-
-    def _number(self, hint: type, raw: object, key: str, rules: typing.Mapping[str, Any]) -> object:
-        value = math.nan
-        # bool is an int subclass, but YAML's true is not 1; 2.0 is not a whole number.
-        is_typed = isinstance(raw, int) or (hint is float and isinstance(raw, float))
-        if is_typed and not isinstance(raw, bool):
-            # An integer beyond float's range stays NaN: it is outside every range here.
-            with contextlib.suppress(OverflowError):
-                value = float(typing.cast(float, raw))
-        is_ok = (
-            math.isfinite(value)
-            and value >= rules.get("ge", -math.inf)
-            and value > rules.get("gt", -math.inf)
-            and value <= rules.get("le", math.inf)
-        )
-        if not is_ok:
-            kind = "a whole number" if hint is int else "a number"
-            raise self.error(key, f"must be {kind}{_bounds(rules)}, got {_show(raw)}")
-        return raw if hint is int else value
-
-
-def _bounds(rules: typing.Mapping[str, Any]) -> str:
-    low = rules.get("ge", rules.get("gt"))
-    high = rules.get("le")
-    if low is not None and high is not None:
-        return f" in {'[' if 'ge' in rules else '('}{low:g}, {high:g}]"
-    if low is not None:
-        return f" {'>=' if 'ge' in rules else '>'} {low:g}"
-    return f" <= {high:g}" if high is not None else ""
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
-def _show(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."

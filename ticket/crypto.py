@@ -5,6 +5,7 @@ and signatures as bytes; callers never hold key objects, so they cannot mix up k
 forget a check. Every verification failure raises the same opaque `IntegrityError`.
 """
 
+import base64
 import datetime
 import hashlib
 import ipaddress
@@ -55,6 +56,24 @@ def generate_node_auth_key(comment: str) -> tuple[bytes, str]:
     )
     line = public.decode("ascii")
     return private, f"{line} {comment}" if comment else line
+
+
+_NODE_AUTH_CURVES = ("secp256r1", "secp384r1", "secp521r1")  # what Flower's node auth accepts
+
+
+def node_auth_fingerprint(public_line: bytes) -> str:
+    """OpenSSH's "SHA256:..." fingerprint of a SuperNode public key line
+    (`ecdsa-sha2-nistp384 AAAA... comment`); KeyFormatError unless it is an OpenSSH ECDSA key on
+    a NIST curve, the kind `flwr supernode register` accepts."""
+    try:
+        key = serialization.load_ssh_public_key(public_line.strip())
+    except (ValueError, UnsupportedAlgorithm):
+        raise KeyFormatError("not an OpenSSH public key line") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name not in _NODE_AUTH_CURVES:
+        raise KeyFormatError("not an ECDSA key on a NIST curve (edge-daemon keygen makes one)")
+    blob = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    raw = base64.b64decode(blob.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(raw).digest()).decode().rstrip("=")
 
 
 def load_private_key(pem: bytes) -> Ed25519PrivateKey:

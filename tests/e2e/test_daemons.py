@@ -19,8 +19,8 @@ from deploy.cli import main as ticket_cli
 from deploy.demo import run_config
 from deploy.devices import UNPLUGGED, prepare_devices
 from deploy.loopback import Loopback, free_port
-from deploy.tls import write_dev_pki
 from tests.inprocess import find_ticket
+from ticket.tls import write_dev_pki
 
 APP_DIR = Path(__file__).resolve().parents[2]
 HOSPITALS = ("Cleveland", "Hungary", "VA Long Beach")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from deploy.tls import write_dev_pki
 from ticket.crypto import generate_tls_ca, generate_tls_server_cert
+from ticket.tls import write_dev_pki
 
 
 def test_the_server_certificate_is_issued_by_the_ca_for_each_host(tmp_path: Path) -> None:

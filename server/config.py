@@ -1,0 +1,178 @@
+"""server.yaml, fleet-server's one configuration file, loaded into a frozen `FleetConfig`.
+
+The dataclasses below are the schema (ticket/config_schema.py walks them): a field's type is the
+key's type, a field with a default is optional. Unknown keys, wrong types and out-of-range
+values raise `ConfigError` naming the file and the dotted key. Relative paths resolve against
+the directory of server.yaml. deploy/examples/server.yaml documents every key.
+
+Paths left out (tls.*, fleet_key, fleet_signing_key) mean "the files `fleet-server init` makes
+under state_dir"; paths given are the operator's own and must exist when they are used.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from server.paths import ServerPaths
+from ticket.codec import DTYPES
+from ticket.config_schema import SchemaLoader
+from ticket.config_text import ConfigValue
+from ticket.data import DATASETS
+from ticket.tls import TlsFiles
+
+OPTIMIZERS = ("adam", "sgd")  # ticket.train.OPTIMIZERS, without importing torch for `status`
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+class ConfigError(Exception):
+    """server.yaml is missing, unreadable, or does not fit the schema."""
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    host: str = "0.0.0.0"  # the SuperLink's address for nodes and the `flwr` CLI
+    port: int = field(default=9092, metadata={"ge": 1, "le": 65535})
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    ca_cert: Path | None = None
+    server_cert: Path | None = None
+    server_key: Path | None = None
+    # Names and addresses the development server certificate covers (its SANs).
+    hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """The training run; each key maps onto one ServerApp run-config key (server_app.py)."""
+
+    ticket: Path  # [ticket-path]
+    name: str = "main"  # the run directory state_dir/runs/NAME; a new name starts afresh
+    rounds: int = field(default=3, metadata={"ge": 1})  # [num-rounds]
+    min_nodes: int = field(default=2, metadata={"ge": 1})  # [min-nodes]
+    round_timeout_s: float = field(default=600.0, metadata={"gt": 0})  # [round-timeout-s]
+    fraction_train: float = field(default=1.0, metadata={"gt": 0, "le": 1})
+    fraction_evaluate: float = field(default=1.0, metadata={"ge": 0, "le": 1})
+    min_replies: int = field(default=1, metadata={"ge": 1})
+    local_epochs: int = field(default=1, metadata={"ge": 1})
+    batch_size: int = field(default=32, metadata={"ge": 1})
+    lr: float = field(default=0.001, metadata={"gt": 0})
+    optimizer: str = field(default="adam", metadata={"choices": OPTIMIZERS})
+    uplink_dtype: str = field(default="float32", metadata={"choices": DTYPES})
+    downlink_dtype: str = field(default="float32", metadata={"choices": DTYPES})
+    seed: int = field(default=0, metadata={"ge": 0})
+    server_eval: str | None = field(default=None, metadata={"choices": tuple(DATASETS)})
+    allow_unsigned: bool = False
+    secagg: bool = False
+    secagg_clip: float = field(default=0.25, metadata={"gt": 0})
+    secagg_levels: int = field(default=16384, metadata={"ge": 2})
+    secagg_weight_cap: int = field(default=1000, metadata={"ge": 1})
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    state_dir: Path
+    run: RunSection
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    node_auth: bool = True  # admit only nodes enrolled with `fleet-server enroll`
+    fleet_key: Path | None = None  # PEM Ed25519 public key every ticket must be signed by
+    fleet_signing_key: Path | None = None  # its private half (`ticket sign --key`)
+
+    @property
+    def paths(self) -> ServerPaths:
+        return ServerPaths(self.state_dir)
+
+    @property
+    def is_dev_pki(self) -> bool:
+        """No tls paths given: `init` writes a development CA and server certificate."""
+        return self.tls.ca_cert is None
+
+    @property
+    def tls_files(self) -> TlsFiles:
+        if self.tls.ca_cert is None or self.tls.server_cert is None or self.tls.server_key is None:
+            pki = self.paths.pki_dir
+            return TlsFiles(pki / "ca.crt", pki / "server.crt", pki / "server.key")
+        return TlsFiles(self.tls.ca_cert, self.tls.server_cert, self.tls.server_key)
+
+    @property
+    def fleet_public_key(self) -> Path:
+        return self.fleet_key or self.paths.keys_dir / "fleet.pub"
+
+    @property
+    def fleet_private_key(self) -> Path:
+        return self.fleet_signing_key or self.paths.keys_dir / "fleet.key"
+
+    @property
+    def connect_host(self) -> str:
+        """Where the `flwr` CLI on this machine reaches the SuperLink."""
+        return "127.0.0.1" if self.listen.host in WILDCARD_HOSTS else self.listen.host
+
+    @property
+    def connect_address(self) -> str:
+        host = self.connect_host
+        return f"[{host}]:{self.listen.port}" if ":" in host else f"{host}:{self.listen.port}"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.paths.run_dir(self.run.name)
+
+    def run_config(self) -> dict[str, ConfigValue]:
+        """The ServerApp's run config (`flwr run --run-config`); the same every time, so a
+        re-run resumes from the run directory's checkpoints."""
+        run = self.run
+        return {
+            "ticket-path": str(run.ticket),
+            "run-dir": str(self.run_dir),
+            "fleet-key": "" if run.allow_unsigned else str(self.fleet_public_key),
+            "allow-unsigned": run.allow_unsigned,
+            "num-rounds": run.rounds,
+            "round-timeout-s": run.round_timeout_s,
+            "fraction-train": run.fraction_train,
+            "fraction-evaluate": run.fraction_evaluate,
+            "min-nodes": run.min_nodes,
+            "min-replies": run.min_replies,
+            "local-epochs": run.local_epochs,
+            "batch-size": run.batch_size,
+            "lr": run.lr,
+            "optimizer": run.optimizer,
+            "uplink-dtype": run.uplink_dtype,
+            "downlink-dtype": run.downlink_dtype,
+            "seed": run.seed,
+            "server-eval": run.server_eval or "",
+            "secagg": run.secagg,
+            "secagg-clip": run.secagg_clip,
+            "secagg-levels": run.secagg_levels,
+            "secagg-weight-cap": run.secagg_weight_cap,
+        }
+
+
+def load_config(path: Path | str) -> FleetConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "cannot parse"
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    loader = SchemaLoader(str(path), path.absolute().parent, error_type=ConfigError)
+    config: FleetConfig = loader.build(FleetConfig, {} if data is None else data, "")
+    given = [name for name in ("ca_cert", "server_cert", "server_key") if getattr(config.tls, name)]
+    if given and len(given) != 3:
+        raise loader.error(
+            "tls", "give all of ca_cert, server_cert and server_key, or none (init makes them)"
+        )
+    if not config.tls.hosts:
+        raise loader.error("tls.hosts", "needs at least one name or address")
+    return config

@@ -1,0 +1,135 @@
+"""Enrolment records: which node keys the operator let in, under which names, and when.
+
+`fleet-server enroll` registers a key with the SuperLink and records it in state_dir/nodes.json
+(one object per node id: name, key fingerprint, public key line, enrolled_at). The SuperLink's
+database knows nodes by id and status only; `fleet-server nodes` joins the two.
+"""
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ticket.atomic import atomic_write_text
+from ticket.crypto import KeyFormatError, node_auth_fingerprint
+
+MAX_KEY_BYTES = 4096  # an OpenSSH ECDSA public key line is a few hundred bytes
+
+
+class EnrolmentError(Exception):
+    """A node key file is malformed, a name is taken, or the records file is damaged."""
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    node_id: int
+    name: str
+    fingerprint: str  # OpenSSH "SHA256:..." of the node's public key
+    public_key: str  # the OpenSSH public key line as enrolled
+    enrolled_at: str  # ISO 8601, UTC
+
+
+def read_node_key(path: Path) -> tuple[str, str]:
+    """(public key line, fingerprint) of a node's KEY.pub; EnrolmentError naming the file."""
+    try:
+        data = path.read_bytes()[: MAX_KEY_BYTES + 1]
+    except FileNotFoundError:
+        raise EnrolmentError(f"{path}: no such file") from None
+    except OSError as error:
+        raise EnrolmentError(f"{path}: cannot read: {error.strerror}") from None
+    if len(data) > MAX_KEY_BYTES:
+        raise EnrolmentError(f"{path}: too large for a node's public key")
+    try:
+        fingerprint = node_auth_fingerprint(data)
+        line = data.decode("ascii").strip()
+    except (KeyFormatError, UnicodeDecodeError) as error:
+        reason = error if isinstance(error, KeyFormatError) else "not ASCII text"
+        raise EnrolmentError(
+            f"{path}: {reason}; expected the node's KEY.pub from `edge-daemon keygen`"
+        ) from None
+    if "\n" in line:
+        raise EnrolmentError(f"{path}: holds more than one line; expected one public key")
+    return line, fingerprint
+
+
+class EnrolmentRecords:
+    """state_dir/nodes.json, rewritten atomically on every change."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def read(self) -> list[Enrolment]:
+        if not self.path.exists():
+            return []
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            return [Enrolment(**entry) for entry in data["nodes"]]
+        except (ValueError, KeyError, TypeError) as error:
+            raise EnrolmentError(f"{self.path}: damaged enrolment records: {error}") from None
+
+    def find(self, *, name: str | None = None, fingerprint: str | None = None) -> Enrolment | None:
+        for entry in self.read():
+            if entry.name == name or entry.fingerprint == fingerprint:
+                return entry
+        return None
+
+    def add(self, entry: Enrolment) -> None:
+        entries = [e for e in self.read() if e.node_id != entry.node_id] + [entry]
+        self._write(entries)
+
+    def _write(self, entries: Sequence[Enrolment]) -> None:
+        document = {"nodes": [asdict(entry) for entry in sorted(entries, key=_by_name)]}
+        atomic_write_text(self.path, json.dumps(document, indent=2) + "\n", mode=0o600)
+
+
+def _by_name(entry: Enrolment) -> str:
+    return entry.name
+
+
+def merge_nodes(
+    records: Sequence[Enrolment], listed: Sequence[Mapping[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """One row per node: enrolment records joined with `flwr supernode list` by node id.
+
+    `listed` None: the SuperLink is not running, so online state is unknown. A node the SuperLink
+    lists without a record was registered some other way (name null).
+    """
+    by_id = {str(node.get("node-id")): node for node in listed or ()}
+    rows: list[dict[str, Any]] = []
+    for entry in records:
+        node = by_id.pop(str(entry.node_id), None)
+        rows.append(_row(entry.node_id, entry, node, is_known=listed is not None))
+    for node_id, node in sorted(by_id.items()):
+        if node.get("status") not in ("unregistered", "deleted"):
+            rows.append(_row(int(node_id), None, node, is_known=True))
+    return rows
+
+
+def _row(
+    node_id: int, entry: Enrolment | None, node: Mapping[str, Any] | None, *, is_known: bool
+) -> dict[str, Any]:
+    status = str(node.get("status")) if node else ("missing" if is_known else "unknown")
+    online_at = _time(node.get("online-at")) if node else None
+    offline_at = _time(node.get("offline-at")) if node else None
+    last_seen = (
+        datetime.now().astimezone().isoformat(timespec="seconds")
+        if status == "online"
+        else offline_at
+    )
+    return {
+        "node_id": node_id,
+        "name": entry.name if entry else None,
+        "fingerprint": entry.fingerprint if entry else None,
+        "enrolled_at": entry.enrolled_at if entry else None,
+        "status": status,  # online, offline, registered (never connected), missing, unknown
+        "online": status == "online",
+        "online_since": online_at if status == "online" else None,
+        "last_seen": last_seen,
+    }
+
+
+def _time(value: object) -> str | None:
+    """Flower prints "N/A" for a time that never happened."""
+    return None if value in (None, "", "N/A") else str(value)

@@ -1,0 +1,138 @@
+"""What `fleet-server status` and the metrics endpoint report: a run's rounds, from its log.
+
+Reads the run directory's rounds.jsonl (server/run_log.py) and nothing else, so it works while
+the run is going, after it finished, and while the server is down.
+"""
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from server.run_log import RunLog
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    round: int
+    finished_at: str | None
+    participants: int
+    dropouts: int  # nodes that failed or whose update was rejected
+    server_accuracy: float | None  # the server's held-out evaluation
+    federated_accuracy: float | None  # the nodes' own evaluation, example-weighted
+    bytes_up: int
+    bytes_down: int
+
+    @property
+    def accuracy(self) -> float | None:
+        """Held-out accuracy when the server evaluates, else the federated one."""
+        return self.server_accuracy if self.server_accuracy is not None else self.federated_accuracy
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_dir: Path
+    rounds_planned: int
+    rounds: list[RoundSummary] = field(default_factory=list)
+    run_id: int | None = None  # the Flower run last submitted
+    run_status: str | None = None  # as `flwr ls` says; None when the SuperLink is not running
+
+    @property
+    def last_round(self) -> int:
+        return self.rounds[-1].round if self.rounds else 0
+
+    @property
+    def dropouts_total(self) -> int:
+        return sum(summary.dropouts for summary in self.rounds)
+
+    @property
+    def bytes_up_total(self) -> int:
+        return sum(summary.bytes_up for summary in self.rounds)
+
+    @property
+    def bytes_down_total(self) -> int:
+        return sum(summary.bytes_down for summary in self.rounds)
+
+    @property
+    def accuracy(self) -> float | None:
+        """The latest round's accuracy that was measured."""
+        measured = [s.accuracy for s in self.rounds if s.accuracy is not None]
+        return measured[-1] if measured else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "run_id": self.run_id,
+            "run_status": self.run_status,
+            "rounds_planned": self.rounds_planned,
+            "last_round": self.last_round,
+            "accuracy": self.accuracy,
+            "dropouts_total": self.dropouts_total,
+            "bytes_up_total": self.bytes_up_total,
+            "bytes_down_total": self.bytes_down_total,
+            "rounds": [{**asdict(s), "accuracy": s.accuracy} for s in self.rounds],
+        }
+
+
+def summarize_round(line: Mapping[str, Any]) -> RoundSummary:
+    """One rounds.jsonl line, reduced to what an operator watches."""
+    traffic = line.get("bytes") or {}
+    return RoundSummary(
+        round=int(line["round"]),
+        finished_at=line.get("finished_at"),
+        participants=len(line.get("participants") or ()),
+        dropouts=len(line.get("failures") or {}) + len(line.get("rejected") or {}),
+        server_accuracy=_accuracy(line.get("server_eval")),
+        federated_accuracy=_accuracy(line.get("federated_eval")),
+        bytes_up=int(traffic.get("up_total", 0)),
+        bytes_down=int(traffic.get("down_total", 0)),
+    )
+
+
+def read_summary(
+    run_dir: Path,
+    *,
+    rounds_planned: int,
+    run_id: int | None = None,
+    run_status: str | None = None,
+) -> RunSummary:
+    lines = RunLog(run_dir / "rounds.jsonl").read()
+    rounds = sorted((summarize_round(line) for line in lines), key=lambda s: s.round)
+    return RunSummary(run_dir, rounds_planned, rounds, run_id, run_status)
+
+
+def format_summary(summary: RunSummary) -> str:
+    """The human-readable `fleet-server status`."""
+    run = f"run {summary.run_id}" if summary.run_id is not None else "no run submitted yet"
+    status = summary.run_status or "unknown (SuperLink not running)"
+    lines = [
+        f"{run}: {status}; round {summary.last_round}/{summary.rounds_planned}",
+        f"run dir {summary.run_dir}",
+        f"bytes up {summary.bytes_up_total}  down {summary.bytes_down_total}  "
+        f"dropouts {summary.dropouts_total}",
+    ]
+    if summary.rounds:
+        lines.append(
+            f"{'round':>5} {'nodes':>5} {'drop':>4} {'accuracy':>8} {'bytes up':>10} "
+            f"{'bytes down':>10}  finished"
+        )
+        lines += [_row(s) for s in summary.rounds]
+    return "\n".join(lines)
+
+
+def _row(summary: RoundSummary) -> str:
+    accuracy = "-" if summary.accuracy is None else f"{summary.accuracy:.3f}"
+    return (
+        f"{summary.round:>5} {summary.participants:>5} {summary.dropouts:>4} {accuracy:>8} "
+        f"{summary.bytes_up:>10} {summary.bytes_down:>10}  {summary.finished_at or ''}"
+    )
+
+
+def _accuracy(section: object) -> float | None:
+    if not isinstance(section, Mapping):
+        return None
+    value = section.get("accuracy")
+    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+        return None
+    return float(value)

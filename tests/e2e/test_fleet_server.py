@@ -1,0 +1,163 @@
+"""fleet-server end to end: init, run, enroll, kill -9, run again, and the run resumes.
+
+`fleet-server init` makes the state directory, a development CA and the fleet key; the ticket is
+signed with that key. `fleet-server run` (a subprocess, as an operator starts it) serves TLS with
+node authentication; two devices are enrolled with `fleet-server enroll`, a third is not. Once
+round 1 is checkpointed the fleet-server's process group gets SIGKILL (its SuperLink, in a
+session of its own, is left running); the second `fleet-server run` stops that leftover,
+restarts the SuperLink on the same database and resumes: rounds 1..N each logged exactly once,
+and the unenrolled node never takes part.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from deploy.devices import prepare_devices
+from server.superlink import free_port, is_listening
+from tests.inprocess import find_ticket
+
+BIN = Path(sys.executable).parent
+ROUNDS = 3
+
+
+def _yaml(state: Path, ticket: Path, port: int) -> str:
+    return "\n".join(
+        [
+            f"state_dir: {json.dumps(str(state))}",
+            "listen:",
+            "  host: 127.0.0.1",
+            f"  port: {port}",
+            "run:",
+            f"  ticket: {json.dumps(str(ticket))}",
+            f"  rounds: {ROUNDS}",
+            "  min_nodes: 2",
+            "  round_timeout_s: 30",
+            "  server_eval: heart-uci",
+            "",
+        ]
+    )
+
+
+def _fleet_server(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "fleet-server"), *args], capture_output=True, text=True, timeout=180, check=False
+    )
+
+
+def _start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _wait_for(condition: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _kill_group(popen: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(popen.pid, sig)
+
+
+@pytest.mark.slow
+def test_a_killed_fleet_server_resumes_and_admits_only_enrolled_nodes(tmp_path: Path) -> None:
+    port = free_port()
+    state = tmp_path / "state"
+    ticket = tmp_path / "heart.ticket"
+    config = tmp_path / "server.yaml"
+    config.write_text(_yaml(state, ticket, port))
+    init = _fleet_server("init", "-c", str(config))
+    assert init.returncode == 0, init.stderr
+    find_ticket(ticket, density=0.1, sign_key=state / "keys" / "fleet.key")
+    devices = prepare_devices(
+        tmp_path / "devices",
+        hospitals=("Cleveland", "Hungary", "Switzerland"),
+        ticket=ticket,
+        fleet_key=state / "keys" / "fleet.pub",
+        superlink=f"127.0.0.1:{port}",
+        ports=[free_port() for _ in range(3)],
+        root_certificates=state / "pki" / "ca.crt",
+        node_auth=True,
+    )
+    run_command = [str(BIN / "fleet-server"), "run", "-c", str(config)]
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        first = _start(run_command, tmp_path / "first.log")
+        started.append(first)
+        _wait_for(lambda: is_listening("127.0.0.1", port), 120, "the SuperLink")
+        for device in devices[:2]:  # Switzerland is not enrolled
+            enrolled = _fleet_server("enroll", str(device.public_key), "--name", device.name,
+                                     "-c", str(config))  # fmt: skip
+            assert enrolled.returncode == 0, enrolled.stderr
+        for index, device in enumerate(devices):
+            daemon = [str(BIN / "edge-daemon"), "run", "-c", str(device.config)]
+            started.append(_start(daemon, tmp_path / f"daemon-{index}.log"))
+        checkpoint = state / "runs" / "main" / "checkpoints" / "round-000001.ckpt"
+        _wait_for(checkpoint.exists, 150, "round 1's checkpoint")
+        superlinks = [
+            p for p in psutil.Process(first.pid).children(recursive=True)
+            if "flower-superlink" in " ".join(p.cmdline())
+        ]  # fmt: skip
+        _kill_group(first, signal.SIGKILL)  # the SuperLink has its own session: it survives
+        first.wait(timeout=10)
+        assert any(p.is_running() for p in superlinks)
+
+        metrics_port = free_port()
+        second = _start(
+            [*run_command, "--metrics-port", str(metrics_port)], tmp_path / "second.log"
+        )
+        started.append(second)
+        _wait_for(lambda: "submitted" in (tmp_path / "second.log").read_text(), 120, "the rerun")
+        nodes = _fleet_server("nodes", "--json", "-c", str(config))
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            metrics = response.read().decode()
+        assert second.wait(timeout=240) == 0, (tmp_path / "second.log").read_text()
+    finally:
+        for popen in reversed(started):
+            _kill_group(popen, signal.SIGTERM)
+        for popen in started:
+            with suppress(subprocess.TimeoutExpired):
+                popen.wait(timeout=20)
+            _kill_group(popen, signal.SIGKILL)
+
+    second_log = (tmp_path / "second.log").read_text()
+    assert "left by a fleet-server that was killed" in second_log
+    assert "resuming" in second_log
+    lines = [
+        json.loads(line) for line in (state / "runs/main/rounds.jsonl").read_text().splitlines()
+    ]
+    assert [line["round"] for line in lines] == list(range(1, ROUNDS + 1))
+    records = json.loads((state / "nodes.json").read_text())["nodes"]
+    enrolled_ids = {str(record["node_id"]) for record in records}
+    assert {record["name"] for record in records} == {"Cleveland", "Hungary"}
+    for line in lines:
+        assert line["participants"], line
+        assert {str(node) for node in line["participants"]} <= enrolled_ids
+        assert set(line["bytes"]["down"]) <= enrolled_ids  # Switzerland never got a message
+    listed = json.loads(nodes.stdout)
+    assert listed["superlink_running"] is True
+    assert {row["name"] for row in listed["nodes"]} >= {"Cleveland", "Hungary"}
+    assert "ticketfleet_rounds_planned 3.0" in metrics
+    assert "ticketfleet_rounds_completed_total" in metrics
+    status = json.loads(_fleet_server("status", "--json", "-c", str(config)).stdout)
+    assert status["last_round"] == ROUNDS and status["bytes_up_total"] > 0
+    assert not (state / "fleet-server.pid").exists()
+    assert not is_listening("127.0.0.1", port)

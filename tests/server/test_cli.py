@@ -1,0 +1,114 @@
+"""`fleet-server` commands without a SuperLink: exit codes, one-line errors with a hint."""
+
+import json
+import shlex
+import stat
+from pathlib import Path
+
+import pytest
+
+from server.cli import build_parser, main
+from server.config import load_config
+from server.exit_codes import ExitCode
+from server.fleet import FleetServer
+from ticket.crypto import generate_node_auth_key
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "server.yaml"
+
+
+def _config(tmp_path: Path) -> Path:
+    path = tmp_path / "server.yaml"
+    # Port 9 (discard) on loopback: nothing listens there in a test environment.
+    path.write_text("state_dir: state\nlisten: {host: 127.0.0.1, port: 9}\nrun: {ticket: t}\n")
+    return path
+
+
+def test_init_twice_creates_then_keeps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _config(tmp_path)
+
+    assert main(["init", "-c", str(config), "--hosts", "127.0.0.1,localhost"]) == ExitCode.OK
+    first = capsys.readouterr().out
+    assert main(["init", "-c", str(config)]) == ExitCode.OK
+    second = capsys.readouterr().out
+
+    assert "created" in first and "fleet.key" in first
+    assert "created" not in second and "kept" in second
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+
+
+def test_a_bad_config_exits_3_with_one_line_and_a_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "server.yaml"
+    config.write_text("state_dir: s\nrun: {ticket: t, rounds: many}\n")
+
+    assert main(["status", "-c", str(config)]) == ExitCode.BAD_INPUT
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"fleet-server status: error: {config}: run.rounds: must be")
+    assert err[1].startswith("  hint: ") and len(err) == 2
+
+
+def test_enroll_refuses_a_malformed_key_before_asking_the_superlink(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path)
+    key = tmp_path / "node.key.pub"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+
+    assert main(["enroll", str(key), "--name", "a", "-c", str(config)]) == ExitCode.BAD_INPUT
+    assert "not an OpenSSH public key line" in capsys.readouterr().err
+
+
+def test_enroll_needs_a_running_superlink(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path)
+    assert main(["init", "-c", str(config)]) == ExitCode.OK
+    key = tmp_path / "node.key.pub"
+    key.write_text(generate_node_auth_key("clinic")[1] + "\n")
+
+    assert main(["enroll", str(key), "--name", "a", "-c", str(config)]) == ExitCode.FAILURE
+    err = capsys.readouterr().err
+    assert "start `fleet-server run` first" in err and "Traceback" not in err
+    assert not (tmp_path / "state" / "nodes.json").exists()
+
+
+def test_nodes_and_status_work_while_the_server_is_down(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path)
+    main(["init", "-c", str(config)])
+    capsys.readouterr()
+
+    assert main(["nodes", "--json", "-c", str(config)]) == ExitCode.OK
+    nodes = json.loads(capsys.readouterr().out)
+    assert main(["status", "--json", "-c", str(config)]) == ExitCode.OK
+    status = json.loads(capsys.readouterr().out)
+
+    assert nodes == {"superlink_running": False, "nodes": []}
+    assert status["last_round"] == 0 and status["run_id"] is None
+    assert status["run_dir"] == str(tmp_path / "state" / "runs" / "main")
+
+
+def _unit() -> dict[str, str]:
+    unit = Path(__file__).resolve().parents[2] / "deploy" / "systemd" / "fleet-server.service"
+    settings = {}
+    for line in unit.read_text().splitlines():
+        if line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            settings[key] = value
+    return settings
+
+
+def test_the_systemd_unit_runs_fleet_server_hardened() -> None:
+    unit = _unit()
+    for key, command in (("ExecStartPre", "init"), ("ExecStart", "run")):
+        argv = shlex.split(unit[key])
+        assert argv[:2] == ["/usr/bin/env", "fleet-server"]
+        args = build_parser().parse_args(argv[2:])
+        assert args.name == command and args.config == Path("/etc/fleet-server/server.yaml")
+    assert unit["StateDirectory"] == "fleet-server" and unit["StateDirectoryMode"] == "0700"
+    assert unit["ProtectSystem"] == "strict" and unit["NoNewPrivileges"] == "yes"
+    assert unit["CapabilityBoundingSet"] == "" and unit["Restart"] == "on-failure"
+    assert "130" in unit["SuccessExitStatus"].split()  # a stop by SIGTERM is a clean exit
+    assert float(unit["TimeoutStopSec"]) > FleetServer(load_config(EXAMPLE)).grace_s + 5

@@ -1,0 +1,109 @@
+"""server.yaml: the example loads and documents every key; errors name the file and the key."""
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from server.config import OPTIMIZERS, ConfigError, FleetConfig, load_config
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "server.yaml"
+
+
+def _schema_keys(schema: Any, prefix: str = "") -> set[str]:
+    keys = set()
+    for spec, hint in zip(
+        dataclasses.fields(schema), typing.get_type_hints(schema).values(), strict=True
+    ):
+        keys.add(prefix + spec.name)
+        if dataclasses.is_dataclass(hint):
+            keys |= _schema_keys(hint, f"{prefix}{spec.name}.")
+    return keys
+
+
+def _file_keys(data: dict[str, Any], prefix: str = "") -> set[str]:
+    keys = set()
+    for name, value in data.items():
+        keys.add(prefix + name)
+        if isinstance(value, dict):
+            keys |= _file_keys(value, f"{prefix}{name}.")
+    return keys
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "server.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_example_loads_with_defaults_under_the_state_dir() -> None:
+    config = load_config(EXAMPLE)
+
+    assert config.state_dir == Path("/var/lib/fleet-server")
+    assert config.run.ticket == EXAMPLE.parent / "heart.ticket"  # relative to the file
+    assert config.tls_files.ca_cert == Path("/var/lib/fleet-server/pki/ca.crt")
+    assert config.fleet_public_key == Path("/var/lib/fleet-server/keys/fleet.pub")
+    assert config.node_auth and config.is_dev_pki
+    assert config.connect_address == "127.0.0.1:9092"  # 0.0.0.0 is no address to connect to
+
+
+def test_the_example_shows_every_key_of_the_schema() -> None:
+    assert _file_keys(yaml.safe_load(EXAMPLE.read_text())) == _schema_keys(FleetConfig)
+
+
+def test_run_config_maps_onto_the_server_apps_keys(tmp_path: Path) -> None:
+    path = _write(tmp_path, "state_dir: s\nrun:\n  ticket: t.ticket\n  rounds: 5\n  lr: 0.01\n")
+
+    run = load_config(path).run_config()
+
+    assert run["run-dir"] == str(tmp_path / "s" / "runs" / "main")
+    assert run["ticket-path"] == str(tmp_path / "t.ticket")
+    assert run["fleet-key"] == str(tmp_path / "s" / "keys" / "fleet.pub")
+    assert (run["num-rounds"], run["lr"], run["server-eval"]) == (5, 0.01, "")
+    assert run["allow-unsigned"] is False
+
+
+def test_run_config_keys_exist_in_the_apps_defaults() -> None:
+    # Every key we pass must be one the ServerApp knows (pyproject's [tool.flwr.app.config]).
+    import tomllib
+
+    pyproject = tomllib.loads((EXAMPLE.parents[2] / "pyproject.toml").read_text())
+    known = set(pyproject["tool"]["flwr"]["app"]["config"])
+    assert set(load_config(EXAMPLE).run_config()) <= known
+
+
+def test_optimizers_match_the_training_loop() -> None:
+    from ticket.train import OPTIMIZERS as TRAIN_OPTIMIZERS
+
+    assert OPTIMIZERS == TRAIN_OPTIMIZERS
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("state_dir: s\nrun: {ticket: t}\nlisten: {prot: 1}\n", "listen.prot: unknown key"),
+        ("state_dir: s\nrun: {ticket: t, rounds: 0}\n", "run.rounds: must be a whole number >= 1"),
+        ("state_dir: s\nrun: {ticket: t, optimizer: lion}\n", "run.optimizer: must be one of"),
+        ("state_dir: s\nrun: {ticket: t, server_eval: nope}\n", "run.server_eval: must be one of"),
+        ("state_dir: s\nrun: {ticket: t}\nnode_auth: yes please\n", "node_auth: must be true"),
+        ("state_dir: s\n", "run: required"),
+        ("run: {ticket: t}\n", "state_dir: required"),
+        ("state_dir: s\nrun: {ticket: t}\ntls: {ca_cert: ca.pem}\n", "tls: give all of"),
+        ("state_dir: s\nrun: {ticket: t}\nlisten: {port: 70000}\n", "listen.port: must be"),
+        ("state_dir: [s\n", "invalid YAML at line"),
+    ],
+)
+def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = _write(tmp_path, text)
+
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(path)
+    assert str(caught.value).startswith(f"{path}: ")
+
+
+def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "nope.yaml")

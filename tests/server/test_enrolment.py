@@ -1,0 +1,111 @@
+"""Enrolment: a node's key file read strictly, records kept, merged with Flower's node list."""
+
+from pathlib import Path
+
+import pytest
+
+from server.enrolment import (
+    Enrolment,
+    EnrolmentError,
+    EnrolmentRecords,
+    merge_nodes,
+    read_node_key,
+)
+from ticket.crypto import generate_node_auth_key, generate_signing_key
+
+
+def _node_key(tmp_path: Path, name: str = "node.key.pub") -> Path:
+    _, line = generate_node_auth_key("edge-daemon@clinic")
+    path = tmp_path / name
+    path.write_text(line + "\n")
+    return path
+
+
+def test_a_node_key_reads_as_its_line_and_openssh_fingerprint(tmp_path: Path) -> None:
+    path = _node_key(tmp_path)
+
+    line, fingerprint = read_node_key(path)
+
+    assert line.startswith("ecdsa-sha2-nistp384 ") and line.endswith("edge-daemon@clinic")
+    assert fingerprint.startswith("SHA256:") and len(fingerprint) == 7 + 43
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"not a key\n", "not an OpenSSH public key line"),
+        (generate_signing_key()[1], "not an OpenSSH public key line"),  # a PEM fleet key
+        (b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n",
+         "not an ECDSA key on a NIST curve"),
+        (b"\xff\xfe", "not an OpenSSH public key line"),
+        (b"x" * 5000, "too large"),
+    ],
+)  # fmt: skip
+def test_a_malformed_key_file_is_refused_naming_it(
+    tmp_path: Path, content: bytes, message: str
+) -> None:
+    path = tmp_path / "bad.pub"
+    path.write_bytes(content)
+
+    with pytest.raises(EnrolmentError, match=message) as caught:
+        read_node_key(path)
+    assert str(caught.value).startswith(str(path))
+
+
+def test_a_missing_key_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(EnrolmentError, match="no such file"):
+        read_node_key(tmp_path / "nope.pub")
+
+
+def test_records_are_kept_private_and_found_by_name_or_fingerprint(tmp_path: Path) -> None:
+    records = EnrolmentRecords(tmp_path / "nodes.json")
+    entry = Enrolment(
+        42, "clinic-a", "SHA256:abc", "ecdsa-sha2-nistp384 AAAA", "2025-01-01T00:00:00"
+    )
+
+    records.add(entry)
+    records.add(Enrolment(7, "clinic-b", "SHA256:def", "ecdsa-sha2-nistp384 BBBB", "2025-01-02"))
+
+    assert records.find(name="clinic-a") == entry
+    assert records.find(fingerprint="SHA256:def") is not None
+    assert records.find(name="nobody") is None
+    assert [e.name for e in records.read()] == ["clinic-a", "clinic-b"]
+    assert (tmp_path / "nodes.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_damaged_records_are_an_error(tmp_path: Path) -> None:
+    (tmp_path / "nodes.json").write_text('{"nodes": [{"name": 1}]}')
+
+    with pytest.raises(EnrolmentError, match="damaged enrolment records"):
+        EnrolmentRecords(tmp_path / "nodes.json").read()
+
+
+def test_nodes_merge_records_with_the_superlinks_list() -> None:
+    records = [
+        Enrolment(1, "online", "SHA256:a", "k", "t"),
+        Enrolment(2, "offline", "SHA256:b", "k", "t"),
+        Enrolment(3, "never", "SHA256:c", "k", "t"),
+    ]
+    listed = [
+        {"node-id": "1", "status": "online", "online-at": "2025-01-01 10:00:00Z",
+         "offline-at": "N/A"},
+        {"node-id": "2", "status": "offline", "online-at": "2025-01-01 09:00:00Z",
+         "offline-at": "2025-01-01 09:30:00Z"},
+        {"node-id": "3", "status": "registered", "online-at": "N/A", "offline-at": "N/A"},
+        {"node-id": "9", "status": "online", "online-at": "2025-01-01 10:00:00Z",
+         "offline-at": "N/A"},
+    ]  # fmt: skip
+
+    rows = {row["node_id"]: row for row in merge_nodes(records, listed)}
+
+    assert rows[1]["online"] and rows[1]["online_since"] == "2025-01-01 10:00:00Z"
+    assert rows[1]["last_seen"] is not None
+    assert not rows[2]["online"] and rows[2]["last_seen"] == "2025-01-01 09:30:00Z"
+    assert rows[3]["status"] == "registered" and rows[3]["last_seen"] is None
+    assert rows[9]["name"] is None  # registered some other way than `fleet-server enroll`
+
+
+def test_without_a_superlink_online_state_is_unknown() -> None:
+    rows = merge_nodes([Enrolment(1, "a", "SHA256:a", "k", "t")], None)
+
+    assert rows[0]["status"] == "unknown" and rows[0]["online"] is False

@@ -1,0 +1,98 @@
+"""`fleet-server status` and the metrics endpoint, from a rounds.jsonl fixture."""
+
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from server.metrics import serve_metrics
+from server.run_status import format_summary, read_summary
+
+ACCURACY = [0.0, 0.81, 0.82, 0.83, 0.84]  # the server's, by round
+
+
+def _line(server_round: int, **changes: Any) -> dict[str, Any]:
+    line: dict[str, Any] = {
+        "round": server_round,
+        "finished_at": f"2025-01-01T10:0{server_round}:00+00:00",
+        "participants": [7, 8],
+        "failures": {"9": "timeout"},
+        "rejected": {},
+        "bytes": {"up": {"7": 100, "8": 100}, "down": {"7": 300, "8": 300, "9": 300},
+                  "up_total": 200, "down_total": 900},
+        "train": {"loss": 0.4},
+        "federated_eval": {"loss": 0.5, "accuracy": 0.7},
+        "server_eval": {"loss": 0.45, "accuracy": ACCURACY[server_round], "auc": 0.9},
+    }  # fmt: skip
+    return {**line, **changes}
+
+
+def _run_dir(tmp_path: Path) -> Path:
+    run_dir = tmp_path / "runs" / "main"
+    run_dir.mkdir(parents=True)
+    lines = [_line(1), _line(2, failures={}, server_eval=None), _line(3, participants=[7])]
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    (run_dir / "rounds.jsonl").write_text(text + '{"round": 4, "torn')  # a torn last line
+    return run_dir
+
+
+def test_status_sums_the_run_log(tmp_path: Path) -> None:
+    summary = read_summary(_run_dir(tmp_path), rounds_planned=5, run_id=12, run_status="running")
+
+    assert summary.last_round == 3
+    assert [s.participants for s in summary.rounds] == [2, 2, 1]
+    assert [s.dropouts for s in summary.rounds] == [1, 0, 1]
+    # Server accuracy where the server evaluated, the nodes' own where it did not.
+    assert [s.accuracy for s in summary.rounds] == [0.81, 0.7, 0.83]
+    assert (summary.bytes_up_total, summary.bytes_down_total) == (600, 2700)
+    document = summary.as_dict()
+    assert document["run_id"] == 12 and document["accuracy"] == 0.83
+    assert json.loads(json.dumps(document)) == document
+    text = format_summary(summary)
+    assert "run 12: running; round 3/5" in text and "0.830" in text
+
+
+def test_status_of_a_run_not_started_yet(tmp_path: Path) -> None:
+    summary = read_summary(tmp_path / "nothing", rounds_planned=3)
+
+    assert summary.last_round == 0 and summary.accuracy is None
+    assert "no run submitted yet" in format_summary(summary)
+
+
+def _scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def test_the_metrics_endpoint_serves_the_same_figures(tmp_path: Path) -> None:
+    run_dir = _run_dir(tmp_path)
+    server = serve_metrics(lambda: read_summary(run_dir, rounds_planned=5), port=0)
+    try:
+        samples = _scrape(server.server_port)
+        with (run_dir / "rounds.jsonl").open("a") as log:  # the torn line completes: round 4
+            log.write('"}\n')
+        (run_dir / "rounds.jsonl").write_text(
+            (run_dir / "rounds.jsonl").read_text().replace('{"round": 4, "torn"}\n', "")
+            + json.dumps(_line(4))
+            + "\n"
+        )
+        later = _scrape(server.server_port)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert samples["ticketfleet_rounds_completed_total"] == 3
+    assert samples["ticketfleet_rounds_planned"] == 5
+    assert samples["ticketfleet_round_participants"] == 1
+    assert samples["ticketfleet_round_dropouts"] == 1
+    assert samples["ticketfleet_node_failures_total"] == 2
+    assert samples["ticketfleet_accuracy"] == 0.83
+    assert samples["ticketfleet_bytes_up_total"] == 600
+    assert samples["ticketfleet_bytes_down_total"] == 2700
+    assert later["ticketfleet_rounds_completed_total"] == 4  # read at every scrape

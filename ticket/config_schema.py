@@ -1,0 +1,141 @@
+"""A YAML document (already parsed) checked against a tree of frozen dataclasses: the schema.
+
+One loader for every program's configuration file (daemon.yaml, server.yaml): a field's type is
+the key's type, a field with a default is optional, `field(metadata=...)` holds the rules
+("ge", "gt", "le", "choices"). Unknown keys, wrong types and out-of-range values raise the
+program's own error class naming the file and the dotted key. Relative paths resolve against
+the directory of the file. Reading and YAML parsing stay with the caller: this module is pure.
+"""
+
+import contextlib
+import dataclasses
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+
+class SchemaLoader:
+    """Walks the YAML data alongside the dataclass schema, keeping the dotted key for errors.
+
+    `parsed` maps a type that YAML holds as a string to a parser raising ValueError (the daemon's
+    time windows); `error_type` is the program's ConfigError.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        base_dir: Path,
+        *,
+        error_type: type[Exception],
+        parsed: typing.Mapping[type, typing.Callable[[str], object]] | None = None,
+    ) -> None:
+        self._source = source
+        self._base_dir = base_dir
+        self._error_type = error_type
+        self._parsed = dict(parsed or {})
+
+    def error(self, key: str, message: str) -> Exception:
+        return self._error_type(
+            f"{self._source}: {key}: {message}" if key else f"{self._source}: {message}"
+        )
+
+    def build(self, schema: Any, data: object, key: str) -> Any:
+        if not isinstance(data, dict):
+            raise self.error(key, f"must be a mapping of keys, got {show_value(data)}")
+        fields = {spec.name: spec for spec in dataclasses.fields(schema)}
+        for name in data:
+            if name not in fields:
+                known = ", ".join(fields)
+                raise self.error(_join(key, str(name)), f"unknown key; expected one of: {known}")
+        hints = typing.get_type_hints(schema)
+        values = {}
+        for name, spec in fields.items():
+            if name in data:
+                values[name] = self._value(hints[name], data[name], _join(key, name), spec.metadata)
+            elif (
+                spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
+            ):
+                raise self.error(_join(key, name), "required")
+        return schema(**values)
+
+    def _value(self, hint: Any, raw: object, key: str, rules: typing.Mapping[str, Any]) -> object:
+        options = typing.get_args(hint)
+        if typing.get_origin(hint) in (types.UnionType, typing.Union):  # X | None
+            if raw is None:
+                return None
+            (hint,) = (option for option in options if option is not type(None))
+            return self._value(hint, raw, key, rules)
+        if typing.get_origin(hint) is tuple:  # tuple[X, ...]
+            if not isinstance(raw, list):
+                raise self.error(key, f"must be a list, got {show_value(raw)}")
+            return tuple(
+                self._value(options[0], item, f"{key}[{i}]", {}) for i, item in enumerate(raw)
+            )
+        if dataclasses.is_dataclass(hint) and hint not in self._parsed:  # TimeWindow is a string
+            return self.build(hint, raw, key)
+        return self._scalar(hint, raw, key, rules)
+
+    def _scalar(self, hint: Any, raw: object, key: str, rules: typing.Mapping[str, Any]) -> object:
+        if hint is bool:
+            if not isinstance(raw, bool):
+                raise self.error(key, f"must be true or false, got {show_value(raw)}")
+            return raw
+        if hint in (int, float):
+            return self._number(hint, raw, key, rules)
+        if not isinstance(raw, str) or not raw:
+            raise self.error(key, f"must be a non-empty string, got {show_value(raw)}")
+        choices = rules.get("choices")
+        if choices is not None and raw not in choices:
+            raise self.error(key, f"must be one of: {', '.join(choices)}; got {show_value(raw)}")
+        if hint is Path:
+            return self._base_dir / Path(raw).expanduser()  # an absolute raw path wins
+        if hint is str:
+            return raw
+        try:
+            return self._parsed[hint](raw)
+        except ValueError as error:
+            raise self.error(key, f"{error}; got {show_value(raw)}") from None
+
+    def _number(self, hint: type, raw: object, key: str, rules: typing.Mapping[str, Any]) -> object:
+        value = math.nan
+        # bool is an int subclass, but YAML's true is not 1; 2.0 is not a whole number.
+        is_typed = isinstance(raw, int) or (hint is float and isinstance(raw, float))
+        if is_typed and not isinstance(raw, bool):
+            # An integer beyond float's range stays NaN: it is outside every range here.
+            with contextlib.suppress(OverflowError):
+                value = float(typing.cast(float, raw))
+        is_ok = (
+            math.isfinite(value)
+            and value >= rules.get("ge", -math.inf)
+            and value > rules.get("gt", -math.inf)
+            and value <= rules.get("le", math.inf)
+        )
+        if not is_ok:
+            kind = "a whole number" if hint is int else "a number"
+            raise self.error(key, f"must be {kind}{_bounds(rules)}, got {show_value(raw)}")
+        return raw if hint is int else value
+
+
+def _bounds(rules: typing.Mapping[str, Any]) -> str:
+    low = rules.get("ge", rules.get("gt"))
+    high = rules.get("le")
+    if low is not None and high is not None:
+        return f" in {'[' if 'ge' in rules else '('}{low:g}, {high:g}]"
+    if low is not None:
+        return f" {'>=' if 'ge' in rules else '>'} {low:g}"
+    return f" <= {high:g}" if high is not None else ""
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def show_value(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
