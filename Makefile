@@ -8,7 +8,7 @@ OUT    ?= demo-out
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: install demo test test-fast lint bench bench-heart bench-mnist bench-comm bench-daemon clean
+.PHONY: install demo test test-fast lint bench bench-heart bench-mnist bench-comm bench-daemon bench-secagg bench-deploy clean
 
 install: $(STAMP)
 
@@ -40,7 +40,7 @@ test: lint
 test-fast: lint
 	$(BIN)/pytest -m "not slow" -x
 
-bench: bench-heart bench-mnist bench-comm bench-daemon
+bench: bench-heart bench-mnist bench-comm bench-daemon bench-secagg bench-deploy
 
 bench-heart: $(STAMP)
 	$(BIN)/python bench/lth_heart.py
@@ -53,6 +53,12 @@ bench-comm: $(STAMP)
 
 bench-daemon: $(STAMP)
 	$(BIN)/python bench/daemon.py
+
+bench-secagg: $(STAMP)
+	$(BIN)/python bench/secagg.py
+
+bench-deploy: $(STAMP)
+	$(BIN)/python bench/deploy.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .mypy_cache .ruff_cache .pytest_cache
