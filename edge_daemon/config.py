@@ -54,7 +54,7 @@ import yaml
 
 from edge_daemon.eligibility import EligibilityPolicy, TimeWindow
 from edge_daemon.readings import SCHEMAS
-from ticket.config_schema import SchemaLoader, show_value
+from ticket.config_schema import SchemaLoader, read_document, show_value
 
 
 class ConfigError(Exception):
@@ -98,21 +98,9 @@ class DaemonConfig:
 
 def load_config(path: Path | str) -> DaemonConfig:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or "cannot parse"
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    data = read_document(
+        path, parse=yaml.safe_load, parse_error=yaml.YAMLError, error_type=ConfigError
+    )
     loader = SchemaLoader(str(path), path.absolute().parent, error_type=ConfigError, parsed=_PARSED)
     config: DaemonConfig = loader.build(DaemonConfig, {} if data is None else data, "")
     _check_server(config.server, loader)

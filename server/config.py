@@ -16,7 +16,7 @@ import yaml
 
 from server.paths import ServerPaths
 from ticket.codec import DTYPES
-from ticket.config_schema import SchemaLoader
+from ticket.config_schema import SchemaLoader, read_document
 from ticket.config_text import ConfigValue
 from ticket.data import DATASETS
 from ticket.tls import TlsFiles
@@ -151,21 +151,9 @@ class FleetConfig:
 
 def load_config(path: Path | str) -> FleetConfig:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or "cannot parse"
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    data = read_document(
+        path, parse=yaml.safe_load, parse_error=yaml.YAMLError, error_type=ConfigError
+    )
     loader = SchemaLoader(str(path), path.absolute().parent, error_type=ConfigError)
     config: FleetConfig = loader.build(FleetConfig, {} if data is None else data, "")
     given = [name for name in ("ca_cert", "server_cert", "server_key") if getattr(config.tls, name)]

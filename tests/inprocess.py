@@ -89,6 +89,20 @@ class InProcessGrid(Grid):
             return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
 
 
+class SilentNodeGrid(InProcessGrid):
+    """A grid on which one node never answers: what a round timeout returns without it."""
+
+    def __init__(self, silent: int, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.silent = silent
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        replies = super().send_and_receive(messages, timeout=timeout)
+        return [reply for reply in replies if reply.metadata.src_node_id != self.silent]
+
+
 @contextmanager
 def server_identity(run_id: int = 1) -> Iterator[None]:
     """Let the strategy build instruction messages outside a real ServerApp process."""

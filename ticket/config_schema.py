@@ -139,3 +139,29 @@ def show_value(value: object) -> str:
         return "true" if value else "false"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def read_document(
+    path: Path,
+    *,
+    parse: typing.Callable[[str], Any],
+    parse_error: type[Exception],
+    error_type: type[Exception],
+) -> Any:
+    """A config file's parsed document (`parse` is e.g. yaml.safe_load: ticket/ imports no YAML
+    library itself); a missing, unreadable or unparsable file raises `error_type` naming it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error_type(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise error_type(f"{path}: not UTF-8 text") from None
+    except OSError as error:
+        raise error_type(f"{path}: cannot read: {error.strerror}") from None
+    try:
+        return parse(text)
+    except parse_error as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "cannot parse"
+        raise error_type(f"{path}: invalid YAML{where}: {problem}") from None

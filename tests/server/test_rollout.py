@@ -1,16 +1,14 @@
 """Rolling a signed ticket out to devices in-process: installed, rejected with why, offline."""
 
-from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from flwr.app import Message
 
 from deploy.cli import main as ticket_cli
 from edge_daemon import client_app
 from edge_daemon.state import load_state
 from server.rollout import INSTALLED, OFFLINE, REJECTED, SKIPPED, roll_out, write_outcome
-from tests.inprocess import InProcessGrid, find_ticket, server_identity
+from tests.inprocess import InProcessGrid, SilentNodeGrid, find_ticket, server_identity
 from ticket.bundle import read_ticket
 
 
@@ -31,18 +29,6 @@ def _device(root: Path, name: str, fleet_key: Path) -> dict[str, bool | float | 
     }
 
 
-class _SilentGrid(InProcessGrid):
-    def __init__(self, silent: int, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.silent = silent
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        replies = super().send_and_receive(messages, timeout=timeout)
-        return [reply for reply in replies if reply.metadata.src_node_id != self.silent]
-
-
 def test_each_device_installs_or_says_why_not(fleet: Path, tmp_path: Path) -> None:
     ticket = read_ticket(fleet / "t.ticket", allow_unsigned=True)
     nodes = [
@@ -50,7 +36,7 @@ def test_each_device_installs_or_says_why_not(fleet: Path, tmp_path: Path) -> No
         _device(tmp_path, "b", fleet / "other.pub"),  # trusts another fleet's key
         _device(tmp_path, "c", fleet / "fleet.pub"),  # will not answer
     ]
-    grid = _SilentGrid(103, client_app.app, nodes)
+    grid = SilentNodeGrid(103, client_app.app, nodes)
 
     with server_identity():
         rollout = roll_out(grid, (fleet / "t.ticket").read_bytes(), ticket.content_id, timeout=30)

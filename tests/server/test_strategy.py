@@ -3,7 +3,7 @@
 import json
 import logging
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,14 @@ from edge_daemon import client_app
 from edge_daemon.local_data import LocalDataSpec, load_local_data
 from server.server_app import ServerSettings, run_training
 from server.strategy import NO_REPLY, PAYLOAD_KEY, PackedFedAvg, RoundPlan
-from tests.inprocess import ClientCallable, InProcessGrid, find_ticket, heart_nodes, server_identity
+from tests.inprocess import (
+    ClientCallable,
+    InProcessGrid,
+    SilentNodeGrid,
+    find_ticket,
+    heart_nodes,
+    server_identity,
+)
 from ticket.bundle import Ticket, load_ticket, read_ticket
 from ticket.codec import HEADER_BYTES, Kind, decode_vector
 from ticket.packing import PackLayout
@@ -175,26 +182,12 @@ def test_error_replies_are_failures_and_too_few_updates_keep_the_model(
     assert PAYLOAD_KEY not in result.arrays
 
 
-class _SilentNodeGrid(InProcessGrid):
-    """A grid on which one node never answers: what a round timeout returns without it."""
-
-    def __init__(self, silent: int, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.silent = silent
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        replies = super().send_and_receive(messages, timeout=timeout)
-        return [reply for reply in replies if reply.metadata.src_node_id != self.silent]
-
-
 def test_a_node_that_never_replies_is_a_named_failure_and_the_round_survives(
     sparse_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     ticket = read_ticket(sparse_path, allow_unsigned=True)
     strategy = _strategy(ticket, min_replies=2)
-    grid = _SilentNodeGrid(103, client_app.app, heart_nodes(sparse_path))
+    grid = SilentNodeGrid(103, client_app.app, heart_nodes(sparse_path))
 
     with caplog.at_level(logging.WARNING):
         result = _run(strategy, grid, _initial(ticket), 1)
