@@ -1,15 +1,23 @@
-"""`ticket deploy`: push a signed ticket to the fleet's connected devices and report each one.
+"""`ticket deploy`, `ticket rollback` and `ticket deployments`: roll a signed ticket out to the
+fleet's connected devices, report each one, and keep the fleet's record of what is active.
 
-    ticket deploy FILE|ID --connection NAME --fleet-key PUB [--canary F] [--timeout S]
-                  [--flwr-home DIR] [--run-dir DIR] [--registry DIR]
+    ticket deploy FILE|ID (-c server.yaml | --connection NAME --fleet-key PUB [--ledger DIR])
+                  [--canary F] [--max-regression A] [--canary-epochs N] [--timeout S]
+    ticket rollback (-c server.yaml | --connection NAME --fleet-key PUB --ledger DIR)
+    ticket deployments (-c server.yaml | --ledger DIR) [--json]
 
-A Flower run of this project's app with run config `mode = "deploy"` (server/rollout.py):
-every connected device verifies the bundle against the fleet key in its own daemon.yaml,
-caches it and answers installed or rejected-with-reason; a silent one is offline. The command
-prints one row per device and exits 0 only if every device installed the ticket. The run's
-`deploy.json` is read from `--run-dir`, so run it on the SuperLink's machine (where
-`fleet-server run` runs). `--connection` names a `[superlink.NAME]` entry in
-`$FLWR_HOME/config.toml` (`--flwr-home`).
+A rollout is a Flower run of this project's app with run config `mode = "deploy"`
+(server/rollout.py): every connected device verifies the bundle against the fleet key in its
+own daemon.yaml, caches it and answers installed or rejected-with-reason; a silent one is
+offline. The command prints one row per device and exits 0 only if every device installed the
+ticket (and, with `--canary`, the canary's evaluation did not regress). The run's
+`deploy.json` is read from its run directory, so run it on the SuperLink's machine (where
+`fleet-server run` runs).
+
+With a ledger (server/deployments.py; `-c server.yaml` uses fleet-server's), a successful
+rollout makes the ticket active: `fleet-server run` with no `run.ticket` trains it, and the
+next canary compares against it. `ticket rollback` rolls the ticket before it out again and,
+once every device holds it, makes it active again.
 """
 
 import argparse
@@ -18,69 +26,225 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deploy.exit_codes import ExitCode
 from ticket.bundle import read_ticket
 from ticket.config_text import ConfigValue, toml_values
 from ticket.errors import TicketError
 
+if TYPE_CHECKING:  # server.deployments is loaded only by the commands that use a ledger
+    from server.config import FleetConfig
+    from server.deployments import DeploymentLedger
+
 APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app: the project's pyproject.toml
 
 
 class DeployError(TicketError):
-    """The rollout run could not be submitted or did not report."""
+    """The rollout cannot start (bad arguments, ledger, server.yaml) or did not report."""
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """Where a rollout goes, and what records it."""
+
+    connection: str  # a [superlink.NAME] in $FLWR_HOME/config.toml
+    flwr_home: Path | None
+    fleet_key: Path
+    ledger: Path | None  # the deployment ledger's directory; None: nothing is recorded
 
 
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    parser = subparsers.add_parser(
+    deploy = subparsers.add_parser(
         "deploy",
         help="push a signed ticket to the fleet's devices",
-        description=__doc__.split("\n\n")[0],
+        description="Push a signed ticket to the fleet's connected devices and report each one.",
     )
-    parser.add_argument("source", metavar="FILE|ID", help="a .ticket file or a registry id")
-    parser.add_argument("--connection", required=True, help="[superlink.NAME] to submit to")
-    parser.add_argument("--fleet-key", type=Path, required=True, help="the fleet's public key")
-    parser.add_argument("--canary", type=float, default=0.0, help="fraction of devices first")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds devices have")
+    deploy.add_argument("source", metavar="FILE|ID", help="a .ticket file or a registry id")
+    _fleet_options(deploy)
+    deploy.add_argument("--canary", type=float, default=0.0, help="fraction of devices first")
+    deploy.add_argument(
+        "--canary-epochs",
+        type=int,
+        default=5,
+        help="epochs each canary device trains each ticket before scoring it (0: no evaluation)",
+    )
+    deploy.add_argument(
+        "--max-regression",
+        type=float,
+        default=0.01,
+        help="accuracy the new ticket may lose against the active one on the canary",
+    )
+    deploy.add_argument("--registry", type=Path, help="registry to resolve an ID from")
+    deploy.set_defaults(handler=run_deploy)
+
+    rollback = subparsers.add_parser(
+        "rollback",
+        help="make the ticket before the active one active again",
+        description="Roll the ticket before the active one out again and make it active.",
+    )
+    _fleet_options(rollback)
+    rollback.set_defaults(handler=run_rollback)
+
+    listing = subparsers.add_parser(
+        "deployments",
+        help="the active ticket and every rollout",
+        description="Show the deployment ledger: the active ticket and every rollout.",
+    )
+    listing.add_argument("-c", "--server-config", type=Path, help="fleet-server's server.yaml")
+    listing.add_argument("--ledger", type=Path, help="the deployment ledger's directory")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(handler=run_deployments)
+
+
+def _fleet_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c",
+        "--server-config",
+        type=Path,
+        help="fleet-server's server.yaml: its connection, fleet key and ledger",
+    )
+    parser.add_argument("--connection", help="[superlink.NAME] to submit to")
+    parser.add_argument("--fleet-key", type=Path, help="the fleet's public key")
     parser.add_argument("--flwr-home", type=Path, help="FLWR_HOME holding the connection")
+    parser.add_argument("--ledger", type=Path, help="deployment ledger directory to record in")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds devices have")
+    parser.add_argument(
+        "--min-installed",
+        type=float,
+        default=1.0,
+        help="fraction of the devices that must install it for the rollout to succeed",
+    )
     parser.add_argument("--run-dir", type=Path, help="where deploy.json goes (default: temp)")
-    parser.add_argument("--registry", type=Path, help="registry to resolve an ID from")
-    parser.set_defaults(handler=run_deploy)
+
+
+# -- commands ------------------------------------------------------------------------------
 
 
 def run_deploy(args: argparse.Namespace) -> int:
     if not 0.0 <= args.canary <= 1.0:
         raise DeployError(f"--canary must be in [0, 1], got {args.canary}")
-    run_dir = (args.run_dir or Path(tempfile.mkdtemp(prefix="ticket-deploy-"))).resolve()
-    ticket_path = _resolve(args.source, args.registry, run_dir, args.fleet_key)
+    if not 0.0 <= args.max_regression <= 1.0:
+        raise DeployError(f"--max-regression must be in [0, 1], got {args.max_regression}")
+    if args.canary_epochs < 0:
+        raise DeployError(f"--canary-epochs must be >= 0, got {args.canary_epochs}")
+    fleet = _fleet(args)
+    run_dir = _run_dir(args)
+    ticket_path = _resolve(args.source, args.registry, run_dir, fleet.fleet_key)
     # Checked here too, so a wrong file fails before any device is bothered.
-    ticket = read_ticket(ticket_path, trusted_keys=[args.fleet_key.read_bytes()])
+    ticket_id = _verified_id(ticket_path, fleet.fleet_key)
+    config: dict[str, ConfigValue] = {
+        "canary-fraction": float(args.canary),
+        "canary-epochs": int(args.canary_epochs),
+        "canary-max-regression": float(args.max_regression),
+        "min-installed": float(args.min_installed),
+    }
+    ledger = _ledger(fleet)
+    if ledger is not None:
+        ticket_path = ledger.keep_bundle(ticket_id, ticket_path.read_bytes())
+        active = ledger.active()
+        if args.canary > 0 and active is not None and active != ticket_id:
+            config["baseline-ticket-path"] = str(ledger.bundle(active).resolve())
+    print(f"deploying {ticket_id[:12]} through {fleet.connection} ...", flush=True)
+    document = roll_out(fleet, ticket_path, run_dir, args.timeout, config)
+    print(format_acks(document))
+    _record(ledger, "deploy", ticket_id, document)
+    if ledger is not None and document["succeeded"]:
+        print(f"active ticket: {ticket_id[:12]}")
+    return ExitCode.OK if document["succeeded"] else ExitCode.FAILURE
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    fleet = _fleet(args)
+    ledger = _ledger(fleet)
+    if ledger is None:
+        raise DeployError("rollback needs a deployment ledger: give -c server.yaml or --ledger")
+    active, previous = _guard(ledger.active), _guard(ledger.previous)
+    if active is None or previous is None:
+        raise DeployError(
+            f"{ledger.file}: nothing to roll back to (the active ticket is "
+            f"{active[:12] if active else 'none'}, with none before it)"
+        )
+    bundle = ledger.bundle(previous)
+    if not bundle.is_file():
+        raise DeployError(f"{bundle}: the ledger lost the bundle of ticket {previous[:12]}")
+    _verified_id(bundle, fleet.fleet_key)
+    print(f"rolling back {active[:12]} -> {previous[:12]} through {fleet.connection} ...")
+    extra: dict[str, ConfigValue] = {"min-installed": float(args.min_installed)}
+    document = roll_out(fleet, bundle, _run_dir(args), args.timeout, extra)
+    print(format_acks(document))
+    _record(ledger, "rollback", previous, document)
+    if not document["succeeded"]:
+        print(f"the active ticket is still {active[:12]}")
+        return ExitCode.FAILURE
+    print(f"active ticket: {previous[:12]} (was {active[:12]})")
+    return ExitCode.OK
+
+
+def run_deployments(args: argparse.Namespace) -> int:
+    if (args.server_config is None) == (args.ledger is None):
+        raise DeployError("give exactly one of -c/--server-config and --ledger")
+    root = args.ledger if args.ledger is not None else _load_server_yaml(args.server_config)[1]
+    from server.deployments import DeploymentLedger
+
+    ledger = DeploymentLedger(root)
+    events = _guard(ledger.events)
+    stack = _guard(ledger.history)
+    document = {
+        "schema": "ticketfleet.deployments.v1",
+        "active": stack[-1] if stack else None,
+        "history": stack,
+        "events": [vars(event) for event in events],
+    }
+    if args.json:
+        print(json.dumps(document, indent=2, sort_keys=True))
+        return ExitCode.OK
+    print(f"active ticket: {stack[-1] if stack else 'none'}")
+    if len(stack) > 1:
+        print(f"a rollback makes active: {stack[-2]}")
+    for event in events:
+        outcome = "succeeded" if event.succeeded else "FAILED"
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(event.counts.items()))
+        print(f"{event.at}  {event.action:<8} {event.ticket_id[:12]}  {outcome}  {counts}")
+    return ExitCode.OK
+
+
+# -- the rollout run -----------------------------------------------------------------------
+
+
+def roll_out(
+    fleet: Fleet,
+    ticket_path: Path,
+    run_dir: Path,
+    timeout_s: float,
+    extra: dict[str, ConfigValue],
+) -> dict[str, Any]:
+    """Submit the rollout run, wait for it, and return its `deploy.json`."""
     outcome = run_dir / "deploy.json"
     outcome.unlink(missing_ok=True)
     config: dict[str, ConfigValue] = {
         "mode": "deploy",
         "ticket-path": str(ticket_path.resolve()),
         "run-dir": str(run_dir),
-        "fleet-key": str(args.fleet_key.resolve()),
-        "canary-fraction": float(args.canary),
-        "round-timeout-s": float(args.timeout),
+        "fleet-key": str(fleet.fleet_key.resolve()),
+        "round-timeout-s": float(timeout_s),
+        **extra,
     }
-    print(f"deploying {ticket.content_id[:12]} through {args.connection} ...", flush=True)
     env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1")
-    if args.flwr_home is not None:
-        env["FLWR_HOME"] = str(args.flwr_home)
+    if fleet.flwr_home is not None:
+        env["FLWR_HOME"] = str(fleet.flwr_home)
     flwr = Path(sys.executable).parent / "flwr"
-    command = [str(flwr), "run", str(APP_DIR), args.connection, "--stream"]
+    command = [str(flwr), "run", str(APP_DIR), fleet.connection, "--stream"]
     command += ["--run-config", toml_values(config)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if not outcome.exists():
         tail = (result.stdout + result.stderr)[-800:]
         raise DeployError(f"the rollout run left no {outcome.name}; flwr run said:\n{tail}")
     document: dict[str, Any] = json.loads(outcome.read_text())
-    print(format_acks(document))
-    return ExitCode.OK if document["succeeded"] else ExitCode.FAILURE
+    return document
 
 
 def format_acks(document: dict[str, Any]) -> str:
@@ -88,12 +252,108 @@ def format_acks(document: dict[str, Any]) -> str:
     for node in document["nodes"]:
         mark = " (canary)" if node["canary"] else ""
         lines.append(f"{node['node_id']:>20}  {node['status']:<9} {node['reason']}{mark}")
+    counts = _counts(document)
+    summary = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
+    canary = document.get("canary")
+    if canary:
+        verdict = "passed" if canary["passed"] else "FAILED"
+        lines.append(f"canary evaluation {verdict}: {canary['reason']}")
+    verdict = "rollout succeeded" if document["succeeded"] else "rollout did NOT succeed"
+    return "\n".join([*lines, f"{verdict}: {summary or 'no device connected'}"])
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _fleet(args: argparse.Namespace) -> Fleet:
+    """The rollout's target from -c server.yaml, or from the explicit options."""
+    if not 0.0 < args.min_installed <= 1.0:
+        raise DeployError(f"--min-installed must be in (0, 1], got {args.min_installed}")
+    if args.server_config is not None:
+        given = [flag for flag in ("connection", "fleet_key", "flwr_home") if getattr(args, flag)]
+        if given:
+            flags = ", ".join("--" + flag.replace("_", "-") for flag in given)
+            raise DeployError(f"-c/--server-config sets {flags} itself; leave them out")
+        fleet = _server_fleet(args.server_config)
+        return fleet if args.ledger is None else replace(fleet, ledger=args.ledger)
+    missing = [flag for flag in ("connection", "fleet_key") if getattr(args, flag) is None]
+    if missing:
+        flags = " and ".join("--" + flag.replace("_", "-") for flag in missing)
+        raise DeployError(f"give -c/--server-config, or {flags}")
+    return Fleet(args.connection, args.flwr_home, args.fleet_key, args.ledger)
+
+
+def _server_fleet(server_yaml: Path) -> Fleet:
+    """fleet-server's own: its `flwr` CLI home and connection, fleet key and ledger."""
+    from server.fleet import CONNECTION
+
+    config, ledger = _load_server_yaml(server_yaml)
+    return Fleet(CONNECTION, config.paths.cli_home, config.fleet_public_key, ledger)
+
+
+def _load_server_yaml(server_yaml: Path) -> "tuple[FleetConfig, Path]":
+    """server.yaml, and where its fleet-server keeps the deployment ledger."""
+    from server.config import ConfigError, load_config
+
+    try:
+        config = load_config(server_yaml)
+    except ConfigError as error:
+        raise DeployError(str(error)) from None
+    return config, config.paths.deployments
+
+
+def _ledger(fleet: Fleet) -> "DeploymentLedger | None":
+    if fleet.ledger is None:
+        return None
+    from server.deployments import DeploymentLedger
+
+    ledger = DeploymentLedger(fleet.ledger)
+    _guard(ledger.events)  # a damaged ledger stops the rollout before it starts
+    return ledger
+
+
+def _record(
+    ledger: "DeploymentLedger | None", action: str, ticket_id: str, document: dict[str, Any]
+) -> None:
+    if ledger is None:
+        return
+    _guard(
+        lambda: ledger.record(
+            action,
+            ticket_id,
+            succeeded=bool(document["succeeded"]),
+            at=datetime.now(UTC),
+            counts=_counts(document),
+            canary=document.get("canary"),
+            nodes=document["nodes"],
+        )
+    )
+
+
+def _guard(call: Any) -> Any:
+    """Run a ledger call; its errors become DeployError (exit status 3, the file named)."""
+    from server.deployments import LedgerError
+
+    try:
+        return call()
+    except LedgerError as error:
+        raise DeployError(str(error)) from None
+
+
+def _counts(document: dict[str, Any]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for node in document["nodes"]:
         counts[node["status"]] = counts.get(node["status"], 0) + 1
-    summary = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
-    verdict = "rollout succeeded" if document["succeeded"] else "rollout did NOT succeed"
-    return "\n".join([*lines, f"{verdict}: {summary or 'no device connected'}"])
+    return counts
+
+
+def _verified_id(path: Path, fleet_key: Path) -> str:
+    return read_ticket(path, trusted_keys=[fleet_key.read_bytes()]).content_id
+
+
+def _run_dir(args: argparse.Namespace) -> Path:
+    run_dir: Path = args.run_dir or Path(tempfile.mkdtemp(prefix="ticket-deploy-"))
+    return run_dir.resolve()
 
 
 def _resolve(source: str, registry: Path | None, run_dir: Path, fleet_key: Path) -> Path:

@@ -4,8 +4,9 @@ Wire schema (must match server/strategy.py; no indices travel, both ends derive 
 the ticket): instruction = ArrayRecord "arrays" {"packed": codec bytes of kind MODEL} plus
 ConfigRecord "config"; train reply = ArrayRecord "arrays" {"packed": codec bytes of kind UPDATE}
 plus MetricRecord "metrics" {"num-examples", "train-loss"}; evaluate reply = MetricRecord
-"metrics" {"num-examples", "loss", "accuracy"}. A round this node cannot take part in gets a
-Flower `Error` reply; the process never crashes on bad input.
+"metrics" {"num-examples", "loss", "accuracy"}; an evaluate instruction whose config carries
+a training schedule (a rollout's canary probe) trains from the values first. A round this node
+cannot take part in gets a Flower `Error` reply; the process never crashes on bad input.
 """
 
 import hashlib
@@ -199,8 +200,11 @@ class Instructions:
         arrays, config = content.array_records[ARRAYS_KEY], content.config_records[CONFIG_KEY]
         if PAYLOAD_KEY not in arrays or arrays[PAYLOAD_KEY].stype != PAYLOAD_STYPE:
             raise InstructionError(f"message lacks a {PAYLOAD_KEY!r} payload")
+        # An evaluate message with a training schedule is a rollout's canary probe
+        # (server/rollout.py): train from the values sent, then score; nothing is kept.
+        is_probe = not is_train and "local-epochs" in config
         train = None
-        if is_train:
+        if is_train or is_probe:
             train = TrainConfig(
                 epochs=_get(config, "local-epochs", int),
                 batch_size=_get(config, "batch-size", int),
@@ -213,7 +217,7 @@ class Instructions:
             payload=arrays[PAYLOAD_KEY].data,
             dtype=_get(config, "dtype", str) if is_train else "float32",
             train=train,
-            seed=_get(config, "seed", int) if is_train else 0,
+            seed=_get(config, "seed", int) if train is not None else 0,
         )
 
 
@@ -295,9 +299,11 @@ def record_round(state_path: Path, *, bytes_sent: int, loss: float) -> None:
 @app.evaluate()
 def evaluate_(message: Message, context: Context) -> Message:
     try:
-        _, work = prepare(message, context, is_train=False)
+        task, work = prepare(message, context, is_train=False)
         if work.data.y_test.shape[0] == 0:
             raise LocalDataError("no local test rows to evaluate on")
+        if task.train is not None:  # a canary probe: how well this ticket learns here
+            train_local(task, work, node_id=context.node_id)
         result = evaluate(work.model, work.data.x_test, work.data.y_test)
     except SKIP_ROUND as error:
         return error_reply(message, error)

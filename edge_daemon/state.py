@@ -6,17 +6,15 @@ never a torn file. A file that does not parse is reported, never silently replac
 record of rounds joined is not a recovery.
 """
 
-import fcntl
 import json
 import math
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ticket.atomic import atomic_write_text
+from ticket.atomic import atomic_write_text, locked
 
 FORMAT = "ticketfleet/edge-daemon-state"
 VERSION = 1
@@ -137,22 +135,9 @@ def save_state(path: Path, state: DaemonState) -> None:
     atomic_write_text(path, text, mode=0o600)
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    # The daemon and the ClientApp (a separate process) both update the state: serialise their
-    # read-modify-write so neither overwrites the other's change. The lock is released on exit,
-    # including kill -9, because the kernel closes the descriptor.
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def update_state(path: Path, change: Callable[[DaemonState], DaemonState]) -> DaemonState:
     """Apply `change` to the stored state under an exclusive lock, save it, and return it."""
-    with _locked(path):
+    with locked(path):
         state = change(load_state(path))
         save_state(path, state)
         return state

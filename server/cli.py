@@ -19,6 +19,7 @@ from server.fleet import (
     flower_cli,
     init_state,
     read_run_file,
+    training_target,
 )
 from server.run_status import RunSummary, format_summary, read_summary
 from server.superlink import SuperLinkError, is_listening
@@ -187,7 +188,10 @@ def _summary(config: FleetConfig) -> RunSummary:
         except SuperLinkError:
             status = None
     return read_summary(
-        config.run_dir, rounds_planned=config.run.rounds, run_id=run_id, run_status=status
+        training_target(config).run_dir,
+        rounds_planned=config.run.rounds,
+        run_id=run_id,
+        run_status=status,
     )
 
 

@@ -48,7 +48,9 @@ class TlsConfig:
 class RunSection:
     """The training run; each key maps onto one ServerApp run-config key (server_app.py)."""
 
-    ticket: Path  # [ticket-path]
+    # [ticket-path] the signed .ticket to train; None: the fleet's active ticket (the last one
+    # `ticket deploy -c server.yaml` rolled out), in run directory state_dir/runs/NAME-<id12>
+    ticket: Path | None = None
     name: str = "main"  # the run directory state_dir/runs/NAME; a new name starts afresh
     rounds: int = field(default=3, metadata={"ge": 1})  # [num-rounds]
     min_nodes: int = field(default=2, metadata={"ge": 1})  # [min-nodes]
@@ -115,17 +117,19 @@ class FleetConfig:
         host = self.connect_host
         return f"[{host}]:{self.listen.port}" if ":" in host else f"{host}:{self.listen.port}"
 
-    @property
-    def run_dir(self) -> Path:
-        return self.paths.run_dir(self.run.name)
+    def run_dir(self, ticket_id: str | None = None) -> Path:
+        """runs/NAME for a configured ticket, runs/NAME-<id12> for the active `ticket_id`, so
+        each deployed ticket trains in a run of its own."""
+        name = self.run.name if ticket_id is None else f"{self.run.name}-{ticket_id[:12]}"
+        return self.paths.run_dir(name)
 
-    def run_config(self) -> dict[str, ConfigValue]:
-        """The ServerApp's run config (`flwr run --run-config`); the same every time, so a
-        re-run resumes from the run directory's checkpoints."""
+    def run_config(self, ticket: Path, run_dir: Path) -> dict[str, ConfigValue]:
+        """The ServerApp's run config (`flwr run --run-config`) for `ticket` in `run_dir`; the
+        same every time, so a re-run resumes from the run directory's checkpoints."""
         run = self.run
         return {
-            "ticket-path": str(run.ticket),
-            "run-dir": str(self.run_dir),
+            "ticket-path": str(ticket),
+            "run-dir": str(run_dir),
             "fleet-key": "" if run.allow_unsigned else str(self.fleet_public_key),
             "allow-unsigned": run.allow_unsigned,
             "num-rounds": run.rounds,

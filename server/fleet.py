@@ -25,6 +25,7 @@ from typing import Any
 
 import server
 from server.config import WILDCARD_HOSTS, FleetConfig
+from server.deployments import DeploymentLedger, LedgerError
 from server.processes import PidFile, Recorded, stop_groups
 from server.run_log import RunLog
 from server.run_status import read_summary, summarize_round
@@ -153,6 +154,32 @@ def _check_public_key(path: Path) -> None:
 # -- run -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class TrainingTarget:
+    """What `run` trains, and where its checkpoints go."""
+
+    ticket: Path
+    run_dir: Path
+    ticket_id: str | None = None  # the active ticket's id, when server.yaml names no ticket
+
+
+def training_target(config: FleetConfig) -> TrainingTarget:
+    """run.ticket if server.yaml gives one, else the active ticket of the deployment ledger."""
+    if config.run.ticket is not None:
+        return TrainingTarget(config.run.ticket, config.run_dir())
+    ledger = DeploymentLedger(config.paths.deployments)
+    try:
+        active = ledger.active()
+    except LedgerError as error:
+        raise FleetError(str(error)) from None
+    if active is None:
+        raise FleetError(
+            "run.ticket is not set and no ticket is active: roll one out with "
+            "`ticket deploy FILE -c server.yaml`, or set run.ticket"
+        )
+    return TrainingTarget(ledger.bundle(active), config.run_dir(active), active)
+
+
 @dataclass
 class FleetServer:
     """The SuperLink and the training run of one server.yaml; `run()` stops what it started."""
@@ -182,6 +209,7 @@ class FleetServer:
             self._record()
             self._start_superlink()
             self._stop_earlier_run()
+            self._wait_for_active_ticket()
             return self._submit_and_follow()
         finally:
             with _signals_deferred():  # a second Ctrl-C must not cut the cleanup short
@@ -204,8 +232,10 @@ class FleetServer:
         for path in (config.tls_files.ca_cert, config.tls_files.server_cert):
             if not path.is_file():
                 raise FleetError(f"{path}: missing; run `fleet-server init`")
-        if not config.run.ticket.is_file():
+        if config.run.ticket is not None and not config.run.ticket.is_file():
             raise FleetError(f"run.ticket: {config.run.ticket}: no such file")
+        if config.run.ticket is None:
+            self._active_ticket()  # a damaged ledger stops us before anything starts
         if not config.run.allow_unsigned and not config.fleet_public_key.is_file():
             raise FleetError(f"{config.fleet_public_key}: no fleet key; run `fleet-server init`")
         app_dir()
@@ -257,6 +287,25 @@ class FleetServer:
             f"{', node authentication' if config.node_auth else ''}); logs in {paths.logs_dir}"
         )
 
+    def _active_ticket(self) -> str | None:
+        try:
+            return DeploymentLedger(self.config.paths.deployments).active()
+        except LedgerError as error:
+            raise FleetError(str(error)) from None
+
+    def _wait_for_active_ticket(self) -> None:
+        """With no run.ticket, serve the SuperLink (so devices connect and `ticket deploy` can
+        reach them) until a rollout makes a ticket active."""
+        if self.config.run.ticket is not None or self._active_ticket() is not None:
+            return
+        self.out(
+            "no ticket is active yet: the SuperLink serves the fleet until "
+            "`ticket deploy FILE -c server.yaml` rolls one out"
+        )
+        while self._active_ticket() is None:
+            self._check_superlink()
+            time.sleep(self.poll_s)
+
     def _stop_earlier_run(self) -> None:
         """A run submitted by a killed fleet-server is still "running" in the database: stop it
         so that no two ServerApps ever write the same run directory."""
@@ -274,19 +323,24 @@ class FleetServer:
 
     def _submit_and_follow(self) -> str:
         config, paths = self.config, self.config.paths
-        log = RunLog(config.run_dir / "rounds.jsonl")
+        target = training_target(config)
+        run_dir = target.run_dir
+        if target.ticket_id is not None:
+            self.out(f"training the active ticket {target.ticket_id[:12]}")
+        log = RunLog(run_dir / "rounds.jsonl")
         done = {line["round"] for line in log.read()}
         if done:
-            self.out(f"resuming {config.run_dir} after round {max(done)} of {config.run.rounds}")
+            self.out(f"resuming {run_dir} after round {max(done)} of {config.run.rounds}")
         attempt = sum(1 for _ in paths.logs_dir.glob("flwr-run-*.log")) + 1
         stream_log = paths.logs_dir / f"flwr-run-{attempt}.log"
-        stream = self.cli.submit(app_dir(), config.run_config(), log_path=stream_log)
+        run_config = config.run_config(target.ticket, run_dir)
+        stream = self.cli.submit(app_dir(), run_config, log_path=stream_log)
         self._track("flwr-run", stream)
         run_id = None
         while True:
             if run_id is None and (run_id := run_id_from_log(stream_log)) is not None:
                 write_run_file(paths.run_file, run_id, config.run.name)
-                self.out(f"run {run_id} submitted ({config.run.rounds} rounds, {config.run_dir})")
+                self.out(f"run {run_id} submitted ({config.run.rounds} rounds, {run_dir})")
             self._print_new_rounds(log, done)
             self._check_superlink()
             if stream.poll() is not None:
@@ -297,7 +351,7 @@ class FleetServer:
             raise FleetError(f"flwr run did not start a run; see {stream_log}")
         status = self.cli.wait_finished(run_id, deadline=math.inf, check=self._check_superlink)
         self._print_new_rounds(log, done)
-        summary = read_summary(config.run_dir, rounds_planned=config.run.rounds)
+        summary = read_summary(run_dir, rounds_planned=config.run.rounds)
         self.out(f"run {run_id}: {status}; {summary.last_round}/{config.run.rounds} rounds")
         return status
 

@@ -44,6 +44,11 @@ class ServerPaths:
         return self.state_dir / "runs" / name
 
     @property
+    def deployments(self) -> Path:
+        """The deployment ledger (server/deployments.py): the active ticket, every rollout."""
+        return self.state_dir / "deployments"
+
+    @property
     def pid_file(self) -> Path:
         """The running `fleet-server run` and its SuperLink (JSON); found stale after a kill."""
         return self.state_dir / "fleet-server.pid"

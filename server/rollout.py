@@ -4,8 +4,19 @@ A rollout is one Flower run (ServerApp with run config `mode = "deploy"`): a "qu
 every connected node carrying the bundle (wire schema: edge_daemon/ticket_install.py). Each
 device verifies it against its own fleet key and answers installed or rejected-with-reason;
 a node that does not answer before the timeout counts as offline. With a canary fraction,
-a seeded sample goes first and the rest only if every canary device installed it. The outcome
-is written atomically to `<run-dir>/deploy.json`, which `ticket deploy` prints as a table.
+a seeded sample goes first, and the rest only if the canary installed it cleanly (every device,
+or the `min_installed` fraction the rollout must reach anyway) and, when a
+`CanaryCheck` is given, the canary's evaluation does not regress (below). The outcome is
+written atomically to `<run-dir>/deploy.json`, which `ticket deploy` prints as a table.
+
+The canary's evaluation asks a question about tickets, not about a trained model: does the new
+ticket learn on our devices' data as well as the active one? A ticket is (mask, W_k), whose
+worth is the accuracy it reaches once trained, so each canary device gets one "evaluate"
+message per ticket carrying its W_k and a short training schedule: it trains from W_k on its
+own readings and scores the result on its held-out rows (edge_daemon/client_app.py; nothing is
+kept, no round is counted). Both tickets see the same devices, data order and schedule; the
+rollout goes on only if the example-weighted accuracy of the new ticket is at least the active
+one's minus `max_regression`, over the devices that scored both.
 """
 
 import json
@@ -19,7 +30,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common import MessageType
 from flwr.serverapp import Grid
 
+from server.strategy import ARRAYS_KEY, CONFIG_KEY, PAYLOAD_KEY, PAYLOAD_STYPE
 from ticket.atomic import atomic_write_text
+from ticket.bundle import Ticket
+from ticket.codec import Kind, encode_vector
+from ticket.packing import PackLayout
+from ticket.train import TrainConfig
 
 BUNDLE_KEY = "bundle"
 BUNDLE_ARRAY = "ticket"
@@ -28,7 +44,9 @@ ACK_KEY = "ack"
 INSTALLED = "installed"
 REJECTED = "rejected"
 OFFLINE = "offline"
-SKIPPED = "skipped"  # not pushed: the canary did not install cleanly
+SKIPPED = "skipped"  # not pushed: the canary did not install cleanly, or it regressed
+CANDIDATE = "candidate"
+BASELINE = "baseline"
 
 
 @dataclass(frozen=True)
@@ -39,20 +57,82 @@ class Ack:
     canary: bool = False
 
 
+@dataclass(frozen=True, eq=False)
+class CanaryCheck:
+    """The canary's evaluation (module docstring): the new ticket against the active one."""
+
+    candidate: Ticket
+    baseline: Ticket | None  # the active ticket; None: nothing to compare against
+    train: TrainConfig  # the schedule each canary device trains both tickets with
+    max_regression: float = 0.01  # accuracy the new ticket may lose against the active one
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_regression <= 1.0:
+            raise ValueError(f"max_regression must be in [0, 1], got {self.max_regression}")
+
+
+@dataclass(frozen=True)
+class CanaryScore:
+    """One ticket's canary evaluation: example-weighted accuracy over the devices that scored."""
+
+    ticket_id: str
+    accuracy: float | None  # None: no device could score it
+    examples: int
+    by_node: dict[int, float]  # node id -> its accuracy
+    examples_by_node: dict[int, int]  # node id -> held-out rows it scored
+    errors: dict[int, str]  # node id -> why it could not score
+
+    def mean_over(self, nodes: Sequence[int]) -> float:
+        """Example-weighted accuracy over `nodes` (each of which scored)."""
+        total = sum(self.examples_by_node[node] for node in nodes)
+        return sum(self.by_node[n] * self.examples_by_node[n] for n in nodes) / total
+
+
+@dataclass(frozen=True)
+class CanaryVerdict:
+    passed: bool
+    reason: str
+    candidate: CanaryScore
+    baseline: CanaryScore | None
+    max_regression: float
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "passed": self.passed,
+            "reason": self.reason,
+            "max_regression": self.max_regression,
+            CANDIDATE: _score_json(self.candidate),
+            BASELINE: None if self.baseline is None else _score_json(self.baseline),
+        }
+
+
 @dataclass
 class Rollout:
     ticket_id: str
     acks: list[Ack] = field(default_factory=list)
+    canary: CanaryVerdict | None = None
+    # The fraction of devices that must install for the rollout to count (and the canary's
+    # share of its own devices); 1.0: every one. A fleet always has a device or two away.
+    min_installed: float = 1.0
+
+    @property
+    def installed_fraction(self) -> float:
+        installed = sum(ack.status == INSTALLED for ack in self.acks)
+        return installed / len(self.acks) if self.acks else 0.0
 
     @property
     def succeeded(self) -> bool:
-        return bool(self.acks) and all(ack.status == INSTALLED for ack in self.acks)
+        enough = bool(self.acks) and self.installed_fraction >= self.min_installed
+        return enough and (self.canary is None or self.canary.passed)
 
     def to_json(self) -> dict[str, object]:
         return {
             "ticket_id": self.ticket_id,
             "succeeded": self.succeeded,
+            "min_installed": self.min_installed,
             "nodes": [asdict(ack) for ack in sorted(self.acks, key=lambda a: a.node_id)],
+            "canary": None if self.canary is None else self.canary.to_json(),
         }
 
 
@@ -64,12 +144,17 @@ def roll_out(
     timeout: float,
     canary_fraction: float = 0.0,
     seed: int = 0,
+    check: CanaryCheck | None = None,
+    min_installed: float = 1.0,
 ) -> Rollout:
-    """Push `bundle` to every connected node (canary first when `canary_fraction` > 0)."""
+    """Push `bundle` to every connected node (canary first when `canary_fraction` > 0, then,
+    with `check`, the canary's evaluation before the rest)."""
     if not 0.0 <= canary_fraction <= 1.0:
         raise ValueError(f"canary fraction must be in [0, 1], got {canary_fraction}")
+    if not 0.0 < min_installed <= 1.0:
+        raise ValueError(f"min_installed must be in (0, 1], got {min_installed}")
     nodes = sorted(grid.get_node_ids())
-    rollout = Rollout(ticket_id)
+    rollout = Rollout(ticket_id, min_installed=min_installed)
     if not nodes:
         return rollout
     canary: list[int] = []
@@ -77,11 +162,13 @@ def roll_out(
         size = max(1, math.ceil(canary_fraction * len(nodes)))
         canary = sorted(random.Random(f"ticketfleet.canary:{seed}").sample(nodes, size))
         rollout.acks += push(grid, bundle, ticket_id, canary, timeout=timeout, canary=True)
-        if not rollout.succeeded:
+        why_not = None if rollout.succeeded else "the canary did not install cleanly"
+        if why_not is None and check is not None:
+            rollout.canary = evaluate_canary(grid, canary, check, timeout=timeout)
+            why_not = None if rollout.canary.passed else rollout.canary.reason
+        if why_not is not None:
             rest = [node for node in nodes if node not in canary]
-            rollout.acks += [
-                Ack(node, SKIPPED, "the canary did not install cleanly") for node in rest
-            ]
+            rollout.acks += [Ack(node, SKIPPED, why_not) for node in rest]
             return rollout
     rest = [node for node in nodes if node not in canary]
     rollout.acks += push(grid, bundle, ticket_id, rest, timeout=timeout)
@@ -123,6 +210,18 @@ def push(
     return [acks[node] for node in nodes]
 
 
+def evaluate_canary(
+    grid: Grid, nodes: Sequence[int], check: CanaryCheck, *, timeout: float
+) -> CanaryVerdict:
+    """Score the candidate, then the baseline, on the canary devices: a round trip each (a
+    reply does not say which ticket it scored, so the two never share a trip)."""
+    candidate = _score_on(grid, check.candidate, nodes, check, timeout)
+    baseline = None
+    if check.baseline is not None:
+        baseline = _score_on(grid, check.baseline, nodes, check, timeout)
+    return _verdict(candidate, baseline, check.max_regression)
+
+
 def write_outcome(rollout: Rollout, run_dir: Path) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "deploy.json"
@@ -147,3 +246,100 @@ def _read_ack(reply: Message, node: int, ticket_id: str, canary: bool) -> Ack:
     if status == INSTALLED and record.get("ticket-id") != ticket_id:
         return Ack(node, REJECTED, "the node acknowledged another ticket", canary)
     return Ack(node, str(status), text, canary)
+
+
+def _probe_message(ticket: Ticket, node: int, check: CanaryCheck) -> Message:
+    layout = PackLayout.from_ticket(ticket)
+    payload = encode_vector(
+        layout.pack(ticket.weights),  # W_k, float32 [k]
+        kind=Kind.MODEL,
+        ticket_id=ticket.content_id,
+        round=0,  # no training round: a rollout's probe
+        segment_sizes=layout.segment_sizes,
+    )
+    wire = Array(dtype="uint8", shape=(len(payload),), stype=PAYLOAD_STYPE, data=payload)
+    config = ConfigRecord(
+        {
+            "ticket-id": ticket.content_id,
+            "server-round": 0,
+            "local-epochs": check.train.epochs,
+            "batch-size": check.train.batch_size,
+            "lr": check.train.lr,
+            "optimizer": check.train.optimizer,
+            "seed": check.seed,
+        }
+    )
+    content = RecordDict({ARRAYS_KEY: ArrayRecord({PAYLOAD_KEY: wire}), CONFIG_KEY: config})
+    return Message(content, dst_node_id=node, message_type=MessageType.EVALUATE)
+
+
+def _score_on(
+    grid: Grid, ticket: Ticket, nodes: Sequence[int], check: CanaryCheck, timeout: float
+) -> CanaryScore:
+    messages = [_probe_message(ticket, node, check) for node in sorted(nodes)]
+    replies = grid.send_and_receive(messages, timeout=timeout)
+    return _score(ticket.content_id, nodes, replies)
+
+
+def _score(ticket_id: str, nodes: Sequence[int], replies: Iterable[Message]) -> CanaryScore:
+    """The example-weighted accuracy of `ticket_id` over the nodes that scored it."""
+    by_node: dict[int, float] = {}
+    examples: dict[int, int] = {}
+    errors = {node: "no answer before the timeout" for node in nodes}
+    for reply in _replies_from(replies, nodes):
+        node = reply.metadata.src_node_id
+        if node in by_node:
+            continue  # a second answer from one node counts once
+        if reply.has_error():
+            errors[node] = f"error {reply.error.code}: {reply.error.reason}"
+            continue
+        metrics = reply.content.metric_records.get("metrics")
+        accuracy = None if metrics is None else metrics.get("accuracy")
+        count = None if metrics is None else metrics.get("num-examples")
+        if not isinstance(accuracy, float) or not isinstance(count, int) or count < 1:
+            errors[node] = "the answer holds no accuracy and example count"
+            continue
+        if not (math.isfinite(accuracy) and 0.0 <= accuracy <= 1.0):
+            errors[node] = f"accuracy {accuracy!r} is not in [0, 1]"
+            continue
+        by_node[node], examples[node] = accuracy, count
+        del errors[node]
+    total = sum(examples.values())
+    mean = sum(by_node[n] * examples[n] for n in by_node) / total if total else None
+    return CanaryScore(ticket_id, mean, total, by_node, examples, errors)
+
+
+def _verdict(
+    candidate: CanaryScore, baseline: CanaryScore | None, max_regression: float
+) -> CanaryVerdict:
+    def verdict(passed: bool, reason: str) -> CanaryVerdict:
+        return CanaryVerdict(passed, reason, candidate, baseline, max_regression)
+
+    if candidate.accuracy is None:
+        return verdict(False, "no canary device could evaluate the new ticket")
+    if candidate.errors:
+        return verdict(False, f"{len(candidate.errors)} canary device(s) could not evaluate it")
+    if baseline is None:
+        return verdict(True, f"no active ticket to compare with; accuracy {candidate.accuracy:.4f}")
+    shared = sorted(set(candidate.by_node) & set(baseline.by_node))
+    if not shared:
+        return verdict(False, "no canary device could evaluate the active ticket to compare")
+    # Compare on the devices that scored both, so a device lacking the old ticket cannot tilt it.
+    new, old = candidate.mean_over(shared), baseline.mean_over(shared)
+    if new < old - max_regression:
+        return verdict(
+            False,
+            f"the canary's evaluation regressed: accuracy {new:.4f} against {old:.4f} for the "
+            f"active ticket (allowed loss {max_regression:.4f})",
+        )
+    return verdict(True, f"accuracy {new:.4f} against {old:.4f} for the active ticket")
+
+
+def _score_json(score: CanaryScore) -> dict[str, object]:
+    return {
+        "ticket_id": score.ticket_id,
+        "accuracy": score.accuracy,
+        "examples": score.examples,
+        "by_node": {str(node): acc for node, acc in sorted(score.by_node.items())},
+        "errors": {str(node): why for node, why in sorted(score.errors.items())},
+    }

@@ -12,11 +12,12 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 
 from server.evaluation import ServerEvaluator
-from server.rollout import Rollout, roll_out, write_outcome
+from server.rollout import CanaryCheck, Rollout, roll_out, write_outcome
 from server.secagg_round import SecAggPlan, SecurePackedFedAvg
 from server.strategy import PackedFedAvg, RoundPlan
 from server.training_run import run_resumable
 from ticket.bundle import read_ticket
+from ticket.errors import TicketError
 from ticket.packing import PackLayout
 from ticket.train import TrainConfig
 
@@ -97,7 +98,14 @@ class DeploySettings:
     fleet_key: Path  # [fleet-key] the server checks the signature too before pushing
     timeout_s: float  # [round-timeout-s] how long devices have to answer
     canary_fraction: float  # [canary-fraction] 0: everyone at once
-    seed: int  # [seed] picks the canary
+    seed: int  # [seed] picks the canary, orders the canary's training data
+    # The canary's evaluation (server/rollout.py): [baseline-ticket-path] the active ticket
+    # ("": none yet), trained on each canary device with [canary-epochs] and the run's
+    # [batch-size], [lr], [optimizer]; [canary-max-regression] the accuracy it may lose.
+    baseline_path: Path | None = None
+    canary_train: TrainConfig | None = None  # None: no evaluation, installing is enough
+    max_regression: float = 0.01
+    min_installed: float = 1.0  # [min-installed] the fraction of devices that must install
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, ConfigValue]) -> "DeploySettings":
@@ -110,6 +118,27 @@ class DeploySettings:
         fraction = float(_get(config, "canary-fraction", float, 0.0))
         if not 0.0 <= fraction <= 1.0:
             raise RunConfigError(f"run config: canary-fraction must be in [0, 1], got {fraction}")
+        regression = float(_get(config, "canary-max-regression", float, 0.01))
+        if not 0.0 <= regression <= 1.0:
+            raise RunConfigError(
+                f"run config: canary-max-regression must be in [0, 1], got {regression}"
+            )
+        epochs = _get(config, "canary-epochs", int, 5)
+        try:
+            canary_train = TrainConfig(
+                epochs=epochs,
+                batch_size=_get(config, "batch-size", int, 32),
+                lr=float(_get(config, "lr", float, 0.001)),
+                optimizer=_get(config, "optimizer", str, "adam"),
+            )
+        except TicketError as error:
+            raise RunConfigError(f"run config: canary training: {error}") from None
+        baseline = _get(config, "baseline-ticket-path", str, "")
+        min_installed = float(_get(config, "min-installed", float, 1.0))
+        if not 0.0 < min_installed <= 1.0:
+            raise RunConfigError(
+                f"run config: min-installed must be in (0, 1], got {min_installed}"
+            )
         return cls(
             ticket_path=Path(required["ticket-path"]),
             run_dir=Path(required["run-dir"]),
@@ -117,6 +146,10 @@ class DeploySettings:
             timeout_s=float(_get(config, "round-timeout-s", float, 600.0)),
             canary_fraction=fraction,
             seed=_get(config, "seed", int, 0),
+            baseline_path=Path(baseline) if baseline else None,
+            canary_train=canary_train if epochs > 0 else None,
+            max_regression=regression,
+            min_installed=min_installed,
         )
 
 
@@ -137,7 +170,18 @@ def main(grid: Grid, context: Context) -> None:
 def run_deploy(grid: Grid, settings: DeploySettings) -> Rollout:
     """Verify the bundle against the fleet key, push it, write `deploy.json`."""
     bundle = settings.ticket_path.read_bytes()
-    ticket = read_ticket(settings.ticket_path, trusted_keys=[settings.fleet_key.read_bytes()])
+    keys = [settings.fleet_key.read_bytes()]
+    ticket = read_ticket(settings.ticket_path, trusted_keys=keys)
+    check = None
+    if settings.canary_fraction > 0 and settings.canary_train is not None:
+        baseline = settings.baseline_path
+        check = CanaryCheck(
+            candidate=ticket,
+            baseline=None if baseline is None else read_ticket(baseline, trusted_keys=keys),
+            train=settings.canary_train,
+            max_regression=settings.max_regression,
+            seed=settings.seed,
+        )
     rollout = roll_out(
         grid,
         bundle,
@@ -145,6 +189,8 @@ def run_deploy(grid: Grid, settings: DeploySettings) -> Rollout:
         timeout=settings.timeout_s,
         canary_fraction=settings.canary_fraction,
         seed=settings.seed,
+        check=check,
+        min_installed=settings.min_installed,
     )
     write_outcome(rollout, settings.run_dir)
     return rollout

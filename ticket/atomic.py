@@ -1,6 +1,9 @@
 """Atomic file writes: a reader sees the old file or the new one, never a torn mixture."""
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -38,3 +41,20 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `<path>.lock` for a read-modify-write of `path`.
+
+    Separate processes that update one file (the daemon and its ClientApp; two `ticket deploy`
+    commands) serialise on it, so neither overwrites the other's change. The kernel releases
+    the lock when the descriptor closes, including on kill -9.
+    """
+    path = Path(path)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -57,7 +57,9 @@ def test_the_example_shows_every_key_of_the_schema() -> None:
 def test_run_config_maps_onto_the_server_apps_keys(tmp_path: Path) -> None:
     path = _write(tmp_path, "state_dir: s\nrun:\n  ticket: t.ticket\n  rounds: 5\n  lr: 0.01\n")
 
-    run = load_config(path).run_config()
+    config = load_config(path)
+    assert config.run.ticket is not None
+    run = config.run_config(config.run.ticket, config.run_dir())
 
     assert run["run-dir"] == str(tmp_path / "s" / "runs" / "main")
     assert run["ticket-path"] == str(tmp_path / "t.ticket")
@@ -72,7 +74,8 @@ def test_run_config_keys_exist_in_the_apps_defaults() -> None:
 
     pyproject = tomllib.loads((EXAMPLE.parents[2] / "pyproject.toml").read_text())
     known = set(pyproject["tool"]["flwr"]["app"]["config"])
-    assert set(load_config(EXAMPLE).run_config()) <= known
+    config = load_config(EXAMPLE)
+    assert set(config.run_config(Path("t.ticket"), config.run_dir("ab" * 32))) <= known
 
 
 def test_optimizers_match_the_training_loop() -> None:

@@ -2,13 +2,15 @@
 and the checks `run` makes before it starts anything."""
 
 import stat
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
 from server.config import FleetConfig, load_config
-from server.fleet import FleetError, FleetServer, app_dir, init_state
+from server.deployments import DeploymentLedger
+from server.fleet import FleetError, FleetServer, app_dir, init_state, training_target
 from server.processes import PidFile, Recorded
 from ticket import crypto
 
@@ -117,3 +119,30 @@ def test_run_refuses_while_another_fleet_server_runs(tmp_path: Path) -> None:
 
 def test_the_flower_app_is_the_repository_root() -> None:
     assert (app_dir() / "pyproject.toml").is_file()
+
+
+def test_without_run_ticket_the_active_ticket_trains_in_a_run_of_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "server.yaml"
+    path.write_text("state_dir: state\nrun: {name: clinic}\n")
+    config = load_config(path)
+    with pytest.raises(FleetError, match="no ticket is active: roll one out with `ticket deploy"):
+        training_target(config)
+    ledger = DeploymentLedger(config.paths.deployments)
+    first, second = "a" * 64, "b" * 64
+    for ticket_id in (first, second):
+        ledger.keep_bundle(ticket_id, b"bundle")
+        ledger.record("deploy", ticket_id, succeeded=True, at=datetime.now(UTC))
+
+    target = training_target(config)
+
+    assert target.ticket_id == second and target.ticket == ledger.bundle(second)
+    assert target.run_dir == config.state_dir / "runs" / f"clinic-{'b' * 12}"
+    ledger.record("rollback", first, succeeded=True, at=datetime.now(UTC))
+    assert training_target(config).run_dir.name == f"clinic-{'a' * 12}"
+
+
+def test_a_configured_ticket_trains_in_runs_name(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    target = training_target(config)
+    assert (target.ticket, target.ticket_id) == (tmp_path / "t.ticket", None)
+    assert target.run_dir == config.state_dir / "runs" / "main"

@@ -2,14 +2,26 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from deploy.cli import main as ticket_cli
 from edge_daemon import client_app
 from edge_daemon.state import load_state
-from server.rollout import INSTALLED, OFFLINE, REJECTED, SKIPPED, roll_out, write_outcome
+from server.rollout import (
+    INSTALLED,
+    OFFLINE,
+    REJECTED,
+    SKIPPED,
+    CanaryCheck,
+    CanaryScore,
+    roll_out,
+    write_outcome,
+)
+from server.rollout import _verdict as verdict
 from tests.inprocess import InProcessGrid, SilentNodeGrid, find_ticket, server_identity
-from ticket.bundle import read_ticket
+from ticket.bundle import build_ticket, read_ticket, sign_ticket, write_ticket
+from ticket.train import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +30,14 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("fleet", "other"):
         assert ticket_cli(["keygen", "--out", str(directory / name)]) == 0
     find_ticket(directory / "t.ticket", density=0.5, sign_key=directory / "fleet.key")
+    # A ticket that cannot learn: all-zero weights keep every hidden unit dead (ReLU at 0 has
+    # no gradient), so it predicts one class whatever it is trained on.
+    good = read_ticket(directory / "t.ticket", allow_unsigned=True)
+    zeros = {name: np.zeros_like(value) for name, value in good.weights.items()}
+    dead = build_ticket(good.manifest, good.masks, zeros)
+    write_ticket(
+        directory / "dead.ticket", sign_ticket(dead, (directory / "fleet.key").read_bytes())
+    )
     return directory
 
 
@@ -127,3 +147,89 @@ def test_the_serverapp_deploys_only_a_ticket_signed_by_the_fleet_key(
         run_deploy(InProcessGrid(client_app.app, nodes), DeploySettings.from_run_config(foreign))
     with pytest.raises(RunConfigError, match="canary-fraction"):
         DeploySettings.from_run_config({**config, "canary-fraction": 1.5})
+
+
+def _device_with_data(
+    root: Path, index: int, fleet_key: Path
+) -> dict[str, bool | float | int | str]:
+    return {
+        **_device(root, f"site-{index}", fleet_key),
+        "dataset": "heart-uci",
+        "partition": "natural",
+        "partition-id": index,
+        "num-partitions": 4,
+    }
+
+
+def _canary_rollout(fleet: Path, root: Path, candidate: str, baseline: str | None) -> object:
+    key = fleet / "fleet.pub"
+    nodes = [_device_with_data(root, index, key) for index in range(4)]
+    grid = InProcessGrid(client_app.app, nodes)
+    with server_identity():
+        if baseline is not None:  # the active ticket is on every device already
+            roll_out(grid, (fleet / baseline).read_bytes(), "", timeout=30)
+        ticket = read_ticket(fleet / candidate, trusted_keys=[key.read_bytes()])
+        check = CanaryCheck(
+            candidate=ticket,
+            baseline=None
+            if baseline is None
+            else read_ticket(fleet / baseline, allow_unsigned=True),
+            train=TrainConfig(epochs=5, batch_size=32, lr=0.01),
+            max_regression=0.02,
+        )
+        return roll_out(
+            grid,
+            (fleet / candidate).read_bytes(),
+            ticket.content_id,
+            timeout=30,
+            canary_fraction=0.5,
+            check=check,
+        )
+
+
+def test_a_canary_that_regresses_stops_the_rollout(fleet: Path, tmp_path: Path) -> None:
+    rollout = _canary_rollout(fleet, tmp_path, "dead.ticket", baseline="t.ticket")
+
+    assert not rollout.succeeded  # type: ignore[attr-defined]
+    canary = rollout.canary  # type: ignore[attr-defined]
+    assert not canary.passed and "the canary's evaluation regressed" in canary.reason
+    assert canary.candidate.accuracy < canary.baseline.accuracy - 0.02
+    assert set(canary.candidate.by_node) == set(canary.baseline.by_node)  # the two canaries
+    rest = [ack for ack in rollout.acks if not ack.canary]  # type: ignore[attr-defined]
+    assert len(rest) == 2 and all(ack.status == SKIPPED for ack in rest)
+    assert all("regressed" in ack.reason for ack in rest)
+    assert '"passed": false' in write_outcome(rollout, tmp_path / "run").read_text()  # type: ignore[arg-type]
+
+
+def test_a_canary_that_learns_as_well_lets_the_rest_follow(fleet: Path, tmp_path: Path) -> None:
+    rollout = _canary_rollout(fleet, tmp_path, "t.ticket", baseline="t.ticket")
+
+    assert rollout.succeeded and rollout.canary.passed  # type: ignore[attr-defined]
+    canary = rollout.canary  # type: ignore[attr-defined]
+    assert canary.candidate.accuracy == canary.baseline.accuracy  # same ticket, same schedule
+    assert canary.candidate.accuracy > 0.6 and canary.candidate.examples > 0
+
+
+def test_with_no_active_ticket_the_canary_only_has_to_evaluate(fleet: Path, tmp_path: Path) -> None:
+    rollout = _canary_rollout(fleet, tmp_path, "dead.ticket", baseline=None)
+
+    assert rollout.succeeded  # type: ignore[attr-defined]
+    assert "no active ticket to compare with" in rollout.canary.reason  # type: ignore[attr-defined]
+
+
+def _score(accuracy: dict[int, float], errors: dict[int, str] | None = None) -> CanaryScore:
+    examples = dict.fromkeys(accuracy, 10)
+    mean = sum(accuracy.values()) / len(accuracy) if accuracy else None
+    return CanaryScore("t", mean, 10 * len(accuracy), accuracy, examples, errors or {})
+
+
+def test_the_verdict_compares_only_devices_that_scored_both() -> None:
+    candidate = _score({1: 0.80, 2: 0.70})
+    # Device 3 lacks the new ticket; its high score for the old one must not count.
+    baseline = _score({1: 0.80, 2: 0.72, 3: 0.99})
+    assert verdict(candidate, baseline, 0.02).passed
+    assert not verdict(candidate, baseline, 0.0).passed
+    failed = verdict(_score({1: 0.8}, {2: "error 1003: no local data"}), baseline, 0.5)
+    assert not failed.passed and "1 canary device(s) could not evaluate it" in failed.reason
+    assert not verdict(_score({}), None, 0.5).passed
+    assert not verdict(candidate, _score({}), 0.5).passed
