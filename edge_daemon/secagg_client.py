@@ -3,7 +3,8 @@
 Wire schema (must match server/secagg_round.py): ConfigRecord "secagg" with "round" (int),
 "weight-cap" (int) and the parts the server asks for: "advert-round" (int) -> reply
 "key-advert"; "key-bundle" (bytes) with "bundle-round" (int) -> "share-bundle";
-"mask-request" (bytes, on a train message with the global values) -> "masked-input";
+"mask-request" (bytes, on a train message with the global values; under differential privacy
+with "dp-clip-norm" and "dp-noise-std" (float)) -> "masked-input";
 "unmask-request" (bytes) -> "unmask-response". A train message may carry a mask request and an
 advert request, a query message an unmask request and a key bundle, or the setup exchange's
 single parts. Nothing per node but the masked vector leaves: no example count, no loss.
@@ -16,6 +17,7 @@ earlier reveal. A node that lost its state sits the round out: an Error reply.
 """
 
 import json
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +32,13 @@ from ticket.errors import TicketError
 from ticket.secagg import (
     NodeRound,
     RoundSecrets,
+    SecAggParams,
     advertise_keys,
     distribute_shares,
     mask_input,
     reveal_shares,
 )
+from ticket.secagg.privacy import privatize
 from ticket.secagg.weighting import weighted_input
 
 SECAGG_KEY = "secagg"
@@ -76,16 +80,10 @@ def train_step(message: Message, context: Context, trainer: Trainer) -> tuple[Me
     parts: dict[str, bytes] = {}
     if "mask-request" in ask:
         state = store.node_round(r)
+        dp = _dp_request(ask)
         update = trainer()
         vector = _protocol(
-            "mask",
-            lambda: weighted_input(
-                update.delta,
-                examples=update.examples,
-                loss=update.loss,
-                params=state.params,
-                cap=_int(ask, "weight-cap"),
-            ),
+            "mask", lambda: _input(update, dp, state.params, _int(ask, "weight-cap"))
         )
         rng = np.random.default_rng(update.seed)
         masked, state = _protocol(
@@ -125,6 +123,31 @@ def query_step(message: Message, context: Context) -> Message:
         parts["share-bundle"] = shares
     store.save(keep_from=r - 1)
     return _reply(message, parts)
+
+
+def _dp_request(ask: ConfigRecord) -> tuple[float, float] | None:
+    """(clip norm C, noise std sigma) when the round is under differential privacy."""
+    if "dp-clip-norm" not in ask and "dp-noise-std" not in ask:
+        return None
+    return _float(ask, "dp-clip-norm"), _float(ask, "dp-noise-std")
+
+
+def _input(
+    update: LocalUpdate, dp: tuple[float, float] | None, params: SecAggParams, cap: int
+) -> npt.NDArray[np.float32]:
+    """What this node masks: its weighted update, or under DP its clipped, noised update."""
+    if dp is None:
+        return weighted_input(
+            update.delta, examples=update.examples, loss=update.loss, params=params, cap=cap
+        )
+    clip_norm, noise_std = dp
+    # The noise is what hides this update: it must come from this device's own secret
+    # randomness, never from a seed the server knows (update.seed is derivable by it).
+    noise_rng = np.random.default_rng(secrets.randbits(128))
+    noisy = privatize(update.delta, clip_norm=clip_norm, noise_std=noise_std, rng=noise_rng)
+    return weighted_input(
+        noisy, examples=update.examples, loss=None, params=params, cap=cap, flat=True
+    )
 
 
 def _advertise(store: "StateStore", context: Context, round: int) -> bytes:
@@ -220,6 +243,13 @@ def _int(config: ConfigRecord, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InstructionsError(f"secagg {key!r} must be int, got {type(value).__name__}")
     return value
+
+
+def _float(config: ConfigRecord, key: str) -> float:
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InstructionsError(f"secagg {key!r} must be float, got {type(value).__name__}")
+    return float(value)
 
 
 def _bytes(config: ConfigRecord, key: str) -> bytes:

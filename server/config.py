@@ -71,6 +71,9 @@ class RunSection:
     secagg_clip: float = field(default=0.25, metadata={"gt": 0})
     secagg_levels: int = field(default=16384, metadata={"ge": 2})
     secagg_weight_cap: int = field(default=1000, metadata={"ge": 1})
+    dp_noise_multiplier: float = field(default=0.0, metadata={"ge": 0})  # 0: off; needs secagg
+    dp_clip_norm: float = field(default=0.1, metadata={"gt": 0})
+    dp_delta: float = field(default=1e-5, metadata={"gt": 0, "le": 0.5})
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,9 @@ class FleetConfig:
             "secagg-clip": run.secagg_clip,
             "secagg-levels": run.secagg_levels,
             "secagg-weight-cap": run.secagg_weight_cap,
+            "dp-noise-multiplier": run.dp_noise_multiplier,
+            "dp-clip-norm": run.dp_clip_norm,
+            "dp-delta": run.dp_delta,
         }
 
 

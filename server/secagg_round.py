@@ -17,7 +17,8 @@ exact sum (RoundAbortedError) keeps the global model and is logged as aborted.
 
 Wire schema (must match edge_daemon/secagg_client.py): ConfigRecord "secagg" with, server to
 node, "round" (int, r), "weight-cap" (int), and any of "mask-request", "unmask-request",
-"key-bundle" (bytes), "advert-round", "bundle-round" (int); node to server, any of
+"key-bundle" (bytes), "advert-round", "bundle-round" (int), and with a mask request under
+differential privacy "dp-clip-norm", "dp-noise-std" (float); node to server, any of
 "masked-input", "key-advert", "unmask-response", "share-bundle" (bytes). Bytes counted up and
 down per node are those of every trip of the round: the codec payload of the global values plus
 the secagg record as Flower counts it (ConfigRecord.count_bytes: keys and values).
@@ -42,6 +43,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
+from server.privacy import DpPlan, charged_rounds, epsilon
 from server.strategy import (
     ARRAYS_KEY,
     CONFIG_KEY,
@@ -55,12 +57,13 @@ from server.strategy import (
 from ticket.errors import TicketError
 from ticket.packing import PackLayout
 from ticket.secagg import Phase, RoundAbortedError, SecAggParams, ServerRound
+from ticket.secagg.privacy import effective_noise_multiplier
 from ticket.secagg.weighting import EXTRA_VALUES, read_sum
 
 logger = logging.getLogger(__name__)
 
 SECAGG_KEY = "secagg"
-ConfigValue = int | bytes
+ConfigValue = int | float | bytes
 
 
 @dataclass(frozen=True)
@@ -93,10 +96,18 @@ class SecurePackedFedAvg(PackedFedAvg):
     """PackedFedAvg under secure aggregation: 2 message round trips per steady-state round."""
 
     def __init__(
-        self, layout: PackLayout, plan: RoundPlan, secagg: SecAggPlan, **fedavg_options: Any
+        self,
+        layout: PackLayout,
+        plan: RoundPlan,
+        secagg: SecAggPlan,
+        *,
+        dp: DpPlan | None = None,
+        **fedavg_options: Any,
     ) -> None:
         super().__init__(layout, plan, **fedavg_options)
         self.secagg = secagg
+        self.dp = dp  # distributed differential privacy (server/privacy.py), or None
+        self._charged: list[float] = []  # z_eff of every round released under DP, in order
         self._params = secagg.params()
         self._timeout = 3600.0
         self._last_round = 0  # run-wide
@@ -138,6 +149,15 @@ class SecurePackedFedAvg(PackedFedAvg):
             first_round=first_round,
         )
 
+    def restore_privacy(self, lines: Iterable[Mapping[str, Any]]) -> None:
+        """A resumed run's privacy spending so far, from its run log's lines."""
+        self._charged = charged_rounds(lines)
+
+    @property
+    def min_survivors(self) -> int:
+        """The fewest masked vectors a round is summed from (below: aborted)."""
+        return max(2, self.plan.min_replies)
+
     # ------------------------------------------------------------ trip A
 
     def configure_train(
@@ -164,6 +184,9 @@ class SecurePackedFedAvg(PackedFedAvg):
             parts: dict[str, ConfigValue] = {}
             if node in self._requests:
                 parts["mask-request"] = self._requests[node]
+                if self.dp is not None:  # the device clips to C and adds its noise share
+                    parts["dp-clip-norm"] = self.dp.clip_norm
+                    parts["dp-noise-std"] = self.dp.noise_std(self.min_survivors)
             if node in asked:
                 parts["advert-round"] = r + 1
             content = self._content(r, parts)
@@ -245,9 +268,12 @@ class SecurePackedFedAvg(PackedFedAvg):
                 reason = str(error)
             else:
                 record.accepted = sorted(result.survivors)
-                record.train_metrics = {"train-loss": loss}
                 secagg["survivors"] = sorted(result.survivors)
                 secagg["weight"] = weight
+                if self.dp is None:
+                    record.train_metrics = {"train-loss": loss}
+                else:  # devices release no loss under DP; the round's privacy cost instead
+                    secagg["dp"] = self._charge(len(result.survivors))
                 arrays = ArrayRecord({PAYLOAD_KEY: Array(self._global + mean)})
         if reason is not None:
             secagg["aborted"] = reason
@@ -256,6 +282,21 @@ class SecurePackedFedAvg(PackedFedAvg):
             {**record.metrics(), **record.train_metrics, "aborted": int(arrays is None)}
         )
         return arrays, metrics
+
+    def _charge(self, survivors: int) -> dict[str, float]:
+        """Account for one released sum of `survivors` noisy vectors (DP on)."""
+        if self.dp is None:
+            raise RuntimeError("no differential privacy plan to charge")
+        sigma = self.dp.noise_std(self.min_survivors)
+        z = effective_noise_multiplier(sigma, survivors, self.dp.clip_norm)
+        self._charged.append(z)
+        return {
+            "noise_multiplier": z,
+            "clip_norm": self.dp.clip_norm,
+            "delta": self.dp.delta,
+            "epsilon": epsilon(self._charged, self.dp.delta),
+            "rounds_charged": len(self._charged),
+        }
 
     # ------------------------------------------------------------ setup and key rotation
 
@@ -309,7 +350,7 @@ class SecurePackedFedAvg(PackedFedAvg):
             round=r,
             params=self._params,
             length=self.layout.size + EXTRA_VALUES,
-            min_survivors=max(2, self.plan.min_replies),
+            min_survivors=self.min_survivors,
         )
 
     def _sample(self, r: int, grid: Grid) -> list[int]:

@@ -1,5 +1,6 @@
 """The Flower ServerApp: load and verify the run's ticket, then run PackedFedAvg over the grid
-(or SecurePackedFedAvg with run config `secagg = true`)."""
+(or SecurePackedFedAvg with run config `secagg = true`, with distributed differential privacy
+when `dp-noise-multiplier` > 0); or, with `mode = "deploy"`, roll the ticket out."""
 
 import logging
 from collections.abc import Mapping
@@ -12,6 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 
 from server.evaluation import ServerEvaluator
+from server.privacy import DpPlan
 from server.rollout import CanaryCheck, Rollout, roll_out, write_outcome
 from server.secagg_round import SecAggPlan, SecurePackedFedAvg
 from server.strategy import PackedFedAvg, RoundPlan
@@ -19,11 +21,13 @@ from server.training_run import run_resumable
 from ticket.bundle import read_ticket
 from ticket.errors import TicketError
 from ticket.packing import PackLayout
+from ticket.secagg.privacy import saturation_margin
 from ticket.train import TrainConfig
 
 logger = logging.getLogger(__name__)
 
 ConfigValue = bool | float | int | str
+SATURATION_WARNING = 4.0  # secagg-clip below this many noise std: warn (saturation biases)
 
 
 class RunConfigError(ValueError):
@@ -48,6 +52,9 @@ class ServerSettings:
     # [secagg] secure aggregation (server/secagg_round.py) with [secagg-clip], [secagg-levels],
     # [secagg-weight-cap]; None: plaintext FedAvg
     secagg: SecAggPlan | None = None
+    # [dp-noise-multiplier] > 0: distributed differential privacy (server/privacy.py) with
+    # [dp-clip-norm] and [dp-delta]; needs secagg. None: off
+    dp: DpPlan | None = None
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, ConfigValue]) -> "ServerSettings":
@@ -83,7 +90,15 @@ class ServerSettings:
                 min_replies=_get(config, "min-replies", int, 1),
             ),
             secagg=_secagg_plan(config),
+            dp=_dp_plan(config),
         )
+
+    def __post_init__(self) -> None:
+        if self.dp is not None and self.secagg is None:
+            raise RunConfigError(
+                "run config: dp-noise-multiplier needs secagg = true: without secure "
+                "aggregation the server sees each update with only its device's share of the noise"
+            )
 
 
 app = ServerApp()
@@ -213,8 +228,19 @@ def run_training(grid: Grid, settings: ServerSettings) -> Result:
     strategy = (
         PackedFedAvg(layout, plan, **sampling)
         if settings.secagg is None
-        else SecurePackedFedAvg(layout, plan, settings.secagg, **sampling)
+        else SecurePackedFedAvg(layout, plan, settings.secagg, dp=settings.dp, **sampling)
     )
+    if isinstance(strategy, SecurePackedFedAvg) and strategy.dp is not None:
+        sigma = strategy.dp.noise_std(strategy.min_survivors)
+        margin = saturation_margin(strategy.secagg.clip, sigma)
+        if margin < SATURATION_WARNING:
+            logger.warning(
+                "secagg-clip %.3g spans only %.1f of a device's noise std %.3g: noisy values "
+                "will saturate and bias the mean; raise secagg-clip",
+                strategy.secagg.clip,
+                margin,
+                sigma,
+            )
     evaluator = (
         ServerEvaluator.held_out(ticket, layout, settings.server_eval)
         if settings.server_eval
@@ -245,6 +271,20 @@ def _secagg_plan(config: Mapping[str, ConfigValue]) -> SecAggPlan | None:
     except ValueError as error:  # ParamsError, or the weight cap's own check
         raise RunConfigError(f"run config: secagg-*: {error}") from None
     return plan
+
+
+def _dp_plan(config: Mapping[str, ConfigValue]) -> DpPlan | None:
+    noise = float(_get(config, "dp-noise-multiplier", float, 0.0))
+    if noise == 0.0:
+        return None
+    try:
+        return DpPlan(
+            noise_multiplier=noise,
+            clip_norm=float(_get(config, "dp-clip-norm", float, 0.1)),
+            delta=float(_get(config, "dp-delta", float, 1e-5)),
+        )
+    except ValueError as error:
+        raise RunConfigError(f"run config: {error}") from None
 
 
 _MISSING: Any = object()

@@ -65,6 +65,12 @@ def run_settings(strategy: PackedFedAvg, **extra: Any) -> dict[str, Any]:
         },
         # Secure aggregation changes what is averaged (clip, quantisation): part of the run.
         **({"secagg": asdict(strategy.secagg)} if isinstance(strategy, SecurePackedFedAvg) else {}),
+        # So does differential privacy: a run's epsilon composes rounds of one plan.
+        **(
+            {"dp": asdict(strategy.dp)}
+            if isinstance(strategy, SecurePackedFedAvg) and strategy.dp is not None
+            else {}
+        ),
         **extra,
     }
 
@@ -99,6 +105,8 @@ def run_resumable(
     latest = checkpoints.latest()
     done = 0 if latest is None else latest.server_round
     log.reconcile(done, None if latest is None else latest.record)
+    if isinstance(strategy, SecurePackedFedAvg):  # privacy already spent by earlier rounds
+        strategy.restore_privacy(log.read())
     vector = initial if latest is None else latest.vector
     if done >= num_rounds:
         logger.warning(

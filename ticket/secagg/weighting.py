@@ -50,14 +50,24 @@ def node_weight(examples: int, cap: int) -> float:
 
 
 def weighted_input(
-    delta: npt.ArrayLike, *, examples: int, loss: float, params: SecAggParams, cap: int
+    delta: npt.ArrayLike,
+    *,
+    examples: int,
+    loss: float | None,
+    params: SecAggParams,
+    cap: int,
+    flat: bool = False,
 ) -> Floats:
-    """float32 [k + 2]: what a node masks (module docstring)."""
+    """float32 [k + 2]: what a node masks (module docstring). `flat`: every node weighs 1
+    and `loss` is None (differential privacy releases neither count nor loss, privacy.py)."""
     d = np.asarray(delta, dtype=np.float64)  # [k]
     if d.ndim != 1:
         raise ParamsError(f"expected a 1-D update, got shape {list(d.shape)}")
-    w, c = node_weight(examples, cap), params.clip
-    reported = min(max(float(loss), 0.0), LOSS_CAP) if np.isfinite(loss) else LOSS_CAP
+    w, c = (1.0 if flat else node_weight(examples, cap)), params.clip
+    if loss is None:
+        reported = 0.0
+    else:
+        reported = min(max(float(loss), 0.0), LOSS_CAP) if np.isfinite(loss) else LOSS_CAP
     extra = np.array([w * c, w * c * reported / LOSS_CAP])  # [2]
     return np.concatenate([w * d, extra]).astype(np.float32)  # [k + 2]
 

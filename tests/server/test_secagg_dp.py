@@ -1,0 +1,216 @@
+"""Distributed differential privacy in-process against the real ClientApp (heart-uci, 4 nodes).
+
+Oracle: the plaintext run trains the same local models (training is seeded by run seed, round
+and node), so the noiseless DP aggregate must be the flat mean of the clipped updates, and the
+noise on the real aggregate must have the standard deviation the plan promises.
+"""
+
+import json
+import random
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Message
+from flwr.serverapp.strategy import Result
+
+from edge_daemon import client_app
+from server.privacy import DpPlan, epsilon
+from server.secagg_round import SecAggPlan, SecurePackedFedAvg
+from server.server_app import RunConfigError, ServerSettings
+from server.strategy import ARRAYS_KEY, PAYLOAD_KEY, PackedFedAvg, RoundPlan
+from server.training_run import run_resumable
+from tests.inprocess import InProcessGrid, find_ticket, heart_nodes, server_identity
+from ticket.bundle import Ticket, read_ticket
+from ticket.codec import Kind, decode_vector
+from ticket.packing import PackLayout
+from ticket.secagg.privacy import clip_l2
+from ticket.secagg.weighting import mean_error_bound
+from ticket.train import TrainConfig
+
+TRAIN = TrainConfig(epochs=1, batch_size=32, lr=1e-3)
+SECAGG = SecAggPlan(clip=0.25, levels=2**14, weight_cap=1000)
+CLIP_NORM = 0.02  # below the heart updates' norms (~0.05-0.1): clipping is active
+
+
+@pytest.fixture(scope="module")
+def ticket_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return find_ticket(tmp_path_factory.mktemp("dp") / "t.ticket", density=0.5)
+
+
+@pytest.fixture(scope="module")
+def ticket(ticket_path: Path) -> Ticket:
+    return read_ticket(ticket_path, allow_unsigned=True)
+
+
+class CapturingGrid(InProcessGrid):
+    """Keeps every reply, so a test can read the local updates the nodes sent."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.replies: list[Message] = []
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        replies = list(super().send_and_receive(messages, timeout=timeout))
+        self.replies += replies
+        return replies
+
+
+def _strategy(ticket: Ticket, dp: DpPlan | None) -> SecurePackedFedAvg:
+    plan = RoundPlan(ticket_id=ticket.content_id, train=TRAIN)
+    layout = PackLayout.from_ticket(ticket)
+    return SecurePackedFedAvg(layout, plan, SECAGG, dp=dp, fraction_evaluate=0.0)
+
+
+def _initial(ticket: Ticket) -> np.ndarray:
+    return PackLayout.from_ticket(ticket).pack(ticket.weights)
+
+
+def _one_round(strategy: PackedFedAvg, grid: InProcessGrid, ticket: Ticket) -> np.ndarray:
+    random.seed(0)
+    with server_identity():
+        result: Result = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord({PAYLOAD_KEY: Array(_initial(ticket))}),
+            num_rounds=1,
+            timeout=60,
+        )
+    return result.arrays[PAYLOAD_KEY].numpy()
+
+
+def _local_updates(ticket_path: Path, ticket: Ticket) -> list[np.ndarray]:
+    """Each node's delta (local - global) in round 1, from a plaintext run's replies."""
+    layout = PackLayout.from_ticket(ticket)
+    plain = PackedFedAvg(layout, RoundPlan(ticket.content_id, TRAIN), fraction_evaluate=0.0)
+    grid = CapturingGrid(client_app.app, heart_nodes(ticket_path))
+    _one_round(plain, grid, ticket)
+    start = _initial(ticket)
+    return [
+        decode_vector(
+            reply.content.array_records[ARRAYS_KEY][PAYLOAD_KEY].data,
+            kind=Kind.UPDATE,
+            ticket_id=ticket.content_id,
+            round=1,
+            length=layout.size,
+        )
+        - start
+        for reply in grid.replies
+        if ARRAYS_KEY in reply.content.array_records
+    ]
+
+
+def test_the_noiseless_aggregate_is_the_flat_mean_of_the_clipped_updates(
+    ticket_path: Path, ticket: Ticket
+) -> None:
+    deltas = _local_updates(ticket_path, ticket)
+    assert len(deltas) == 4 and all(np.linalg.norm(d) > CLIP_NORM for d in deltas)
+    expected = _initial(ticket) + np.mean([clip_l2(d, CLIP_NORM)[0] for d in deltas], axis=0)
+
+    nearly_noiseless = DpPlan(noise_multiplier=1e-9, clip_norm=CLIP_NORM)
+    strategy = _strategy(ticket, nearly_noiseless)
+    got = _one_round(strategy, InProcessGrid(client_app.app, heart_nodes(ticket_path)), ticket)
+
+    bound = mean_error_bound(SECAGG.params(), nodes=4, weight=4.0) + 1e-6
+    assert np.abs(got - expected).max() <= bound
+    record = strategy.rounds[1]
+    assert record.train_metrics == {}  # no loss is released under DP
+    assert record.secagg is not None and record.secagg["weight"] == pytest.approx(4.0, abs=1e-3)
+
+
+def test_the_noise_on_the_aggregate_has_the_planned_deviation(
+    ticket_path: Path, ticket: Ticket
+) -> None:
+    noiseless = _one_round(
+        _strategy(ticket, DpPlan(1e-9, CLIP_NORM)),
+        InProcessGrid(client_app.app, heart_nodes(ticket_path)),
+        ticket,
+    )
+    plan = DpPlan(noise_multiplier=1.0, clip_norm=CLIP_NORM)
+    strategy = _strategy(ticket, plan)
+
+    noisy = _one_round(strategy, InProcessGrid(client_app.app, heart_nodes(ticket_path)), ticket)
+
+    # t = 2 (min survivors): each of 4 devices adds sigma = z C / sqrt(2); the mean of 4 carries
+    # sqrt(4) sigma / 4. The sum's noise multiplier is sqrt(4) sigma / C = sqrt(2) z.
+    sigma = plan.noise_multiplier * CLIP_NORM / np.sqrt(2)
+    expected_std = np.sqrt(4) * sigma / 4
+    noise = noisy - noiseless  # float32 [k]
+    assert noise.size > 200
+    assert np.std(noise) == pytest.approx(expected_std, rel=0.15)
+    assert abs(np.mean(noise)) < 4 * expected_std / np.sqrt(noise.size)
+    dp = strategy.rounds[1].secagg["dp"]  # type: ignore[index]
+    assert dp["noise_multiplier"] == pytest.approx(np.sqrt(2))
+    assert dp["epsilon"] == pytest.approx(epsilon([np.sqrt(2)], 1e-5))
+
+
+def test_epsilon_accumulates_across_rounds_and_a_resume(
+    ticket_path: Path, ticket: Ticket, tmp_path: Path
+) -> None:
+    plan = DpPlan(noise_multiplier=2.0, clip_norm=CLIP_NORM)
+    for rounds in (2, 3):  # the second ServerApp resumes after round 2
+        random.seed(0)
+        with server_identity():
+            run_resumable(
+                _strategy(ticket, plan),
+                InProcessGrid(client_app.app, heart_nodes(ticket_path)),
+                _initial(ticket),
+                run_dir=tmp_path / "run",
+                num_rounds=rounds,
+                timeout=60,
+            )
+
+    lines = [json.loads(line) for line in (tmp_path / "run/rounds.jsonl").read_text().splitlines()]
+    spent = [line["secagg"]["dp"] for line in lines]
+    assert [entry["rounds_charged"] for entry in spent] == [1, 2, 3]
+    epsilons = [entry["epsilon"] for entry in spent]
+    assert epsilons[0] < epsilons[1] < epsilons[2]
+    z = 2.0 * np.sqrt(2)
+    assert epsilons[2] == pytest.approx(epsilon([z, z, z], 1e-5))
+    assert all(line["train"]["loss"] is None for line in lines)
+
+
+def test_a_changed_privacy_plan_cannot_resume_a_run(
+    ticket_path: Path, ticket: Ticket, tmp_path: Path
+) -> None:
+    from server.checkpoint import CheckpointError
+
+    def run(noise: float, rounds: int) -> None:
+        random.seed(0)
+        with server_identity():
+            run_resumable(
+                _strategy(ticket, DpPlan(noise, CLIP_NORM)),
+                InProcessGrid(client_app.app, heart_nodes(ticket_path)),
+                _initial(ticket),
+                run_dir=tmp_path / "run",
+                num_rounds=rounds,
+                timeout=60,
+            )
+
+    run(2.0, 1)
+    with pytest.raises(CheckpointError, match="settings"):
+        run(0.5, 2)  # its epsilon would compose rounds of two different plans
+
+
+def test_run_config_turns_privacy_on_only_with_secure_aggregation() -> None:
+    base = {
+        "ticket-path": "/t.ticket",
+        "run-dir": "/run",
+        "num-rounds": 2,
+        "local-epochs": 1,
+        "batch-size": 32,
+        "lr": 1e-3,
+    }
+    assert ServerSettings.from_run_config({**base, "secagg": True}).dp is None
+    on = {**base, "secagg": True, "dp-noise-multiplier": 1.1, "dp-clip-norm": 0.5}
+    assert ServerSettings.from_run_config(on).dp == DpPlan(1.1, 0.5, 1e-5)
+    with pytest.raises(RunConfigError, match="needs secagg = true"):
+        ServerSettings.from_run_config({**base, "dp-noise-multiplier": 1.0})
+    with pytest.raises(RunConfigError, match="dp-clip-norm must be > 0"):
+        ServerSettings.from_run_config({**on, "dp-clip-norm": 0.0})
+    with pytest.raises(RunConfigError, match="dp-delta must be in"):
+        ServerSettings.from_run_config({**on, "dp-delta": 1.5})
+    with pytest.raises(RunConfigError, match="dp-noise-multiplier must be float"):
+        ServerSettings.from_run_config({**on, "dp-noise-multiplier": "lots"})
