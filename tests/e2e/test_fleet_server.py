@@ -1,12 +1,14 @@
-"""fleet-server end to end: init, run, enroll, kill -9, run again, and the run resumes.
+"""fleet-server end to end: init, run, enroll, deploy, train, kill -9, run again, and resume.
 
 `fleet-server init` makes the state directory, a development CA and the fleet key; the ticket is
-signed with that key. `fleet-server run` (a subprocess, as an operator starts it) serves TLS with
-node authentication; two devices are enrolled with `fleet-server enroll`, a third is not. Once
-round 1 is checkpointed the fleet-server's process group gets SIGKILL (its SuperLink, in a
-session of its own, is left running); the second `fleet-server run` stops that leftover,
-restarts the SuperLink on the same database and resumes: rounds 1..N each logged exactly once,
-and the unenrolled node never takes part.
+signed with that key. server.yaml names no ticket: `fleet-server run` (a subprocess, as an
+operator starts it) serves TLS with node authentication and waits for one. Two devices are
+enrolled with `fleet-server enroll`, a third is not; none holds the ticket until
+`ticket deploy -c server.yaml` rolls it out, which makes it the active ticket, and the run
+trains it. Once round 1 is checkpointed the fleet-server's process group gets SIGKILL (its
+SuperLink, in a session of its own, is left running); the second `fleet-server run` stops that
+leftover, restarts the SuperLink on the same database and resumes: rounds 1..N each logged
+exactly once, and the unenrolled node never takes part.
 """
 
 import json
@@ -26,20 +28,20 @@ import pytest
 from deploy.devices import prepare_devices
 from server.superlink import free_port, is_listening
 from tests.inprocess import find_ticket
+from ticket.bundle import read_ticket
 
 BIN = Path(sys.executable).parent
 ROUNDS = 3
 
 
-def _yaml(state: Path, ticket: Path, port: int) -> str:
+def _yaml(state: Path, port: int) -> str:
     return "\n".join(
         [
             f"state_dir: {json.dumps(str(state))}",
             "listen:",
             "  host: 127.0.0.1",
             f"  port: {port}",
-            "run:",
-            f"  ticket: {json.dumps(str(ticket))}",
+            "run:",  # no ticket: the active one
             f"  rounds: {ROUNDS}",
             "  min_nodes: 2",
             "  round_timeout_s: 30",
@@ -71,6 +73,13 @@ def _wait_for(condition: Any, timeout_s: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _online(config: Path) -> int:
+    nodes = _fleet_server("nodes", "--json", "-c", str(config))
+    if nodes.returncode != 0:
+        return 0
+    return sum(row["status"] == "online" for row in json.loads(nodes.stdout)["nodes"])
+
+
 def _kill_group(popen: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     with suppress(ProcessLookupError, PermissionError):
         os.killpg(popen.pid, sig)
@@ -82,14 +91,16 @@ def test_a_killed_fleet_server_resumes_and_admits_only_enrolled_nodes(tmp_path: 
     state = tmp_path / "state"
     ticket = tmp_path / "heart.ticket"
     config = tmp_path / "server.yaml"
-    config.write_text(_yaml(state, ticket, port))
+    config.write_text(_yaml(state, port))
     init = _fleet_server("init", "-c", str(config))
     assert init.returncode == 0, init.stderr
     find_ticket(ticket, density=0.1, sign_key=state / "keys" / "fleet.key")
+    content_id = read_ticket(ticket, allow_unsigned=True).content_id
+    run_dir = state / "runs" / f"main-{content_id[:12]}"
     devices = prepare_devices(
         tmp_path / "devices",
         hospitals=("Cleveland", "Hungary", "Switzerland"),
-        ticket=ticket,
+        ticket=None,  # it arrives with `ticket deploy`
         fleet_key=state / "keys" / "fleet.pub",
         superlink=f"127.0.0.1:{port}",
         ports=[free_port() for _ in range(3)],
@@ -109,7 +120,14 @@ def test_a_killed_fleet_server_resumes_and_admits_only_enrolled_nodes(tmp_path: 
         for index, device in enumerate(devices):
             daemon = [str(BIN / "edge-daemon"), "run", "-c", str(device.config)]
             started.append(_start(daemon, tmp_path / f"daemon-{index}.log"))
-        checkpoint = state / "runs" / "main" / "checkpoints" / "round-000001.ckpt"
+        _wait_for(lambda: _online(config) >= 2, 120, "two enrolled nodes online")
+        assert "no ticket is active yet" in (tmp_path / "first.log").read_text()
+        deploy = subprocess.run(
+            [str(BIN / "ticket"), "deploy", str(ticket), "-c", str(config), "--timeout", "60"],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        checkpoint = run_dir / "checkpoints" / "round-000001.ckpt"
         _wait_for(checkpoint.exists, 150, "round 1's checkpoint")
         superlinks = [
             p for p in psutil.Process(first.pid).children(recursive=True)
@@ -141,9 +159,7 @@ def test_a_killed_fleet_server_resumes_and_admits_only_enrolled_nodes(tmp_path: 
     second_log = (tmp_path / "second.log").read_text()
     assert "left by a fleet-server that was killed" in second_log
     assert "resuming" in second_log
-    lines = [
-        json.loads(line) for line in (state / "runs/main/rounds.jsonl").read_text().splitlines()
-    ]
+    lines = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     assert [line["round"] for line in lines] == list(range(1, ROUNDS + 1))
     records = json.loads((state / "nodes.json").read_text())["nodes"]
     enrolled_ids = {str(record["node_id"]) for record in records}
@@ -157,7 +173,15 @@ def test_a_killed_fleet_server_resumes_and_admits_only_enrolled_nodes(tmp_path: 
     assert {row["name"] for row in listed["nodes"]} >= {"Cleveland", "Hungary"}
     assert "ticketfleet_rounds_planned 3.0" in metrics
     assert "ticketfleet_rounds_completed_total" in metrics
+    assert (
+        deploy.stdout.count("installed") >= 2
+        and f"active ticket: {content_id[:12]}" in deploy.stdout
+    )
+    assert "training the active ticket" in (tmp_path / "first.log").read_text()
+    for device in devices[:2]:
+        assert (device.state_dir / "tickets" / f"{content_id}.ticket").exists()
     status = json.loads(_fleet_server("status", "--json", "-c", str(config)).stdout)
+    assert status["run_dir"] == str(run_dir)
     assert status["last_round"] == ROUNDS and status["bytes_up_total"] > 0
     assert not (state / "fleet-server.pid").exists()
     assert not is_listening("127.0.0.1", port)
