@@ -38,10 +38,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.INTERRUPTED
     except (TicketError, OSError) as error:
         code = exit_code_for(error)
-        print(f"ticket {args.command}: error: {error}", file=sys.stderr)
+        print(f"ticket {args.command}: error: {error_text(error)}", file=sys.stderr)
         if code in HELP:
             print(f"  hint: {HELP[code]}", file=sys.stderr)
         return code
+
+
+def error_text(error: BaseException) -> str:
+    """The message for `error`; an OS error reads "PATH: no such file or directory"."""
+    if not isinstance(error, OSError) or error.filename is None or not error.strerror:
+        return str(error)
+    paths = str(error.filename)
+    if error.filename2 is not None:
+        paths += f" -> {error.filename2}"
+    return f"{paths}: {error.strerror[0].lower()}{error.strerror[1:]}"
 
 
 if __name__ == "__main__":

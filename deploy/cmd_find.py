@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from deploy.cmd_keys import read_private_key
 from deploy.find_report import build_manifest, build_report, plot_levels, write_json
 from deploy.find_runner import SearchRunner
 from ticket.bundle import build_ticket, sign_ticket, write_ticket
@@ -118,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.exists() and not args.force:
         raise TicketError(f"{out} already exists; pass --force to overwrite it")
-    signing_key = args.sign_key.read_bytes() if args.sign_key else None  # fail before hours of work
+    # A key that is missing or not a private key must fail now, not after hours of search.
+    signing_key = read_private_key(args.sign_key) if args.sign_key else None
     spec = spec_from_args(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     workdir = args.workdir or out.with_name(out.name + ".work")

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from deploy.cmd_keys import read_public_key
+from deploy.cmd_keys import read_model_ticket, read_public_key
 from ticket import crypto
-from ticket.bundle import FORMAT_VERSION, Ticket, read_ticket
+from ticket.bundle import FORMAT_VERSION, Ticket
 
 INSPECT_SCHEMA = "ticketfleet.inspect.v1"  # docs/ticket-format.md; bump on any breaking change
 _MAX_DENSE_NAMES = 4
@@ -45,7 +45,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
 def run(args: argparse.Namespace) -> int:
     keys = [read_public_key(path) for path in args.key]
-    ticket = read_ticket(
+    ticket = read_model_ticket(
         args.file, trusted_keys=keys, allow_unsigned=args.allow_unsigned or not keys
     )
     trusted = {crypto.key_id(pem) for pem in keys} if keys else None

@@ -1,11 +1,17 @@
 """`ticket keygen`, `ticket sign`, `ticket verify`: Ed25519 keys and the signatures they make."""
 
 import argparse
+import json
+from collections.abc import Sequence
 from pathlib import Path
+
+import torch
 
 from ticket import crypto
 from ticket.atomic import atomic_write_bytes
-from ticket.bundle import read_ticket, sign_ticket, write_ticket
+from ticket.bundle import Ticket, check_against_model, read_ticket, sign_ticket, write_ticket
+from ticket.errors import BundleError, TicketError
+from ticket.models import build_model
 
 PRIVATE_SUFFIX = ".key"
 PUBLIC_SUFFIX = ".pub"
@@ -75,7 +81,7 @@ def run_sign(args: argparse.Namespace) -> int:
     private_pem = read_private_key(args.key)
     signer = crypto.key_id(crypto.public_key_of(private_pem))
     # Integrity only: existing signatures are kept as they are, whoever made them.
-    ticket = read_ticket(args.file, allow_unsigned=True)
+    ticket = read_model_ticket(args.file, trusted_keys=(), allow_unsigned=True)
     out: Path = args.out or args.file
     write_ticket(out, sign_ticket(ticket, private_pem))
     print(f"signed {ticket.content_id} by {signer}")
@@ -86,7 +92,7 @@ def run_sign(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     keys = [read_public_key(path) for path in args.key]
-    ticket = read_ticket(args.file, trusted_keys=keys)
+    ticket = read_model_ticket(args.file, trusted_keys=keys, allow_unsigned=False)
     trusted = {crypto.key_id(pem) for pem in keys}
     signers = [s.key_id for s in ticket.signatures if s.key_id in trusted]
     print(f"OK {ticket.content_id} signed by {', '.join(signers)}")
@@ -111,3 +117,29 @@ def read_private_key(path: Path) -> bytes:
     except crypto.KeyFormatError as error:
         raise crypto.KeyFormatError(f"{path}: {error}") from error
     return pem
+
+
+def read_model_ticket(path: Path, *, trusted_keys: Sequence[bytes], allow_unsigned: bool) -> Ticket:
+    """`read_ticket`, then BundleError unless the tensors fit the model the manifest names.
+
+    Decoding alone checks the tensors against each other, not against the model: a ticket
+    whose shapes disagree with its model arguments would be signed or verified here and
+    refused only by the device that tries to load it.
+    """
+    ticket = read_ticket(path, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned)
+    name, model_args = ticket.manifest["model"]["name"], ticket.manifest["model"]["args"]
+    try:
+        # On the meta device nothing is allocated: only shapes are compared, and a manifest
+        # can name a model far larger than the file that carries it.
+        with torch.device("meta"):
+            model = build_model(name, model_args, seed=0)
+    except TicketError as error:
+        raise BundleError(f"{path}: the ticket's model cannot be built: {error}") from error
+    try:
+        check_against_model(ticket, model)
+    except BundleError as error:
+        raise BundleError(
+            f"{path}: the tensors do not fit the manifest's model {name} "
+            f"{json.dumps(model_args, sort_keys=True)}: {error}"
+        ) from error
+    return ticket

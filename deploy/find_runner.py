@@ -19,10 +19,24 @@ from tqdm import tqdm
 from ticket.atomic import atomic_write_text
 from ticket.data import Dataset, load_dataset
 from ticket.errors import TicketError
-from ticket.lottery import SearchSpec, Weights, initial_weights, masked, train_level
+from ticket.lottery import (
+    SearchSpec,
+    Weights,
+    check_rewind_step,
+    initial_weights,
+    masked,
+    train_level,
+)
 from ticket.masks import Mask, density, full_mask, layer_densities
-from ticket.models import build_model
-from ticket.prune import METHODS, PRUNERS, derive_seed, expected_levels, random_mask_like
+from ticket.models import ModelArgumentError, build_model
+from ticket.prune import (
+    METHODS,
+    PRUNERS,
+    check_reachable,
+    derive_seed,
+    expected_levels,
+    random_mask_like,
+)
 from ticket.tensorfile import read_tensor_file, write_tensor_file
 
 SPEC_FILE = "search.json"
@@ -73,15 +87,9 @@ class SearchRunner:
         self._rewind: Weights
 
     def run(self) -> SearchOutcome:
+        template, rates, levels_total = self._plan()
         self._claim_workdir()
-        spec = self.spec
-        dataset = self._dataset = load_dataset(spec.data, sites=spec.sites)
-        model_args = self._model_args = {**dataset.model_args(), **spec.model_args}
-        template = full_mask(build_model(spec.model, model_args, seed=0))
-        rates = spec.rates.per_layer(list(template))
-        sizes = {name: keep.numel() for name, keep in template.items()}
-        levels_total = 1 + expected_levels(spec.method, sizes, rates, spec.target_density)
-
+        spec, dataset, model_args = self.spec, self._dataset, self._model_args
         with self._bar(levels_total, "levels", leave=True) as level_bar:
             trained, mask, record = self._dense_level(template)
             rewind = self._rewind = self._load_tensors("rewind.tensors")
@@ -99,6 +107,23 @@ class SearchRunner:
                 )
                 level_bar.update(1)
         return SearchOutcome(spec, dataset, model_args, mask, rewind, records)
+
+    def _plan(self) -> tuple[Mask, dict[str, float], int]:
+        """Load the data and check every setting: (full mask, per-layer rates, level count).
+
+        All of it runs before the work directory is claimed: a claimed directory records the
+        settings, so a typo caught only later would leave one behind that refuses the
+        corrected command.
+        """
+        spec = self.spec
+        dataset = self._dataset = load_dataset(spec.data, sites=spec.sites)
+        model_args = self._model_args = merged_model_args(dataset, spec.model_args)
+        template = full_mask(build_model(spec.model, model_args, seed=0))
+        rates = spec.rates.per_layer(list(template))
+        sizes = {name: keep.numel() for name, keep in template.items()}
+        check_reachable(spec.method, sizes, rates, spec.target_density)
+        check_rewind_step(spec, dataset.x_train.shape[0])
+        return template, rates, 1 + expected_levels(spec.method, sizes, rates, spec.target_density)
 
     # ------------------------------------------------------------------ levels
 
@@ -191,8 +216,15 @@ class SearchRunner:
                 raise WorkdirMismatchError(
                     f"{spec_path}: unreadable ({error}); delete the work directory"
                 ) from error
+            if not isinstance(found, dict):
+                raise WorkdirMismatchError(
+                    f"{spec_path}: not a search record; delete the work directory"
+                )
             if found.get("fingerprint") != wanted["fingerprint"]:
-                differing = _differing_keys(found.get("spec", {}), self.spec.as_dict())
+                old_spec = found.get("spec")
+                differing = _differing_keys(
+                    old_spec if isinstance(old_spec, dict) else {}, _as_json(wanted["spec"])
+                )
                 raise WorkdirMismatchError(
                     f"work directory {self.workdir} holds a search with different settings "
                     f"({', '.join(differing) or 'unknown'}); use another --workdir or delete it"
@@ -251,6 +283,28 @@ class SearchRunner:
                 bar.update(1)
 
             yield on_epoch
+
+
+def merged_model_args(dataset: Dataset, requested: Mapping[str, Any]) -> dict[str, Any]:
+    """The data's model arguments (input width, classes) plus the requested ones.
+
+    A requested value may repeat what the data fixes but not contradict it: a network built
+    for other input widths or class counts fails only once training starts, with a shape error
+    that names no argument.
+    """
+    fixed = dataset.model_args()
+    for key, value in requested.items():
+        if key in fixed and value != fixed[key]:
+            raise ModelArgumentError(
+                f"model argument {key}={json.dumps(value)}: {dataset.name} fixes "
+                f"{key} at {fixed[key]}"
+            )
+    return {**fixed, **requested}
+
+
+def _as_json(value: Any) -> Any:
+    """`value` as it reads back from search.json: tuples become lists, keys strings."""
+    return json.loads(json.dumps(value))
 
 
 def _differing_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -30,24 +30,65 @@ FORBIDDEN = {
 }
 
 
-def _imports(path: Path) -> list[tuple[int, str]]:
+ENVIRONMENT_NAMES = {"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv"}
+DYNAMIC_IMPORTERS = {"import_module", "__import__"}
+
+
+def _imports(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
+    """(line, top-level module) of every import: statements, relative ones resolved, and
+    `importlib.import_module` / `__import__` calls naming a module by a string literal."""
     tree = ast.parse(path.read_text(), filename=str(path))
+    package = path.relative_to(root).parent.parts  # ticket/data/heart.py -> (ticket, data)
     found: list[tuple[int, str]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name.split(".")[0]) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.append((node.lineno, node.module.split(".")[0]))
+        elif isinstance(node, ast.ImportFrom):
+            found += [(node.lineno, module) for module in _from_targets(node, package)]
+        elif isinstance(node, ast.Call) and (module := _dynamic_target(node)) is not None:
+            found.append((node.lineno, module))
     return found
+
+
+def _from_targets(node: ast.ImportFrom, package: tuple[str, ...]) -> list[str]:
+    if node.level == 0:
+        return [str(node.module).split(".")[0]]
+    # `from .` is the file's own package; each further dot climbs one package up.
+    climb = node.level - 1
+    if climb < len(package):
+        return [package[0]]  # still inside the file's own top-level package
+    # Climbed out of every package: what follows names top-level modules.
+    if node.module:
+        return [node.module.split(".")[0]]
+    return [alias.name.split(".")[0] for alias in node.names]
+
+
+def _dynamic_target(node: ast.Call) -> str | None:
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    if name not in DYNAMIC_IMPORTERS or not node.args:
+        return None
+    first = node.args[0]
+    if not isinstance(first, ast.Constant) or not isinstance(first.value, str):
+        return None
+    # A relative name resolves against a `package=` argument: only absolute ones are checked.
+    return None if first.value.startswith(".") else first.value.split(".")[0]
 
 
 def _reads_environment(path: Path) -> list[int]:
     tree = ast.parse(path.read_text(), filename=str(path))
-    return [
-        node.lineno
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Attribute) and node.attr in {"environ", "getenv", "putenv"}
-    ]
+    return sorted(node.lineno for node in ast.walk(tree) if _is_environment_read(node))
+
+
+def _is_environment_read(node: ast.AST) -> bool:
+    if isinstance(node, ast.Attribute):
+        return node.attr in ENVIRONMENT_NAMES  # os.environ, os.getenv(...)
+    return (  # from os import environ / getenv / *
+        isinstance(node, ast.ImportFrom)
+        and node.level == 0
+        and node.module == "os"
+        and any(alias.name in ENVIRONMENT_NAMES | {"*"} for alias in node.names)
+    )
 
 
 def _sources(package: str) -> list[Path]:
@@ -75,9 +116,56 @@ def test_core_never_reads_the_environment() -> None:
 
 
 def test_the_walker_sees_real_imports(tmp_path: Path) -> None:
-    # Guard against a walker that silently finds nothing.
-    probe = tmp_path / "probe.py"
-    probe.write_text("import flwr.app\nfrom server.cli import main\nimport os\nos.environ['X']\n")
-    assert {module for _, module in _imports(probe)} == {"flwr", "server", "os"}
-    assert _reads_environment(probe) == [4]
+    # Guard against a walker that silently finds nothing: every way of importing is seen.
+    probe = tmp_path / "ticket" / "sub" / "probe.py"
+    probe.parent.mkdir(parents=True)
+    probe.write_text(
+        "\n".join(
+            [
+                "import flwr.app",  # 1
+                "from server.cli import main",  # 2
+                "import os",  # 3
+                "os.environ['X']",  # 4
+                "from os import getenv as read",  # 5
+                "from os import path",  # 6: not the environment
+                "from . import masks",  # 7: ticket.sub.masks
+                "from .. import codec",  # 8: ticket.codec
+                "from ...deploy import cli",  # 9: climbs out of ticket
+                "from ... import edge_daemon",  # 10: climbs out of ticket
+                "import importlib",  # 11
+                "importlib.import_module('yaml.loader')",  # 12
+                "__import__('pickle')",  # 13
+                "importlib.import_module('.x', package='ticket')",  # 14: relative, skipped
+            ]
+        )
+        + "\n"
+    )
+
+    found = _imports(probe, root=tmp_path)
+
+    assert sorted(found) == [
+        (1, "flwr"),
+        (2, "server"),
+        (3, "os"),
+        (5, "os"),
+        (6, "os"),
+        (7, "ticket"),
+        (8, "ticket"),
+        (9, "deploy"),
+        (10, "edge_daemon"),
+        (11, "importlib"),
+        (12, "yaml"),
+        (13, "pickle"),
+    ]
+    assert {module for _, module in found} & FORBIDDEN["ticket"] == {
+        "flwr",
+        "server",
+        "deploy",
+        "edge_daemon",
+        "yaml",
+        "pickle",
+    }
+    assert _reads_environment(probe) == [4, 5]
     assert len(_sources("ticket")) > 5
+    # The real tree is walked too: the core imports its own modules, by name.
+    assert any(module == "ticket" for _, module in _imports(ROOT / "ticket" / "bundle.py"))

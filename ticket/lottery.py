@@ -44,6 +44,12 @@ class SearchSpec:
         PRUNERS[self.pruner]
         if not 0.0 < self.target_density <= 1.0:
             raise TicketError(f"target density must be in (0, 1], got {self.target_density}")
+        if self.train.epochs < 1:
+            # Zero epochs would "train" every level without a single step and only fail at
+            # the end, when the NaN loss cannot be written into the manifest.
+            raise TicketError(
+                f"a search trains every level: epochs must be >= 1, got {self.train.epochs}"
+            )
         if self.rewind_step < 0:
             raise TicketError(f"rewind step must be >= 0, got {self.rewind_step}")
         unknown = sorted(set(self.controls) - set(CONTROLS))
@@ -81,6 +87,15 @@ def initial_weights(
     return snapshot(build_model(spec.model, model_args, derive_seed(spec.seed, label)))
 
 
+def check_rewind_step(spec: SearchSpec, examples: int) -> None:
+    """Raise TicketError when training on `examples` rows never reaches the rewind step."""
+    steps = spec.train.epochs * spec.train.steps_per_epoch(examples)
+    if spec.rewind_step > steps:
+        raise TicketError(
+            f"rewind step {spec.rewind_step} is past the end of training ({steps} steps)"
+        )
+
+
 def train_level(
     spec: SearchSpec,
     model_args: Mapping[str, Any],
@@ -111,10 +126,8 @@ def train_level(
         on_epoch=on_epoch,
     )
     if capture_rewind and not rewind:
-        steps = spec.train.epochs * spec.train.steps_per_epoch(dataset.x_train.shape[0])
-        raise TicketError(
-            f"rewind step {spec.rewind_step} is past the end of training ({steps} steps)"
-        )
+        check_rewind_step(spec, dataset.x_train.shape[0])
+        raise TicketError(f"rewind step {spec.rewind_step} was not reached")
     return LevelOutcome(
         trained=snapshot(model),
         result=evaluate(model, dataset.x_test, dataset.y_test),

@@ -24,6 +24,7 @@ class MLP(nn.Module):
 
     def __init__(self, in_features: int, hidden: Sequence[int], num_classes: int) -> None:
         super().__init__()
+        _check_widths(in_features, hidden, num_classes)
         widths = [in_features, *hidden, num_classes]
         for index, (fan_in, fan_out) in enumerate(itertools.pairwise(widths), start=1):
             self.add_module(f"fc{index}", nn.Linear(fan_in, fan_out))
@@ -36,6 +37,26 @@ class MLP(nn.Module):
             if index < self.depth:
                 x = torch.relu(x)
         return x  # [batch, num_classes] logits
+
+
+def _is_width(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_widths(in_features: Any, hidden: Any, num_classes: Any) -> None:
+    # torch happily builds a zero-width layer; it only fails later, far from the argument
+    # (a division by zero when densities are computed), so refuse it here by name.
+    for label, value in [("in_features", in_features), ("num_classes", num_classes)]:
+        if not _is_width(value):
+            raise ModelArgumentError(f"argument {label}: expected an integer >= 1, got {value!r}")
+    if isinstance(hidden, str | bytes) or not isinstance(hidden, Sequence):
+        raise ModelArgumentError(
+            f"argument hidden: expected a list of integers >= 1, got {hidden!r}"
+        )
+    if not all(_is_width(width) for width in hidden):
+        raise ModelArgumentError(
+            f"argument hidden: expected a list of integers >= 1, got {list(hidden)!r}"
+        )
 
 
 def heart_mlp(
@@ -78,7 +99,11 @@ def build_model(name: str, args: Mapping[str, Any], seed: int) -> nn.Module:
         torch.manual_seed(seed)
         try:
             return factory(**args)
+        except ModelArgumentError as error:
+            raise ModelArgumentError(f"model {name!r}: {error}") from error
         except (TypeError, ValueError, RuntimeError) as error:
+            # torch's C++ errors append a stack trace after the first line.
+            reason = next(iter(str(error).splitlines()), type(error).__name__)
             raise ModelArgumentError(
-                f"model {name!r} cannot be built from {dict(args)}: {error}"
+                f"model {name!r} cannot be built from {dict(args)}: {reason}"
             ) from error

@@ -223,7 +223,33 @@ def expected_levels(
     method: str, sizes: Mapping[str, int], rates: Mapping[str, float], target: float
 ) -> int:
     """How many pruning levels after the dense level 0 `method` takes (for progress bars)."""
-    # Only counts matter to a method, so a mask that keeps a prefix of each layer stands in.
+    return _simulate(method, sizes, rates, target)[0]
+
+
+def check_reachable(
+    method: str, sizes: Mapping[str, int], rates: Mapping[str, float], target: float
+) -> None:
+    """Raise TicketError when `method` with `rates` would stop before reaching `target`.
+
+    A layer with rate 0 is never pruned, and a rate too small to remove one whole weight
+    ends the search; either way the search would finish above the target and write a ticket
+    denser than asked for, so refuse before any training.
+    """
+    _, mask = _simulate(method, sizes, rates, target)
+    if not is_at_target(mask, target):
+        shown = ", ".join(f"{name} {rate:g}" for name, rate in rates.items())
+        raise TicketError(
+            f"target density {target} is unreachable with pruning rates {shown}: "
+            f"{method} would stop at {100 * kept_count(mask) / total_count(mask):.2f}% "
+            "of the weights kept"
+        )
+
+
+def _simulate(
+    method: str, sizes: Mapping[str, int], rates: Mapping[str, float], target: float
+) -> tuple[int, Mask]:
+    """(levels, final mask) of a search; only counts matter to a method, so no weights."""
+    # A mask that keeps a prefix of each layer stands in for the real one: same counts.
     mask: Mask = {name: torch.ones(size, dtype=torch.bool) for name, size in sizes.items()}
     levels = 0
     while (fractions := METHODS[method](mask, rates, target, levels)) is not None:
@@ -233,7 +259,7 @@ def expected_levels(
             for name, m in mask.items()
         }
         levels += 1
-    return levels
+    return levels, mask
 
 
 # ---------------------------------------------------------------- controls

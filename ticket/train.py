@@ -102,12 +102,15 @@ def train_masked(
     seed: int,
     on_step: StepHook | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> float:
     """Train `model` in place on (x, y) with `mask` fixed; returns the last epoch's mean loss.
 
     `on_step(step, model)` runs before step 0 and after every optimiser step (so a rewind point
     k is captured as `on_step(k, ...)`); `on_epoch(epoch, mean_loss)` after every epoch.
-    The data order depends only on `seed`.
+    The data order depends only on `seed`. `optimizer` continues an optimiser over `model`'s
+    parameters whose state may predate the mask (e.g. from dense training); by default a
+    fresh one is made from `config`.
     """
     if x.shape[0] != y.shape[0]:
         raise TicketError(f"{x.shape[0]} inputs but {y.shape[0]} labels")
@@ -116,7 +119,8 @@ def train_masked(
     params = dict(model.named_parameters())
     bool_mask = {name: keep.to(torch.bool) for name, keep in mask.items()}
     apply_mask(model, bool_mask)
-    optimizer = make_optimizer(model, config)
+    if optimizer is None:
+        optimizer = make_optimizer(model, config)
     generator = torch.Generator().manual_seed(seed)
     model.train()
     step = 0

@@ -14,6 +14,8 @@ from deploy.cli import main
 from deploy.exit_codes import ExitCode
 from ticket.bundle import read_ticket
 
+SIGNER_PUB = Path(__file__).resolve().parents[1] / "ticket" / "golden" / "test-signer.pub"
+
 FAST = [
     "--model",
     "heart-mlp",
@@ -104,6 +106,20 @@ def test_bad_arguments_are_usage_errors(
         (["--model-arg", "depth=3"], "takes no argument(s) depth"),
         (["--rate", "1.5"], "rate must be in [0, 1)"),
         (["--epochs", "-1"], "epochs must be >= 0"),
+        (["--epochs", "0"], "a search trains every level: epochs must be >= 1, got 0"),
+        (
+            ["--model-arg", "hidden=[0]"],
+            "model 'heart-mlp': argument hidden: expected a list of integers >= 1, got [0]",
+        ),
+        (["--model-arg", "in_features=5"], "model argument in_features=5: heart-uci fixes"),
+        (
+            ["--rate", "0"],
+            "target density 0.5 is unreachable with pruning rates fc1.weight 0, fc2.weight 0, "
+            "fc3.weight 0: imp would stop at 100.00% of the weights kept",
+        ),
+        (["--rewind-step", "100000"], "rewind step 100000 is past the end of training"),
+        (["--sign-key", str(SIGNER_PUB)], "test-signer.pub: this is a public key"),
+        (["--sign-key", "no-such.key"], "no-such.key: no such file or directory"),
     ],
 )
 def test_bad_values_fail_cleanly_before_any_output(
@@ -114,8 +130,20 @@ def test_bad_values_fail_cleanly_before_any_output(
         main(["find", *FAST, "--target-density", "0.5", "--out", str(out), *args])
         == ExitCode.BAD_INPUT
     )
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert "[Errno" not in err
     assert not out.exists()
+    # Nothing claimed: a leftover work directory would refuse the corrected command.
+    assert not (tmp_path / "x.ticket.work").exists()
+
+
+def test_a_typo_does_not_block_the_corrected_command(tmp_path: Path) -> None:
+    out = tmp_path / "x.ticket"
+    typo = [a if a != "Cleveland" else "Clevland" for a in FAST]
+    assert main(["find", *typo, "--target-density", "0.8", "--out", str(out)]) == ExitCode.BAD_INPUT
+    assert main(["find", *FAST, "--target-density", "0.8", "--out", str(out)]) == ExitCode.OK
 
 
 def test_an_existing_ticket_is_not_overwritten_without_force(

@@ -11,7 +11,7 @@ import pytest
 from deploy.cli import main
 from deploy.exit_codes import ExitCode
 from ticket import crypto
-from ticket.bundle import build_ticket, read_ticket, write_ticket
+from ticket.bundle import build_ticket, read_ticket, sign_ticket, write_ticket
 
 GOLDEN = Path(__file__).resolve().parents[1] / "ticket" / "golden"
 SIGNER_PUB = str(GOLDEN / "test-signer.pub")
@@ -220,3 +220,40 @@ def test_report_escapes_control_characters_from_the_manifest(
     assert code == ExitCode.OK
     assert "\x1b" not in out
     assert "data      heart\\x1b[2J\\x07uci\n" in out
+
+
+def _misfit(path: Path, model: dict[str, Any]) -> Path:
+    """The golden tensors under a manifest naming `model`, signed by the golden key."""
+    golden = read_ticket(GOLDEN / "tiny.ticket", allow_unsigned=True)
+    manifest = {**golden.manifest, "model": model}
+    ticket = build_ticket(manifest, golden.masks, golden.weights)
+    write_ticket(path, sign_ticket(ticket, (GOLDEN / "test-signer.key").read_bytes()))
+    return path
+
+
+@pytest.mark.parametrize("key", [[], ["--key", SIGNER_PUB]])
+def test_inspect_refuses_tensors_that_do_not_fit_the_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: list[str]
+) -> None:
+    args = {"in_features": 4, "hidden": [5], "num_classes": 2}
+    path = _misfit(tmp_path / "misfit.ticket", {"name": "heart-mlp", "args": args})
+
+    code, out, err = _run(capsys, "inspect", str(path), *key)
+
+    assert (code, out) == (ExitCode.BAD_TICKET, "")
+    assert (
+        f"ticket inspect: error: {path}: the tensors do not fit the manifest's model heart-mlp "
+        f"{json.dumps(args, sort_keys=True)}: "
+        "parameter 'fc1.weight': ticket has shape [3, 4], model has [5, 4]\n"
+    ) in err
+
+
+def test_inspect_refuses_a_model_that_cannot_be_built(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _misfit(tmp_path / "misfit.ticket", {"name": "resnet-9000", "args": {}})
+
+    code, out, err = _run(capsys, "inspect", "--json", str(path))
+
+    assert (code, out) == (ExitCode.BAD_TICKET, "")
+    assert "the ticket's model cannot be built: unknown model 'resnet-9000'" in err

@@ -12,7 +12,7 @@ import pytest
 from deploy.cli import main
 from deploy.exit_codes import ExitCode
 from ticket import crypto
-from ticket.bundle import read_ticket, write_ticket
+from ticket.bundle import build_ticket, read_ticket, sign_ticket, write_ticket
 
 GOLDEN = Path(__file__).resolve().parents[1] / "ticket" / "golden"
 GOLDEN_CONTENT_ID = "e967cb47ca54b2a4fc5ff6ec3f3a5fac64be0116c5e04bdd1aa86d6073c9626c"
@@ -207,10 +207,47 @@ def test_verify_a_file_that_is_not_a_ticket(
     assert "not a ticket file" in capsys.readouterr().err
 
 
-def test_verify_a_missing_file(tmp_path: Path) -> None:
+def test_verify_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["verify", str(tmp_path / "nope.ticket"), "--key", str(GOLDEN / "test-signer.pub")])
 
     assert code == ExitCode.BAD_INPUT
+    err = capsys.readouterr().err
+    assert f"ticket verify: error: {tmp_path / 'nope.ticket'}: no such file or directory\n" in err
+    assert "[Errno" not in err
+
+
+@pytest.fixture
+def misfit(tmp_path: Path) -> Path:
+    """The golden tensors (hidden width 3) under a signed manifest that says hidden width 5."""
+    golden = read_ticket(GOLDEN / "tiny.ticket", allow_unsigned=True)
+    model = {"name": "heart-mlp", "args": {"in_features": 4, "hidden": [5], "num_classes": 2}}
+    ticket = build_ticket({**golden.manifest, "model": model}, golden.masks, golden.weights)
+    path = tmp_path / "misfit.ticket"
+    write_ticket(path, sign_ticket(ticket, (GOLDEN / "test-signer.key").read_bytes()))
+    return path
+
+
+def test_verify_refuses_tensors_that_do_not_fit_the_model(
+    misfit: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["verify", str(misfit), "--key", str(GOLDEN / "test-signer.pub")])
+
+    captured = capsys.readouterr()
+    assert (code, captured.out) == (ExitCode.BAD_TICKET, "")
+    assert "the tensors do not fit the manifest's model heart-mlp" in captured.err
+    assert "parameter 'fc1.weight': ticket has shape [3, 4], model has [5, 4]" in captured.err
+
+
+def test_sign_refuses_tensors_that_do_not_fit_the_model(
+    misfit: Path, keys: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = misfit.read_bytes()
+
+    code = main(["sign", str(misfit), "--key", _key(keys, ".key")])
+
+    assert code == ExitCode.BAD_TICKET
+    assert "the tensors do not fit the manifest's model" in capsys.readouterr().err
+    assert misfit.read_bytes() == before
 
 
 def test_verify_with_a_private_key_explains(

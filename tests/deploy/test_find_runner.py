@@ -10,7 +10,8 @@ from deploy import find_runner
 from deploy.find_runner import SearchRunner, WorkdirMismatchError
 from ticket.errors import TicketError
 from ticket.lottery import SearchSpec, initial_weights
-from ticket.masks import density
+from ticket.masks import density, layer_densities
+from ticket.prune import PruningRates
 from ticket.train import TrainConfig
 
 SMALL = {"hidden": [16, 8]}
@@ -108,8 +109,71 @@ def test_a_finished_search_trains_nothing_when_run_again(
 
 def test_a_workdir_of_another_search_is_refused_naming_what_differs(tmp_path: Path) -> None:
     SearchRunner(_spec(controls=()), tmp_path / "work", progress=False).run()
-    with pytest.raises(WorkdirMismatchError, match=r"seed.*use another --workdir"):
+    # Only the seed differs: a tuple read back from search.json as a list is the same setting.
+    with pytest.raises(
+        WorkdirMismatchError, match=r"different settings \(seed\); use another --workdir"
+    ):
         SearchRunner(_spec(controls=(), seed=1), tmp_path / "work", progress=False).run()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"model": "resnet"}, "unknown model 'resnet'"),
+        ({"sites": ("Mars",)}, "Mars"),
+        ({"model_args": {"depth": 3}}, r"takes no argument\(s\) depth"),
+        ({"model_args": {"hidden": [0]}}, r"argument hidden: expected a list of integers >= 1"),
+        ({"model_args": {"in_features": 5}}, "heart-uci fixes in_features at 27"),
+        ({"rates": PruningRates(layer_rates={"fc9.weight": 0.1})}, "no prunable layer named"),
+        ({"rates": PruningRates(rate=0.0)}, r"unreachable .* would stop at 100.00%"),
+        ({"rewind_step": 10_000}, "past the end of training"),
+    ],
+)
+def test_bad_settings_fail_before_the_work_directory_is_claimed(
+    tmp_path: Path, changes: dict[str, Any], message: str
+) -> None:
+    workdir = tmp_path / "work"
+    with pytest.raises(TicketError, match=message):
+        SearchRunner(_spec(**changes), workdir, progress=False).run()
+    assert not workdir.exists()
+
+
+def test_each_control_starts_from_what_the_paper_prescribes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    starts: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []
+    real = find_runner.train_level
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        start, mask = args[3], args[4]  # train_level(spec, model_args, dataset, start, mask)
+        starts.append(({n: w.clone() for n, w in start.items()}, dict(mask)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(find_runner, "train_level", recording)
+    outcome = SearchRunner(_spec(target_density=0.8), tmp_path / "work", progress=False).run()
+    rewind = outcome.rewind
+
+    # Call order: the dense level 0, then per level the ticket, reinit, random.
+    assert len(starts) == 1 + 3 * (len(outcome.levels) - 1)
+    for level in range(1, len(outcome.levels)):
+        (ticket_start, ticket_mask), (reinit_start, reinit_mask), (random_start, random_mask) = (
+            starts[3 * level - 2 : 3 * level + 1]
+        )
+        assert all(torch.equal(ticket_start[n], rewind[n] * ticket_mask[n]) for n in ticket_mask)
+
+        # reinit: the ticket's mask, fresh weights that are not W_k.
+        assert all(torch.equal(reinit_mask[n], ticket_mask[n]) for n in ticket_mask)
+        assert all(
+            not torch.equal(reinit_start[n][ticket_mask[n]], rewind[n][ticket_mask[n]])
+            for n in ticket_mask
+        )
+        assert all(torch.count_nonzero(reinit_start[n][~ticket_mask[n]]) == 0 for n in ticket_mask)
+
+        # random: the ticket's per-layer densities, another mask, W_k on it.
+        assert layer_densities(random_mask) == layer_densities(ticket_mask)
+        assert not all(torch.equal(random_mask[n], ticket_mask[n]) for n in ticket_mask)
+        assert all(torch.equal(random_start[n], rewind[n] * random_mask[n]) for n in random_mask)
+        assert all(torch.equal(random_start[n], rewind[n]) for n in rewind if n not in random_mask)
 
 
 def test_global_scope_and_oneshot_method_run(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from ticket.prune import (
     METHODS,
     PRUNERS,
     PruningRates,
+    check_reachable,
     derive_seed,
     expected_levels,
     imp_fractions,
@@ -169,3 +170,29 @@ def test_derive_seed_is_stable() -> None:
     assert derive_seed(0, "init") == derive_seed(0, "init")
     assert derive_seed(0, "init") != derive_seed(1, "init")
     assert derive_seed(7, "random", 3) == 557648156557000977  # pinned: tickets depend on it
+
+
+SIZES = {n: s[0] * s[1] for n, s in SHAPES.items()}
+
+
+@pytest.mark.parametrize("method", ["imp", "oneshot"])
+def test_check_reachable_accepts_what_the_method_reaches(method: str) -> None:
+    rates = PruningRates().per_layer(list(SHAPES))
+    check_reachable(method, SIZES, rates, 0.1)
+    check_reachable(method, SIZES, {n: 0.0 for n in SHAPES}, 1.0)  # dense: nothing to prune
+
+
+@pytest.mark.parametrize(
+    ("rates", "message"),
+    [
+        # Every rate zero: the search would stop at once and call the dense net a ticket.
+        ({"fc1.weight": 0.0, "fc2.weight": 0.0, "fc3.weight": 0.0}, "stop at 100.00%"),
+        # Only the 12-weight output layer is pruned: 192 of the 204 weights can never go.
+        ({"fc1.weight": 0.0, "fc2.weight": 0.0, "fc3.weight": 0.5}, "unreachable"),
+    ],
+)
+def test_check_reachable_refuses_rates_that_stop_above_the_target(
+    rates: dict[str, float], message: str
+) -> None:
+    with pytest.raises(TicketError, match=message):
+        check_reachable("imp", SIZES, rates, 0.5)

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 from ticket.errors import TicketError
 from ticket.masks import full_mask
 from ticket.models import build_model
-from ticket.train import TrainConfig, evaluate, snapshot, train_masked
+from ticket.train import TrainConfig, evaluate, make_optimizer, snapshot, train_masked
 
 
 def _toy_data(seed: int = 0, rows: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,3 +121,52 @@ def test_evaluate_reports_no_auc_for_multiclass() -> None:
     result = evaluate(model, x, torch.randint(0, 3, (x.shape[0],)))
     assert result.auc is None
     assert result.examples == x.shape[0]
+
+
+def _pruned_state(
+    optimizer: torch.optim.Optimizer,
+    params: dict[str, torch.nn.Parameter],
+    mask: dict[str, torch.Tensor],
+) -> list[torch.Tensor]:
+    """Every per-weight optimiser state tensor (Adam moments, momentum) at pruned positions."""
+    return [
+        value[~mask[name]]
+        for name in mask
+        for value in optimizer.state[params[name]].values()
+        if isinstance(value, torch.Tensor) and value.shape == params[name].shape
+    ]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        TrainConfig(epochs=2, batch_size=16, lr=0.05, optimizer="adam", weight_decay=1e-2),
+        TrainConfig(epochs=2, batch_size=16, lr=0.05, optimizer="sgd", momentum=0.9),
+    ],
+    ids=["adam", "sgd-momentum"],
+)
+def test_optimiser_state_built_before_the_mask_cannot_revive_pruned_weights(
+    config: TrainConfig,
+) -> None:
+    # Dense training first, so the optimiser's moments are non-zero at every position; then
+    # the same optimiser continues under a mask. Left alone, those moments would move pruned
+    # weights at every step (hidden only by re-masking the weights) and stay in the state for
+    # whatever continues with it: the state itself must be zero there.
+    x, y = _toy_data(seed=5)
+    model = build_model("heart-mlp", {"in_features": 6, "hidden": [8]}, seed=5)
+    params = dict(model.named_parameters())
+    optimizer = make_optimizer(model, config)
+    train_masked(model, full_mask(model), x, y, config, seed=5, optimizer=optimizer)
+    mask = _random_mask(model, 0.3, seed=5)
+    assert all(torch.count_nonzero(t) > 0 for t in _pruned_state(optimizer, params, mask))
+
+    violations: list[int] = []
+
+    def check(step: int, current: torch.nn.Module) -> None:
+        if any(torch.count_nonzero(params[n][~m]) for n, m in mask.items()):
+            violations.append(step)
+
+    train_masked(model, mask, x, y, config, seed=6, on_step=check, optimizer=optimizer)
+
+    assert violations == []
+    assert all(torch.count_nonzero(t) == 0 for t in _pruned_state(optimizer, params, mask))
