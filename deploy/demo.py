@@ -4,8 +4,9 @@ Makes a fleet signing key and finds a signed heart-uci ticket at density 0.1 wit
 reuses OUT/heart.ticket), then gives each hospital its own device: an `edge-daemon` with that
 hospital's readings ingested and the ticket installed (deploy.devices). It starts a SuperLink and
 the daemons on loopback (deploy.loopback); each daemon starts its SuperNode. It trains for a few
-rounds, prints a per-round table and what each device's owner sees, and stops every process it
-started. Exit status 0 only when the run completed every round with at least one participant.
+rounds under secure aggregation (unless --no-secagg), prints a per-round table and what each
+device's owner sees, and stops every process it started. Exit status 0 only when the run
+completed every round with at least one participant.
 """
 
 import argparse
@@ -148,6 +149,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=HOSPITALS, help="hospitals (1-4)")
     parser.add_argument("--density", type=float, default=0.1)
     parser.add_argument("--local-epochs", type=int, default=1)
+    parser.add_argument(
+        "--secagg",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="secure aggregation: the server learns only each round's sum (default: on)",
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds for the run")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -184,12 +191,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_dir=workdir / "run",
         rounds=args.rounds,
         nodes=args.nodes,
-        **{"local-epochs": args.local_epochs, "fleet-key": str(fleet_key.resolve())},
+        **{
+            "local-epochs": args.local_epochs,
+            "fleet-key": str(fleet_key.resolve()),
+            "secagg": args.secagg,
+        },
     )
     config["allow-unsigned"] = False
+    updates = "masked by secure aggregation" if args.secagg else "in the clear (--no-secagg)"
     print(
         f"starting a SuperLink (TLS, node authentication) and {args.nodes} edge daemons on "
-        f"loopback, one per hospital, each with its own readings (logs: {workdir}/logs)"
+        f"loopback, one per hospital, each with its own readings; updates {updates} "
+        f"(logs: {workdir}/logs)"
     )
     # SIGTERM (e.g. from a supervisor or `timeout`) unwinds like Ctrl-C: the processes get stopped.
     signal.signal(signal.SIGTERM, _interrupt)
