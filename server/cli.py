@@ -16,6 +16,8 @@ from server.fleet import (
     COMPLETED_STATUS,
     FleetError,
     FleetServer,
+    NoActiveTicketError,
+    TrainingTarget,
     flower_cli,
     init_state,
     read_run_file,
@@ -171,11 +173,29 @@ def run_nodes(args: argparse.Namespace, config: FleetConfig) -> int:
 
 def run_status(args: argparse.Namespace, config: FleetConfig) -> int:
     summary = _summary(config)
+    active = None if config.run.ticket is not None else _target(config)
     if args.json:
-        print(json.dumps(summary.as_dict(), indent=2))
-    else:
-        print(format_summary(summary))
+        document = summary.as_dict()
+        if config.run.ticket is None:
+            document["active_ticket"] = None if active is None else active.ticket_id
+        print(json.dumps(document, indent=2))
+        return ExitCode.OK
+    if config.run.ticket is None:
+        print(
+            f"active ticket: {active.ticket_id}"
+            if active is not None and active.ticket_id is not None
+            else "active ticket: none yet (roll one out with `ticket deploy FILE -c server.yaml`)"
+        )
+    print(format_summary(summary))
     return ExitCode.OK
+
+
+def _target(config: FleetConfig) -> TrainingTarget | None:
+    """What `run` trains; None while server.yaml names no ticket and none is active yet."""
+    try:
+        return training_target(config)
+    except NoActiveTicketError:
+        return None
 
 
 def _summary(config: FleetConfig) -> RunSummary:
@@ -187,8 +207,9 @@ def _summary(config: FleetConfig) -> RunSummary:
             status = flower_cli(config).run_status(run_id)
         except SuperLinkError:
             status = None
+    target = _target(config)
     return read_summary(
-        training_target(config).run_dir,
+        config.run_dir() if target is None else target.run_dir,
         rounds_planned=config.run.rounds,
         run_id=run_id,
         run_status=status,

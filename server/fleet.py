@@ -54,6 +54,10 @@ class FleetError(RuntimeError):
     """fleet-server cannot start or follow the SuperLink or its run."""
 
 
+class NoActiveTicketError(FleetError):
+    """server.yaml names no ticket and no rollout has made one active yet."""
+
+
 def flower_cli(config: FleetConfig, bin_dir: Path | None = None) -> FlowerCli:
     """The `flwr` CLI with a connection to this server's SuperLink."""
     return FlowerCli(config.paths.cli_home, bin_dir or Path(sys.executable).parent, CONNECTION)
@@ -173,7 +177,7 @@ def training_target(config: FleetConfig) -> TrainingTarget:
     except LedgerError as error:
         raise FleetError(str(error)) from None
     if active is None:
-        raise FleetError(
+        raise NoActiveTicketError(
             "run.ticket is not set and no ticket is active: roll one out with "
             "`ticket deploy FILE -c server.yaml`, or set run.ticket"
         )

@@ -90,6 +90,27 @@ def test_nodes_and_status_work_while_the_server_is_down(
     assert status["run_dir"] == str(tmp_path / "state" / "runs" / "main")
 
 
+def test_status_names_the_active_ticket_or_says_there_is_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from datetime import UTC, datetime
+
+    from server.deployments import DeploymentLedger
+
+    config = tmp_path / "server.yaml"
+    config.write_text("state_dir: state\nlisten: {host: 127.0.0.1, port: 9}\nrun: {rounds: 2}\n")
+
+    assert main(["status", "-c", str(config)]) == ExitCode.OK
+    assert "active ticket: none yet" in capsys.readouterr().out
+    ledger = DeploymentLedger(tmp_path / "state" / "deployments")
+    ledger.record("deploy", "c" * 64, succeeded=True, at=datetime.now(UTC))
+    assert main(["status", "--json", "-c", str(config)]) == ExitCode.OK
+
+    status = json.loads(capsys.readouterr().out)
+    assert status["active_ticket"] == "c" * 64
+    assert status["run_dir"] == str(tmp_path / "state" / "runs" / f"main-{'c' * 12}")
+
+
 def _unit() -> dict[str, str]:
     unit = Path(__file__).resolve().parents[2] / "deploy" / "systemd" / "fleet-server.service"
     settings = {}
