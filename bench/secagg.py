@@ -1,21 +1,24 @@
 """Secure aggregation's cost: bits on the wire, client crypto, server unmask time, round trips,
 and a real loopback deployment (secure vs plaintext wall time and accuracy).
 
-1. In process, pure layer (ticket/secagg, no Flower): one full round for k in {10k, 100k}
-   values and n in {5, 20, 100} devices. Uplink per device per round = everything a device
-   sends in a steady-state round (masked vector + next round's key advert + share bundle +
+1. In process, pure layer (ticket/secagg, no Flower): one full round for k = 10k values and
+   n in {5, 20, 100} devices, and k = 100k with n in {5, 20, 100, 1000}. Uplink per device
+   per round = everything a device sends in a steady-state round (masked vector + next
+   round's key advert + share bundle +
    unmask response), against the plaintext packed float32 update (32 bits/value) and Flower's
    SecAgg+ (dense int64: 64 bits/value, FLOWER.md). Client crypto = CPU time of a device's four
    protocol steps (keys, shares, quantise + mask, reveal). Server unmask time = CPU time of
    adding the masked vectors, building the unmask requests, taking the responses and
    removing the masks, with no dropout and with 10% of the devices lost before masking.
+   Client DP = CPU time of distributed differential privacy's extra step on one device (clip
+   to an L2 norm, add its Gaussian share of the noise; ticket/secagg/privacy.py).
 2. In process, Flower glue (InProcessGrid, heart-uci, 4 devices, 3 rounds): message round
    trips per round as counted in the round log.
 3. Loopback (a real SuperLink and 4 SuperNodes): the heart ticket for 3 rounds, plaintext and
    secure, same seed: wall time per round and final accuracy on the pooled held-out rows.
 
-    python bench/secagg.py                 # everything (~5 min on 2 cores)
-    python bench/secagg.py --no-loopback   # parts 1 and 2 only (~1 min)
+    python bench/secagg.py                 # everything (~7 min on 2 cores)
+    python bench/secagg.py --no-loopback   # parts 1 and 2 only (~3 min)
 
 Results: bench/results/secagg.{json,md}, with the command that made them.
 """
@@ -43,6 +46,7 @@ sys.path.insert(0, str(ROOT))  # `python bench/secagg.py` from a checkout
 from ticket import secagg  # noqa: E402
 from ticket.codec import HEADER_BYTES  # noqa: E402
 from ticket.secagg import SecAggParams, ServerRound  # noqa: E402
+from ticket.secagg.privacy import privatize  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PARAMS = SecAggParams(clip=0.25, levels=2**14)
@@ -103,6 +107,10 @@ def one_round(n: int, k: int, *, dropped: int, seed: int) -> dict[str, Any]:
     t = time.process_time()
     result = server.result()
     server_cpu += time.process_time() - t
+    # Distributed DP's extra client work (clip + Gaussian share), timed apart from the crypto.
+    t = time.process_time()
+    privatize(inputs[1], clip_norm=1.0, noise_std=0.01, rng=np.random.default_rng(seed))
+    dp_cpu = time.process_time() - t
     survivors = sorted(result.survivors)
     exact = np.mean([inputs[u].astype(np.float64) for u in survivors], axis=0)
     error = secagg.quantization_error(result.mean(), exact)
@@ -124,6 +132,7 @@ def one_round(n: int, k: int, *, dropped: int, seed: int) -> dict[str, Any]:
         "client_crypto_ms": 1000 * float(np.mean([cpu[u] for u in live])),
         "client_crypto_ms_max": 1000 * max(cpu[u] for u in live),
         "server_unmask_ms": 1000 * server_cpu,
+        "client_dp_ms": 1000 * dp_cpu,
         "mean_error_max": error.max_abs,
         "mean_error_mean": error.mean_abs,
     }
@@ -131,8 +140,8 @@ def one_round(n: int, k: int, *, dropped: int, seed: int) -> dict[str, Any]:
 
 def pure_layer(seed: int) -> list[dict[str, Any]]:
     rows = []
-    for k in (10_000, 100_000):
-        for n in (5, 20, 100):
+    for k, cohorts in ((10_000, (5, 20, 100)), (100_000, (5, 20, 100, 1000))):
+        for n in cohorts:
             for dropped in (0, max(1, n // 10)):
                 row = one_round(n, k, dropped=dropped, seed=seed)
                 row["server_ms_per_n_log2_n"] = row["server_unmask_ms"] / (n * math.log2(n))
@@ -235,9 +244,9 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
         "## Per device per round, in process (pure layer)",
         "",
         "| k | n | dropped | degree | bits (mod) | masked bits/value | uplink bits/value "
-        "| float32 bits/value | SecAgg+ bits/value | client crypto ms | server unmask ms "
-        "| server us / (n log2 n) | mean error max |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| float32 bits/value | SecAgg+ bits/value | client crypto ms | client DP ms "
+        "| server unmask ms | server us / (n log2 n) | mean error max |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in document["pure"]:
         lines.append(
@@ -246,7 +255,8 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
             f"| {row['uplink_bits_per_value']:.2f} "
             f"| {row['plaintext_float32_bits_per_value']:.2f} "
             f"| {row['flower_secaggplus_bits_per_value']:.0f} "
-            f"| {row['client_crypto_ms']:.1f} | {row['server_unmask_ms']:.0f} "
+            f"| {row['client_crypto_ms']:.1f} | {row['client_dp_ms']:.1f} "
+            f"| {row['server_unmask_ms']:.0f} "
             f"| {1000 * row['server_ms_per_n_log2_n']:.0f} | {row['mean_error_max']:.2e} |"
         )
     lines += [
