@@ -143,9 +143,9 @@ def run_deploy(args: argparse.Namespace) -> int:
         "min-installed": float(args.min_installed),
     }
     ledger = _ledger(fleet)
-    if ledger is not None:
+    if ledger is not None:  # keep a copy first: the ledger must always be able to roll back
         ticket_path = ledger.keep_bundle(ticket_id, ticket_path.read_bytes())
-        active = ledger.active()
+        active = _guard(ledger.active)
         if args.canary > 0 and active is not None and active != ticket_id:
             config["baseline-ticket-path"] = str(ledger.bundle(active).resolve())
     print(f"deploying {ticket_id[:12]} through {fleet.connection} ...", flush=True)

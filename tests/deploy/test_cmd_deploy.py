@@ -59,3 +59,60 @@ def test_a_run_that_cannot_be_submitted_is_an_error(
     home.mkdir()
     assert main([*args, "--flwr-home", str(home), "--run-dir", str(tmp_path / "run")]) != 0
     assert "left no deploy.json" in capsys.readouterr().err
+
+
+def test_rollout_options_are_checked_before_anything_is_sent(
+    signed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = str(signed.parent / "fleet.pub")
+    cases = [
+        (["deploy", str(signed)], "give -c/--server-config, or --connection and --fleet-key"),
+        (["deploy", str(signed), "--connection", "x", "--fleet-key", key, "--min-installed", "0"],
+         "--min-installed must be in (0, 1]"),
+        (["deploy", str(signed), "--connection", "x", "--fleet-key", key, "--max-regression", "2"],
+         "--max-regression must be in [0, 1]"),
+        (["deploy", str(signed), "--connection", "x", "--fleet-key", key, "--canary-epochs", "-1"],
+         "--canary-epochs must be >= 0"),
+        (["deploy", str(signed), "-c", str(tmp_path / "server.yaml"), "--connection", "x"],
+         "-c/--server-config sets --connection itself"),
+        (["rollback", "--connection", "x", "--fleet-key", key],
+         "rollback needs a deployment ledger"),
+        (["deployments"], "give exactly one of -c/--server-config and --ledger"),
+        (["deployments", "-c", str(tmp_path / "missing.yaml")], "missing.yaml"),
+    ]  # fmt: skip
+    for args, message in cases:
+        assert main(args) == 3, args
+        assert message in capsys.readouterr().err, args
+
+
+def test_a_damaged_ledger_stops_the_rollout_and_names_the_file(
+    signed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    (ledger / "ledger.json").write_text("{torn")
+    key = str(signed.parent / "fleet.pub")
+    args = ["deploy", str(signed), "--connection", "x", "--fleet-key", key, "--ledger", str(ledger)]
+
+    assert main([*args, "--run-dir", str(tmp_path / "run")]) == 3
+
+    assert f"{ledger / 'ledger.json'}: unreadable" in capsys.readouterr().err
+    assert not (ledger / "tickets").exists() and not (tmp_path / "run" / "deploy.json").exists()
+
+
+def test_nothing_to_roll_back_to_is_an_error(
+    signed: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from datetime import UTC, datetime
+
+    from server.deployments import DeploymentLedger
+
+    DeploymentLedger(tmp_path).record("deploy", "a" * 64, succeeded=True, at=datetime.now(UTC))
+    key = str(signed.parent / "fleet.pub")
+
+    assert (
+        main(["rollback", "--connection", "x", "--fleet-key", key, "--ledger", str(tmp_path)]) == 3
+    )
+    assert "nothing to roll back to (the active ticket is aaaaaaaaaaaa" in capsys.readouterr().err
+    assert main(["deployments", "--ledger", str(tmp_path)]) == 0
+    assert f"active ticket: {'a' * 64}" in capsys.readouterr().out
