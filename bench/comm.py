@@ -17,8 +17,12 @@ plaintext with the ticket under secure aggregation.
 
     python bench/comm.py                     # all tasks plus the loopback deployment
     python bench/comm.py --task fed-heart --rounds 3 --no-loopback    # a quick look
+    python bench/comm.py --task fed-heart --task transfer --no-loopback   # rerun two tasks
 
-Results: bench/results/comm.{json,md} and comm_<task>.png, with the command that made them.
+Results: bench/results/comm.{json,md} and comm_<task>.png, each part with the command that
+made it. Tasks of the default set are merged into comm.json: rerunning some replaces only
+those (and the loopback part only when it is rerun), so an hour-long fed-mnist result stays.
+Other tasks (fed-mnist-secagg) go to comm_<task>.{json,md}.
 """
 
 import argparse
@@ -44,6 +48,7 @@ from deploy.loopback import Loopback, RunOutcome  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_TASKS = ("fed-heart", "fed-mnist", "transfer")  # what `--task all` runs
+HEADER_BYTES = 48  # ticket.codec's fixed header, before any int8 scales
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,7 @@ class Task:
     nodes: int  # virtual devices
     per_round: int  # sampled for training each round
     rounds: int
-    target: float  # accuracy whose uplink cost is reported
+    target: float  # accuracy whose uplink cost is reported: one every arm reaches
     tickets: dict[str, list[str]]  # name -> `ticket find` arguments
     arms: tuple[Arm, ...]
     training: dict[str, Any]  # run config: local epochs, batch size, lr, optimizer
@@ -87,7 +92,9 @@ TASKS = {
         nodes=4,
         per_round=4,
         rounds=30,
-        target=0.80,
+        # Dense FedAvg peaks below 80% on this split (78.7% in 30 rounds): at 80% its cost to
+        # target would be "-", so there is nothing to compare the ticket's against.
+        target=0.77,
         tickets={
             "dense": [*HEART_FIND, "--target-density", "1.0"],
             "ticket": [*HEART_FIND, "--target-density", "0.1"],
@@ -135,7 +142,7 @@ TASKS = {
         nodes=3,  # partitions 0-2 of the 4-hospital split: all but VA Long Beach
         per_round=3,
         rounds=30,
-        target=0.80,
+        target=0.77,  # as fed-heart's: dense and the VA-only ticket stay below 80%
         tickets={
             "dense": [*HEART_FIND, "--target-density", "1.0"],
             "all-sites": [*HEART_FIND, "--target-density", "0.1"],
@@ -300,17 +307,21 @@ def run_loopback(work: Path, rounds: int, seed: int) -> dict[str, Any]:
 
 
 def write_markdown(document: dict[str, Any], path: Path) -> None:
-    lines = [
-        "# Federated ticket vs dense FedAvg: accuracy and bytes",
-        "",
-        f"Produced by: `{document['command']}` ({document['machine']}).",
-        "",
-    ]
+    parts = [*document["tasks"], *([document["loopback"]] if document.get("loopback") else [])]
+    made_by = {_provenance(part, document) for part in parts}
+    lines = ["# Federated ticket vs dense FedAvg: accuracy and bytes", ""]
+    if len(made_by) == 1:
+        [(command, machine)] = made_by
+        lines += [f"Produced by: `{command}` ({machine}).", ""]
+    else:
+        lines += ["Each section names the command that produced it.", ""]
     for result in document["tasks"]:
         task = result["task"]
+        lines += [f"## {task['name']}", ""]
+        if len(made_by) > 1:
+            command, machine = _provenance(result, document)
+            lines += [f"Produced by: `{command}` ({machine}).", ""]
         lines += [
-            f"## {task['name']}",
-            "",
             f"{task['dataset']}, {task['nodes']} devices, {task['per_round']} per round, "
             f"{result['rounds']} rounds; local training {json.dumps(task['training'])}; "
             f"accuracy: {task['accuracy_from']} evaluation; target {100 * task['target']:.0f}%.",
@@ -332,7 +343,17 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
                 f"| {to_target} "
                 f"| {arm['run_wall_s']:.0f} |"
             )
-        lines += ["", f"![{task['name']}](comm_{task['name']}.png)", ""]
+        lines.append("")
+        if task["accuracy_from"] == "federated":
+            lines += [
+                "Down counts every instruction a device gets in a round: the train one and, "
+                "for federated evaluation, the evaluate one (the global values again).",
+                "",
+            ]
+        note = int8_note(result["arms"])
+        if note:
+            lines += [note, ""]
+        lines += [f"![{task['name']}](comm_{task['name']}.png)", ""]
         lines += ["Tickets:", ""] + [
             f"    {arm['ticket']['command']}" for arm in _unique_tickets(result["arms"])
         ]
@@ -340,9 +361,11 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
     if document.get("loopback"):
         loop = document["loopback"]
         walls = ", ".join(f"{w:.1f}" for w in loop["round_wall_s"])
+        lines += ["## Real deployment on loopback (fed-heart ticket, 4 SuperNodes)", ""]
+        if len(made_by) > 1:
+            command, machine = _provenance(loop, document)
+            lines += [f"Produced by: `{command}` ({machine}).", ""]
         lines += [
-            "## Real deployment on loopback (fed-heart ticket, 4 SuperNodes)",
-            "",
             f"Round wall times (s): {walls}; whole run {loop['run_wall_s']:.0f} s.",
             "",
             "| process | peak RSS (MB) |",
@@ -351,6 +374,66 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
         lines += [f"| {name} | {mb:.0f} |" for name, mb in loop["peak_rss_mb"].items()]
         lines.append("")
     path.write_text("\n".join(lines))
+
+
+def int8_note(arms: Sequence[dict[str, Any]]) -> str:
+    """Why the int8 uplink is more than density / 4 of dense, from the recorded byte counts.
+
+    Float32 messages are 48 + 4n bytes and int8 ones 48 + 4s + n (s segments, one float32
+    scale each: ticket/codec.py), so the dense, ticket and ticket-int8 uplinks give N, n, s.
+    The density counts weights only and biases stay dense, so n = d (N - B) + B gives the
+    number of biases B. Empty unless the task has those three arms.
+    """
+    by_name = {arm["arm"]["name"]: arm for arm in arms}
+    if not {"dense", "ticket", "ticket-int8"} <= by_name.keys():
+        return ""
+    dense, ticket, int8 = (by_name[name] for name in ("dense", "ticket", "ticket-int8"))
+    dense_bytes, int8_bytes = dense["up_bytes_per_device"], int8["up_bytes_per_device"]
+    total = (dense_bytes - HEADER_BYTES) // 4  # N: dense values
+    kept = (ticket["up_bytes_per_device"] - HEADER_BYTES) // 4  # n: the ticket's values
+    overhead = int8_bytes - kept  # header + 4s
+    segments = (overhead - HEADER_BYTES) // 4
+    density = ticket["ticket"]["density"]
+    biases = round((kept - density * total) / (1 - density))
+    weights = kept - biases  # = density * (N - B)
+    parts = (weights / dense_bytes, biases / dense_bytes, overhead / dense_bytes)
+    return (
+        f"Why int8 is {int8['uplink_vs_dense']:.4f}x dense and not density / 4 = "
+        f"{density / 4:.4f}x: an int8 update is {HEADER_BYTES} header bytes + 4 x {segments} "
+        f"per-segment float32 scales + {kept:,} one-byte values = {int8_bytes:,} bytes, dense "
+        f"float32 is {HEADER_BYTES} + 4 x {total:,} = {dense_bytes:,}. The density counts "
+        f"weights only; the {biases:,} biases travel whole. So {weights:,} kept weights give "
+        f"{parts[0]:.5f}, the biases {parts[1]:.5f}, and header and scales ({overhead} bytes, "
+        f"{100 * overhead / int8_bytes:.1f}% of the message) {parts[2]:.5f}: "
+        f"{sum(parts):.5f} in all."
+    )
+
+
+def _provenance(part: dict[str, Any], document: dict[str, Any]) -> tuple[str, str]:
+    """(command, machine) that produced a task or the loopback part.
+
+    Results written before parts carried their own fall back to the document's.
+    """
+    source = part if "command" in part else document
+    return source["command"], source["machine"]
+
+
+def merge_results(earlier: dict[str, Any], fresh: dict[str, Any]) -> dict[str, Any]:
+    """`earlier`'s parts, with those in `fresh` replacing them; each keeps its own provenance."""
+    old = {
+        "command": earlier.get("command"),
+        "machine": earlier.get("machine"),
+    }
+    tasks = {result["task"]["name"]: {**old, **result} for result in earlier.get("tasks", [])}
+    tasks.update({result["task"]["name"]: result for result in fresh["tasks"]})
+    order = [*DEFAULT_TASKS, *sorted(tasks.keys() - set(DEFAULT_TASKS))]
+    loopback = fresh["loopback"]
+    if loopback is None and earlier.get("loopback"):
+        loopback = {**old, **earlier["loopback"]}
+    return {
+        "tasks": [tasks[name] for name in order if name in tasks],
+        "loopback": loopback,
+    }
 
 
 def _unique_tickets(arms: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -390,7 +473,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--task", choices=[*TASKS, "all"], default="all")
+    parser.add_argument(
+        "--task",
+        action="append",
+        choices=[*TASKS, "all"],
+        help="a task to run; repeat for several (default: all)",
+    )
     parser.add_argument("--rounds", type=int, help="override every task's number of rounds")
     parser.add_argument("--loopback-rounds", type=int, default=3)
     parser.add_argument("--no-loopback", action="store_true")
@@ -398,31 +486,45 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/ticketfleet-bench-comm"))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    names = list(dict.fromkeys(args.task or ["all"]))
+    if "all" in names:
+        names = list(DEFAULT_TASKS)
+    # The default set shares comm.{json,md}; any other task gets files of its own.
+    is_default = set(names) <= set(DEFAULT_TASKS)
+    stem = "comm" if is_default else "_".join(["comm", *names])
     # Ray runs one virtual node per core; torch inside each must not also use every core.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # SIGTERM unwinds like Ctrl-C, so every `with Loopback` block stops what it started.
     signal.signal(signal.SIGTERM, _interrupt)
-    tasks = [TASKS[name] for name in DEFAULT_TASKS] if args.task == "all" else [TASKS[args.task]]
-    started = time.perf_counter()
-    results = [run_task(task, args.work, args.rounds or task.rounds, args.seed) for task in tasks]
-    loopback = (
-        None if args.no_loopback else run_loopback(args.work, args.loopback_rounds, args.seed)
-    )
-    document = {
+    made_by = {
         "command": shlex.join(["python", "bench/comm.py", *(argv or sys.argv[1:])]),
         "machine": f"{os.cpu_count()} cores, {platform.machine()}, "
         f"Python {platform.python_version()}",
-        "wall_s": time.perf_counter() - started,
-        "tasks": results,
-        "loopback": loopback,
     }
+    started = time.perf_counter()
+    results = [
+        {
+            **run_task(TASKS[name], args.work, args.rounds or TASKS[name].rounds, args.seed),
+            **made_by,
+        }
+        for name in names
+    ]
+    loopback = (
+        None
+        if args.no_loopback
+        else {**run_loopback(args.work, args.loopback_rounds, args.seed), **made_by}
+    )
+    print(f"ran in {time.perf_counter() - started:.0f} s", flush=True)
+    document: dict[str, Any] = {"tasks": results, "loopback": loopback}
+    json_path = args.out / f"{stem}.json"
+    if is_default and json_path.exists():
+        document = merge_results(json.loads(json_path.read_text()), document)
     args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "" if args.task == "all" else f"_{args.task}"
-    (args.out / f"comm{suffix}.json").write_text(json.dumps(document, indent=2) + "\n")
+    json_path.write_text(json.dumps(document, indent=2) + "\n")
     for result in results:
         plot(result, args.out / f"comm_{result['task']['name']}.png")
-    write_markdown(document, args.out / f"comm{suffix}.md")
-    print((args.out / f"comm{suffix}.md").read_text())
+    write_markdown(document, args.out / f"{stem}.md")
+    print((args.out / f"{stem}.md").read_text())
 
 
 def _interrupt(signum: int, frame: object) -> None:

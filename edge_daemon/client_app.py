@@ -4,9 +4,10 @@ Wire schema (must match server/strategy.py; no indices travel, both ends derive 
 the ticket): instruction = ArrayRecord "arrays" {"packed": codec bytes of kind MODEL} plus
 ConfigRecord "config"; train reply = ArrayRecord "arrays" {"packed": codec bytes of kind UPDATE}
 plus MetricRecord "metrics" {"num-examples", "train-loss"}; evaluate reply = MetricRecord
-"metrics" {"num-examples", "loss", "accuracy"}; an evaluate instruction whose config carries
-a training schedule (a rollout's canary probe) trains from the values first. A round this node
-cannot take part in gets a Flower `Error` reply; the process never crashes on bad input.
+"metrics" {"num-examples", "loss", "accuracy", and "auc" for binary tasks}; an evaluate
+instruction whose config carries a training schedule (a rollout's canary probe) trains from
+the values first. A round this node cannot take part in gets a Flower `Error` reply; the
+process never crashes on bad input.
 """
 
 import hashlib
@@ -307,11 +308,14 @@ def evaluate_(message: Message, context: Context) -> Message:
         result = evaluate(work.model, work.data.x_test, work.data.y_test)
     except SKIP_ROUND as error:
         return error_reply(message, error)
-    return reply(
-        message,
-        None,
-        {"num-examples": result.examples, "loss": result.loss, "accuracy": result.accuracy},
-    )
+    metrics: dict[str, MetricRecordValues] = {
+        "num-examples": result.examples,
+        "loss": result.loss,
+        "accuracy": result.accuracy,
+    }
+    if result.auc is not None:  # None: not a binary task, or the test rows hold one class
+        metrics["auc"] = result.auc
+    return reply(message, None, metrics)
 
 
 def prepare(

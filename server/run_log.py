@@ -1,9 +1,17 @@
 """The run log: one JSON line per finished round, appended line-atomically, and its plot.
 
 A line: {"round", "finished_at", "participants", "failures", "rejected", "bytes", "train",
-"federated_eval", "server_eval"}, plus "round_trips" (message round trips by step) when counted
-and "secagg" under secure aggregation (server/secagg_round.py); node ids are JSON object keys
-(strings). The checkpoint is the source of truth: a restarted run trims the log to the
+"federated_eval", "evaluate_failures", "evaluate_rejected", "server_eval"}, plus "round_trips"
+(message round trips by step) when counted and "secagg" under secure aggregation
+(server/secagg_round.py); node ids are JSON object keys (strings).
+- "failures"/"rejected" (train) and "evaluate_failures"/"evaluate_rejected": node -> reason;
+  a node may be in both stages' maps. Lines from older versions lack the evaluate_* keys
+  and federated_eval's "auc": read them with .get.
+- "bytes": {"down", "up"} node -> payload bytes and their totals; "down" is every instruction
+  of the round, train plus (under federated evaluation) evaluate.
+- "federated_eval": null, or the example-weighted means {"loss", "accuracy", "auc"} of the
+  nodes' evaluations; "auc" is over the nodes that could compute it (null if none could).
+The checkpoint is the source of truth: a restarted run trims the log to the
 checkpointed round and restores that round's line from the checkpoint if a crash lost it.
 """
 
@@ -42,10 +50,12 @@ def round_line(
         },
         "train": {"loss": record.train_metrics.get("train-loss")},
         "federated_eval": (
-            {key: record.evaluate_metrics.get(key) for key in ("loss", "accuracy")}
+            {key: record.evaluate_metrics.get(key) for key in ("loss", "accuracy", "auc")}
             if record.evaluate_metrics
             else None
         ),
+        "evaluate_failures": _by_node(record.evaluate_failures),
+        "evaluate_rejected": _by_node(record.evaluate_rejected),
         "server_eval": None if server_eval is None else server_eval.as_dict(),
     }
     if record.round_trips:  # message round trips by step, and their total
@@ -124,6 +134,7 @@ def plot_run(jsonl_path: Path, png_path: Path, *, title: str = "") -> None:
         "server accuracy": ("server_eval", "accuracy", "-"),
         "server ROC-AUC": ("server_eval", "auc", "-"),
         "federated accuracy": ("federated_eval", "accuracy", "--"),
+        "federated ROC-AUC": ("federated_eval", "auc", "--"),
     }
     for label, (section, key, style) in curves.items():
         points = [

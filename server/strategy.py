@@ -4,9 +4,12 @@ The global model is an ArrayRecord {"packed": float32 [n]} (n = PackLayout.size)
 carry it encoded by ticket.codec; which replies count is decided here, the mean is
 ticket.fedavg's. Wire schema: see edge_daemon/client_app.py (the two must match). Round numbers
 are run-wide: `start(first_round=k)` continues a run after a restart (server/training_run.py).
+Every reply is checked on its own, train and evaluate alike; a malformed one is counted with
+its reason in the RoundRecord and left out, so one bad node never stops the run.
 """
 
 import logging
+import math
 import random
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -20,7 +23,7 @@ from flwr.serverapp.strategy import FedAvg, Result
 
 from ticket.codec import DTYPES, Kind, decode_vector, encode_vector
 from ticket.errors import CodecError
-from ticket.fedavg import weighted_mean
+from ticket.fedavg import weighted_mean, weighted_metrics
 from ticket.packing import PackLayout
 from ticket.train import TrainConfig
 
@@ -32,10 +35,14 @@ PAYLOAD_KEY = "packed"  # in the global ArrayRecord: float32 [n]; on the wire: c
 PAYLOAD_STYPE = "ticketfleet.codec"
 NUM_EXAMPLES = "num-examples"
 NO_REPLY = "no reply before the round timeout"
+# Federated evaluation: loss and accuracy are required, ROC-AUC is sent by nodes that have it
+# (two classes, both present in their test rows); each must lie in its range.
+EVALUATION_RANGES = {"loss": (0.0, math.inf), "accuracy": (0.0, 1.0), "auc": (0.0, 1.0)}
+OPTIONAL_EVALUATION = ("auc",)
 
 
 class ReplyError(Exception):
-    """A train reply that is not a usable update; it is counted and left out."""
+    """A train or evaluate reply that is not usable; it is counted and left out."""
 
 
 @dataclass(frozen=True)
@@ -62,17 +69,23 @@ class RoundRecord:
     """Per-round bookkeeping: who was sent what, who replied with what, who was left out."""
 
     server_round: int
-    bytes_down: dict[int, int] = field(default_factory=dict)  # node id -> payload bytes sent
+    # node id -> payload bytes sent: the train instruction plus, under federated evaluation,
+    # the evaluate one (configure_evaluate adds it after the train replies are in).
+    bytes_down: dict[int, int] = field(default_factory=dict)
     bytes_up: dict[int, int] = field(default_factory=dict)  # node id -> payload bytes received
     accepted: list[int] = field(default_factory=list)  # node ids averaged in
     failures: dict[int, str] = field(default_factory=dict)  # node id -> its Error reply
     rejected: dict[int, str] = field(default_factory=dict)  # node id -> why its reply was refused
     train_metrics: dict[str, float] = field(default_factory=dict)  # example-weighted means
     evaluate_metrics: dict[str, float] = field(default_factory=dict)  # federated evaluation
+    evaluated: list[int] = field(default_factory=list)  # node ids whose evaluation counted
+    evaluate_failures: dict[int, str] = field(default_factory=dict)  # node id -> Error/silence
+    evaluate_rejected: dict[int, str] = field(default_factory=dict)  # node id -> why refused
     round_trips: dict[str, int] = field(default_factory=dict)  # step -> message round trips
     secagg: dict[str, Any] | None = None  # secure aggregation's account (server/secagg_round.py)
 
     def metrics(self) -> dict[str, int | float]:
+        """The train stage's counts (Flower's train MetricRecord: before any evaluation)."""
         return {
             "participants": len(self.accepted),
             "failures": len(self.failures),
@@ -98,6 +111,7 @@ class PackedFedAvg(FedAvg):
         self.layout = layout
         self.plan = plan
         self.rounds: dict[int, RoundRecord] = {}  # by run-wide round number
+        self._evaluate_sent: set[int] = set()  # nodes sent this round's evaluate instruction
         self._offset = 0  # rounds finished before this start() (a resumed run)
 
     def start(  # noqa: PLR0917  # Flower's signature, plus first_round
@@ -202,7 +216,9 @@ class PackedFedAvg(FedAvg):
             record.failures[node] = NO_REPLY
             logger.warning("round %d: node %d failed: %s", server_round, node, NO_REPLY)
         record.accepted = [update.node_id for update in updates]
-        record.train_metrics = _mean_metrics(updates)
+        record.train_metrics = weighted_metrics(
+            [u.metrics for u in updates], [u.examples for u in updates]
+        )
         metrics = MetricRecord({**record.metrics(), **record.train_metrics})
         if len(updates) < self.plan.min_replies:
             logger.warning(
@@ -219,28 +235,66 @@ class PackedFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         server_round += self._offset
-        wire, _ = self._encode_global(server_round, arrays)
+        wire, size = self._encode_global(server_round, arrays)
         wire_config = ConfigRecord({**dict(config), "ticket-id": self.plan.ticket_id})
         with seeded_sampling(self.plan.seed, server_round, "evaluate"):
             messages = list(super().configure_evaluate(server_round, wire, wire_config, grid))
+        self._evaluate_sent = {message.metadata.dst_node_id for message in messages}
         if messages:
             record = self.rounds.setdefault(server_round, RoundRecord(server_round))
+            for node in self._evaluate_sent:
+                # Added to the train instruction's bytes (and, under secure aggregation, its
+                # protocol trips'): bytes_down is all a node was sent in the round.
+                record.bytes_down[node] = record.bytes_down.get(node, 0) + size
             record.round_trips["evaluate"] = 1
         return messages
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
+        """The example-weighted mean of the valid evaluations; None when there is none.
+
+        Flower's FedAvg would check the replies as a whole and raise on one malformed reply;
+        here each is checked on its own and a bad one is only counted.
+        """
         server_round += self._offset
-        metrics = super().aggregate_evaluate(server_round, replies)
-        if metrics is not None:
-            record = self.rounds.setdefault(server_round, RoundRecord(server_round))
-            record.evaluate_metrics = {
-                key: float(value)
-                for key, value in metrics.items()
-                if isinstance(value, int | float) and not isinstance(value, bool)
-            }
-        return metrics
+        record = self.rounds.setdefault(server_round, RoundRecord(server_round))
+        sent, self._evaluate_sent = self._evaluate_sent, set()
+        reports: dict[int, tuple[int, dict[str, float]]] = {}  # node -> (examples, metrics)
+        for message in replies:
+            node = message.metadata.src_node_id
+            if message.has_error():
+                reason = f"error {message.error.code}: {message.error.reason}"
+                record.evaluate_failures[node] = reason
+                logger.warning(
+                    "round %d: node %d failed to evaluate: %s", server_round, node, reason
+                )
+                continue
+            try:
+                if node not in sent:
+                    raise ReplyError("evaluation from a node that was not asked this round")
+                if node in reports or node in record.evaluate_rejected:
+                    raise ReplyError("second evaluation from the same node")
+                reports[node] = _read_evaluation(message)
+            except ReplyError as error:
+                # A rejected duplicate leaves the node's first, valid evaluation counted.
+                record.evaluate_rejected.setdefault(node, str(error))
+                logger.warning(
+                    "round %d: rejected evaluation of node %d: %s", server_round, node, error
+                )
+        answered = (
+            reports.keys() | record.evaluate_failures.keys() | record.evaluate_rejected.keys()
+        )
+        for node in sorted(sent - answered):
+            record.evaluate_failures[node] = NO_REPLY
+            logger.warning("round %d: node %d failed to evaluate: %s", server_round, node, NO_REPLY)
+        record.evaluated = sorted(reports)
+        if not reports:
+            return None
+        examples = [reports[node][0] for node in record.evaluated]
+        metrics = [reports[node][1] for node in record.evaluated]
+        record.evaluate_metrics = weighted_metrics(metrics, examples, optional=OPTIONAL_EVALUATION)
+        return MetricRecord(dict(record.evaluate_metrics))
 
     def _encode_global(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord, int]:
         payload = encode_vector(
@@ -280,31 +334,42 @@ class PackedFedAvg(FedAvg):
             segment_sizes=self.layout.segment_sizes,
             dtype=self.plan.uplink_dtype,
         )
-        metrics = next(iter(content.metric_records.values()), None)
-        if metrics is None:
-            raise ReplyError("reply has no MetricRecord")
-        examples = metrics.get(NUM_EXAMPLES)
-        if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
-            raise ReplyError(f"reply's {NUM_EXAMPLES} must be an integer >= 1, got {examples!r}")
-        scalars = {
-            key: float(value)
-            for key, value in metrics.items()
-            # Lists and bools are not averaged; num-examples is the weight, not a metric.
-            if isinstance(value, int | float) and not isinstance(value, bool)
-            if key != NUM_EXAMPLES
-        }
+        examples, scalars = _read_metrics(message)
         return _Update(node, values, examples, scalars)
 
 
-def _mean_metrics(updates: list[_Update]) -> dict[str, float]:
-    """Example-weighted mean of the scalar metrics every accepted update reported."""
-    if not updates:
-        return {}
-    shared = set.intersection(*(set(u.metrics) for u in updates))
-    total = sum(u.examples for u in updates)
-    return {
-        key: sum(u.metrics[key] * u.examples for u in updates) / total for key in sorted(shared)
-    }
+def _read_metrics(message: Message) -> tuple[int, dict[str, float]]:
+    """(num-examples, the scalar metrics) of a reply's one MetricRecord, every number finite."""
+    records = list(message.content.metric_records.values())
+    if len(records) != 1:
+        raise ReplyError(f"reply has {len(records)} MetricRecords, expected exactly one")
+    [metrics] = records
+    examples = metrics.get(NUM_EXAMPLES)
+    if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
+        raise ReplyError(f"reply's {NUM_EXAMPLES} must be an integer >= 1, got {examples!r}")
+    scalars = {}
+    for key, value in metrics.items():
+        numbers = value if isinstance(value, list) else [value]
+        # One NaN would poison every mean it enters, and the round log after it.
+        if not all(math.isfinite(number) for number in numbers):
+            raise ReplyError(f"reply's metric {key!r} is not finite")
+        # Lists and bools are not averaged; num-examples is the weight, not a metric.
+        if isinstance(value, int | float) and not isinstance(value, bool) and key != NUM_EXAMPLES:
+            scalars[key] = float(value)
+    return examples, scalars
+
+
+def _read_evaluation(message: Message) -> tuple[int, dict[str, float]]:
+    """(num-examples, metrics) of an evaluate reply: loss and accuracy present, all in range."""
+    examples, metrics = _read_metrics(message)
+    for key, (low, high) in EVALUATION_RANGES.items():
+        if key not in metrics:
+            if key in OPTIONAL_EVALUATION:
+                continue
+            raise ReplyError(f"evaluation has no {key!r}")
+        if not low <= metrics[key] <= high:
+            raise ReplyError(f"evaluation's {key} {metrics[key]!r} is outside [{low}, {high}]")
+    return examples, metrics
 
 
 @contextmanager

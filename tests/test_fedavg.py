@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ticket.errors import TicketError
-from ticket.fedavg import weighted_mean
+from ticket.fedavg import weighted_mean, weighted_metrics
 
 
 def test_weighted_mean_weights_by_examples() -> None:
@@ -57,3 +57,25 @@ def test_matches_a_float64_oracle() -> None:
 def test_bad_input_is_refused(vectors: list[np.ndarray], counts: list[int], message: str) -> None:
     with pytest.raises(TicketError, match=re.escape(message)):
         weighted_mean(vectors, counts)
+
+
+def test_weighted_metrics_averages_each_metric_by_examples() -> None:
+    reports = [{"loss": 1.0, "accuracy": 0.5}, {"loss": 0.0, "accuracy": 1.0}]
+
+    means = weighted_metrics(reports, [1, 3])
+
+    assert means == {"accuracy": 0.875, "loss": 0.25}
+
+
+def test_a_metric_some_report_lacks_is_left_out_unless_optional() -> None:
+    reports = [{"loss": 1.0, "auc": 0.5}, {"loss": 0.5}, {"loss": 0.0, "auc": 1.0}]
+
+    assert weighted_metrics(reports, [2, 2, 6]) == {"loss": 0.3}
+    # Optional: over the reports that have it, weighted by their examples only.
+    assert weighted_metrics(reports, [2, 2, 6], optional={"auc"}) == {"auc": 0.875, "loss": 0.3}
+
+
+def test_weighted_metrics_of_nothing_is_empty_and_counts_must_match() -> None:
+    assert weighted_metrics([], []) == {}
+    with pytest.raises(TicketError, match="2 reports but 1 example counts"):
+        weighted_metrics([{}, {}], [1])

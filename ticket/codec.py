@@ -152,8 +152,9 @@ def _scale_for(magnitude: float) -> np.float32:
 # ---------------------------------------------------------------- decoding
 
 
-def read_header(data: bytes) -> PackedHeader:
+def read_header(data: bytes | bytearray | memoryview) -> PackedHeader:
     """Parse and check the fixed header only (not the payload's size: int8 needs segments)."""
+    data = _check_data(data)
     if len(data) < HEADER_BYTES:
         raise CodecError(f"message is truncated: {len(data)} bytes, the header alone is 48")
     magic, version, kind, dtype_code, reserved, round_, length, raw_id = _HEADER.unpack_from(data)
@@ -171,7 +172,7 @@ def read_header(data: bytes) -> PackedHeader:
 
 
 def decode_vector(
-    data: bytes,
+    data: bytes | bytearray | memoryview,
     *,
     kind: Kind,
     ticket_id: str,
@@ -185,6 +186,7 @@ def decode_vector(
     `segment_sizes` is required for int8 messages; `dtype`, when given, pins the sender's
     dtype (otherwise any of DTYPES is accepted and only the size check guards that byte).
     """
+    data = _check_data(data)  # first: whatever arrived, a bad message is a CodecError
     expected_kind = Kind(_check_kind(kind))
     _check_ticket_id(ticket_id)
     _check_round(round)
@@ -220,14 +222,14 @@ def decode_vector(
     return _dequantize(data, sizes)
 
 
-def _check_message_size(data: bytes, expected: int) -> None:
+def _check_message_size(data: bytes | bytearray, expected: int) -> None:
     if len(data) < expected:
         raise CodecError(f"message is truncated: {len(data)} bytes, expected {expected}")
     if len(data) > expected:
         raise CodecError(f"message has {len(data) - expected} trailing byte(s) after its payload")
 
 
-def _dequantize(data: bytes, sizes: tuple[int, ...]) -> Vector:
+def _dequantize(data: bytes | bytearray, sizes: tuple[int, ...]) -> Vector:
     scales = np.frombuffer(data, _SCALE_DTYPE, len(sizes), HEADER_BYTES)  # [segments]
     if not np.isfinite(scales).all():
         raise CodecError("int8 scales hold NaN or Inf")
@@ -249,6 +251,17 @@ def _dequantize(data: bytes, sizes: tuple[int, ...]) -> Vector:
 
 
 # ---------------------------------------------------------------- argument checks
+
+
+def _check_data(data: object) -> bytes | bytearray:
+    """The message as bytes; anything that is not a bytes-like message is a CodecError."""
+    if isinstance(data, bytes | bytearray):
+        return data
+    if isinstance(data, memoryview):
+        # tobytes() reads the raw bytes in order whatever the view's format, shape or strides;
+        # len() of a view counts its items, not bytes.
+        return data.tobytes()
+    raise CodecError(f"message must be bytes, got {type(data).__name__}")
 
 
 def _check_vector(vector: np.ndarray) -> Vector:

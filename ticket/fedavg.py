@@ -1,9 +1,9 @@
-"""Federated averaging of packed vectors: the example-weighted mean, and nothing else.
+"""Federated averaging: the example-weighted mean of packed vectors and of reported metrics.
 
 Which replies count is the caller's decision (a rejected reply never reaches this module).
 """
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -38,3 +38,28 @@ def weighted_mean(
     for vector, count in zip(vectors, examples, strict=True):
         mean += vector.astype(np.float64) * (int(count) / total)
     return mean.astype(np.float32)
+
+
+def weighted_metrics(
+    reports: Sequence[Mapping[str, float]],
+    examples: Sequence[int],
+    *,
+    optional: Collection[str] = (),
+) -> dict[str, float]:
+    """Example-weighted mean of each metric, keyed like the reports, sorted by name.
+
+    A metric is averaged when every report has it, or, if it is in `optional`, over the reports
+    that have it (weighted by their examples only): e.g. ROC-AUC, which a node whose test rows
+    hold one class cannot compute. Other metrics that some report lacks are left out.
+    """
+    if len(reports) != len(examples):
+        raise TicketError(f"{len(reports)} reports but {len(examples)} example counts")
+    keys = {key for report in reports for key in report}
+    means = {}
+    for key in sorted(keys):
+        having = [(r[key], n) for r, n in zip(reports, examples, strict=True) if key in r]
+        if len(having) < len(reports) and key not in optional:
+            continue
+        total = sum(n for _, n in having)
+        means[key] = sum(value * n for value, n in having) / total
+    return means

@@ -31,8 +31,10 @@ def test_a_lost_node_fails_its_round_and_a_killed_serverapp_resumes(tmp_path: Pa
         if server_round == 3:  # rounds 1-2 are checkpointed; round 3 is lost with the process
             killed.append(fleet.kill_serverapp())
 
+    checkpoints = tmp_path / "run" / "checkpoints"
     with fleet:
         first = fleet.run(config, timeout_s=400.0, on_round=inject)
+        kept = {path.name: path.read_bytes() for path in checkpoints.glob("*.ckpt")}
         second = fleet.run(config, timeout_s=300.0)
 
     assert killed and first.status == "finished:failed"
@@ -40,6 +42,13 @@ def test_a_lost_node_fails_its_round_and_a_killed_serverapp_resumes(tmp_path: Pa
     assert second.completed
     # Every round exactly once, across both attempts.
     assert [line["round"] for line in second.rounds] == [1, 2, 3, 4]
+    # Resumed, not restarted: a fresh run would also end with rounds 1-4, but it would have
+    # rerun rounds 1-2 (new lines, a later finished_at, new checkpoints) and logged four
+    # Flower rounds instead of two. The second attempt ran rounds 3 and 4 only.
+    assert second.rounds[:2] == first.rounds
+    assert {name: (checkpoints / name).read_bytes() for name in kept} == kept
+    assert len(kept) == 2 and len(list(checkpoints.glob("*.ckpt"))) == 4
+    assert sorted(second.round_wall_s) == [3, 4]
     one, two, *rest = second.rounds
     assert len(one["participants"]) == 3 and one["failures"] == {}
     [(lost, reason)] = two["failures"].items()

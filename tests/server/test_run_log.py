@@ -44,10 +44,26 @@ def test_a_round_line_has_every_field_keyed_by_node() -> None:
             "up_total": 127,
         },
         "train": {"loss": 0.5},
-        "federated_eval": {"loss": 0.6, "accuracy": 0.75},
+        "federated_eval": {"loss": 0.6, "accuracy": 0.75, "auc": None},
+        "evaluate_failures": {},
+        "evaluate_rejected": {},
         "server_eval": {"loss": 0.4, "accuracy": 0.8, "auc": 0.9, "examples": 277},
     }
     json.dumps(line, allow_nan=False)  # plain JSON
+
+
+def test_a_round_line_keeps_federated_roc_auc_and_evaluate_rejects() -> None:
+    record = _record(3)
+    record.evaluate_metrics = {"loss": 0.6, "accuracy": 0.75, "auc": 0.875}
+    record.evaluate_failures = {104: "no reply before the round timeout"}
+    record.evaluate_rejected = {102: "evaluation has no 'loss'"}
+
+    line = round_line(record, None, WHEN)
+
+    assert line["federated_eval"] == {"loss": 0.6, "accuracy": 0.75, "auc": 0.875}
+    assert line["evaluate_failures"] == {"104": "no reply before the round timeout"}
+    assert line["evaluate_rejected"] == {"102": "evaluation has no 'loss'"}
+    assert line["rejected"] == {"103": "truncated"}  # the train stage's, kept apart
 
 
 def test_a_round_without_evaluation_logs_null() -> None:

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, Result
 
 from edge_daemon import client_app
@@ -433,3 +434,218 @@ def test_server_app_resumes_and_evaluates_on_held_out_rows(
     assert all(0 <= line["server_eval"]["auc"] <= 1 for line in lines)
     assert sorted(result.evaluate_metrics_serverapp) == [2]
     assert (tmp_path / "rounds.png").read_bytes().startswith(b"\x89PNG")
+
+
+# ---------------------------------------------------------------- replies checked one by one
+
+
+def _replacing(
+    node_id: int, message_type: str, content: Callable[[], RecordDict | Error]
+) -> ClientCallable:
+    """The real ClientApp, except that `node_id` answers `message_type` with `content()`."""
+
+    def client(message: Message, context: Context) -> Message:
+        reply = client_app.app(message, context)
+        if context.node_id != node_id or message.metadata.message_type != message_type:
+            return reply
+        return Message(content(), reply_to=message)  # a RecordDict or an Error reply
+
+    return client
+
+
+def _metrics(**values: float) -> Callable[[], RecordDict]:
+    return lambda: RecordDict({"metrics": MetricRecord(dict(values))})
+
+
+def _recording(evaluations: dict[int, dict[str, object]]) -> ClientCallable:
+    """The real ClientApp, noting each node's evaluate metrics as it sent them."""
+
+    def client(message: Message, context: Context) -> Message:
+        reply = client_app.app(message, context)
+        if message.metadata.message_type == "evaluate" and reply.has_content():
+            evaluations[context.node_id] = dict(reply.content.metric_records["metrics"])
+        return reply
+
+    return client
+
+
+def _evaluating(ticket: Ticket) -> PackedFedAvg:
+    return PackedFedAvg(
+        PackLayout.from_ticket(ticket), RoundPlan(ticket_id=ticket.content_id, train=TRAIN)
+    )
+
+
+def _weighted(evaluations: dict[int, dict[str, object]], nodes: list[int], key: str) -> float:
+    having = [evaluations[node] for node in nodes if key in evaluations[node]]
+    total = sum(_number(report["num-examples"]) for report in having)
+    return sum(_number(r[key]) * _number(r["num-examples"]) for r in having) / total
+
+
+def test_federated_evaluation_is_example_weighted_with_roc_auc(sparse_path: Path) -> None:
+    ticket = read_ticket(sparse_path, allow_unsigned=True)
+    strategy = _evaluating(ticket)
+    evaluations: dict[int, dict[str, object]] = {}
+    grid = InProcessGrid(_recording(evaluations), heart_nodes(sparse_path))
+
+    result = _run(strategy, grid, _initial(ticket), 1)
+
+    record = strategy.rounds[1]
+    assert record.evaluated == [101, 102, 103, 104]
+    assert record.evaluate_failures == {} and record.evaluate_rejected == {}
+    assert any("auc" in report for report in evaluations.values())  # heart-uci is binary
+    nodes = sorted(evaluations)
+    for key in ("loss", "accuracy", "auc"):
+        expected = _weighted(evaluations, nodes, key)
+        assert record.evaluate_metrics[key] == pytest.approx(expected, rel=1e-12)
+        assert _number(result.evaluate_metrics_clientapp[1][key]) == pytest.approx(expected)
+    assert 0 <= record.evaluate_metrics["auc"] <= 1
+
+
+def test_evaluate_instructions_count_in_bytes_down(sparse_path: Path) -> None:
+    ticket = read_ticket(sparse_path, allow_unsigned=True)
+    layout = PackLayout.from_ticket(ticket)
+    strategy = _evaluating(ticket)
+    grid = InProcessGrid(client_app.app, heart_nodes(sparse_path))
+
+    result = _run(strategy, grid, _initial(ticket), 1)
+
+    instruction = HEADER_BYTES + 4 * layout.size  # float32 global values, train and evaluate
+    assert strategy.rounds[1].bytes_down == {node: 2 * instruction for node in (101, 102, 103, 104)}
+    # Flower's train MetricRecord is made before evaluation: the train instructions only.
+    assert _number(result.train_metrics_clientapp[1]["bytes-down"]) == 4 * instruction
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (_metrics(accuracy=0.5), "num-examples must be an integer >= 1"),
+        (_metrics(**{"num-examples": 0, "loss": 0.5, "accuracy": 0.5}), "integer >= 1"),
+        (_metrics(**{"num-examples": 10.0, "loss": 0.5, "accuracy": 0.5}), "integer >= 1"),
+        (_metrics(**{"num-examples": 10, "accuracy": 0.5}), "no 'loss'"),
+        (_metrics(**{"num-examples": 10, "loss": 0.5}), "no 'accuracy'"),
+        (_metrics(**{"num-examples": 10, "loss": math.nan, "accuracy": 0.5}), "not finite"),
+        (_metrics(**{"num-examples": 10, "loss": 0.5, "accuracy": math.inf}), "not finite"),
+        (_metrics(**{"num-examples": 10, "loss": 0.5, "accuracy": 1.5}), "outside [0.0, 1.0]"),
+        (_metrics(**{"num-examples": 10, "loss": -1.0, "accuracy": 0.5}), "outside [0.0, inf]"),
+        (
+            _metrics(**{"num-examples": 10, "loss": 0.5, "accuracy": 0.5, "auc": 2.0}),
+            "auc 2.0 is outside",
+        ),
+        (
+            lambda: RecordDict(
+                {
+                    "metrics": MetricRecord({"num-examples": 10, "loss": 0.5, "accuracy": 0.5}),
+                    "more": MetricRecord({"accuracy": 1.0}),
+                }
+            ),
+            "2 MetricRecords, expected exactly one",
+        ),
+        (RecordDict, "0 MetricRecords"),
+    ],
+)
+def test_a_malformed_evaluation_is_rejected_and_the_others_are_averaged(
+    sparse_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    content: Callable[[], RecordDict],
+    reason: str,
+) -> None:
+    ticket = read_ticket(sparse_path, allow_unsigned=True)
+    strategy = _evaluating(ticket)
+    evaluations: dict[int, dict[str, object]] = {}
+    tampered = _replacing(102, "evaluate", content)
+
+    def client(message: Message, context: Context) -> Message:
+        _recording(evaluations)(message, context)  # what the honest node would have said
+        return tampered(message, context)
+
+    with caplog.at_level(logging.WARNING, logger="server.strategy"):
+        result = _run(
+            strategy, InProcessGrid(client, heart_nodes(sparse_path)), _initial(ticket), 1
+        )
+
+    record = strategy.rounds[1]
+    assert list(record.evaluate_rejected) == [102] and reason in record.evaluate_rejected[102]
+    assert record.evaluated == [101, 103, 104] and record.evaluate_failures == {}
+    assert record.rejected == {} and sorted(record.accepted) == [101, 102, 103, 104]  # train: fine
+    assert "evaluation of node 102" in caplog.text and reason in caplog.text
+    for key in ("loss", "accuracy"):
+        expected = _weighted(evaluations, [101, 103, 104], key)
+        assert _number(result.evaluate_metrics_clientapp[1][key]) == pytest.approx(expected)
+
+
+def test_evaluate_errors_and_silence_are_evaluate_failures(sparse_path: Path) -> None:
+    ticket = read_ticket(sparse_path, allow_unsigned=True)
+    strategy = _evaluating(ticket)
+    client = _replacing(101, "evaluate", lambda: Error(code=1003, reason="no test rows"))
+    grid = SilentNodeGrid(104, client, heart_nodes(sparse_path))
+
+    result = _run(strategy, grid, _initial(ticket), 1)
+
+    record = strategy.rounds[1]
+    assert record.evaluate_failures == {101: "error 1003: no test rows", 104: NO_REPLY}
+    assert record.evaluated == [102, 103] and record.evaluate_rejected == {}
+    assert 0 <= _number(result.evaluate_metrics_clientapp[1]["accuracy"]) <= 1
+
+
+def test_every_evaluation_malformed_leaves_no_federated_metrics(sparse_path: Path) -> None:
+    ticket = read_ticket(sparse_path, allow_unsigned=True)
+    strategy = _evaluating(ticket)
+
+    def client(message: Message, context: Context) -> Message:
+        if message.metadata.message_type == "evaluate":
+            return Message(_metrics(accuracy=0.5)(), reply_to=message)
+        return client_app.app(message, context)
+
+    result = _run(strategy, InProcessGrid(client, heart_nodes(sparse_path)), _initial(ticket), 1)
+
+    record = strategy.rounds[1]
+    assert sorted(record.evaluate_rejected) == [101, 102, 103, 104]
+    assert record.evaluate_metrics == {} and result.evaluate_metrics_clientapp == {}
+    assert PAYLOAD_KEY in result.arrays  # training went on regardless
+
+
+def _train_metrics(node_id: int, edit: Callable[[RecordDict], None]) -> ClientCallable:
+    def client(message: Message, context: Context) -> Message:
+        reply = client_app.app(message, context)
+        if context.node_id == node_id and message.metadata.message_type == "train":
+            edit(reply.content)
+        return reply
+
+    return client
+
+
+def _set_metric(key: str, value: float) -> Callable[[RecordDict], None]:
+    def edit(content: RecordDict) -> None:
+        content.metric_records["metrics"][key] = value
+
+    return edit
+
+
+def _add_record(content: RecordDict) -> None:
+    content["more"] = MetricRecord({"num-examples": 1, "train-loss": 0.1})
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        (_set_metric("train-loss", math.nan), "metric 'train-loss' is not finite"),
+        (_set_metric("train-loss", math.inf), "metric 'train-loss' is not finite"),
+        (_set_metric("train-loss", -math.inf), "metric 'train-loss' is not finite"),
+        (_set_metric("extra", [0.5, math.nan]), "metric 'extra' is not finite"),  # type: ignore[arg-type]
+        (_add_record, "2 MetricRecords, expected exactly one"),
+    ],
+)
+def test_train_metrics_must_be_finite_and_in_one_record(
+    sparse_path: Path, edit: Callable[[RecordDict], None], reason: str
+) -> None:
+    ticket = read_ticket(sparse_path, allow_unsigned=True)
+    strategy = _strategy(ticket)
+    grid = InProcessGrid(_train_metrics(102, edit), heart_nodes(sparse_path))
+
+    result = _run(strategy, grid, _initial(ticket), 1)
+
+    record = strategy.rounds[1]
+    assert list(record.rejected) == [102] and reason in record.rejected[102]
+    assert sorted(record.accepted) == [101, 103, 104]
+    assert math.isfinite(record.train_metrics["train-loss"])
+    assert _number(result.train_metrics_clientapp[1]["rejected"]) == 1

@@ -290,6 +290,28 @@ def int8_message() -> bytes:
     return encode_int8(SECRET, SECRET_SEGMENTS)
 
 
+@pytest.mark.parametrize(
+    ("data", "name"),
+    [(None, "NoneType"), ("TFPV", "str"), ([84, 70, 80, 86], "list"), (7, "int")],
+)
+def test_decode_refuses_what_is_not_bytes(data: Any, name: str) -> None:
+    refused(data, f"message must be bytes, got {name}$")
+    with pytest.raises(CodecError, match=f"got {name}$"):
+        read_header(data)
+
+
+def test_decode_reads_a_bytearray_or_memoryview_as_bytes(int8_message: bytes) -> None:
+    expected = decode(int8_message, SECRET.size, segment_sizes=SECRET_SEGMENTS)
+    # A view whose items are not bytes, and one with strides: its raw bytes, in order, count.
+    words = memoryview(bytearray(int8_message + b"\0\0")).cast("H")[: len(int8_message) // 2]
+    every_other = memoryview(bytes(b for b in int8_message for _ in (0, 1)))[::2]
+
+    for data in (bytearray(int8_message), memoryview(int8_message), words, every_other):
+        decoded = decode(data, SECRET.size, segment_sizes=SECRET_SEGMENTS)  # type: ignore[arg-type]
+        np.testing.assert_array_equal(decoded, expected)
+    assert read_header(memoryview(int8_message)).round == ROUND
+
+
 def test_decode_refuses_bad_magic(float32_message: bytes) -> None:
     refused(patched(float32_message, 0, b"TFPW"), r"bad magic")
 
