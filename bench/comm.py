@@ -13,7 +13,8 @@ Tasks (each compares the same seeds, nodes and rounds across arms):
                 hospitals, against a ticket found on all four and the dense network
 Arms: dense (density 1.0, float32 both ways: plain FedAvg), ticket (density 0.1, float32), and
 ticket-int8 (int8 uplink, float32 downlink). `--task fed-mnist-secagg` compares the ticket in
-plaintext with the ticket under secure aggregation.
+plaintext with the ticket under secure aggregation; `--task fed-mnist-dp` adds distributed
+differential privacy (the ticket and the dense network at one noise multiplier, and epsilon).
 
     python bench/comm.py                     # all tasks plus the loopback deployment
     python bench/comm.py --task fed-heart --rounds 3 --no-loopback    # a quick look
@@ -22,7 +23,7 @@ plaintext with the ticket under secure aggregation.
 Results: bench/results/comm.{json,md} and comm_<task>.png, each part with the command that
 made it. Tasks of the default set are merged into comm.json: rerunning some replaces only
 those (and the loopback part only when it is rerun), so an hour-long fed-mnist result stays.
-Other tasks (fed-mnist-secagg) go to comm_<task>.{json,md}.
+Other tasks (fed-mnist-secagg, fed-mnist-dp) go to comm_<task>.{json,md}.
 """
 
 import argparse
@@ -85,6 +86,10 @@ DEFAULT_ARMS = (
     Arm("ticket", "ticket"),
     Arm("ticket-int8", "ticket", uplink="int8"),
 )
+SECURE = {"secagg": True, "secagg-clip": 1.0}
+# Clip each device's update to L2 norm 0.5; a round is summed from at least 8 of its 10
+# devices, so each adds sigma = z C / sqrt(8) and the sum carries z_eff = z sqrt(10 / 8).
+DP = {"dp-clip-norm": 0.5, "min-replies": 8}
 TASKS = {
     "fed-heart": Task(
         name="fed-heart",
@@ -132,6 +137,34 @@ TASKS = {
         arms=(
             Arm("ticket", "ticket"),
             Arm("ticket-secagg", "ticket", run_config={"secagg": True, "secagg-clip": 1.0}),
+        ),
+        training={"local-epochs": 5, "batch-size": 10, "lr": 0.1, "optimizer": "sgd"},
+        simulation={"sim-partition": "shards", "sim-partition-shards": 2},
+    ),
+    # Not in "all": distributed differential privacy on top of secure aggregation, the ticket
+    # against the dense network at the same noise multiplier and clip. The noise a device adds
+    # has norm ~ sigma sqrt(k) while its clipped update's norm is at most C, so at a fixed
+    # epsilon the ticket's 10x fewer coordinates carry ~sqrt(10) times the signal per noise.
+    "fed-mnist-dp": Task(
+        name="fed-mnist-dp",
+        dataset="mnist",
+        nodes=100,
+        per_round=10,
+        rounds=100,
+        target=0.90,
+        tickets={
+            "dense": [*MNIST_FIND, "--target-density", "1.0"],
+            "ticket": [*MNIST_FIND, "--target-density", "0.1"],
+        },
+        arms=(
+            Arm("ticket-secagg", "ticket", run_config=SECURE),
+            Arm(
+                "ticket-dp z=0.3", "ticket", run_config={**SECURE, **DP, "dp-noise-multiplier": 0.3}
+            ),
+            Arm("dense-dp z=0.3", "dense", run_config={**SECURE, **DP, "dp-noise-multiplier": 0.3}),
+            Arm(
+                "ticket-dp z=1.0", "ticket", run_config={**SECURE, **DP, "dp-noise-multiplier": 1.0}
+            ),
         ),
         training={"local-epochs": 5, "batch-size": 10, "lr": 0.1, "optimizer": "sgd"},
         simulation={"sim-partition": "shards", "sim-partition-shards": 2},
@@ -239,7 +272,9 @@ def summarise(task: Task, arm: Arm, outcome: RunOutcome) -> dict[str, Any]:
         if reached is None and accuracy is not None and accuracy >= task.target:
             reached = {"round": line["round"], "uplink_bytes": uplink_total}
     last = rounds[-1]
+    privacy = (outcome.rounds[-1].get("secagg") or {}).get("dp") if outcome.rounds else None
     return {
+        "privacy": privacy,  # the run's epsilon and its last round's z_eff, under DP
         "arm": asdict(arm),
         "run_wall_s": outcome.wall_s,
         "rounds": rounds,
@@ -350,6 +385,23 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
                 "for federated evaluation, the evaluate one (the global values again).",
                 "",
             ]
+        private = [arm for arm in result["arms"] if arm.get("privacy")]
+        if private:
+            lines += [
+                "Differential privacy (epsilon of the whole run at its delta; the sum's noise "
+                "multiplier z_eff; no amplification by sampling claimed):",
+                "",
+                "| arm | epsilon | delta | z_eff per round | clip norm | final acc |",
+                "|---|---|---|---|---|---|",
+            ]
+            for arm in private:
+                dp = arm["privacy"]
+                lines.append(
+                    f"| {arm['arm']['name']} | {dp['epsilon']:.3g} | {dp['delta']:g} "
+                    f"| {dp['noise_multiplier']:.3f} | {dp['clip_norm']} "
+                    f"| {100 * arm['final_accuracy']:.2f} |"
+                )
+            lines.append("")
         note = int8_note(result["arms"])
         if note:
             lines += [note, ""]
