@@ -1,11 +1,13 @@
 """The edge daemon's footprint: idle memory and CPU, start-up latency, and a round's peak memory.
 
-Everything runs for real on loopback: a SuperLink, `edge-daemon run` processes, the stock
+Everything runs for real on loopback, secured as a real fleet (and `make demo`) is: a SuperLink
+with TLS and node authentication, `edge-daemon run` processes with enrolled node keys, the stock
 flower-supernode each daemon starts, and the ClientApp it starts per message.
 
 1. Idle: a daemon whose device is not eligible (its node stopped) for `--idle-s` seconds, once
    with the real sensors under the default policy (psutil, NetworkManager) and once with a probe
-   file. Peak RSS of the daemon process and the CPU time it used.
+   file. Peak RSS of the daemon process and the CPU time it used, including that of the
+   commands it ran and reaped (busctl or nmcli, reading NetworkManager's metered flag).
 2. Becoming eligible: the probe file flips to eligible (with `on_after_s: 0`; the default policy
    adds its 120 s of hysteresis on top); seconds until the node logs its SuperNode id, i.e. it
    is registered with the SuperLink. Repeated `--repeats` times.
@@ -40,6 +42,7 @@ sys.path.insert(0, str(ROOT))  # `python bench/daemon.py` from a checkout
 from deploy.demo import find_ticket, run_config  # noqa: E402
 from deploy.devices import ELIGIBLE, UNPLUGGED, Device, daemon_yaml, prepare_devices  # noqa: E402
 from deploy.loopback import Loopback, free_port  # noqa: E402
+from ticket.tls import write_dev_pki  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 MB = 2**20
@@ -72,20 +75,25 @@ def daemon_pid(fleet: Loopback, index: int) -> int:
     return next(s.popen.pid for s in fleet.started if s.label == f"daemon-{index}")
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    """CPU time of the process and of the children it has reaped (each probe's busctl/nmcli)."""
+    times = process.cpu_times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def measure_idle(fleet: Loopback, index: int, seconds: float) -> dict[str, float]:
     """Peak RSS and CPU use of one daemon process while its node stays stopped."""
     process = psutil.Process(daemon_pid(fleet, index))
     time.sleep(5.0)  # past start-up: imports done, first probes taken
     if fleet.node_pids(index):
         raise RuntimeError(f"daemon-{index} started its node: the device is not idle")
-    before = process.cpu_times()
+    before = cpu_seconds(process)
     peak = process.memory_info().rss
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         peak = max(peak, process.memory_info().rss)
         time.sleep(0.5)
-    after = process.cpu_times()
-    used = (after.user - before.user) + (after.system - before.system)
+    used = cpu_seconds(process) - before
     modules_torch = any("torch" in m.path for m in process.memory_maps())
     return {
         "seconds": seconds,
@@ -136,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ticket, fleet_key = find_ticket(args.work, density=0.1)
     port = free_port()
     superlink = f"127.0.0.1:{port}"
+    tls = write_dev_pki(args.work / "pki", ["127.0.0.1", "localhost"])  # as deploy/demo.py
     devices = prepare_devices(
         args.work / "devices",
         hospitals=("Cleveland", "Hungary"),
@@ -143,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         fleet_key=fleet_key,
         superlink=superlink,
         ports=[free_port(), free_port()],
+        root_certificates=tls.ca_cert,
+        node_auth=True,
     )
     for device in devices:
         device.set_conditions(UNPLUGGED)
@@ -156,13 +167,22 @@ def main(argv: Sequence[str] | None = None) -> None:
             fleet_key=fleet_key.resolve(),
             node_port=free_port(),
             probe_file=None,
+            root_certificates=tls.ca_cert,  # its node never starts here: no key to enroll
         )
     )
     configs = [device.config for device in devices] + [sensors / "daemon.yaml"]
     result: dict[str, Any] = {}
-    with Loopback(
-        args.work / "loopback", ROOT, [], daemon_configs=configs, superlink_port=port
-    ) as fleet:
+    fleet = Loopback(
+        args.work / "loopback",
+        ROOT,
+        [],
+        daemon_configs=configs,
+        superlink_port=port,
+        tls=tls,
+        node_auth=True,
+        node_keys=[device.public_key for device in devices],
+    )
+    with fleet:
         print(f"idle for {args.idle_s:.0f} s ...", flush=True)
         idle: dict[str, Any] = {}
         threads = [
@@ -230,6 +250,10 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
         "# edge-daemon footprint",
         "",
         f"Produced by: `{document['command']}` ({document['machine']}).",
+        "",
+        "The SuperLink serves TLS and admits only enrolled nodes (node authentication), as in "
+        "`make demo`. Idle CPU includes the commands the daemon ran and reaped (busctl or nmcli "
+        "for NetworkManager's metered flag).",
         "",
         "| measure | value |",
         "|---|---|",

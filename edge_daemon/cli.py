@@ -123,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    # The key files must be there now: a daemon that starts anyway fails only in its node's log.
+    config = load_config(args.config, check_files=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # Imported only here: the other subcommands need none of the daemon's loop.
     from edge_daemon.daemon import run_daemon

@@ -1,8 +1,11 @@
 """daemon.yaml, the edge daemon's one configuration file, loaded into a frozen `DaemonConfig`.
 
 The dataclasses below are the schema: a field's type is the key's type, a field with a default
-is optional. Unknown keys, wrong types and out-of-range values raise `ConfigError` naming the file
-and the dotted key. Relative paths resolve against the directory of daemon.yaml.
+is optional. Unknown keys, a key given twice, wrong types and out-of-range values raise
+`ConfigError` naming the file and the dotted key. Relative paths resolve against the directory
+of daemon.yaml. `load_config(path, check_files=True)` (what `edge-daemon run` uses) also
+requires `fleet_key`, `server.root_certificates` and `server.auth_key` to be readable files, so
+a daemon with a wrong path fails at once (exit 3) instead of a node failing later.
 
     state_dir: /var/lib/edge-daemon   # required: readings, tickets, state, the node's FLWR_HOME
     fleet_key: fleet.pub              # required: PEM Ed25519 public key every ticket must be
@@ -39,7 +42,8 @@ and the dotted key. Relative paths resolve against the directory of daemon.yaml.
       grace_s: 10                     # SIGTERM, then SIGKILL after this long
       backoff_initial_s: 1            # delay before the first restart after an exit
       backoff_max_s: 300              # the restart delay doubles up to this
-      jitter: 0.2                     # each delay is scaled by a random factor in [1-j, 1+j]
+      jitter: 0.2                     # each delay is scaled by a random factor in [1-j, 1+j],
+                                      #   then capped at backoff_max_s
     node_port: 9094                   # the SuperNode's local ClientApp port (one per daemon)
     probe_file: null                  # tests and demos only: read the device's conditions from
                                       #   this JSON file (edge_daemon.probe.FileProbe) instead
@@ -54,7 +58,12 @@ import yaml
 
 from edge_daemon.eligibility import EligibilityPolicy, TimeWindow
 from edge_daemon.readings import SCHEMAS
-from ticket.config_schema import SchemaLoader, read_document, show_value
+from ticket.config_schema import (
+    SchemaLoader,
+    read_document,
+    rejecting_duplicate_keys,
+    show_value,
+)
 
 
 class ConfigError(Exception):
@@ -96,17 +105,54 @@ class DaemonConfig:
     probe_file: Path | None = None
 
 
-def load_config(path: Path | str) -> DaemonConfig:
+_YAML_LOADER = rejecting_duplicate_keys(yaml.SafeLoader)
+
+
+def parse_yaml(text: str) -> object:
+    """yaml.safe_load, except that a mapping with a key given twice is an error."""
+    return yaml.load(text, Loader=_YAML_LOADER)  # a SafeLoader: no arbitrary objects
+
+
+def load_config(path: Path | str, *, check_files: bool = False) -> DaemonConfig:
+    """daemon.yaml as a DaemonConfig; with `check_files`, the key files it names are readable."""
     path = Path(path)
-    data = read_document(
-        path, parse=yaml.safe_load, parse_error=yaml.YAMLError, error_type=ConfigError
-    )
+    data = read_document(path, parse=parse_yaml, parse_error=yaml.YAMLError, error_type=ConfigError)
     loader = SchemaLoader(str(path), path.absolute().parent, error_type=ConfigError, parsed=_PARSED)
     config: DaemonConfig = loader.build(DaemonConfig, {} if data is None else data, "")
     _check_server(config.server, loader)
     if config.supervisor.backoff_max_s < config.supervisor.backoff_initial_s:
         raise loader.error("supervisor.backoff_max_s", "must be >= supervisor.backoff_initial_s")
+    if check_files:
+        _check_files(config, loader)
     return config
+
+
+def _check_files(config: DaemonConfig, loader: SchemaLoader) -> None:
+    files = {
+        "fleet_key": config.fleet_key,
+        "server.root_certificates": config.server.root_certificates,
+        "server.auth_key": config.server.auth_key,
+    }
+    for key, path in files.items():
+        problem = None if path is None else _unreadable(path)
+        if problem is not None:
+            raise loader.error(key, f"{path}: {problem}")
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why `path` cannot be read as a file; None when it can."""
+    try:
+        with path.open("rb") as handle:
+            handle.read(1)
+    except FileNotFoundError:
+        return "no such file"
+    except IsADirectoryError:
+        return "is a directory, not a file"
+    except PermissionError:
+        return "not readable by this user (permission denied)"
+    except OSError as error:
+        return f"cannot read: {error.strerror}"
+    return None
 
 
 def _check_server(server: ServerConfig, loader: SchemaLoader) -> None:

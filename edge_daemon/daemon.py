@@ -2,16 +2,23 @@
 
 One loop, one thread: every second the supervisor reaps or (re)starts the node; every
 `eligibility.probe_interval_s` the device is probed and the hysteresis tracker decides whether a
-node should run. The loop writes `status.json` (what `edge-daemon status` shows) atomically
-whenever something changed. SIGTERM or SIGINT ends the loop and stops the node's whole process
-group before the daemon exits. Nothing here imports torch: the ClientApp, which trains, runs in
-its own process under the node.
+node should run; every `RETENTION_EVERY_S` (and at start) the readings store's retention limits
+are applied, since age limits lapse with no ingest. The loop writes `status.json` (what
+`edge-daemon status` shows) atomically when the verdict, its reasons or the node change, and
+refreshes the live numbers in it (a CPU share, a battery level) at most every
+`STATUS_REFRESH_S`. SIGTERM or SIGINT ends the loop and stops the node's whole process group
+before the daemon exits; a node left running by a daemon killed with SIGKILL is stopped when the
+next one starts. Nothing here imports torch: the ClientApp, which trains, runs in its own
+process under the node.
 """
 
 import json
 import logging
+import math
 import os
+import re
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -26,6 +33,7 @@ from edge_daemon.config import DaemonConfig
 from edge_daemon.eligibility import Decision, EligibilityTracker
 from edge_daemon.paths import DaemonPaths
 from edge_daemon.probe import FileProbe, Probe, PsutilProbe
+from edge_daemon.readings import ReadingsStore, StoreError
 from edge_daemon.supervisor import NodeSupervisor
 from ticket.atomic import atomic_write_text
 from ticket.config_text import toml_values
@@ -33,17 +41,27 @@ from ticket.config_text import toml_values
 logger = logging.getLogger(__name__)
 
 TICK_S = 1.0  # how often an exited node is noticed
+RETENTION_EVERY_S = 3600.0  # how often expired readings are purged while the daemon runs
+STATUS_REFRESH_S = 60.0  # live numbers alone rewrite status.json at most this often
+_NUMBER = re.compile(r"\d+(\.\d+)?")
 
 
 def node_config(config: DaemonConfig, paths: DaemonPaths) -> dict[str, bool | float | int | str]:
     """What the ClientApp reads from `context.node_config` (edge_daemon/client_app.py)."""
-    return {
+    values: dict[str, bool | float | int | str] = {
         "ticket-dir": str(paths.tickets_dir),
         "fleet-key": str(config.fleet_key),
         "readings-db": str(paths.readings_db),
         "readings-schema": config.data.schema,
         "state-path": str(paths.state_file),
     }
+    # The ClientApp applies retention again before it reads: nothing expired is trained on,
+    # even between two of the daemon's hourly purges.
+    if config.data.retention_rows is not None:
+        values["retention-rows"] = config.data.retention_rows
+    if config.data.retention_days is not None:
+        values["retention-days"] = config.data.retention_days
+    return values
 
 
 def supernode_command(config: DaemonConfig, paths: DaemonPaths) -> list[str]:
@@ -88,11 +106,16 @@ class Daemon:
         self.tracker = EligibilityTracker(self.config.eligibility)
         self.decision: Decision | None = None
         self.next_probe = 0.0
+        self.next_retention = 0.0
         self._status: dict[str, Any] = {}
+        self._status_written_at = -math.inf
 
     def step(self) -> None:
         """One turn of the loop: probe when due, then let the supervisor act."""
         now = self.clock()
+        if now >= self.next_retention:
+            self.apply_retention()
+            self.next_retention = now + RETENTION_EVERY_S
         if now >= self.next_probe:
             self.decision = self.tracker.update(self.probe.snapshot(), now)
             self.next_probe = now + self.config.eligibility.probe_interval_s
@@ -108,21 +131,96 @@ class Daemon:
         self.supervisor.stop()
         self.write_status()
 
+    def apply_retention(self) -> int:
+        """Purge readings beyond `data.retention_*`; how many went. Never fatal to the loop."""
+        data = self.config.data
+        if data.retention_rows is None and data.retention_days is None:
+            return 0
+        if not self.paths.readings_db.exists():  # nothing ingested yet: create nothing
+            return 0
+        try:
+            store = ReadingsStore(
+                self.paths.readings_db,
+                schema=data.schema,
+                retention_rows=data.retention_rows,
+                retention_days=data.retention_days,
+            )
+            with store:
+                expired = store.apply_retention()
+        except (StoreError, sqlite3.Error, OSError) as error:
+            # The store is the owner's to fix (`edge-daemon ingest` names the problem); the
+            # ClientApp refuses to train on it meanwhile.
+            logger.warning("readings retention not applied: %s", error)
+            return 0
+        if expired:
+            logger.info("retention: %d readings expired", expired)
+        return expired
+
+    def stop_leftover_node(self) -> bool:
+        """Stop the node a daemon killed with SIGKILL left running; whether there was one."""
+        recorded = recorded_node(self.paths.status_file)
+        return recorded is not None and self.supervisor.stop_leftover(*recorded)
+
     def write_status(self) -> None:
-        decision = self.decision
-        status = {
-            "eligible": bool(decision and decision.is_eligible),
-            "reasons": list(decision.verdict.reasons) if decision else ["not probed yet"],
-            "node_running": self.supervisor.running,
-            "node_pid": self.supervisor.pid,
-            "node_starts": self.supervisor.starts,
-            "node_last_exit": self.supervisor.last_exit,
-        }
+        """Rewrite status.json when its verdict, reasons or node changed; live numbers alone
+        (a CPU share, a battery level, the time pending) at most every STATUS_REFRESH_S."""
+        now = self.clock()
+        status = self._status_record()
         if status == self._status:
             return  # unchanged: no write, so an idle daemon does no disk I/O
+        is_due = now - self._status_written_at >= STATUS_REFRESH_S
+        if _status_key(status) == _status_key(self._status) and not is_due:
+            return  # only numbers moved: a busy device must not fsync on every probe
         self._status = status
+        self._status_written_at = now
         stamped = {**status, "updated_at": datetime.now(UTC).isoformat(timespec="seconds")}
         atomic_write_text(self.paths.status_file, json.dumps(stamped, indent=2) + "\n")
+
+    def _status_record(self) -> dict[str, Any]:
+        supervisor = self.supervisor
+        return {
+            "eligible": bool(self.decision and self.decision.is_eligible),
+            "reasons": self._reasons(),
+            "node_running": supervisor.running,
+            "node_pid": supervisor.pid,
+            "node_create_time": supervisor.started_create_time,  # to recognise it after kill -9
+            "node_starts": supervisor.starts,
+            "node_last_exit": supervisor.last_exit,
+        }
+
+    def _reasons(self) -> list[str]:
+        decision = self.decision
+        if decision is None:
+            return ["not probed yet"]
+        reasons = list(decision.verdict.reasons)
+        if decision.pending_s is not None:  # the verdict disagrees with the state, not yet long
+            policy = self.config.eligibility
+            held = f"{decision.pending_s:.0f}"
+            if decision.is_eligible:
+                reasons.append(f"not eligible for {held} s of off_after_s {policy.off_after_s:g} s")
+            else:
+                reasons.append(f"eligible for {held} s of on_after_s {policy.on_after_s:g} s")
+        return reasons
+
+
+def _status_key(status: dict[str, Any]) -> dict[str, Any]:
+    """What status.json says, less its live numbers: a change here is written at once."""
+    reasons = status.get("reasons", [])
+    return {**status, "reasons": [_NUMBER.sub("#", reason) for reason in reasons]}
+
+
+def recorded_node(status_file: Path) -> tuple[int, float] | None:
+    """(pid, create time) of the node status.json says runs; None when it records none."""
+    try:
+        data = json.loads(status_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None  # no record (first start) or a damaged one: nothing to recognise
+    if not isinstance(data, dict) or data.get("node_running") is not True:
+        return None
+    pid, started = data.get("node_pid"), data.get("node_create_time")
+    if type(pid) is not int or pid <= 0 or not isinstance(started, float):
+        return None
+    return pid, started
 
 
 def build_daemon(config: DaemonConfig) -> Daemon:
@@ -155,6 +253,7 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
     daemon = build_daemon(config)
     logger.info("edge daemon up: state in %s, server %s", config.state_dir, config.server.address)
     try:
+        daemon.stop_leftover_node()  # before a second node is started on the same port
         while not stop.is_set():
             daemon.step()
             stop.wait(TICK_S)

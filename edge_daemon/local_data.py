@@ -77,13 +77,24 @@ class StoreSpec:
     path: Path  # [readings-db] the SQLite file `edge-daemon ingest` writes
     schema: str = "heart-uci"  # [readings-schema]
     test_every: int = 5  # every 5th reading (in ingest order) is held out for local evaluation
+    retention_rows: int | None = None  # [retention-rows] daemon.yaml's data.retention_rows
+    retention_days: float | None = None  # [retention-days] daemon.yaml's data.retention_days
 
     @classmethod
     def from_node_config(cls, config: Mapping[str, ConfigValue]) -> "StoreSpec":
         schema = config.get("readings-schema", "heart-uci")
         if not isinstance(schema, str):
             raise LocalDataError(f"node config: readings-schema must be a name, got {schema!r}")
-        return cls(path=Path(_text(config, "readings-db")), schema=schema)
+        rows = _whole(config, "retention-rows") if "retention-rows" in config else None
+        days = _number(config, "retention-days") if "retention-days" in config else None
+        if (rows is not None and rows < 1) or (days is not None and not days > 0):
+            raise LocalDataError("node config: retention-rows must be >= 1, retention-days > 0")
+        return cls(
+            path=Path(_text(config, "readings-db")),
+            schema=schema,
+            retention_rows=rows,
+            retention_days=None if days is None else float(days),
+        )
 
 
 # eq=False: field-wise == on tensors is ambiguous.
@@ -129,7 +140,9 @@ def load_local_data(
 def load_store_data(spec: StoreSpec, preprocessing: Mapping[str, Any] | None) -> LocalData:
     """The device's readings, encoded as the ticket expects; LocalDataError when there are none.
 
-    Errors never quote a reading: they may end up in an Error reply the server sees.
+    Retention is applied first, so a reading past `retention_days` is never trained on, even if
+    the daemon's hourly purge has not come round yet. Errors never quote a reading: they may end
+    up in an Error reply the server sees.
     """
     from edge_daemon.readings import ReadingsStore, StoreError
     from ticket.data.heart_encoding import HeartPreprocessor
@@ -141,7 +154,15 @@ def load_store_data(spec: StoreSpec, preprocessing: Mapping[str, Any] | None) ->
     if not spec.path.exists():
         raise LocalDataError("no readings on this device yet (edge-daemon ingest)")
     try:
-        with ReadingsStore(spec.path, schema=spec.schema) as store:
+        store = ReadingsStore(
+            spec.path,
+            schema=spec.schema,
+            retention_rows=spec.retention_rows,
+            retention_days=spec.retention_days,
+        )
+        with store:
+            if spec.retention_rows is not None or spec.retention_days is not None:
+                store.apply_retention()  # takes the write lock: only when there are limits
             rows = store.rows()
         encoder = HeartPreprocessor.from_json(preprocessing)
         features = torch.from_numpy(encoder.transform(rows)) if rows else None

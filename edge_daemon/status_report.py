@@ -1,24 +1,30 @@
 """What `edge-daemon status` reports, gathered from the state directory (or a probe, if need be).
 
 Eligibility comes from the running daemon's last verdict, `<state_dir>/status.json`, which the
-daemon rewrites whenever its verdict or its node changes. Without that file (the daemon has never
-run), or with `--probe`, the device is probed now: the CPU is sampled for `sample_s` (the daemon
-averages over `eligibility.cpu_window_s`), and the stricter turn-on limits apply, as they would
-for a daemon whose node is stopped. A recorded node pid that is no longer alive is reported as
-"not running" with a warning: the daemon was stopped without cleaning up.
+daemon rewrites whenever its verdict, the reasons for it or its node change (the numbers in a
+reason, such as a CPU share, are refreshed at most once a minute). While a switch waits out the
+hysteresis delay, a reason says so ("eligible for 45 s of on_after_s 120 s"). Without that
+file (the daemon has never run), or with `--probe`, the device is probed now: the CPU is sampled
+for `sample_s` (the daemon averages over `eligibility.cpu_window_s`), and the stricter turn-on
+limits apply, as they would for a daemon whose node is stopped. A recorded node pid that is no
+longer alive is reported as "not running" with a warning: the daemon was stopped without
+cleaning up.
 
-`edge-daemon status --json` prints `StatusReport.to_json()`, version 1; later versions only add
-keys:
+`edge-daemon status --json` prints `StatusReport.to_json()`, version 2 (version 1 lacked
+`node_starts` and `node_last_exit`); later versions only add keys:
 
     {
       "format": "ticketfleet/edge-daemon-status",
-      "version": 1,
+      "version": 2,
       "eligible": false,                  # may the device train now
       "reasons": ["power: on battery 40% < 55%"],  # why not, one per failed check; [] if eligible
       "verdict_source": "daemon",         # "daemon": status.json; "probe": measured just now
       "verdict_at": "2025-06-01T12:00:00+00:00",   # when that verdict was reached (ISO 8601)
       "node_running": true,               # the flower-supernode process is alive
       "node_pid": 4242,                   # null when not running
+      "node_starts": 3,                   # nodes the daemon started since it started itself
+      "node_last_exit": -9,               # the last node's exit status (-N: killed by signal
+                                          #   N); null: none has exited yet
       "rounds_joined": 3,
       "last_participation": "2025-06-01T11:58:10+00:00",  # null: never took part
       "last_metrics": {"loss": 0.41, "accuracy": 0.8},    # the last round's; null: not finite
@@ -29,6 +35,7 @@ keys:
 """
 
 import json
+import signal
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -46,7 +53,7 @@ from edge_daemon.state import load_state
 from edge_daemon.ticket_cache import TicketCache
 
 FORMAT = "ticketfleet/edge-daemon-status"
-VERSION = 1
+VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,8 @@ class DaemonVerdict:
     node_running: bool
     node_pid: int | None
     updated_at: datetime
+    node_starts: int = 0  # absent from a status.json of an older daemon
+    node_last_exit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,8 @@ class StatusReport:
     verdict_at: datetime
     node_running: bool
     node_pid: int | None
+    node_starts: int
+    node_last_exit: int | None
     rounds_joined: int
     last_participation: datetime | None
     last_metrics: Mapping[str, float | None]
@@ -87,6 +98,8 @@ class StatusReport:
             "verdict_at": self.verdict_at.isoformat(timespec="seconds"),
             "node_running": self.node_running,
             "node_pid": self.node_pid,
+            "node_starts": self.node_starts,
+            "node_last_exit": self.node_last_exit,
             "rounds_joined": self.rounds_joined,
             "last_participation": None if last is None else last.isoformat(timespec="seconds"),
             "last_metrics": dict(self.last_metrics),
@@ -108,13 +121,20 @@ def read_daemon_verdict(data: object) -> DaemonVerdict:
         raise ValueError("reasons: expected a list of strings")
     if pid is not None and (type(pid) is not int or pid <= 0):
         raise ValueError("node_pid: expected a process id or null")
+    starts, last_exit = data.get("node_starts", 0), data.get("node_last_exit")
+    if type(starts) is not int or starts < 0:
+        raise ValueError("node_starts: expected a whole number >= 0")
+    if last_exit is not None and type(last_exit) is not int:
+        raise ValueError("node_last_exit: expected an exit status or null")
     try:
         moment = datetime.fromisoformat(at) if isinstance(at, str) else None
     except ValueError:
         moment = None
     if moment is None or moment.tzinfo is None:
         raise ValueError("updated_at: expected an ISO 8601 time with a timezone")
-    return DaemonVerdict(data["eligible"], tuple(reasons), data["node_running"], pid, moment)
+    return DaemonVerdict(
+        data["eligible"], tuple(reasons), data["node_running"], pid, moment, starts, last_exit
+    )
 
 
 def collect_status(
@@ -138,6 +158,8 @@ def collect_status(
         verdict_at=current.updated_at,
         node_running=current.node_running,
         node_pid=current.node_pid,
+        node_starts=current.node_starts,
+        node_last_exit=current.node_last_exit,
         rounds_joined=state.rounds_joined,
         last_participation=state.last_participation,
         last_metrics=state.last_metrics,
@@ -195,6 +217,26 @@ def _count_readings(config: DaemonConfig, paths: DaemonPaths) -> int:
         return store.count()
 
 
+def _node_history(report: StatusReport) -> str:
+    if report.verdict_source != "daemon":
+        return ""  # probed now: no daemon, so no history to tell
+    starts = f"{report.node_starts} start{'' if report.node_starts == 1 else 's'}"
+    code = report.node_last_exit
+    if code is None:
+        return f", {starts}, none exited yet"
+    return f", {starts}, last exit {_exit_text(code)}"
+
+
+def _exit_text(code: int) -> str:
+    """ "status 1", or "killed by SIGKILL" for subprocess's -9."""
+    if code >= 0:
+        return f"status {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
 def format_status(report: StatusReport) -> str:
     """The report as aligned lines for a person."""
     if report.verdict_source == "daemon":
@@ -204,7 +246,7 @@ def format_status(report: StatusReport) -> str:
     lines = [f"eligible        {'yes' if report.eligible else 'no'} ({source})"]
     lines += [f"                - {reason}" for reason in report.reasons]
     node = f"running (pid {report.node_pid})" if report.node_running else "not running"
-    lines.append(f"node            {node}")
+    lines.append(f"node            {node}{_node_history(report)}")
     last = report.last_participation
     lines.append(
         f"rounds joined   {report.rounds_joined}"

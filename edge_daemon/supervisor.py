@@ -6,6 +6,11 @@ stopping a node (SIGTERM, then SIGKILL after the grace period). The node runs in
 of a wanted node, whatever its status (Flower exits 0 when the SuperLink forgets it), is followed
 by a restart after a capped exponential backoff with jitter; a node that stayed up for
 `STABLE_S` resets the backoff.
+
+A daemon killed with SIGKILL cannot stop its node, which lives on in its own session. The node's
+pid and start time are recorded (status.json), and `stop_leftover` stops such a node when the
+daemon starts again, before it starts a second one on the same port. PR_SET_PDEATHSIG is no
+substitute: it reaches the node only, never the SuperExec or the ClientApp under it.
 """
 
 import contextlib
@@ -19,11 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
+import psutil
+
 from edge_daemon.config import SupervisorConfig
 
 logger = logging.getLogger(__name__)
 
 STABLE_S = 60.0  # a node that ran this long before exiting restarts at the initial backoff
+SAME_START_S = 0.01  # create times of one process, read twice, agree to well within this
 
 
 class Process(Protocol):
@@ -62,6 +70,20 @@ def signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)  # start_new_session=True: the group id is the pid
 
 
+def create_time(pid: int) -> float | None:
+    """When process `pid` started (Unix seconds); None when it is gone."""
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def runs_command(process: psutil.Process, name: str) -> bool:
+    """Whether `process` runs the program `name`, directly or as a script of an interpreter."""
+    # A console script shows as [python, /venv/bin/flower-supernode, ...].
+    return any(Path(part).name == name for part in process.cmdline()[:2])
+
+
 @dataclass
 class NodeSupervisor:
     argv: Sequence[str]
@@ -78,10 +100,15 @@ class NodeSupervisor:
     failures: int = 0  # consecutive short-lived runs, for the backoff
     starts: int = 0
     last_exit: int | None = None
+    started_create_time: float | None = None  # the running node's, to recognise it later
 
     @property
     def pid(self) -> int | None:
         return None if self.process is None else self.process.pid
+
+    @property
+    def command_name(self) -> str:
+        return Path(self.argv[0]).name
 
     @property
     def running(self) -> bool:
@@ -95,7 +122,7 @@ class NodeSupervisor:
         if self.process is not None:
             status = self.process.poll()
             if status is not None:
-                self._exited(status, now)
+                self._exited(self.process, status, now)
         if self.wanted and self.process is None and now >= self.next_start:
             self._start(now)
         elif not self.wanted and self.process is not None:
@@ -118,30 +145,58 @@ class NodeSupervisor:
         self.kill_group(process.pid, signal.SIGKILL)
         self.process = None
         self.started_at = None
+        self.started_create_time = None
         self.last_exit = status
         self.next_start = 0.0  # a stop on purpose is not a failure: start as soon as wanted
 
+    def stop_leftover(self, pid: int, started: float) -> bool:
+        """Stop the process group of a node an earlier daemon left running; whether there was one.
+
+        `pid` and `started` (its create time) are what that daemon recorded. A pid that is gone,
+        was reused by a process started at another time, or runs another program is left alone.
+        """
+        try:
+            process = psutil.Process(pid)
+            if abs(process.create_time() - started) > SAME_START_S:
+                return False  # the pid was recycled: not ours
+            if not runs_command(process, self.command_name):
+                return False
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return False
+        logger.warning("stopping a node left running by an earlier daemon (pid %d)", pid)
+        self.kill_group(pid, signal.SIGTERM)
+        _, alive = psutil.wait_procs([process], timeout=self.config.grace_s)
+        if alive:
+            logger.warning("left-over node did not stop in %.0f s: SIGKILL", self.config.grace_s)
+            self.kill_group(pid, signal.SIGKILL)
+            psutil.wait_procs(alive, timeout=30.0)
+        self.kill_group(pid, signal.SIGKILL)  # its SuperExec and ClientApp, which share the group
+        return True
+
     def backoff_s(self) -> float:
-        """Delay before the next restart: initial * 2^failures, capped, scaled by jitter."""
-        base = min(
-            self.config.backoff_max_s,
-            self.config.backoff_initial_s * 2.0 ** max(self.failures - 1, 0),
-        )
+        """Delay before the next restart: initial * 2^failures scaled by jitter, then capped.
+
+        The cap comes last, so no delay ever exceeds `backoff_max_s`.
+        """
+        # The exponent is bounded: 2.0 ** 1024 overflows, and a node refused forever (an
+        # unregistered key) keeps failing for as long as the daemon runs.
+        base = self.config.backoff_initial_s * 2.0 ** min(max(self.failures - 1, 0), 64)
         jitter = self.config.jitter
-        return base * self.rng.uniform(1 - jitter, 1 + jitter)
+        return min(self.config.backoff_max_s, base * self.rng.uniform(1 - jitter, 1 + jitter))
 
     def _start(self, now: float) -> None:
         self.process = self.launcher(self.argv, self.env, self.log_path)
         self.started_at = now
+        self.started_create_time = create_time(self.process.pid)
         self.starts += 1
         logger.info("started flower-supernode (pid %d)", self.process.pid)
 
-    def _exited(self, status: int, now: float) -> None:
+    def _exited(self, process: Process, status: int, now: float) -> None:
         ran = now - (self.started_at if self.started_at is not None else now)
-        assert self.process is not None
-        self.kill_group(self.process.pid, signal.SIGKILL)  # its SuperExec and ClientApp too
+        self.kill_group(process.pid, signal.SIGKILL)  # its SuperExec and ClientApp too
         self.process = None
         self.started_at = None
+        self.started_create_time = None
         self.last_exit = status
         self.failures = 1 if ran >= STABLE_S else self.failures + 1
         delay = self.backoff_s()

@@ -5,6 +5,12 @@ the key's type, a field with a default is optional, `field(metadata=...)` holds 
 ("ge", "gt", "le", "choices"). Unknown keys, wrong types and out-of-range values raise the
 program's own error class naming the file and the dotted key. Relative paths resolve against
 the directory of the file. Reading and YAML parsing stay with the caller: this module is pure.
+
+YAML keeps the last of two equal keys in a mapping without a word, so a file that sets
+`server.address` twice would run against whichever came last. `rejecting_duplicate_keys` turns
+the caller's PyYAML loader class (yaml.SafeLoader) into one that refuses such a document, and
+`read_document` reports it with the file, the dotted key and both lines. The class comes in as
+an argument: this module imports no YAML library (tests/test_layering.py).
 """
 
 import contextlib
@@ -14,6 +20,54 @@ import types
 import typing
 from pathlib import Path
 from typing import Any
+
+
+class DuplicateKeyError(Exception):
+    """A mapping in a document holds the same key twice."""
+
+    def __init__(self, key: str, line: int, first_line: int) -> None:
+        super().__init__(f"{key}: duplicate key at line {line} (first at line {first_line})")
+        self.key = key
+        self.line = line
+        self.first_line = first_line
+
+
+def rejecting_duplicate_keys(loader: type[Any]) -> type[Any]:
+    """A subclass of the PyYAML loader class `loader` whose documents raise DuplicateKeyError
+    when a mapping repeats a key; use it as `yaml.load(text, Loader=...)`."""
+
+    class UniqueKeyLoader(loader):  # type: ignore[misc]
+        def construct_document(self, node: Any) -> Any:
+            # The composed node tree still has every key and its line; construction would
+            # drop all but the last of each.
+            check_unique_keys(node)
+            return super().construct_document(node)
+
+    UniqueKeyLoader.__name__ = UniqueKeyLoader.__qualname__ = f"UniqueKey{loader.__name__}"
+    return UniqueKeyLoader
+
+
+def check_unique_keys(node: Any, key: str = "", seen: set[int] | None = None) -> None:
+    """Walk a PyYAML node tree (`.id` "mapping"/"sequence"/"scalar", `.value`, `.start_mark`);
+    DuplicateKeyError names the first repeated key by its dotted path."""
+    seen = set() if seen is None else seen
+    if id(node) in seen:  # an alias (*anchor) points back at a node already walked
+        return
+    seen.add(id(node))
+    if node.id == "sequence":
+        for index, item in enumerate(node.value):
+            check_unique_keys(item, f"{key}[{index}]", seen)
+    elif node.id == "mapping":
+        first_lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.id != "scalar":  # a complex key has no dotted name; the schema rejects it
+                check_unique_keys(value_node, key, seen)
+                continue
+            name, line = str(key_node.value), key_node.start_mark.line + 1
+            if name in first_lines:
+                raise DuplicateKeyError(_join(key, name), line, first_lines[name])
+            first_lines[name] = line
+            check_unique_keys(value_node, _join(key, name), seen)
 
 
 class SchemaLoader:
@@ -149,7 +203,8 @@ def read_document(
     error_type: type[Exception],
 ) -> Any:
     """A config file's parsed document (`parse` is e.g. yaml.safe_load: ticket/ imports no YAML
-    library itself); a missing, unreadable or unparsable file raises `error_type` naming it."""
+    library itself); a missing, unreadable or unparsable file, or one whose `parse` raises
+    DuplicateKeyError (see `rejecting_duplicate_keys`), raises `error_type` naming it."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -160,6 +215,8 @@ def read_document(
         raise error_type(f"{path}: cannot read: {error.strerror}") from None
     try:
         return parse(text)
+    except DuplicateKeyError as error:
+        raise error_type(f"{path}: {error}") from None
     except parse_error as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

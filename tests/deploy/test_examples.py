@@ -62,8 +62,9 @@ def _unit() -> dict[str, str]:
 def test_systemd_unit_runs_the_daemon_with_the_installed_config() -> None:
     argv = shlex.split(_unit()["ExecStart"])
 
-    assert argv[:2] == ["/usr/bin/env", "edge-daemon"]
-    args = build_parser().parse_args(argv[2:])
+    # An absolute path: systemd's PATH does not hold a virtual environment's bin directory.
+    assert Path(argv[0]).is_absolute() and argv[0].endswith("/bin/edge-daemon")
+    args = build_parser().parse_args(argv[1:])
     assert args.name == "run" and args.config == Path("/etc/edge-daemon/daemon.yaml")
 
 

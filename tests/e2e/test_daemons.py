@@ -3,13 +3,16 @@
 TLS and node authentication on. Three enrolled hospitals, each its own `edge-daemon run` with
 its readings ingested and the signed ticket cached; a fourth device is not enrolled, and the
 SuperLink turns its node away. During round 1 one node is killed with SIGKILL: its daemon
-restarts it. During round 2 another device is unplugged: its daemon stops its node, and the
-round completes with the others. Stopping the daemons leaves no process behind.
+restarts it. During round 2 another device is unplugged once its ClientApp is training: its
+daemon stops its node, the round lists that node as failed and completes with the others.
+Stopping the daemons leaves no process behind.
 """
 
 import json
+import re
 import signal
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import psutil
@@ -17,13 +20,32 @@ import pytest
 
 from deploy.cli import main as ticket_cli
 from deploy.demo import run_config
-from deploy.devices import UNPLUGGED, prepare_devices
+from deploy.devices import UNPLUGGED, Device, prepare_devices
 from deploy.loopback import Loopback, free_port
 from tests.inprocess import find_ticket
 from ticket.tls import write_dev_pki
 
 APP_DIR = Path(__file__).resolve().parents[2]
 HOSPITALS = ("Cleveland", "Hungary", "VA Long Beach")
+
+
+def _clientapps(fleet: Loopback, index: int) -> set[int]:
+    """Pids of the flwr-clientapp processes under daemon `index` (its node's, via SuperExec)."""
+    daemon = next(s.popen for s in fleet.started if s.label == f"daemon-{index}")
+    found = set()
+    with suppress(psutil.NoSuchProcess):
+        for process in psutil.Process(daemon.pid).children(recursive=True):
+            with suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                if any(Path(part).name == "flwr-clientapp" for part in process.cmdline()[:2]):
+                    found.add(process.pid)
+    return found
+
+
+def _node_id(device: Device) -> int | None:
+    """The SuperNode id the device's current node registered with (from its log)."""
+    log = device.state_dir / "logs" / "supernode.log"
+    ids = re.findall(r"SuperNode ID: (\d+)", log.read_text()) if log.exists() else []
+    return int(ids[-1]) if ids else None
 
 
 def _wait_for(condition: object, timeout_s: float) -> bool:
@@ -79,7 +101,11 @@ def test_daemons_restart_a_killed_node_and_stop_an_ineligible_one(tmp_path: Path
                 lambda: fleet.node_pids(0) and fleet.node_pids(0) != [killed], 20.0
             )
         if server_round == 2:
+            # Unplugged only once its ClientApp for this round runs: training is in flight.
+            before = _clientapps(fleet, 2)
+            events["training"] = _wait_for(lambda: _clientapps(fleet, 2) - before, 30.0)
             devices[2].set_conditions(UNPLUGGED)
+            events["unplugged_node"] = _node_id(devices[2])
             events["stopped"] = _wait_for(lambda: fleet.node_pids(2) == [], 20.0)
 
     with fleet:
@@ -98,10 +124,18 @@ def test_daemons_restart_a_killed_node_and_stop_an_ineligible_one(tmp_path: Path
         assert daemon.wait(timeout=30) == 0
         _, still_running = psutil.wait_procs(under_node, timeout=10)
 
-    assert events == {"restarted": True, "stopped": True}
+    unplugged = events.pop("unplugged_node")
+    assert events == {"restarted": True, "training": True, "stopped": True}
     assert outcome.completed, outcome.status
     assert [line["round"] for line in outcome.rounds] == [1, 2, 3]
     assert all(line["participants"] for line in outcome.rounds)
+    # The round the device was unplugged in: its node failed, and the round went on with the
+    # others (the undisturbed device 1 among them; device 0's node, killed in round 1, may be
+    # reported unavailable by the SuperLink in round 2 as well).
+    round_2 = outcome.rounds[1]
+    assert isinstance(unplugged, int) and str(unplugged) in round_2["failures"], round_2
+    assert unplugged not in round_2["participants"]
+    assert _node_id(devices[1]) in round_2["participants"], round_2
     assert all(len(line["bytes"]["down"]) <= 3 for line in outcome.rounds)  # never Switzerland
     unenrolled = json.loads((devices[3].state_dir / "status.json").read_text())
     assert unenrolled["node_starts"] >= 1 and unenrolled["node_last_exit"] not in (None, 0)

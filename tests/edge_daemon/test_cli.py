@@ -21,8 +21,8 @@ from tests.inprocess import find_ticket
 ROOT = Path(__file__).resolve().parents[2]
 STATUS_KEYS = {
     "format", "version", "eligible", "reasons", "verdict_source", "verdict_at", "node_running",
-    "node_pid", "rounds_joined", "last_participation", "last_metrics", "bytes_sent",
-    "cached_tickets", "readings",
+    "node_pid", "node_starts", "node_last_exit", "rounds_joined", "last_participation",
+    "last_metrics", "bytes_sent", "cached_tickets", "readings",
 }  # fmt: skip
 
 
@@ -181,12 +181,13 @@ def test_status_json_probes_when_no_daemon_has_reported(
     report = _status_json(capsys, "-c", str(config))
 
     assert set(report) == STATUS_KEYS
-    assert report["format"] == "ticketfleet/edge-daemon-status" and report["version"] == 1
+    assert report["format"] == "ticketfleet/edge-daemon-status" and report["version"] == 2
     assert report["eligible"] is False
     assert report["reasons"] == ["power: on battery 20% < 55%"]  # turn-on limit: 50 + margin 5
     assert report["verdict_source"] == "probe"
     assert datetime.fromisoformat(str(report["verdict_at"])).tzinfo is not None
     assert (report["node_running"], report["node_pid"]) == (False, None)
+    assert (report["node_starts"], report["node_last_exit"]) == (0, None)
     assert (report["rounds_joined"], report["last_participation"]) == (0, None)
     assert (report["last_metrics"], report["bytes_sent"]) == ({}, 0)
     assert (report["cached_tickets"], report["readings"]) == ([], 0)
@@ -223,13 +224,15 @@ def test_status_json_shows_the_daemons_verdict_state_tickets_and_readings(
 
     assert report == {
         "format": "ticketfleet/edge-daemon-status",
-        "version": 1,
+        "version": 2,
         "eligible": True,
         "reasons": [],
         "verdict_source": "daemon",
         "verdict_at": "2025-06-01T12:00:00+00:00",
         "node_running": True,
         "node_pid": os.getpid(),
+        "node_starts": 1,
+        "node_last_exit": None,
         "rounds_joined": 1,
         "last_participation": "2025-06-01T11:58:10+00:00",
         "last_metrics": {"loss": 0.5, "acc": None},
@@ -325,6 +328,89 @@ def test_status_for_a_person(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert lines[1].startswith("                - network: metered")
     assert "node            not running" in lines
     assert "readings        0" in lines and "cached tickets  none" in lines
+
+
+def test_status_while_the_on_delay_runs_says_so_with_the_nodes_history(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path)
+    status_file = DaemonPaths(tmp_path / "state").status_file
+    status_file.parent.mkdir()
+    status_file.write_text(
+        json.dumps(
+            {
+                "eligible": False,
+                "reasons": ["eligible for 60 s of on_after_s 120 s"],
+                "node_running": False,
+                "node_pid": None,
+                "node_starts": 2,
+                "node_last_exit": -9,
+                "updated_at": "2025-06-01T12:00:00+00:00",
+            }
+        )
+    )
+
+    assert main(["status", "-c", str(config)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    report = _status_json(capsys, "-c", str(config))
+
+    assert lines[:2] == [
+        "eligible        no (the daemon's verdict at 2025-06-01 12:00:00 UTC)",
+        "                - eligible for 60 s of on_after_s 120 s",
+    ]
+    assert "node            not running, 2 starts, last exit killed by SIGKILL" in lines
+    assert (report["node_starts"], report["node_last_exit"]) == (2, -9)
+
+
+@pytest.mark.parametrize(
+    ("record", "expected"),
+    [({"node_starts": -1}, "node_starts: expected"), ({"node_last_exit": "x"}, "node_last_exit")],
+)
+def test_a_bad_node_history_in_the_status_file_falls_back_to_probing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], record: dict[str, object], expected: str
+) -> None:
+    probe = tmp_path / "probe.json"
+    probe.write_text("{}")
+    config = _config(tmp_path, extra=f"probe_file: {probe}\n")
+    status_file = DaemonPaths(tmp_path / "state").status_file
+    status_file.parent.mkdir()
+    base = {"eligible": True, "reasons": [], "node_running": False, "node_pid": None}
+    base["updated_at"] = "2025-06-01T12:00:00+00:00"
+    status_file.write_text(json.dumps({**base, **record}))
+
+    assert main(["status", "--json", "-c", str(config)]) == 0
+
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["verdict_source"] == "probe"
+    assert f"{status_file}: {expected}" in captured.err
+
+
+@pytest.mark.parametrize("key", ["fleet_key", "server.root_certificates", "server.auth_key"])
+def test_run_with_a_key_file_missing_names_the_key_and_exits_3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str
+) -> None:
+    files = {name: tmp_path / name for name in ("fleet.pub", "ca.pem", "node.key")}
+    for path in files.values():
+        path.write_text("x")
+    missing = {
+        "fleet_key": "fleet.pub",
+        "server.root_certificates": "ca.pem",
+        "server.auth_key": "node.key",
+    }[key]
+    files[missing].unlink()
+    config = tmp_path / "daemon.yaml"
+    config.write_text(
+        "state_dir: state\nfleet_key: fleet.pub\n"
+        "server:\n  address: 127.0.0.1:9092\n  root_certificates: ca.pem\n"
+        "  auth_key: node.key\n"
+    )
+
+    code = main(["run", "-c", str(config)])
+
+    assert code == ExitCode.BAD_INPUT
+    err = capsys.readouterr().err
+    assert f"{config}: {key}: {tmp_path / missing}: no such file" in err
+    assert not (tmp_path / "state").exists()  # the daemon never started
 
 
 def test_idle_commands_do_not_load_torch(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from datetime import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -176,3 +177,75 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
     # A Python object tag must be refused, not constructed.
     text = "state_dir: !!python/object/apply:os.getcwd []\n"
     assert "invalid YAML" in _error(tmp_path, text)
+
+
+def test_a_key_given_twice_is_an_error_naming_the_key_and_both_lines(tmp_path: Path) -> None:
+    nested = MINIMAL + "  address: other.example.org:9092\n"  # line 6; the first is line 4
+    top = MINIMAL + "state_dir: elsewhere\n"
+    listed = MINIMAL + "eligibility:\n  time_windows: [{a: 1, a: 2}]\n"
+
+    assert _error(tmp_path, nested) == (
+        f"{tmp_path / 'daemon.yaml'}: server.address: duplicate key at line 6 (first at line 4)"
+    )
+    assert _error(tmp_path, top).endswith("state_dir: duplicate key at line 6 (first at line 1)")
+    assert "eligibility.time_windows[0].a: duplicate key at line 7" in _error(tmp_path, listed)
+
+
+def test_anchors_and_aliases_still_load(tmp_path: Path) -> None:
+    text = MINIMAL + "eligibility:\n  time_windows: &night ['22:00-06:00']\n"
+
+    assert len(load_config(_write(tmp_path, text)).eligibility.time_windows) == 1
+
+
+def _key_files(tmp_path: Path) -> Path:
+    for name in ("keys/fleet.pub", "certs/ca.pem", "node.key"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("x")
+    return _write(tmp_path, MINIMAL + "  auth_key: node.key\n")
+
+
+def test_check_files_passes_when_every_key_file_is_readable(tmp_path: Path) -> None:
+    config = load_config(_key_files(tmp_path), check_files=True)
+
+    assert config.server.auth_key == tmp_path / "node.key"
+
+
+@pytest.mark.parametrize(
+    ("key", "name"),
+    [
+        ("fleet_key", "keys/fleet.pub"),
+        ("server.root_certificates", "certs/ca.pem"),
+        ("server.auth_key", "node.key"),
+    ],
+)
+def test_check_files_names_the_key_of_a_missing_or_unreadable_file(
+    tmp_path: Path, key: str, name: str
+) -> None:
+    path = _key_files(tmp_path)
+    (tmp_path / name).unlink()
+    with pytest.raises(ConfigError) as missing:
+        load_config(path, check_files=True)
+    (tmp_path / name).mkdir()
+    with pytest.raises(ConfigError) as directory:
+        load_config(path, check_files=True)
+
+    assert str(missing.value) == f"{path}: {key}: {tmp_path / name}: no such file"
+    assert str(directory.value).endswith(f"{key}: {tmp_path / name}: is a directory, not a file")
+    load_config(path)  # without check_files (status, ingest) the files are not needed
+
+
+def test_check_files_reports_a_file_the_daemon_may_not_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _key_files(tmp_path)
+    real_open = Path.open
+
+    def denied(self: Path, *args: Any, **kwargs: Any) -> Any:
+        # chmod 0 cannot deny root (tests may run as root): refuse the read as the kernel would.
+        if self.name == "node.key":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", denied)
+    with pytest.raises(ConfigError, match=r"server\.auth_key: .*node\.key: not readable"):
+        load_config(path, check_files=True)

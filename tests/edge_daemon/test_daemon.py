@@ -1,17 +1,29 @@
 """The daemon loop with a fake probe, clock and processes: eligibility drives the node."""
 
 import json
+import signal
 import threading
+import time
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from edge_daemon.config import DaemonConfig, ServerConfig, SupervisorConfig
-from edge_daemon.daemon import Daemon, build_daemon, node_config, run_daemon, supernode_command
+import pytest
+
+from edge_daemon.config import DaemonConfig, DataConfig, ServerConfig, SupervisorConfig
+from edge_daemon.daemon import (
+    RETENTION_EVERY_S,
+    Daemon,
+    build_daemon,
+    node_config,
+    run_daemon,
+    supernode_command,
+)
 from edge_daemon.eligibility import EligibilityPolicy
 from edge_daemon.paths import DaemonPaths
 from edge_daemon.probe import DeviceSnapshot, NetworkState
-from edge_daemon.supervisor import NodeSupervisor
+from edge_daemon.readings import ReadingsStore
+from edge_daemon.supervisor import NodeSupervisor, launch, signal_group
 from tests.edge_daemon.test_supervisor import FakeWorld
 
 POLICY = EligibilityPolicy(on_after_s=10.0, off_after_s=5.0, probe_interval_s=1.0)
@@ -31,12 +43,13 @@ def _config(tmp_path: Path, **changes: object) -> DaemonConfig:
 class FakeProbe:
     def __init__(self) -> None:
         self.on_power = True
+        self.battery_percent = 20.0
 
     def snapshot(self) -> DeviceSnapshot:
         return DeviceSnapshot(
             time=datetime(2026, 11, 25, 3, 0).astimezone(),
             on_power=self.on_power,
-            battery_percent=20.0,
+            battery_percent=self.battery_percent,
             cpu_busy_percent=5.0,
             free_memory_mb=4096.0,
             temperature_c=None,
@@ -152,3 +165,129 @@ def test_run_daemon_stops_on_request_and_leaves_no_node(tmp_path: Path) -> None:
     assert status["eligible"] is False and status["node_running"] is False
     assert any("network" in reason for reason in status["reasons"])
     assert build_daemon(config).paths.logs_dir.is_dir()
+
+
+class CountedWrites:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.texts: list[str] = []
+        monkeypatch.setattr("edge_daemon.daemon.atomic_write_text", self)
+
+    def __call__(self, path: Path, text: str) -> None:
+        self.texts.append(text)
+        path.write_text(text)
+
+
+def test_status_says_how_long_the_on_delay_has_held(tmp_path: Path) -> None:
+    daemon, _, _, clock = _daemon(tmp_path)
+
+    _run_until(daemon, clock, 0.0)
+    status = _status(daemon)
+
+    assert status["eligible"] is False
+    assert status["reasons"] == ["eligible for 0 s of on_after_s 10 s"]
+    _run_until(daemon, clock, 11.0)
+    assert _status(daemon)["reasons"] == []
+
+
+def test_live_numbers_alone_rewrite_the_status_at_most_once_a_minute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes = CountedWrites(monkeypatch)
+    daemon, probe, _, clock = _daemon(tmp_path)
+    probe.on_power = False
+
+    while clock.now <= 30.0:  # the battery charges a little between every two probes
+        probe.battery_percent = 10.0 + clock.now
+        daemon.step()
+        clock.now += 1.0
+
+    assert len(writes.texts) == 1  # the first verdict; afterwards only the numbers moved
+    assert "on battery 10%" in writes.texts[0]
+    _run_until(daemon, clock, 61.0)
+    assert len(writes.texts) == 2  # refreshed once the minute was up
+    assert "on battery 40%" in writes.texts[1]
+    probe.on_power = True  # the verdict itself changes: written at once
+    _run_until(daemon, clock, 62.0)
+    assert len(writes.texts) == 3 and "eligible for 0 s of on_after_s" in writes.texts[2]
+
+
+def _ingest(store: ReadingsStore, path: Path, rows: list[str], *, at: float) -> None:
+    from tests.edge_daemon.test_readings import HEADER
+
+    path.write_text("\n".join([HEADER, *rows]) + "\n")
+    store.ingest_csv(path, now=at)
+
+
+def test_expired_readings_are_purged_at_start_and_then_hourly(tmp_path: Path) -> None:
+    from tests.edge_daemon.test_readings import ROWS
+
+    daemon, _, _, clock = _daemon(tmp_path)
+    daemon.config = replace(daemon.config, data=DataConfig(retention_days=1.0))
+    two_days_ago = time.time() - 2 * 86_400.0
+    with ReadingsStore(daemon.paths.readings_db) as store:
+        _ingest(store, tmp_path / "old.csv", ROWS, at=two_days_ago)
+        _ingest(store, tmp_path / "new.csv", ROWS[:2], at=time.time())
+
+    daemon.step()  # at start
+
+    with ReadingsStore(daemon.paths.readings_db) as store:
+        assert store.count() == 2
+        _ingest(store, tmp_path / "late.csv", ROWS[2:], at=two_days_ago)  # expired already
+    clock.now = RETENTION_EVERY_S - 1.0
+    daemon.step()
+    with ReadingsStore(daemon.paths.readings_db) as store:
+        assert store.count() == 3  # not due yet
+    clock.now = RETENTION_EVERY_S
+    daemon.step()
+    with ReadingsStore(daemon.paths.readings_db) as store:
+        assert store.count() == 2
+
+
+def test_the_node_config_carries_the_retention_limits(tmp_path: Path) -> None:
+    config = _config(tmp_path, data=DataConfig(retention_rows=100, retention_days=30.0))
+
+    values = node_config(config, DaemonPaths(config.state_dir))
+
+    assert (values["retention-rows"], values["retention-days"]) == (100, 30.0)
+    assert "retention-rows" not in node_config(_config(tmp_path), DaemonPaths(config.state_dir))
+
+
+def test_a_node_left_running_by_a_daemon_killed_with_sigkill_is_stopped_at_start(
+    tmp_path: Path,
+) -> None:
+    from tests.edge_daemon.test_supervisor import _fake_node, _gone, _with_child
+
+    probe_file = tmp_path / "conditions.json"
+    probe_file.write_text(json.dumps({"on_power": True, "network": "offline"}))
+    config = _config(tmp_path, probe_file=probe_file)
+    paths = DaemonPaths(config.state_dir)
+    paths.state_dir.mkdir(parents=True)
+    leftover = launch([str(_fake_node(tmp_path))], {}, tmp_path / "node.log")
+    try:
+        processes = _with_child(leftover.pid)
+        paths.status_file.write_text(
+            json.dumps(
+                {
+                    "eligible": True,
+                    "reasons": [],
+                    "node_running": True,
+                    "node_pid": leftover.pid,
+                    "node_create_time": processes[0].create_time(),
+                    "node_starts": 1,
+                    "node_last_exit": None,
+                    "updated_at": "2025-06-01T12:00:00+00:00",
+                }
+            )
+        )
+        stop = threading.Event()
+        timer = threading.Timer(1.5, stop.set)
+        timer.start()
+
+        assert run_daemon(config, stop=stop) == 0
+
+        timer.join()
+        assert _gone(processes)
+        assert _status(build_daemon(config))["node_running"] is False
+    finally:
+        signal_group(leftover.pid, signal.SIGKILL)
+        leftover.wait(timeout=10)

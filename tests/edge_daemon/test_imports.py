@@ -61,3 +61,33 @@ def test_ingesting_readings_does_not_load_torch(tmp_path: Path) -> None:
         f"assert store.ingest_csv(Path({str(readings)!r})).rows_added == {len(ROWS)}\n"
     )
     assert "torch" not in _loaded_after(code)
+
+
+def test_the_idle_daemon_loop_never_loads_torch(tmp_path: Path) -> None:
+    # The real loop for 3 s on an ineligible device (offline), real store and retention timer
+    # included; then what the interpreter holds, by module and by mapped file.
+    probe = tmp_path / "conditions.json"
+    probe.write_text('{"on_power": true, "network": "offline"}')
+    config = tmp_path / "daemon.yaml"
+    config.write_text(
+        f"state_dir: {tmp_path / 'state'}\nfleet_key: {tmp_path / 'fleet.pub'}\n"
+        "server:\n  address: 127.0.0.1:9092\n  insecure: true\n"
+        "data:\n  retention_days: 30\n"
+        f"eligibility:\n  probe_interval_s: 0.5\nprobe_file: {probe}\n"
+    )
+    code = (
+        "import threading\n"
+        "from edge_daemon.config import load_config\n"
+        "from edge_daemon.daemon import run_daemon\n"
+        "stop = threading.Event()\n"
+        "threading.Timer(3.0, stop.set).start()\n"
+        f"assert run_daemon(load_config({str(config)!r}), stop=stop) == 0\n"
+        "maps = open('/proc/self/maps').read()\n"
+        "print('torch-mapped' if '/torch/' in maps else 'no-torch-mapped')\n"
+    )
+
+    loaded = _loaded_after(code)
+
+    assert "edge_daemon.daemon" in loaded and "no-torch-mapped" in loaded
+    assert not {"torch", "numpy", "flwr"} & loaded
+    assert '"node_running": false' in (tmp_path / "state" / "status.json").read_text()

@@ -180,3 +180,89 @@ def test_launch_and_signal_group_of_a_real_process(tmp_path: Path) -> None:
     assert process.wait(timeout=10) == 0
     assert (tmp_path / "l.log").read_text() == "hello\n"
     signal_group(process.pid, signal.SIGTERM)  # already gone: no error
+
+
+def test_jitter_never_takes_a_delay_past_the_cap() -> None:
+    world = FakeWorld()
+    config = SupervisorConfig(grace_s=1.0, backoff_initial_s=1.0, backoff_max_s=8.0, jitter=0.5)
+    supervisor = _supervisor(world, config)
+    delays = []
+    for failures in range(1, 12):
+        supervisor.failures = failures
+        delays += [supervisor.backoff_s() for _ in range(50)]
+
+    assert max(delays) == 8.0  # capped after the jitter, not before it
+    assert min(delays) >= 0.5 and len(set(delays)) > 100
+
+
+def test_a_crash_loop_without_end_never_overflows_the_backoff() -> None:
+    supervisor = _supervisor(FakeWorld())
+    supervisor.failures = 5000  # a node refused for days (an unregistered key)
+
+    assert supervisor.backoff_s() == CONFIG.backoff_max_s
+
+
+def _fake_node(tmp_path: Path) -> Path:
+    """A stand-in named flower-supernode: it starts a child in its group, as SuperExec is."""
+    script = tmp_path / "flower-supernode"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "time.sleep(60)\n"
+    )
+    script.chmod(0o755)
+    return script
+
+
+def _with_child(pid: int) -> list[psutil.Process]:
+    node = psutil.Process(pid)
+    deadline = time.monotonic() + 10
+    while not node.children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [node, *node.children()]
+
+
+def _gone(processes: list[psutil.Process]) -> bool:
+    _, alive = psutil.wait_procs(processes, timeout=5)
+    return all(p.status() == psutil.STATUS_ZOMBIE for p in alive)  # reaped by nobody yet
+
+
+def test_a_node_left_running_by_a_killed_daemon_is_stopped_with_its_group(
+    tmp_path: Path,
+) -> None:
+    script = _fake_node(tmp_path)
+    # What a daemon killed with SIGKILL leaves behind: its node, in a session of its own.
+    leftover = launch([str(script)], {}, tmp_path / "node.log")
+    processes = _with_child(leftover.pid)
+    supervisor = NodeSupervisor(
+        argv=[str(script)], env={}, log_path=tmp_path / "node.log", config=CONFIG
+    )
+    try:
+        stopped = supervisor.stop_leftover(leftover.pid, processes[0].create_time())
+
+        assert stopped
+        assert len(processes) == 2 and _gone(processes)
+    finally:
+        signal_group(leftover.pid, signal.SIGKILL)
+        leftover.wait(timeout=10)
+
+
+def test_a_recycled_pid_or_another_program_is_left_alone(tmp_path: Path) -> None:
+    script = _fake_node(tmp_path)
+    node = launch([str(script)], {}, tmp_path / "node.log")
+    other = launch(["sleep", "60"], {}, tmp_path / "sleep.log")
+    supervisor = NodeSupervisor(
+        argv=[str(script)], env={}, log_path=tmp_path / "node.log", config=CONFIG
+    )
+    try:
+        started = psutil.Process(node.pid).create_time()
+        # The recorded pid now belongs to a process started later: not the node we recorded.
+        assert not supervisor.stop_leftover(node.pid, started + 5.0)
+        # The pid and start time match, but the process runs another program.
+        assert not supervisor.stop_leftover(other.pid, psutil.Process(other.pid).create_time())
+        assert node.poll() is None and other.poll() is None
+    finally:
+        for process in (node, other):
+            signal_group(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
