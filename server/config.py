@@ -16,7 +16,7 @@ import yaml
 
 from server.paths import ServerPaths
 from ticket.codec import DTYPES
-from ticket.config_schema import SchemaLoader, read_document
+from ticket.config_schema import SchemaLoader, read_document, rejecting_duplicate_keys
 from ticket.config_text import ConfigValue
 from ticket.data import DATASETS
 from ticket.tls import TlsFiles
@@ -159,10 +159,16 @@ class FleetConfig:
         }
 
 
+_YAML_LOADER = rejecting_duplicate_keys(yaml.SafeLoader)  # a key given twice is an error
+
+
 def load_config(path: Path | str) -> FleetConfig:
     path = Path(path)
     data = read_document(
-        path, parse=yaml.safe_load, parse_error=yaml.YAMLError, error_type=ConfigError
+        path,
+        parse=lambda text: yaml.load(text, Loader=_YAML_LOADER),  # a SafeLoader: no objects
+        parse_error=yaml.YAMLError,
+        error_type=ConfigError,
     )
     loader = SchemaLoader(str(path), path.absolute().parent, error_type=ConfigError)
     config: FleetConfig = loader.build(FleetConfig, {} if data is None else data, "")

@@ -110,3 +110,10 @@ def test_errors_name_the_file_and_the_key(tmp_path: Path, text: str, message: st
 def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_a_key_given_twice_is_an_error_naming_the_file_key_and_lines(tmp_path: Path) -> None:
+    path = _write(tmp_path, "state_dir: s\nrun:\n  rounds: 3\n  rounds: 30\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value) == f"{path}: run.rounds: duplicate key at line 4 (first at line 3)"
