@@ -63,19 +63,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         *("--flwr-home", str(args.work / "loopback" / "cli")),
     ]
     runs = []
-    with Loopback(
-        args.work / "loopback",
-        ROOT,
-        [],
-        daemon_configs=[device.config for device in devices],
-        superlink_port=port,
-        tls=tls,
-        node_auth=True,
-        node_keys=[device.public_key for device in devices],
-    ) as fleet:
-        while not all(fleet.node_pids(i) for i in range(len(devices))):
-            time.sleep(0.2)
-        time.sleep(5)  # every node's first contact with the SuperLink
+    loopback = Loopback.of_devices(
+        args.work / "loopback", ROOT, devices, superlink_port=port, tls=tls
+    )
+    with loopback as fleet:
+        fleet.wait_for_daemon_nodes(len(devices))
         for repeat in range(args.repeats):
             run_dir = args.work / f"deploy-{repeat}"
             started = time.perf_counter()

@@ -207,16 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM (e.g. from a supervisor or `timeout`) unwinds like Ctrl-C: the processes get stopped.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        with Loopback(
-            workdir,
-            APP_DIR,
-            [],
-            daemon_configs=[device.config for device in devices],
-            superlink_port=port,
-            tls=tls,
-            node_auth=True,
-            node_keys=[device.public_key for device in devices],
-        ) as fleet:
+        with Loopback.of_devices(workdir, APP_DIR, devices, superlink_port=port, tls=tls) as fleet:
             outcome = fleet.run(config, timeout_s=args.timeout)
             statuses = [device.status() for device in devices]
     except (LoopbackError, DeviceSetupError) as error:

@@ -21,12 +21,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import psutil
 
@@ -46,6 +46,9 @@ from server.superlink import (
 )
 from ticket.config_text import ConfigValue, toml_values
 from ticket.tls import TlsFiles
+
+if TYPE_CHECKING:
+    from deploy.devices import Device
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +136,32 @@ class Loopback:
     _stop_sampling: threading.Event = field(default_factory=threading.Event)
     _sampler: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def of_devices(
+        cls,
+        workdir: Path,
+        app_dir: Path,
+        devices: "Sequence[Device]",
+        *,
+        superlink_port: int,
+        tls: TlsFiles,
+        enrolled: "Sequence[Device] | None" = None,
+        **options: Any,
+    ) -> "Loopback":
+        """A secure fleet of edge daemons (deploy.devices): TLS, node authentication, and the
+        keys of `enrolled` (default: every device) registered before any node starts."""
+        return cls(
+            workdir,
+            app_dir,
+            [],
+            daemon_configs=[device.config for device in devices],
+            superlink_port=superlink_port,
+            tls=tls,
+            node_auth=True,
+            node_keys=[device.public_key for device in (devices if enrolled is None else enrolled)],
+            **options,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -328,6 +357,18 @@ class Loopback:
                 if _flower_name(process) == "flower-supernode" and process.status() != "zombie":
                     pids.append(process.pid)
         return pids
+
+    def wait_for_daemon_nodes(
+        self, count: int, *, timeout_s: float = 60.0, settle_s: float = 5.0
+    ) -> None:
+        """Until daemons 0..count-1 each run a SuperNode, then `settle_s` more for the nodes'
+        first contact with the SuperLink (a node pulls every 3 s). LoopbackError on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while not all(self.node_pids(i) for i in range(count)):
+            if time.monotonic() > deadline:
+                raise LoopbackError(f"not every one of {count} daemons started its node")
+            time.sleep(0.2)
+        time.sleep(settle_s)
 
     def kill_serverapp(self) -> int:
         """SIGKILL the running `flwr-serverapp` process (under the SuperLink); its pid."""

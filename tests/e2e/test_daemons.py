@@ -73,16 +73,14 @@ def test_daemons_restart_a_killed_node_and_stop_an_ineligible_one(tmp_path: Path
         root_certificates=tls.ca_cert,
         node_auth=True,
     )
-    fleet = Loopback(
+    fleet = Loopback.of_devices(
         tmp_path / "loopback",
         APP_DIR,
-        [],
-        daemon_configs=[device.config for device in devices],
+        devices,
         superlink_port=port,
-        grace_s=10.0,
         tls=tls,
-        node_auth=True,
-        node_keys=[device.public_key for device in devices[:3]],  # Switzerland is not enrolled
+        enrolled=devices[:3],  # Switzerland is not enrolled
+        grace_s=10.0,
     )
     config = run_config(
         ticket,

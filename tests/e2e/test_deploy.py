@@ -6,7 +6,6 @@ then trains on the two, and the third replies that it lacks the ticket. A tamper
 refused before any device sees it.
 """
 
-import time
 from pathlib import Path
 
 import pytest
@@ -51,15 +50,8 @@ def test_deploy_installs_where_trusted_and_training_uses_it(
         ports=[free_port()],
         **common,  # type: ignore[arg-type]
     )
-    fleet = Loopback(
-        tmp_path / "loopback",
-        APP_DIR,
-        [],
-        daemon_configs=[device.config for device in devices],
-        superlink_port=port,
-        tls=tls,
-        node_auth=True,
-        node_keys=[device.public_key for device in devices],
+    fleet = Loopback.of_devices(
+        tmp_path / "loopback", APP_DIR, devices, superlink_port=port, tls=tls
     )
     deploy = [
         *("deploy", str(ticket), "--connection", CONNECTION),
@@ -67,10 +59,7 @@ def test_deploy_installs_where_trusted_and_training_uses_it(
         *("--flwr-home", str(tmp_path / "loopback" / "cli"), "--run-dir", str(tmp_path / "d")),
     ]
     with fleet:
-        deadline = time.monotonic() + 60
-        while not all(fleet.node_pids(i) for i in range(3)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(5)  # the nodes' first contact with the SuperLink
+        fleet.wait_for_daemon_nodes(3)
 
         status = ticket_cli(deploy)
         table = capsys.readouterr().out

@@ -6,7 +6,6 @@ first, whose devices train both tickets from W_k and score them before the rest 
 """
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -43,15 +42,8 @@ def test_deploy_canary_and_rollback_keep_the_active_ticket(
         root_certificates=tls.ca_cert,
         node_auth=True,
     )
-    fleet = Loopback(
-        tmp_path / "loopback",
-        APP_DIR,
-        [],
-        daemon_configs=[device.config for device in devices],
-        superlink_port=port,
-        tls=tls,
-        node_auth=True,
-        node_keys=[device.public_key for device in devices],
+    fleet = Loopback.of_devices(
+        tmp_path / "loopback", APP_DIR, devices, superlink_port=port, tls=tls
     )
     ledger_dir = tmp_path / "ledger"
     common = [
@@ -60,10 +52,7 @@ def test_deploy_canary_and_rollback_keep_the_active_ticket(
         *("--timeout", "60"),
     ]
     with fleet:
-        deadline = time.monotonic() + 60
-        while not all(fleet.node_pids(i) for i in range(2)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        time.sleep(5)  # the nodes' first contact with the SuperLink
+        fleet.wait_for_daemon_nodes(2)
 
         deployed = ticket_cli(["deploy", str(first), *common, "--run-dir", str(tmp_path / "d1")])
         first_table = capsys.readouterr().out
