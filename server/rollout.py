@@ -163,8 +163,9 @@ def roll_out(
         canary = sorted(random.Random(f"ticketfleet.canary:{seed}").sample(nodes, size))
         rollout.acks += push(grid, bundle, ticket_id, canary, timeout=timeout, canary=True)
         why_not = None if rollout.succeeded else "the canary did not install cleanly"
-        if why_not is None and check is not None:
-            rollout.canary = evaluate_canary(grid, canary, check, timeout=timeout)
+        if why_not is None and check is not None:  # scored where it is installed
+            installed = [ack.node_id for ack in rollout.acks if ack.status == INSTALLED]
+            rollout.canary = evaluate_canary(grid, installed, check, timeout=timeout)
             why_not = None if rollout.canary.passed else rollout.canary.reason
         if why_not is not None:
             rest = [node for node in nodes if node not in canary]

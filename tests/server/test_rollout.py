@@ -233,3 +233,25 @@ def test_the_verdict_compares_only_devices_that_scored_both() -> None:
     assert not failed.passed and "1 canary device(s) could not evaluate it" in failed.reason
     assert not verdict(_score({}), None, 0.5).passed
     assert not verdict(candidate, _score({}), 0.5).passed
+
+
+@pytest.mark.parametrize(("min_installed", "succeeded"), [(0.6, True), (0.7, False)])
+def test_a_rollout_succeeds_once_enough_devices_installed(
+    fleet: Path, tmp_path: Path, min_installed: float, succeeded: bool
+) -> None:
+    ticket = read_ticket(fleet / "t.ticket", allow_unsigned=True)
+    keys = [fleet / "fleet.pub", fleet / "other.pub", fleet / "fleet.pub"]  # 2 of 3 install
+    nodes = [_device(tmp_path, name, key) for name, key in zip("abc", keys, strict=True)]
+
+    with server_identity():
+        rollout = roll_out(
+            InProcessGrid(client_app.app, nodes),
+            (fleet / "t.ticket").read_bytes(),
+            ticket.content_id,
+            timeout=30,
+            min_installed=min_installed,
+        )
+
+    assert rollout.installed_fraction == pytest.approx(2 / 3)
+    assert rollout.succeeded is succeeded
+    assert rollout.to_json()["min_installed"] == min_installed
