@@ -363,7 +363,11 @@ def test_every_error_is_one_line_and_a_nonzero_status(
             published,
             "private key",
         ),
-        (["publish", str(tmp_path / "missing.ticket"), "--key", key], published, "No such file"),
+        (
+            ["publish", str(tmp_path / "missing.ticket"), "--key", key],
+            published,
+            f"{tmp_path / 'missing.ticket'}: no such file or directory",
+        ),
     ]
     for argv, root, message in cases:
         code, out, err = _run(capsys, *argv, "--registry", str(root))
