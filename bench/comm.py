@@ -353,6 +353,7 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
     for result in document["tasks"]:
         task = result["task"]
         lines += [f"## {task['name']}", ""]
+        reference = result["arms"][0]["arm"]["name"]  # what the "vs" columns compare with
         if len(made_by) > 1:
             command, machine = _provenance(result, document)
             lines += [f"Produced by: `{command}` ({machine}).", ""]
@@ -361,9 +362,9 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
             f"{result['rounds']} rounds; local training {json.dumps(task['training'])}; "
             f"accuracy: {task['accuracy_from']} evaluation; target {100 * task['target']:.0f}%.",
             "",
-            "| arm | density | final acc | best acc | vs dense (pp) | up B/device/round "
-            "| down B/device/round | up vs dense | rounds to target | uplink bytes to target "
-            "| run wall s |",
+            f"| arm | density | final acc | best acc | vs {reference} (pp) | up B/device/round "
+            f"| down B/device/round | up vs {reference} | rounds to target "
+            "| uplink bytes to target | run wall s |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for arm in result["arms"]:
