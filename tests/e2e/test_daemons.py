@@ -87,7 +87,13 @@ def test_daemons_restart_a_killed_node_and_stop_an_ineligible_one(tmp_path: Path
         run_dir=tmp_path / "run",
         rounds=3,
         nodes=2,
-        **{"round-timeout-s": 30.0, "fleet-key": str(tmp_path / "fleet.pub")},
+        # No federated evaluation: supervision is under test, and each evaluate message costs
+        # every node a fresh ClientApp process (torch import) and the round another trip.
+        **{
+            "round-timeout-s": 30.0,
+            "fleet-key": str(tmp_path / "fleet.pub"),
+            "fraction-evaluate": 0.0,
+        },
     )
     config["allow-unsigned"] = False
     events: dict[str, object] = {}

@@ -1,4 +1,6 @@
-"""Faults in a real deployment: a device lost mid-round, then the ServerApp killed and resumed."""
+"""The ServerApp and ClientApp as a real deployment (a SuperLink and three SuperNodes as
+processes on loopback), with faults: a device lost mid-round, then the ServerApp killed and
+resumed; afterwards every process started, and every one they started, is gone."""
 
 from pathlib import Path
 
@@ -56,4 +58,10 @@ def test_a_lost_node_fails_its_round_and_a_killed_serverapp_resumes(tmp_path: Pa
     assert lost in two["bytes"]["down"] and lost not in two["bytes"]["up"]
     assert all(int(lost) not in line["participants"] for line in rest)
     assert all(line["server_eval"]["examples"] == 277 for line in second.rounds)
+    assert all(line["bytes"]["up_total"] > 0 and line["bytes"]["down_total"] > 0 for line in rest)
+    assert (tmp_path / "run" / "rounds.png").read_bytes()[:4] == b"\x89PNG"
+    # Every process we started, and every one they started (superexec, serverapp, clientapp).
+    labels = {process.label for process in fleet.seen.values()}
+    assert {"superlink", "supernode-0", "supernode-1", "supernode-2", "flwr-run"} <= labels
+    assert any(label.endswith("flwr-clientapp") for label in labels)
     assert fleet.alive() == []

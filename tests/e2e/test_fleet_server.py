@@ -43,6 +43,7 @@ def _yaml(state: Path, port: int) -> str:
             f"  port: {port}",
             "run:",  # no ticket: the active one
             f"  rounds: {ROUNDS}",
+            "  fraction_evaluate: 0.0",  # server-side evaluation scores the rounds
             "  min_nodes: 2",
             "  round_timeout_s: 30",
             "  server_eval: heart-uci",
