@@ -125,7 +125,9 @@ def run_run(args: argparse.Namespace, config: FleetConfig) -> int:
         from server.metrics import serve_metrics
 
         metrics = serve_metrics(
-            lambda: _summary(config), port=args.metrics_port, host=args.metrics_host
+            lambda: _summary(config, _target(config)),
+            port=args.metrics_port,
+            host=args.metrics_host,
         )
         print(f"metrics on http://{args.metrics_host}:{metrics.server_port}/metrics", flush=True)
     try:
@@ -172,8 +174,8 @@ def run_nodes(args: argparse.Namespace, config: FleetConfig) -> int:
 
 
 def run_status(args: argparse.Namespace, config: FleetConfig) -> int:
-    summary = _summary(config)
-    active = None if config.run.ticket is not None else _target(config)
+    active = _target(config)
+    summary = _summary(config, active)
     if args.json:
         document = summary.as_dict()
         if config.run.ticket is None:
@@ -198,7 +200,9 @@ def _target(config: FleetConfig) -> TrainingTarget | None:
         return None
 
 
-def _summary(config: FleetConfig) -> RunSummary:
+def _summary(config: FleetConfig, target: TrainingTarget | None) -> RunSummary:
+    """The run of `target` (`_target(config)`): its rounds so far, and its state if the
+    SuperLink is up."""
     run = read_run_file(config.paths.run_file)
     run_id = run.get("run_id") if isinstance(run.get("run_id"), int) else None
     status = None
@@ -207,7 +211,6 @@ def _summary(config: FleetConfig) -> RunSummary:
             status = flower_cli(config).run_status(run_id)
         except SuperLinkError:
             status = None
-    target = _target(config)
     return read_summary(
         config.run_dir() if target is None else target.run_dir,
         rounds_planned=config.run.rounds,

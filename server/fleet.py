@@ -167,21 +167,26 @@ class TrainingTarget:
     ticket_id: str | None = None  # the active ticket's id, when server.yaml names no ticket
 
 
+def active_ticket(config: FleetConfig) -> str | None:
+    """The content id the deployment ledger holds active; FleetError if it is damaged."""
+    try:
+        return DeploymentLedger(config.paths.deployments).active()
+    except LedgerError as error:
+        raise FleetError(str(error)) from None
+
+
 def training_target(config: FleetConfig) -> TrainingTarget:
     """run.ticket if server.yaml gives one, else the active ticket of the deployment ledger."""
     if config.run.ticket is not None:
         return TrainingTarget(config.run.ticket, config.run_dir())
-    ledger = DeploymentLedger(config.paths.deployments)
-    try:
-        active = ledger.active()
-    except LedgerError as error:
-        raise FleetError(str(error)) from None
+    active = active_ticket(config)
     if active is None:
         raise NoActiveTicketError(
             "run.ticket is not set and no ticket is active: roll one out with "
             "`ticket deploy FILE -c server.yaml`, or set run.ticket"
         )
-    return TrainingTarget(ledger.bundle(active), config.run_dir(active), active)
+    bundle = DeploymentLedger(config.paths.deployments).bundle(active)
+    return TrainingTarget(bundle, config.run_dir(active), active)
 
 
 @dataclass
@@ -239,7 +244,7 @@ class FleetServer:
         if config.run.ticket is not None and not config.run.ticket.is_file():
             raise FleetError(f"run.ticket: {config.run.ticket}: no such file")
         if config.run.ticket is None:
-            self._active_ticket()  # a damaged ledger stops us before anything starts
+            active_ticket(self.config)  # a damaged ledger stops us before anything starts
         if not config.run.allow_unsigned and not config.fleet_public_key.is_file():
             raise FleetError(f"{config.fleet_public_key}: no fleet key; run `fleet-server init`")
         app_dir()
@@ -291,22 +296,16 @@ class FleetServer:
             f"{', node authentication' if config.node_auth else ''}); logs in {paths.logs_dir}"
         )
 
-    def _active_ticket(self) -> str | None:
-        try:
-            return DeploymentLedger(self.config.paths.deployments).active()
-        except LedgerError as error:
-            raise FleetError(str(error)) from None
-
     def _wait_for_active_ticket(self) -> None:
         """With no run.ticket, serve the SuperLink (so devices connect and `ticket deploy` can
         reach them) until a rollout makes a ticket active."""
-        if self.config.run.ticket is not None or self._active_ticket() is not None:
+        if self.config.run.ticket is not None or active_ticket(self.config) is not None:
             return
         self.out(
             "no ticket is active yet: the SuperLink serves the fleet until "
             "`ticket deploy FILE -c server.yaml` rolls one out"
         )
-        while self._active_ticket() is None:
+        while active_ticket(self.config) is None:
             self._check_superlink()
             time.sleep(self.poll_s)
 

@@ -30,7 +30,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common import MessageType
 from flwr.serverapp import Grid
 
-from server.strategy import ARRAYS_KEY, CONFIG_KEY, PAYLOAD_KEY, PAYLOAD_STYPE
+from server.strategy import ARRAYS_KEY, CONFIG_KEY, PAYLOAD_KEY, payload_array
 from ticket.atomic import atomic_write_text
 from ticket.bundle import Ticket
 from ticket.codec import Kind, encode_vector
@@ -77,11 +77,18 @@ class CanaryScore:
     """One ticket's canary evaluation: example-weighted accuracy over the devices that scored."""
 
     ticket_id: str
-    accuracy: float | None  # None: no device could score it
-    examples: int
     by_node: dict[int, float]  # node id -> its accuracy
     examples_by_node: dict[int, int]  # node id -> held-out rows it scored
     errors: dict[int, str]  # node id -> why it could not score
+
+    @property
+    def examples(self) -> int:
+        return sum(self.examples_by_node.values())
+
+    @property
+    def accuracy(self) -> float | None:
+        """Example-weighted over every device that scored; None when none did."""
+        return self.mean_over(list(self.by_node)) if self.by_node else None
 
     def mean_over(self, nodes: Sequence[int]) -> float:
         """Example-weighted accuracy over `nodes` (each of which scored)."""
@@ -258,7 +265,6 @@ def _probe_message(ticket: Ticket, node: int, check: CanaryCheck) -> Message:
         round=0,  # no training round: a rollout's probe
         segment_sizes=layout.segment_sizes,
     )
-    wire = Array(dtype="uint8", shape=(len(payload),), stype=PAYLOAD_STYPE, data=payload)
     config = ConfigRecord(
         {
             "ticket-id": ticket.content_id,
@@ -270,7 +276,8 @@ def _probe_message(ticket: Ticket, node: int, check: CanaryCheck) -> Message:
             "seed": check.seed,
         }
     )
-    content = RecordDict({ARRAYS_KEY: ArrayRecord({PAYLOAD_KEY: wire}), CONFIG_KEY: config})
+    wire = ArrayRecord({PAYLOAD_KEY: payload_array(payload)})
+    content = RecordDict({ARRAYS_KEY: wire, CONFIG_KEY: config})
     return Message(content, dst_node_id=node, message_type=MessageType.EVALUATE)
 
 
@@ -305,9 +312,7 @@ def _score(ticket_id: str, nodes: Sequence[int], replies: Iterable[Message]) -> 
             continue
         by_node[node], examples[node] = accuracy, count
         del errors[node]
-    total = sum(examples.values())
-    mean = sum(by_node[n] * examples[n] for n in by_node) / total if total else None
-    return CanaryScore(ticket_id, mean, total, by_node, examples, errors)
+    return CanaryScore(ticket_id, by_node, examples, errors)
 
 
 def _verdict(

@@ -41,6 +41,11 @@ EVALUATION_RANGES = {"loss": (0.0, math.inf), "accuracy": (0.0, 1.0), "auc": (0.
 OPTIONAL_EVALUATION = ("auc",)
 
 
+def payload_array(payload: bytes) -> Array:
+    """Codec bytes as the Array a message carries (its stype keeps `.numpy()` off them)."""
+    return Array(dtype="uint8", shape=(len(payload),), stype=PAYLOAD_STYPE, data=payload)
+
+
 class ReplyError(Exception):
     """A train or evaluate reply that is not usable; it is counted and left out."""
 
@@ -306,8 +311,7 @@ class PackedFedAvg(FedAvg):
             segment_sizes=self.layout.segment_sizes,
             rng=np.random.default_rng([self.plan.seed, server_round]),  # int8 rounding only
         )
-        wire = Array(dtype="uint8", shape=(len(payload),), stype=PAYLOAD_STYPE, data=payload)
-        return ArrayRecord({PAYLOAD_KEY: wire}), len(payload)
+        return ArrayRecord({PAYLOAD_KEY: payload_array(payload)}), len(payload)
 
     def _read_update(self, server_round: int, message: Message, record: RoundRecord) -> _Update:
         node = message.metadata.src_node_id

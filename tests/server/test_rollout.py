@@ -218,9 +218,7 @@ def test_with_no_active_ticket_the_canary_only_has_to_evaluate(fleet: Path, tmp_
 
 
 def _score(accuracy: dict[int, float], errors: dict[int, str] | None = None) -> CanaryScore:
-    examples = dict.fromkeys(accuracy, 10)
-    mean = sum(accuracy.values()) / len(accuracy) if accuracy else None
-    return CanaryScore("t", mean, 10 * len(accuracy), accuracy, examples, errors or {})
+    return CanaryScore("t", accuracy, dict.fromkeys(accuracy, 10), errors or {})
 
 
 def test_the_verdict_compares_only_devices_that_scored_both() -> None:
