@@ -21,8 +21,8 @@ from server.secagg_round import SecAggPlan, SecurePackedFedAvg
 from server.server_app import RunConfigError, ServerSettings
 from server.strategy import ARRAYS_KEY, PAYLOAD_KEY, PackedFedAvg, RoundPlan
 from server.training_run import run_resumable
-from tests.inprocess import InProcessGrid, find_ticket, heart_nodes, server_identity
-from ticket.bundle import Ticket, read_ticket
+from tests.inprocess import InProcessGrid, heart_nodes, server_identity
+from ticket.bundle import Ticket
 from ticket.codec import Kind, decode_vector
 from ticket.packing import PackLayout
 from ticket.secagg.privacy import clip_l2
@@ -32,16 +32,6 @@ from ticket.train import TrainConfig
 TRAIN = TrainConfig(epochs=1, batch_size=32, lr=1e-3)
 SECAGG = SecAggPlan(clip=0.25, levels=2**14, weight_cap=1000)
 CLIP_NORM = 0.02  # below the heart updates' norms (~0.05-0.1): clipping is active
-
-
-@pytest.fixture(scope="module")
-def ticket_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return find_ticket(tmp_path_factory.mktemp("dp") / "t.ticket", density=0.5)
-
-
-@pytest.fixture(scope="module")
-def ticket(ticket_path: Path) -> Ticket:
-    return read_ticket(ticket_path, allow_unsigned=True)
 
 
 class CapturingGrid(InProcessGrid):

@@ -22,8 +22,8 @@ from server.secagg_round import SECAGG_KEY, SecAggPlan, SecurePackedFedAvg
 from server.server_app import RunConfigError, ServerSettings
 from server.strategy import PAYLOAD_KEY, PackedFedAvg, RoundPlan
 from server.training_run import run_resumable
-from tests.inprocess import ClientCallable, InProcessGrid, find_ticket, heart_nodes, server_identity
-from ticket.bundle import Ticket, read_ticket
+from tests.inprocess import ClientCallable, InProcessGrid, heart_nodes, server_identity
+from ticket.bundle import Ticket
 from ticket.packing import PackLayout
 from ticket.secagg.weighting import mean_error_bound, node_weight
 from ticket.train import TrainConfig
@@ -31,16 +31,6 @@ from ticket.train import TrainConfig
 TRAIN = TrainConfig(epochs=1, batch_size=32, lr=1e-3)
 SECAGG = SecAggPlan(clip=0.25, levels=2**14, weight_cap=1000)
 NODES = [101, 102, 103, 104]
-
-
-@pytest.fixture(scope="module")
-def ticket_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return find_ticket(tmp_path_factory.mktemp("secagg") / "t.ticket", density=0.5)
-
-
-@pytest.fixture(scope="module")
-def ticket(ticket_path: Path) -> Ticket:
-    return read_ticket(ticket_path, allow_unsigned=True)
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from server.checkpoint import CheckpointError
 from server.evaluation import ServerEvaluator
 from server.strategy import PAYLOAD_KEY, PackedFedAvg, RoundPlan
 from server.training_run import RunPaths, run_resumable
-from tests.inprocess import ClientCallable, InProcessGrid, find_ticket, heart_nodes, server_identity
-from ticket.bundle import Ticket, read_ticket
+from tests.inprocess import ClientCallable, InProcessGrid, heart_nodes, server_identity
+from ticket.bundle import Ticket
 from ticket.data import load_dataset
 from ticket.packing import PackLayout
 from ticket.train import TrainConfig
@@ -25,16 +25,6 @@ TRAIN = TrainConfig(epochs=1, batch_size=32, lr=1e-3)
 
 class Killed(BaseException):
     """Stands in for kill -9: not an Exception, so nothing on the way turns it into a reply."""
-
-
-@pytest.fixture(scope="module")
-def ticket_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return find_ticket(tmp_path_factory.mktemp("ticket") / "t.ticket", density=0.5)
-
-
-@pytest.fixture(scope="module")
-def ticket(ticket_path: Path) -> Ticket:
-    return read_ticket(ticket_path, allow_unsigned=True)
 
 
 def _run(
