@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 # across the 4 heart-uci hospitals: a real SuperLink and one edge daemon per hospital (each
 # starting its own SuperNode) on loopback, all stopped after.
 demo: $(STAMP)
-	$(BIN)/python -m deploy.demo --out $(OUT)
+	$(BIN)/python -m loopback.demo --out $(OUT)
 	$(BIN)/ticket inspect $(OUT)/heart.ticket --key $(OUT)/fleet.pub
 
 lint: $(STAMP)

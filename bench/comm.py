@@ -1,7 +1,7 @@
 """Federated training of a ticket vs dense FedAvg: accuracy per round and bytes on the wire.
 
 Every run is a real Flower run of this project's ServerApp and ClientApp. The federated tasks
-run through Flower's Simulation Engine (a simulation SuperLink started by deploy.loopback, Ray,
+run through Flower's Simulation Engine (a simulation SuperLink started by loopback.launcher, Ray,
 virtual nodes); `--loopback` also measures a real deployment (a SuperLink and 4 SuperNodes as
 separate processes). Tickets come from `ticket find`, run here first.
 
@@ -44,8 +44,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python bench/comm.py` from a checkout
 
-from deploy.demo import heart_node_configs, round_rows  # noqa: E402
-from deploy.loopback import Loopback, RunOutcome  # noqa: E402
+from loopback.demo import heart_node_configs, round_rows  # noqa: E402
+from loopback.launcher import Loopback, RunOutcome  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_TASKS = ("fed-heart", "fed-mnist", "transfer")  # what `--task all` runs

@@ -39,9 +39,9 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python bench/daemon.py` from a checkout
 
-from deploy.demo import find_ticket, run_config  # noqa: E402
-from deploy.devices import ELIGIBLE, UNPLUGGED, Device, daemon_yaml, prepare_devices  # noqa: E402
-from deploy.loopback import Loopback, free_port  # noqa: E402
+from loopback.demo import find_ticket, run_config  # noqa: E402
+from loopback.devices import ELIGIBLE, UNPLUGGED, Device, daemon_yaml, prepare_devices  # noqa: E402
+from loopback.launcher import Loopback, free_port  # noqa: E402
 from ticket.tls import write_dev_pki  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ticket, fleet_key = find_ticket(args.work, density=0.1)
     port = free_port()
     superlink = f"127.0.0.1:{port}"
-    tls = write_dev_pki(args.work / "pki", ["127.0.0.1", "localhost"])  # as deploy/demo.py
+    tls = write_dev_pki(args.work / "pki", ["127.0.0.1", "localhost"])  # as loopback/demo.py
     devices = prepare_devices(
         args.work / "devices",
         hospitals=("Cleveland", "Hungary"),

@@ -27,9 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python bench/deploy.py` from a checkout
 
-from deploy.demo import find_ticket  # noqa: E402
-from deploy.devices import prepare_devices  # noqa: E402
-from deploy.loopback import CONNECTION, Loopback, free_port  # noqa: E402
+from loopback.demo import find_ticket  # noqa: E402
+from loopback.devices import prepare_devices  # noqa: E402
+from loopback.launcher import CONNECTION, Loopback, free_port  # noqa: E402
 from ticket.data.heart import HEART_SITES  # noqa: E402
 from ticket.tls import write_dev_pki  # noqa: E402
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deploy.find_report import style_density_axis
+from ticket_cli.find_report import style_density_axis
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CURVES = ("ticket", "reinit", "random")

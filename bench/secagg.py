@@ -188,8 +188,8 @@ def glue_round_trips(work: Path) -> dict[str, Any]:
 def loopback(work: Path, rounds: int, seed: int) -> dict[str, Any]:
     """The heart ticket on a real deployment, plaintext then secure."""
     from bench.comm import TASKS, find_tickets
-    from deploy.demo import heart_node_configs, round_rows
-    from deploy.loopback import Loopback
+    from loopback.demo import heart_node_configs, round_rows
+    from loopback.launcher import Loopback
 
     task = TASKS["fed-heart"]
     ticket = Path(find_tickets(task, work, seed)["ticket"]["path"])

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import server
+from server.api import CONNECTION
 from server.config import WILDCARD_HOSTS, FleetConfig
 from server.deployments import DeploymentLedger, LedgerError
 from server.processes import PidFile, Recorded, stop_groups
@@ -45,7 +45,6 @@ from ticket import crypto
 from ticket.atomic import atomic_write_bytes, atomic_write_text
 from ticket.tls import write_dev_pki
 
-CONNECTION = "fleet"
 COMPLETED_STATUS = COMPLETED
 STARTUP_TIMEOUT_S = 120.0
 
@@ -66,7 +65,7 @@ def flower_cli(config: FleetConfig, bin_dir: Path | None = None) -> FlowerCli:
 def app_dir() -> Path:
     """The project's Flower app: the directory with the pyproject.toml that names the
     ServerApp and ClientApp (an editable install of this repository)."""
-    root = Path(server.__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[1]
     pyproject = root / "pyproject.toml"
     if not pyproject.is_file() or "[tool.flwr.app" not in pyproject.read_text(errors="replace"):
         raise FleetError(

@@ -2,7 +2,7 @@
 connection, node registration, run submission, following and status.
 
 Shared by `fleet-server run` (server/fleet.py) and the loopback launcher of tests and demos
-(deploy/loopback.py). Every Flower process gets its own FLWR_HOME, telemetry and update checks
+(loopback/launcher.py). Every Flower process gets its own FLWR_HOME, telemetry and update checks
 off, and this environment's executables first on PATH (superexec starts `flwr-serverapp` by
 name). The `flwr` CLI reads its `[superlink.NAME]` connection from `$FLWR_HOME/config.toml`.
 """

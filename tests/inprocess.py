@@ -116,7 +116,7 @@ def server_identity(run_id: int = 1) -> Iterator[None]:
 
 def find_ticket(out: Path, *, density: float, sign_key: Path | None = None) -> Path:
     """A small real heart-uci ticket (found on Cleveland) through `ticket find`, in ~1-3 s."""
-    from deploy.cli import main  # tests only: the grid itself needs no deploy code
+    from ticket_cli.cli import main  # tests only: the grid itself needs no ticket_cli code
 
     args = [
         "find",

@@ -6,11 +6,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("ticket", "edge_daemon", "server", "deploy")
+PACKAGES = ("ticket", "edge_daemon", "server", "ticket_cli", "loopback")
+APPS = {"edge_daemon", "server", "ticket_cli", "loopback"}
 
-# package -> top-level modules it must never import
+# package -> top-level modules it must never import. Every package imports the core; the
+# device and the server never import each other; the ML engineer's command and the dev harness
+# drive the device through its `edge-daemon` command only.
 FORBIDDEN = {
-    "ticket": {
+    "ticket": APPS
+    | {
         "flwr",
         "psutil",
         "yaml",
@@ -19,15 +23,15 @@ FORBIDDEN = {
         "http",
         "urllib",
         "requests",
-        "edge_daemon",
-        "server",
-        "deploy",
         "pickle",
     },
-    "edge_daemon": {"server", "deploy", "pickle"},
-    "server": {"edge_daemon", "deploy", "pickle"},
-    "deploy": {"edge_daemon", "pickle"},
+    "edge_daemon": {"server", "ticket_cli", "loopback", "pickle"},
+    "server": {"edge_daemon", "ticket_cli", "loopback", "pickle"},
+    "ticket_cli": {"edge_daemon", "loopback", "pickle"},
+    "loopback": {"edge_daemon", "pickle"},
 }
+# package -> (package it may reach only through, that package's one interface module)
+ONLY_THROUGH = {"ticket_cli": ("server", "server.api")}
 
 
 ENVIRONMENT_NAMES = {"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv"}
@@ -47,6 +51,19 @@ def _imports(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
             found += [(node.lineno, module) for module in _from_targets(node, package)]
         elif isinstance(node, ast.Call) and (module := _dynamic_target(node)) is not None:
             found.append((node.lineno, module))
+    return found
+
+
+def _absolute_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, dotted module) of every absolute import; `from a import b` counts as `a.b`,
+    because b may be a submodule."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
     return found
 
 
@@ -106,6 +123,37 @@ def test_package_imports_respect_the_dependency_rule(package: str) -> None:
     assert violations == []
 
 
+@pytest.mark.parametrize("package", sorted(ONLY_THROUGH))
+def test_package_reaches_another_only_through_its_interface(package: str) -> None:
+    other, interface = ONLY_THROUGH[package]
+    violations = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for path in _sources(package)
+        for line, module in _absolute_imports(path)
+        if module.split(".")[0] == other
+        and module != interface
+        and not module.startswith(interface + ".")
+    ]
+    assert violations == []
+
+
+def test_the_interface_walker_sees_submodules(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("import server.fleet\nfrom server import config\nfrom server.api import X\n")
+
+    assert _absolute_imports(probe) == [
+        (1, "server.fleet"),
+        (2, "server.config"),
+        (3, "server.api.X"),
+    ]
+
+
+def test_deploy_holds_artefacts_only() -> None:
+    # deploy/ is what an operator copies onto a machine: units and example configs, no code.
+    assert sorted((ROOT / "deploy").rglob("*.py")) == []
+    assert (ROOT / "deploy" / "systemd" / "edge-daemon.service").is_file()
+
+
 def test_core_never_reads_the_environment() -> None:
     violations = [
         f"{path.relative_to(ROOT)}:{line}"
@@ -130,7 +178,7 @@ def test_the_walker_sees_real_imports(tmp_path: Path) -> None:
                 "from os import path",  # 6: not the environment
                 "from . import masks",  # 7: ticket.sub.masks
                 "from .. import codec",  # 8: ticket.codec
-                "from ...deploy import cli",  # 9: climbs out of ticket
+                "from ...ticket_cli import cli",  # 9: climbs out of ticket
                 "from ... import edge_daemon",  # 10: climbs out of ticket
                 "import importlib",  # 11
                 "importlib.import_module('yaml.loader')",  # 12
@@ -151,7 +199,7 @@ def test_the_walker_sees_real_imports(tmp_path: Path) -> None:
         (6, "os"),
         (7, "ticket"),
         (8, "ticket"),
-        (9, "deploy"),
+        (9, "ticket_cli"),
         (10, "edge_daemon"),
         (11, "importlib"),
         (12, "yaml"),
@@ -160,7 +208,7 @@ def test_the_walker_sees_real_imports(tmp_path: Path) -> None:
     assert {module for _, module in found} & FORBIDDEN["ticket"] == {
         "flwr",
         "server",
-        "deploy",
+        "ticket_cli",
         "edge_daemon",
         "yaml",
         "pickle",

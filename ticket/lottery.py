@@ -1,7 +1,7 @@
 """One level of a lottery-ticket search: train a masked network from given weights, evaluate it.
 
 Pure: the data, the weights, the mask and the seeds come in; weights and metrics go out. The
-resumable loop over levels, with its files, lives in `deploy.find_runner`.
+resumable loop over levels, with its files, lives in `ticket_cli.find_runner`.
 """
 
 import hashlib

@@ -18,12 +18,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from deploy.cli import main as ticket_cli
-from deploy.demo import run_config
-from deploy.devices import UNPLUGGED, Device, prepare_devices
-from deploy.loopback import Loopback, free_port
+from loopback.demo import run_config
+from loopback.devices import UNPLUGGED, Device, prepare_devices
+from loopback.launcher import Loopback, free_port
 from tests.inprocess import find_ticket
 from ticket.tls import write_dev_pki
+from ticket_cli.cli import main as ticket_cli
 
 APP_DIR = Path(__file__).resolve().parents[2]
 HOSPITALS = ("Cleveland", "Hungary", "VA Long Beach")

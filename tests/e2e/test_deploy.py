@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from deploy.cli import main as ticket_cli
-from deploy.demo import run_config
-from deploy.devices import prepare_devices
-from deploy.loopback import CONNECTION, Loopback, free_port
+from loopback.demo import run_config
+from loopback.devices import prepare_devices
+from loopback.launcher import CONNECTION, Loopback, free_port
 from server.deployments import DeploymentLedger
 from tests.inprocess import find_ticket
 from ticket.bundle import read_ticket
 from ticket.tls import write_dev_pki
+from ticket_cli.cli import main as ticket_cli
 
 APP_DIR = Path(__file__).resolve().parents[2]
 

@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 import pytest
 
-from deploy.devices import prepare_devices
+from loopback.devices import prepare_devices
 from server.superlink import free_port, is_listening
 from tests.inprocess import find_ticket
 from ticket.bundle import read_ticket

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.demo import heart_node_configs, run_config
-from deploy.loopback import Loopback
+from loopback.demo import heart_node_configs, run_config
+from loopback.launcher import Loopback
 from server.strategy import NO_REPLY
 from tests.inprocess import find_ticket
 

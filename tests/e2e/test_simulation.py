@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.loopback import Loopback, LoopbackError
+from loopback.launcher import Loopback, LoopbackError
 from tests.inprocess import find_ticket
 
 APP_DIR = Path(__file__).resolve().parents[2]

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from deploy.cli import main as ticket_cli
 from edge_daemon.cli import main
 from edge_daemon.exit_codes import ExitCode
 from edge_daemon.paths import DaemonPaths
@@ -17,6 +16,7 @@ from edge_daemon.readings import ReadingsStore
 from edge_daemon.state import update_state
 from tests.edge_daemon.test_readings import HEADER, ROWS
 from tests.inprocess import find_ticket
+from ticket_cli.cli import main as ticket_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 STATUS_KEYS = {

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-from deploy.cli import main as ticket_cli
 from edge_daemon import client_app
 from edge_daemon.client_app import ErrorCode, payload_array
 from tests.inprocess import find_ticket, heart_nodes, server_identity
 from ticket.bundle import Ticket, read_ticket
 from ticket.codec import HEADER_BYTES, Kind, decode_vector, encode_vector, read_header
 from ticket.packing import PackLayout
+from ticket_cli.cli import main as ticket_cli
 
 TRAIN_CONFIG: dict[str, Any] = {
     "local-epochs": 1,

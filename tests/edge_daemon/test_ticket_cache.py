@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from deploy.cli import main as ticket_cli
 from edge_daemon.paths import DaemonPaths
 from edge_daemon.state import load_state
 from edge_daemon.ticket_cache import (
@@ -18,6 +17,7 @@ from edge_daemon.ticket_cache import (
 )
 from tests.inprocess import find_ticket
 from ticket.bundle import read_ticket
+from ticket_cli.cli import main as ticket_cli
 
 
 @pytest.fixture(scope="module")

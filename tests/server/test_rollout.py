@@ -5,7 +5,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploy.cli import main as ticket_cli
 from edge_daemon import client_app
 from edge_daemon.state import load_state
 from server.rollout import (
@@ -22,6 +21,7 @@ from server.rollout import _verdict as verdict
 from tests.inprocess import InProcessGrid, SilentNodeGrid, find_ticket, server_identity
 from ticket.bundle import build_ticket, read_ticket, sign_ticket, write_ticket
 from ticket.train import TrainConfig
+from ticket_cli.cli import main as ticket_cli
 
 
 @pytest.fixture(scope="module")

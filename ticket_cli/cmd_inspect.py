@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from deploy.cmd_keys import read_model_ticket, read_public_key
 from ticket import crypto
 from ticket.bundle import FORMAT_VERSION, Ticket
+from ticket_cli.cmd_keys import read_model_ticket, read_public_key
 
 INSPECT_SCHEMA = "ticketfleet.inspect.v1"  # docs/ticket-format.md; bump on any breaking change
 _MAX_DENSE_NAMES = 4

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.cli import main
-from deploy.cmd_deploy import format_acks
 from tests.inprocess import find_ticket
+from ticket_cli.cli import main
+from ticket_cli.cmd_deploy import format_acks
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from deploy.registry import (
+from tests.ticket_cli.registry_tickets import Tickets, add_twin_row, copy_registry, flip_byte
+from tests.ticket_cli.registry_tickets import make_tickets as _make_tickets
+from ticket.bundle import read_ticket
+from ticket.errors import IntegrityError, UnknownNameError, UnsignedTicketError
+from ticket_cli.registry import (
     SCHEMA_VERSION,
     Entry,
     Outcome,
@@ -16,10 +20,6 @@ from deploy.registry import (
     TicketRegistry,
     final_metrics,
 )
-from tests.deploy.registry_tickets import Tickets, add_twin_row, copy_registry, flip_byte
-from tests.deploy.registry_tickets import make_tickets as _make_tickets
-from ticket.bundle import read_ticket
-from ticket.errors import IntegrityError, UnknownNameError, UnsignedTicketError
 
 NOW = datetime(2025, 3, 1, 9, 30, 15, 123456, tzinfo=UTC)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 # Shared with `ticket inspect` so both commands show values the same way.
-from deploy.cmd_inspect import inline_values, number_text, percent_text, printable
-from deploy.cmd_keys import read_public_key
-from deploy.registry import ORDERS, TRUSTED_DIR, Entry, Outcome, TicketRegistry
+from ticket_cli.cmd_inspect import inline_values, number_text, percent_text, printable
+from ticket_cli.cmd_keys import read_public_key
+from ticket_cli.registry import ORDERS, TRUSTED_DIR, Entry, Outcome, TicketRegistry
 
 LIST_SCHEMA = "ticketfleet.registry.list.v1"  # docs/ticket-format.md; bump on a breaking change
 SHOW_SCHEMA = "ticketfleet.registry.show.v1"

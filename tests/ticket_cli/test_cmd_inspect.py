@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from deploy.cli import main
-from deploy.exit_codes import ExitCode
 from ticket import crypto
 from ticket.bundle import build_ticket, read_ticket, sign_ticket, write_ticket
+from ticket_cli.cli import main
+from ticket_cli.exit_codes import ExitCode
 
 GOLDEN = Path(__file__).resolve().parents[1] / "ticket" / "golden"
 SIGNER_PUB = str(GOLDEN / "test-signer.pub")

@@ -8,10 +8,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from deploy.find_runner import LevelRecord, SearchOutcome
 from ticket import __version__
 from ticket.atomic import atomic_write_bytes, atomic_write_text
 from ticket.masks import density, kept_count, layer_densities, total_count
+from ticket_cli.find_runner import LevelRecord, SearchOutcome
 
 REPORT_SCHEMA = "ticketfleet.find-report.v1"
 CURVE_LABELS = {

@@ -8,15 +8,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from deploy.cmd_keys import read_private_key
-from deploy.find_report import build_manifest, build_report, plot_levels, write_json
-from deploy.find_runner import SearchRunner
 from ticket.bundle import build_ticket, sign_ticket, write_ticket
 from ticket.errors import TicketError
 from ticket.lottery import SearchSpec
 from ticket.prune import CONTROLS, METHODS, PruningRates
 from ticket.recipes import DEFAULT_TRAINING
 from ticket.train import OPTIMIZERS
+from ticket_cli.cmd_keys import read_private_key
+from ticket_cli.find_report import build_manifest, build_report, plot_levels, write_json
+from ticket_cli.find_runner import SearchRunner
 
 SCOPES = {"layerwise": "magnitude-layerwise", "global": "magnitude-global"}
 

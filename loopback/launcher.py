@@ -48,7 +48,7 @@ from ticket.config_text import ConfigValue, toml_values
 from ticket.tls import TlsFiles
 
 if TYPE_CHECKING:
-    from deploy.devices import Device
+    from loopback.devices import Device
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ class Loopback:
         enrolled: "Sequence[Device] | None" = None,
         **options: Any,
     ) -> "Loopback":
-        """A secure fleet of edge daemons (deploy.devices): TLS, node authentication, and the
+        """A secure fleet of edge daemons (loopback.devices): TLS, node authentication, and the
         keys of `enrolled` (default: every device) registered before any node starts."""
         return cls(
             workdir,

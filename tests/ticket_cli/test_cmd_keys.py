@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy.cli import main
-from deploy.exit_codes import ExitCode
 from ticket import crypto
 from ticket.bundle import build_ticket, read_ticket, sign_ticket, write_ticket
+from ticket_cli.cli import main
+from ticket_cli.exit_codes import ExitCode
 
 GOLDEN = Path(__file__).resolve().parents[1] / "ticket" / "golden"
 GOLDEN_CONTENT_ID = "e967cb47ca54b2a4fc5ff6ec3f3a5fac64be0116c5e04bdd1aa86d6073c9626c"

@@ -5,7 +5,7 @@ vendored UCI table ingested with `edge-daemon ingest` (as a device owner would f
 and the fleet's signed ticket installed with `edge-daemon tickets add`. Its conditions (power,
 battery, network, ...) come from a JSON probe file the caller can rewrite at any time, so a test
 can make a device ineligible mid-round. Only the `edge-daemon` command is used, never its
-modules: deploy/ does not import edge_daemon.
+modules: loopback/ does not import edge_daemon.
 """
 
 import csv

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.demo import all_rounds_completed, format_table, round_rows
-from deploy.loopback import Loopback, LoopbackError, RunOutcome, _round_walls
+from loopback.demo import all_rounds_completed, format_table, round_rows
+from loopback.launcher import Loopback, LoopbackError, RunOutcome, _round_walls
 from ticket.config_text import toml_values
 
 FAKE_SUPERLINK = """#!{python}

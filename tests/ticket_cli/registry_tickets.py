@@ -5,10 +5,10 @@ import sqlite3
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from deploy.cli import main
 from tests.inprocess import find_ticket
 from ticket import crypto
 from ticket.bundle import build_ticket, read_ticket, sign_ticket, write_ticket
+from ticket_cli.cli import main
 
 GOLDEN = Path(__file__).resolve().parents[1] / "ticket" / "golden" / "tiny.ticket"
 

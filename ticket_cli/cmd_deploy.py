@@ -14,7 +14,7 @@ ticket (and, with `--canary`, the canary's evaluation did not regress). The run'
 `deploy.json` is read from its run directory, so run it on the SuperLink's machine (where
 `fleet-server run` runs).
 
-With a ledger (server/deployments.py; `-c server.yaml` uses fleet-server's), a successful
+With a ledger (server/api.py's DeploymentLedger; `-c server.yaml` uses fleet-server's), a successful
 rollout makes the ticket active: `fleet-server run` with no `run.ticket` trains it, and the
 next canary compares against it. `ticket rollback` rolls the ticket before it out again and,
 once every device holds it, makes it active again.
@@ -31,14 +31,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deploy.exit_codes import ExitCode
 from ticket.bundle import read_ticket
 from ticket.config_text import ConfigValue, toml_values
 from ticket.errors import TicketError
+from ticket_cli.exit_codes import ExitCode
 
-if TYPE_CHECKING:  # server.deployments is loaded only by the commands that use a ledger
-    from server.config import FleetConfig
-    from server.deployments import DeploymentLedger
+if TYPE_CHECKING:  # server.api is loaded only by the commands that use a ledger or server.yaml
+    from server.api import DeploymentLedger, OperatorState
 
 APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app: the project's pyproject.toml
 
@@ -187,8 +186,8 @@ def run_rollback(args: argparse.Namespace) -> int:
 def run_deployments(args: argparse.Namespace) -> int:
     if (args.server_config is None) == (args.ledger is None):
         raise DeployError("give exactly one of -c/--server-config and --ledger")
-    root = args.ledger if args.ledger is not None else _load_server_yaml(args.server_config)[1]
-    from server.deployments import DeploymentLedger
+    root = args.ledger if args.ledger is not None else _operator(args.server_config).ledger_dir
+    from server.api import DeploymentLedger
 
     ledger = DeploymentLedger(root)
     events = _guard(ledger.events)
@@ -285,27 +284,24 @@ def _fleet(args: argparse.Namespace) -> Fleet:
 
 def _server_fleet(server_yaml: Path) -> Fleet:
     """fleet-server's own: its `flwr` CLI home and connection, fleet key and ledger."""
-    from server.fleet import CONNECTION
-
-    config, ledger = _load_server_yaml(server_yaml)
-    return Fleet(CONNECTION, config.paths.cli_home, config.fleet_public_key, ledger)
+    state = _operator(server_yaml)
+    return Fleet(state.connection, state.flwr_home, state.fleet_key, state.ledger_dir)
 
 
-def _load_server_yaml(server_yaml: Path) -> "tuple[FleetConfig, Path]":
-    """server.yaml, and where its fleet-server keeps the deployment ledger."""
-    from server.config import ConfigError, load_config
+def _operator(server_yaml: Path) -> "OperatorState":
+    """What server.yaml says of the operator's state: connection, fleet key, ledger."""
+    from server.api import ConfigError, operator_state
 
     try:
-        config = load_config(server_yaml)
+        return operator_state(server_yaml)
     except ConfigError as error:
         raise DeployError(str(error)) from None
-    return config, config.paths.deployments
 
 
 def _ledger(fleet: Fleet) -> "DeploymentLedger | None":
     if fleet.ledger is None:
         return None
-    from server.deployments import DeploymentLedger
+    from server.api import DeploymentLedger
 
     ledger = DeploymentLedger(fleet.ledger)
     _guard(ledger.events)  # a damaged ledger stops the rollout before it starts
@@ -332,7 +328,7 @@ def _record(
 
 def _guard(call: Any) -> Any:
     """Run a ledger call; its errors become DeployError (exit status 3, the file named)."""
-    from server.deployments import LedgerError
+    from server.api import LedgerError
 
     try:
         return call()
@@ -360,7 +356,7 @@ def _resolve(source: str, registry: Path | None, run_dir: Path, fleet_key: Path)
     path = Path(source)
     if path.exists():
         return path
-    from deploy.registry import TicketRegistry  # only when pulling from the registry
+    from ticket_cli.registry import TicketRegistry  # only when pulling from the registry
 
     run_dir.mkdir(parents=True, exist_ok=True)
     out = run_dir / "deploy.ticket"
@@ -370,6 +366,6 @@ def _resolve(source: str, registry: Path | None, run_dir: Path, fleet_key: Path)
 
 
 def _default_registry() -> Path:
-    from deploy.cmd_registry import default_registry
+    from ticket_cli.cmd_registry import default_registry
 
     return default_registry(os.environ, Path.home())

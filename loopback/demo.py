@@ -1,9 +1,9 @@
-"""`python -m deploy.demo`: federated training of a heart ticket across real Flower processes.
+"""`python -m loopback.demo`: federated training of a heart ticket across real Flower processes.
 
 Makes a fleet signing key and finds a signed heart-uci ticket at density 0.1 with `ticket` (or
 reuses OUT/heart.ticket), then gives each hospital its own device: an `edge-daemon` with that
-hospital's readings ingested and the ticket installed (deploy.devices). It starts a SuperLink and
-the daemons on loopback (deploy.loopback); each daemon starts its SuperNode. It trains for a few
+hospital's readings ingested and the ticket installed (loopback.devices). It starts a SuperLink and
+the daemons on loopback (loopback.launcher); each daemon starts its SuperNode. It trains for a few
 rounds under secure aggregation (unless --no-secagg), prints a per-round table and what each
 device's owner sees, and stops every process it started. Exit status 0 only when the run
 completed every round with at least one participant.
@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from deploy.devices import Device, DeviceSetupError, prepare_devices
-from deploy.loopback import Loopback, LoopbackError, RunOutcome, free_port
+from loopback.devices import Device, DeviceSetupError, prepare_devices
+from loopback.launcher import Loopback, LoopbackError, RunOutcome, free_port
 from ticket.config_text import ConfigValue
 from ticket.data.heart import HEART_SITES
 from ticket.tls import write_dev_pki
@@ -70,7 +70,7 @@ def find_ticket(out: Path, *, density: float) -> tuple[Path, Path]:
 
     Both are made with the `ticket` command unless already there.
     """
-    from deploy.cli import main
+    from ticket_cli.cli import main
 
     ticket, key = out / "heart.ticket", out / "fleet.key"
     public = key.with_suffix(".pub")
@@ -143,7 +143,7 @@ def all_rounds_completed(outcome: RunOutcome, rounds: int) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m loopback.demo", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("demo-out"), help="default: demo-out")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--nodes", type=int, default=HOSPITALS, help="hospitals (1-4)")

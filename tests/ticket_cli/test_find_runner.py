@@ -6,13 +6,13 @@ from typing import Any
 import pytest
 import torch
 
-from deploy import find_runner
-from deploy.find_runner import SearchRunner, WorkdirMismatchError
 from ticket.errors import TicketError
 from ticket.lottery import SearchSpec, initial_weights
 from ticket.masks import density, layer_densities
 from ticket.prune import PruningRates
 from ticket.train import TrainConfig
+from ticket_cli import find_runner
+from ticket_cli.find_runner import SearchRunner, WorkdirMismatchError
 
 SMALL = {"hidden": [16, 8]}
 

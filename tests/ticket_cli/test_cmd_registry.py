@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from deploy.cli import main
-from deploy.cmd_registry import LIST_SCHEMA, SHOW_SCHEMA, default_registry
-from deploy.exit_codes import ExitCode
-from tests.deploy.registry_tickets import Tickets, add_twin_row, copy_registry, flip_byte
-from tests.deploy.registry_tickets import make_tickets as _make_tickets
+from tests.ticket_cli.registry_tickets import Tickets, add_twin_row, copy_registry, flip_byte
+from tests.ticket_cli.registry_tickets import make_tickets as _make_tickets
+from ticket_cli.cli import main
+from ticket_cli.cmd_registry import LIST_SCHEMA, SHOW_SCHEMA, default_registry
+from ticket_cli.exit_codes import ExitCode
 
 ENTRY_KEYS = {
     "content_id",

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.cli import main
-from deploy.exit_codes import ExitCode
 from ticket.bundle import read_ticket
+from ticket_cli.cli import main
+from ticket_cli.exit_codes import ExitCode
 
 SIGNER_PUB = Path(__file__).resolve().parents[1] / "ticket" / "golden" / "test-signer.pub"
 

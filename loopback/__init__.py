@@ -1,0 +1,1 @@
+"""Development harness: a real SuperLink and edge daemons on one machine (tests, bench, demo)."""
