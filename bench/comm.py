@@ -44,8 +44,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python bench/comm.py` from a checkout
 
-from loopback.demo import heart_node_configs, round_rows  # noqa: E402
+from loopback.demo import heart_node_configs, round_rows, run_config  # noqa: E402
 from loopback.launcher import Loopback, RunOutcome  # noqa: E402
+from ticket.runconfig import (  # noqa: E402
+    RunConfig,
+    RunPlacement,
+    SimulationSettings,
+    TrainingSettings,
+    to_run_config,
+)
 
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_TASKS = ("fed-heart", "fed-mnist", "transfer")  # what `--task all` runs
@@ -58,7 +65,8 @@ class Arm:
     ticket: str  # key into Task.tickets
     uplink: str = "float32"
     downlink: str = "float32"
-    run_config: dict[str, Any] = field(default_factory=dict)  # e.g. secure aggregation
+    # ticket/runconfig.py TrainingSettings the arm changes, e.g. secure aggregation
+    training: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -71,8 +79,8 @@ class Task:
     target: float  # accuracy whose uplink cost is reported: one every arm reaches
     tickets: dict[str, list[str]]  # name -> `ticket find` arguments
     arms: tuple[Arm, ...]
-    training: dict[str, Any]  # run config: local epochs, batch size, lr, optimizer
-    simulation: dict[str, Any] = field(default_factory=dict)  # run config sim-* keys
+    training: dict[str, Any]  # TrainingSettings: local epochs, batch size, lr, optimizer
+    simulation: dict[str, Any] = field(default_factory=dict)  # SimulationSettings
     accuracy_from: str = "server"  # "server": pooled held-out rows; "federated": the nodes'
 
 
@@ -86,10 +94,10 @@ DEFAULT_ARMS = (
     Arm("ticket", "ticket"),
     Arm("ticket-int8", "ticket", uplink="int8"),
 )
-SECURE = {"secagg": True, "secagg-clip": 1.0}
+SECURE = {"secagg": True, "secagg_clip": 1.0}
 # Clip each device's update to L2 norm 0.5; a round is summed from at least 8 of its 10
 # devices, so each adds sigma = z C / sqrt(8) and the sum carries z_eff = z sqrt(10 / 8).
-DP = {"dp-clip-norm": 0.5, "min-replies": 8}
+DP = {"dp_clip_norm": 0.5, "min_replies": 8}
 TASKS = {
     "fed-heart": Task(
         name="fed-heart",
@@ -105,8 +113,8 @@ TASKS = {
             "ticket": [*HEART_FIND, "--target-density", "0.1"],
         },
         arms=DEFAULT_ARMS,
-        training={"local-epochs": 2, "batch-size": 32, "lr": 1e-3, "optimizer": "adam"},
-        simulation={"sim-partition": "natural"},
+        training={"local_epochs": 2, "batch_size": 32, "lr": 1e-3, "optimizer": "adam"},
+        simulation={"sim_partition": "natural"},
     ),
     "fed-mnist": Task(
         name="fed-mnist",
@@ -121,8 +129,8 @@ TASKS = {
         },
         arms=DEFAULT_ARMS,
         # FedAvg's E=5, B=10 with plain SGD (McMahan et al. 2017).
-        training={"local-epochs": 5, "batch-size": 10, "lr": 0.1, "optimizer": "sgd"},
-        simulation={"sim-partition": "shards", "sim-partition-shards": 2},
+        training={"local_epochs": 5, "batch_size": 10, "lr": 0.1, "optimizer": "sgd"},
+        simulation={"sim_partition": "shards", "sim_partition_shards": 2},
     ),
     # Not in "all": secure aggregation against the plaintext ticket on the same task, so the
     # accuracy cost of masking (clipping, quantisation) shows on a 10k-row test set.
@@ -136,10 +144,10 @@ TASKS = {
         tickets={"ticket": [*MNIST_FIND, "--target-density", "0.1"]},
         arms=(
             Arm("ticket", "ticket"),
-            Arm("ticket-secagg", "ticket", run_config={"secagg": True, "secagg-clip": 1.0}),
+            Arm("ticket-secagg", "ticket", training={"secagg": True, "secagg_clip": 1.0}),
         ),
-        training={"local-epochs": 5, "batch-size": 10, "lr": 0.1, "optimizer": "sgd"},
-        simulation={"sim-partition": "shards", "sim-partition-shards": 2},
+        training={"local_epochs": 5, "batch_size": 10, "lr": 0.1, "optimizer": "sgd"},
+        simulation={"sim_partition": "shards", "sim_partition_shards": 2},
     ),
     # Not in "all": distributed differential privacy on top of secure aggregation, the ticket
     # against the dense network at the same noise multiplier and clip. The noise a device adds
@@ -157,17 +165,13 @@ TASKS = {
             "ticket": [*MNIST_FIND, "--target-density", "0.1"],
         },
         arms=(
-            Arm("ticket-secagg", "ticket", run_config=SECURE),
-            Arm(
-                "ticket-dp z=0.3", "ticket", run_config={**SECURE, **DP, "dp-noise-multiplier": 0.3}
-            ),
-            Arm("dense-dp z=0.3", "dense", run_config={**SECURE, **DP, "dp-noise-multiplier": 0.3}),
-            Arm(
-                "ticket-dp z=1.0", "ticket", run_config={**SECURE, **DP, "dp-noise-multiplier": 1.0}
-            ),
+            Arm("ticket-secagg", "ticket", training=SECURE),
+            Arm("ticket-dp z=0.3", "ticket", training={**SECURE, **DP, "dp_noise_multiplier": 0.3}),
+            Arm("dense-dp z=0.3", "dense", training={**SECURE, **DP, "dp_noise_multiplier": 0.3}),
+            Arm("ticket-dp z=1.0", "ticket", training={**SECURE, **DP, "dp_noise_multiplier": 1.0}),
         ),
-        training={"local-epochs": 5, "batch-size": 10, "lr": 0.1, "optimizer": "sgd"},
-        simulation={"sim-partition": "shards", "sim-partition-shards": 2},
+        training={"local_epochs": 5, "batch_size": 10, "lr": 0.1, "optimizer": "sgd"},
+        simulation={"sim_partition": "shards", "sim_partition_shards": 2},
     ),
     "transfer": Task(
         name="transfer",
@@ -186,8 +190,8 @@ TASKS = {
             Arm("ticket (found on all 4)", "all-sites"),
             Arm("ticket (found on VA only)", "va-only"),
         ),
-        training={"local-epochs": 2, "batch-size": 32, "lr": 1e-3, "optimizer": "adam"},
-        simulation={"sim-partition": "natural", "sim-num-partitions": 4},
+        training={"local_epochs": 2, "batch_size": 32, "lr": 1e-3, "optimizer": "adam"},
+        simulation={"sim_partition": "natural", "sim_num_partitions": 4},
         accuracy_from="federated",  # the three training hospitals' own test rows
     ),
 }
@@ -222,24 +226,26 @@ def run_arm(
 ) -> dict[str, Any]:
     run_dir = work / "runs" / task.name / arm.name.replace(" ", "_").replace("/", "_")
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resumed one
-    config = {
-        "ticket-path": str(ticket),
-        "run-dir": str(run_dir),
-        "allow-unsigned": True,
-        "num-rounds": rounds,
-        "fraction-train": task.per_round / task.nodes,
-        "fraction-evaluate": 1.0 if task.accuracy_from == "federated" else 0.0,
-        "min-nodes": task.per_round,
-        "server-eval": task.dataset if task.accuracy_from == "server" else "",
-        "uplink-dtype": arm.uplink,
-        "downlink-dtype": arm.downlink,
+    training = {
+        "allow_unsigned": True,
+        "num_rounds": rounds,
+        "fraction_train": task.per_round / task.nodes,
+        "fraction_evaluate": 1.0 if task.accuracy_from == "federated" else 0.0,
+        "min_nodes": task.per_round,
+        "server_eval": task.dataset if task.accuracy_from == "server" else None,
+        "uplink_dtype": arm.uplink,
+        "downlink_dtype": arm.downlink,
         "seed": seed,
-        "sim-dataset": task.dataset,
-        "sim-partition-seed": seed,
-        **task.simulation,
         **task.training,
-        **arm.run_config,
+        **arm.training,
     }
+    simulation = {"sim_dataset": task.dataset, "sim_partition_seed": seed, **task.simulation}
+    run = RunConfig(
+        placement=RunPlacement(ticket_path=ticket, run_dir=run_dir),
+        training=TrainingSettings(**training),
+        simulation=SimulationSettings(**simulation),
+    )
+    config = to_run_config(run)
     federation = {"num-supernodes": task.nodes, "client-resources-num-cpus": 1}
     outcome = fleet.run(config, timeout_s=6 * 3600, federation_config=federation)
     if not outcome.completed:
@@ -317,16 +323,9 @@ def run_loopback(work: Path, rounds: int, seed: int) -> dict[str, Any]:
     run_dir = work / "loopback-run"
     shutil.rmtree(run_dir, ignore_errors=True)
     shutil.rmtree(work / "loopback", ignore_errors=True)
-    config = {
-        "ticket-path": str(ticket),
-        "run-dir": str(run_dir),
-        "allow-unsigned": True,
-        "num-rounds": rounds,
-        "min-nodes": 4,
-        "server-eval": "heart-uci",
-        "seed": seed,
-        **task.training,
-    }
+    config = run_config(
+        ticket, run_dir=run_dir, num_rounds=rounds, min_nodes=4, seed=seed, **task.training
+    )
     with Loopback(work / "loopback", ROOT, heart_node_configs(ticket, 4)) as fleet:
         outcome = fleet.run(config, timeout_s=1800)
         peak = dict(fleet.peak_rss)

@@ -216,11 +216,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = run_config(
             ticket,
             run_dir=args.work / "run",
-            rounds=2,
-            nodes=2,
-            **{"fleet-key": str(fleet_key.resolve())},
+            fleet_key=fleet_key,
+            num_rounds=2,
+            min_nodes=2,
         )
-        config["allow-unsigned"] = False
         outcome = fleet.run(config, timeout_s=600)
         stop.set()
         sampler.join()

@@ -188,29 +188,27 @@ def glue_round_trips(work: Path) -> dict[str, Any]:
 def loopback(work: Path, rounds: int, seed: int) -> dict[str, Any]:
     """The heart ticket on a real deployment, plaintext then secure."""
     from bench.comm import TASKS, find_tickets
-    from loopback.demo import heart_node_configs, round_rows
+    from loopback.demo import heart_node_configs, round_rows, run_config
     from loopback.launcher import Loopback
 
     task = TASKS["fed-heart"]
     ticket = Path(find_tickets(task, work, seed)["ticket"]["path"])
     arms: dict[str, Any] = {}
-    for arm, extra in (("plaintext", {}), ("secure", {"secagg": True})):
+    for arm, is_secure in (("plaintext", False), ("secure", True)):
         run_dir = work / f"loopback-{arm}"
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(work / "loopback", ignore_errors=True)
-        config = {
-            "ticket-path": str(ticket),
-            "run-dir": str(run_dir),
-            "allow-unsigned": True,
-            "num-rounds": rounds,
-            "min-nodes": 4,
-            "server-eval": "heart-uci",
-            "fraction-evaluate": 0.0,  # the server scores the pooled held-out rows
-            "round-timeout-s": 120.0,
-            "seed": seed,
+        config = run_config(
+            ticket,
+            run_dir=run_dir,
+            num_rounds=rounds,
+            min_nodes=4,
+            fraction_evaluate=0.0,  # the server scores the pooled held-out rows
+            round_timeout_s=120.0,
+            seed=seed,
+            secagg=is_secure,
             **task.training,
-            **extra,
-        }
+        )
         with Loopback(work / "loopback", ROOT, heart_node_configs(ticket, 4)) as fleet:
             outcome = fleet.run(config, timeout_s=600)
         if not outcome.completed:

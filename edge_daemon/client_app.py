@@ -1,35 +1,20 @@
 """The device's Flower ClientApp: train or evaluate the cached ticket on local data, packed.
 
-Wire schema (must match server/strategy.py; no indices travel, both ends derive the layout from
-the ticket): instruction = ArrayRecord "arrays" {"packed": codec bytes of kind MODEL} plus
-ConfigRecord "config"; train reply = ArrayRecord "arrays" {"packed": codec bytes of kind UPDATE}
-plus MetricRecord "metrics" {"num-examples", "train-loss"}; evaluate reply = MetricRecord
-"metrics" {"num-examples", "loss", "accuracy", and "auc" for binary tasks}; an evaluate
-instruction whose config carries a training schedule (a rollout's canary probe) trains from
-the values first. A round this node cannot take part in gets a Flower `Error` reply; the
-process never crashes on bad input.
+Messages are ticket/wire.py's (TrainInstruction -> TrainReply, EvaluateInstruction ->
+EvaluateReply), converted by flower_wire; an evaluate instruction with a probe (a rollout's
+canary) trains from the values first. A round this node cannot take part in gets a Flower
+`Error` reply with a wire.ErrorCode; the process never crashes on bad input.
 """
 
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import IntEnum
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    Context,
-    Error,
-    Message,
-    MetricRecord,
-    MetricRecordValues,
-    RecordDict,
-)
+from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 from torch import nn
 
@@ -43,31 +28,25 @@ from edge_daemon.local_data import (
     load_store_data,
 )
 from edge_daemon.secagg_client import LocalUpdate, SecAggStepError
+from flower_wire import from_flower
+from flower_wire import reply as wire_reply
+from ticket import runconfig
 from ticket.bundle import Ticket, load_ticket, to_torch_masks
 from ticket.codec import Kind, decode_vector, encode_vector
 from ticket.errors import TicketError
 from ticket.packing import PackLayout
 from ticket.train import TrainConfig, evaluate, load_weights, snapshot, train_masked
-
-ARRAYS_KEY = "arrays"
-CONFIG_KEY = "config"
-METRICS_KEY = "metrics"
-PAYLOAD_KEY = "packed"
-# Raw codec bytes ride in an Array's data; a stype other than "numpy.ndarray" makes an
-# accidental Array.numpy() on them fail loudly instead of parsing codec bytes as .npy.
-PAYLOAD_STYPE = "ticketfleet.codec"
+from ticket.wire import TRAIN_LOSS as TRAIN_LOSS_METRIC
+from ticket.wire import (  # ErrorCode: the codes the server reads, part of the wire contract
+    ErrorCode,
+    EvaluateInstruction,
+    EvaluateReply,
+    Schedule,
+    TrainInstruction,
+    TrainReply,
+)
 
 ConfigValue = bool | float | int | str
-
-
-class ErrorCode(IntEnum):
-    """`Error.code` of our replies; above Flower's own codes (0-8, flwr.common.constant)."""
-
-    NODE_CONFIG = 1001  # this node's config is unusable
-    TICKET = 1002  # the ticket is missing, unverifiable, or not the one the run trains
-    LOCAL_DATA = 1003  # no usable local data
-    INSTRUCTIONS = 1004  # the message is malformed (bad config, undecodable payload)
-    SECAGG = 1005  # a secure aggregation step failed or was refused (state lost, bad message)
 
 
 class NodeConfigError(Exception):
@@ -142,43 +121,40 @@ class NodeSettings:
 # Flower's Simulation Engine gives each virtual node exactly these keys and nothing else; a
 # real node's config always names its ticket and data.
 SIMULATED_NODE_KEYS = frozenset({"partition-id", "num-partitions"})
-# run config key -> node config key, for virtual nodes. The Simulation Engine runs every virtual
-# node on the server's machine, so the server's ticket path is theirs too.
-_SIMULATION_KEYS = {
-    "ticket-path": "ticket-path",
-    "fleet-key": "fleet-key",
-    "allow-unsigned": "allow-unsigned",
-    "sim-dataset": "dataset",
-    "sim-partition": "partition",
-    "sim-partition-seed": "partition-seed",
-    "sim-partition-shards": "partition-shards",
-    "sim-partition-alpha": "partition-alpha",
-}
 
 
 def simulated_node_config(run_config: Mapping[str, ConfigValue]) -> dict[str, ConfigValue]:
-    """The node config a virtual node would have had, from the run config's `sim-*` keys."""
-    if not run_config.get("sim-dataset"):
+    """The node config a virtual node would have had, from the run config's sim-* keys (and its
+    ticket-path, fleet-key, allow-unsigned: the Simulation Engine runs every virtual node on the
+    server's machine, so the server's ticket is theirs too)."""
+    try:
+        run = runconfig.parse(run_config)
+    except runconfig.RunConfigError as error:
+        raise NodeConfigError(f"virtual node (Simulation Engine): {error}") from None
+    sim, where = run.simulation, run.placement
+    if sim.sim_dataset is None:
         raise NodeConfigError(
             "virtual node (Simulation Engine): the run config's sim-dataset is empty"
         )
-    config = {
-        node_key: run_config[run_key]
-        for run_key, node_key in _SIMULATION_KEYS.items()
-        if run_key in run_config
+    config: dict[str, ConfigValue] = {
+        "allow-unsigned": run.training.allow_unsigned,
+        "dataset": sim.sim_dataset,
+        "partition": sim.sim_partition,
+        "partition-seed": sim.sim_partition_seed,
     }
+    # A path left empty in the run config means "none" there; a node config omits it instead.
+    for key, path in (("ticket-path", where.ticket_path), ("fleet-key", where.fleet_key)):
+        if path is not None:
+            config[key] = str(path)
     # N virtual nodes take partitions 0..N-1 of an N-way split unless the run asks for a wider
     # one (e.g. the first 3 of heart-uci's 4 hospitals).
-    split = run_config.get("sim-num-partitions", 0)
-    if split:
-        config["num-partitions"] = split
-    # An empty fleet-key in the run config means "none" there; a node config omits it instead.
-    if config.get("fleet-key") == "":
-        del config["fleet-key"]
+    if sim.sim_num_partitions:
+        config["num-partitions"] = sim.sim_num_partitions
     # The run config holds every partitioner's option; pass on only the chosen one's.
-    for key, scheme in (("partition-shards", "shards"), ("partition-alpha", "dirichlet")):
-        if config.get("partition") != scheme:
-            config.pop(key, None)
+    if sim.sim_partition == "shards":
+        config["partition-shards"] = sim.sim_partition_shards
+    if sim.sim_partition == "dirichlet":
+        config["partition-alpha"] = sim.sim_partition_alpha
     return config
 
 
@@ -195,31 +171,29 @@ class Instructions:
 
     @classmethod
     def from_message(cls, message: Message, *, is_train: bool) -> "Instructions":
-        content = message.content
-        if ARRAYS_KEY not in content.array_records or CONFIG_KEY not in content.config_records:
-            raise InstructionError(f"message lacks the {ARRAYS_KEY!r} or {CONFIG_KEY!r} record")
-        arrays, config = content.array_records[ARRAYS_KEY], content.config_records[CONFIG_KEY]
-        if PAYLOAD_KEY not in arrays or arrays[PAYLOAD_KEY].stype != PAYLOAD_STYPE:
-            raise InstructionError(f"message lacks a {PAYLOAD_KEY!r} payload")
-        # An evaluate message with a training schedule is a rollout's canary probe
-        # (server/rollout.py): train from the values sent, then score; nothing is kept.
-        is_probe = not is_train and "local-epochs" in config
-        train = None
-        if is_train or is_probe:
-            train = TrainConfig(
-                epochs=_get(config, "local-epochs", int),
-                batch_size=_get(config, "batch-size", int),
-                lr=float(_get(config, "lr", float)),
-                optimizer=_get(config, "optimizer", str),
-            )
-        return cls(
-            ticket_id=_get(config, "ticket-id", str),
-            server_round=_get(config, "server-round", int),
-            payload=arrays[PAYLOAD_KEY].data,
-            dtype=_get(config, "dtype", str) if is_train else "float32",
-            train=train,
-            seed=_get(config, "seed", int) if train is not None else 0,
-        )
+        """The typed instruction; a malformed one raises WireError (a TicketError)."""
+        records = from_flower(message.content)
+        if is_train:
+            ask = TrainInstruction.from_record(records)
+            schedule = _config(ask.schedule)
+            return cls(ask.ticket_id, ask.server_round, ask.payload, ask.dtype, schedule, ask.seed)
+        # An evaluate instruction with a probe is a rollout's canary (server/rollout.py):
+        # train from the values sent, then score; nothing is kept.
+        score = EvaluateInstruction.from_record(records)
+        probe = score.probe
+        train = None if probe is None else _config(probe.schedule)
+        seed = 0 if probe is None else probe.seed
+        return cls(score.ticket_id, score.server_round, score.payload, "float32", train, seed)
+
+
+def _config(schedule: Schedule) -> TrainConfig:
+    """The core's training config (which checks the ranges) of a wire schedule."""
+    return TrainConfig(
+        epochs=schedule.epochs,
+        batch_size=schedule.batch_size,
+        lr=schedule.lr,
+        optimizer=schedule.optimizer,
+    )
 
 
 # eq=False: holds a model and tensors.
@@ -249,7 +223,7 @@ def train(message: Message, context: Context) -> Message:
     examples = int(work.data.y_train.shape[0])
     if work.node.state_path is not None:
         record_round(work.node.state_path, bytes_sent=len(payload), loss=loss)
-    return reply(message, payload, {"num-examples": examples, "train-loss": loss})
+    return wire_reply(message, TrainReply(payload, examples, loss).to_record())
 
 
 def train_secure(message: Message, context: Context) -> Message:
@@ -293,7 +267,9 @@ def record_round(state_path: Path, *, bytes_sent: int, loss: float) -> None:
     at = datetime.now(UTC)
     update_state(
         state_path,
-        lambda state: state.with_round(at=at, bytes_sent=bytes_sent, metrics={"train-loss": loss}),
+        lambda state: state.with_round(
+            at=at, bytes_sent=bytes_sent, metrics={TRAIN_LOSS_METRIC: loss}
+        ),
     )
 
 
@@ -308,14 +284,9 @@ def evaluate_(message: Message, context: Context) -> Message:
         result = evaluate(work.model, work.data.x_test, work.data.y_test)
     except SKIP_ROUND as error:
         return error_reply(message, error)
-    metrics: dict[str, MetricRecordValues] = {
-        "num-examples": result.examples,
-        "loss": result.loss,
-        "accuracy": result.accuracy,
-    }
-    if result.auc is not None:  # None: not a binary task, or the test rows hold one class
-        metrics["auc"] = result.auc
-    return reply(message, None, metrics)
+    # auc is None for a non-binary task, or when the test rows hold one class.
+    scores = EvaluateReply(result.examples, result.loss, result.accuracy, result.auc)
+    return wire_reply(message, scores.to_record())
 
 
 def prepare(
@@ -335,7 +306,7 @@ def prepare(
         segment_sizes=layout.segment_sizes,
     )
     load_weights(model, layout.unpack_torch(values))
-    preprocessing = ticket.manifest["data"].get("preprocessing")
+    preprocessing = ticket.manifest.data.preprocessing
     data = (
         load_store_data(node.data, preprocessing)
         if isinstance(node.data, StoreSpec)
@@ -403,19 +374,6 @@ def local_seed(base: int, server_round: int, node_id: int) -> int:
     return int.from_bytes(digest.digest()[:4], "little")
 
 
-def reply(
-    message: Message, payload: bytes | None, metrics: dict[str, MetricRecordValues]
-) -> Message:
-    content = RecordDict({METRICS_KEY: MetricRecord(metrics)})
-    if payload is not None:
-        content[ARRAYS_KEY] = ArrayRecord({PAYLOAD_KEY: payload_array(payload)})
-    return Message(content, reply_to=message)
-
-
-def payload_array(payload: bytes) -> Array:
-    return Array(dtype="uint8", shape=(len(payload),), stype=PAYLOAD_STYPE, data=payload)
-
-
 def error_reply(message: Message, error: Exception) -> Message:
     code = next(code for kinds, code in _ERROR_CODES if isinstance(error, kinds))
     reason = f"{type(error).__name__}: {error}"
@@ -446,12 +404,3 @@ def _path(config: Mapping[str, ConfigValue], key: str) -> Path | None:
     if not isinstance(value, str) or not value:
         raise NodeConfigError(f"node config: {key} must be a path, got {value!r}")
     return Path(value)
-
-
-def _get(config: Mapping[str, object], key: str, kind: type) -> Any:
-    value = config.get(key)
-    # bool is an int subclass: local-epochs=true is a mistake, not one epoch.
-    is_number = kind is float and isinstance(value, int | float)
-    if isinstance(value, bool) or not (isinstance(value, kind) or is_number):
-        raise InstructionError(f"config {key!r} must be {kind.__name__}, got {value!r}")
-    return value

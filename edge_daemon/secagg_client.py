@@ -1,13 +1,9 @@
 """The device's secure aggregation steps: Flower messages in, ticket/secagg calls, replies out.
 
-Wire schema (must match server/secagg_round.py): ConfigRecord "secagg" with "round" (int),
-"weight-cap" (int) and the parts the server asks for: "advert-round" (int) -> reply
-"key-advert"; "key-bundle" (bytes) with "bundle-round" (int) -> "share-bundle";
-"mask-request" (bytes, on a train message with the global values; under differential privacy
-with "dp-clip-norm" and "dp-noise-std" (float)) -> "masked-input";
-"unmask-request" (bytes) -> "unmask-response". A train message may carry a mask request and an
-advert request, a query message an unmask request and a key bundle, or the setup exchange's
-single parts. Nothing per node but the masked vector leaves: no example count, no loss.
+Messages are ticket/wire.py's SecAggRequest and SecAggReply: an advert request -> a key advert,
+a key bundle -> a share bundle, a mask request (on a train message with the global values; under
+differential privacy with the clip norm and noise std) -> a masked input, an unmask request ->
+an unmask response. Nothing per node but the masked vector leaves: no example count, no loss.
 
 The node's protocol state (RoundSecrets until its shares go out, then NodeRound) lives in
 `context.state` (one run on one SuperNode: every message runs in a fresh clientapp process)
@@ -25,8 +21,10 @@ from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message
 
+from flower_wire import from_flower
+from flower_wire import reply as wire_reply
 from ticket.atomic import atomic_write_bytes
 from ticket.errors import TicketError
 from ticket.secagg import (
@@ -40,8 +38,8 @@ from ticket.secagg import (
 )
 from ticket.secagg.privacy import privatize
 from ticket.secagg.weighting import weighted_input
+from ticket.wire import SecAggReply, SecAggRequest, WireError
 
-SECAGG_KEY = "secagg"
 STATE_KEY = "secagg-state"  # in context.state: a ConfigRecord of protocol state bytes
 _T = TypeVar("_T")
 
@@ -51,7 +49,7 @@ class SecAggStepError(Exception):
 
 
 class InstructionsError(SecAggStepError):
-    """The secagg record lacks a key or holds one of the wrong type."""
+    """The secagg record lacks a key or holds one of the wrong type (its WireError's text)."""
 
 
 @dataclass(frozen=True)
@@ -68,68 +66,58 @@ Trainer = Callable[[], LocalUpdate]
 
 
 def is_secure(message: Message) -> bool:
-    return SECAGG_KEY in message.content.config_records
+    return SecAggRequest.is_request(from_flower(message.content))
+
+
+def read_request(message: Message) -> SecAggRequest:
+    try:
+        return SecAggRequest.from_record(from_flower(message.content))
+    except WireError as error:
+        raise InstructionsError(str(error)) from None
 
 
 def train_step(message: Message, context: Context, trainer: Trainer) -> tuple[Message, int]:
     """Trip A: mask this round's update (if a member) and advertise next round's keys (if
     asked); (reply, bytes of the masked vector, 0 if none). Raises SecAggStepError."""
-    ask = message.content.config_records[SECAGG_KEY]
+    ask = read_request(message)
     store = StateStore.of(context)
-    r = _int(ask, "round")
-    parts: dict[str, bytes] = {}
-    if "mask-request" in ask:
+    r, masked, advert = ask.round, None, None
+    if ask.mask_request is not None:
+        request = ask.mask_request
         state = store.node_round(r)
-        dp = _dp_request(ask)
         update = trainer()
-        vector = _protocol(
-            "mask", lambda: _input(update, dp, state.params, _int(ask, "weight-cap"))
-        )
+        vector = _protocol("mask", lambda: _input(update, ask.dp, state.params, ask.weight_cap))
         rng = np.random.default_rng(update.seed)
-        masked, state = _protocol(
-            "mask", lambda: mask_input(_bytes(ask, "mask-request"), state, vector, rng=rng)
-        )
+        masked, state = _protocol("mask", lambda: mask_input(request, state, vector, rng=rng))
         store.put(f"round-{r}", state.to_bytes())
-        parts["masked-input"] = masked
-    if "advert-round" in ask:
-        parts["key-advert"] = _advertise(store, context, _int(ask, "advert-round"))
+    if ask.advert_round is not None:
+        advert = _advertise(store, context, ask.advert_round)
     store.save(keep_from=r - 1)
-    return _reply(message, parts), len(parts.get("masked-input", b""))
+    answer = SecAggReply(masked_input=masked, key_advert=advert)
+    return wire_reply(message, answer.to_record()), len(masked or b"")
 
 
 def query_step(message: Message, context: Context) -> Message:
     """Setup and trip B: advertise keys, reveal shares, share next round's secrets."""
-    ask = message.content.config_records[SECAGG_KEY]
+    ask = read_request(message)
     store = StateStore.of(context)
-    r = _int(ask, "round")
-    parts: dict[str, bytes] = {}
-    if "advert-round" in ask:
-        parts["key-advert"] = _advertise(store, context, _int(ask, "advert-round"))
-    if "unmask-request" in ask:
+    r, advert, revealed, shares = ask.round, None, None, None
+    if ask.advert_round is not None:
+        advert = _advertise(store, context, ask.advert_round)
+    if ask.unmask_request is not None:
+        request = ask.unmask_request
         state = store.node_round(r)
-        reply, state = _protocol(
-            "unmask", lambda: reveal_shares(_bytes(ask, "unmask-request"), state)
-        )
+        revealed, state = _protocol("unmask", lambda: reveal_shares(request, state))
         store.put(f"round-{r}", state.to_bytes())
-        parts["unmask-response"] = reply
-    if "key-bundle" in ask:
-        nxt = _int(ask, "bundle-round")
+    if ask.key_bundle is not None and ask.bundle_round is not None:
+        bundle, nxt = ask.key_bundle, ask.bundle_round
         held = store.get(f"secrets-{nxt}", nxt)
         secrets = _protocol("state", lambda: RoundSecrets.from_bytes(held))
-        shares, state = _protocol(
-            "shares", lambda: distribute_shares(_bytes(ask, "key-bundle"), secrets)
-        )
+        shares, state = _protocol("shares", lambda: distribute_shares(bundle, secrets))
         store.put(f"round-{nxt}", state.to_bytes())
-        parts["share-bundle"] = shares
     store.save(keep_from=r - 1)
-    return _reply(message, parts)
-
-
-def _dp_request(ask: ConfigRecord) -> tuple[float, float] | None:
-    """(clip norm C, noise std sigma) when the round is under differential privacy."""
-    if "dp-clip-norm" not in ask and "dp-noise-std" not in ask:
-        return None
-    return _float(ask, "dp-clip-norm"), _float(ask, "dp-noise-std")
+    answer = SecAggReply(key_advert=advert, unmask_response=revealed, share_bundle=shares)
+    return wire_reply(message, answer.to_record())
 
 
 def _input(
@@ -167,10 +155,6 @@ def _protocol(step: str, call: Callable[[], _T]) -> _T:
         return call()
     except TicketError as error:  # MessageError, RevealRefusedError, IntegrityError, ...
         raise SecAggStepError(f"{step}: {type(error).__name__}: {error}") from None
-
-
-def _reply(message: Message, parts: dict[str, bytes]) -> Message:
-    return Message(RecordDict({SECAGG_KEY: ConfigRecord(dict(parts))}), reply_to=message)
 
 
 class StateStore:
@@ -236,24 +220,3 @@ def _read_file(path: Path) -> dict[str, bytes]:
         return {str(key): bytes.fromhex(value) for key, value in document.items()}
     except (OSError, ValueError, AttributeError, TypeError):
         return {}  # unreadable state: this node sits out the rounds it was for
-
-
-def _int(config: ConfigRecord, key: str) -> int:
-    value = config.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InstructionsError(f"secagg {key!r} must be int, got {type(value).__name__}")
-    return value
-
-
-def _float(config: ConfigRecord, key: str) -> float:
-    value = config.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InstructionsError(f"secagg {key!r} must be float, got {type(value).__name__}")
-    return float(value)
-
-
-def _bytes(config: ConfigRecord, key: str) -> bytes:
-    value = config.get(key)
-    if not isinstance(value, bytes):
-        raise InstructionsError(f"secagg {key!r} must be bytes, got {type(value).__name__}")
-    return value

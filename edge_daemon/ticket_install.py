@@ -1,43 +1,39 @@
 """A ticket pushed by `ticket deploy`: verify it against this device's fleet key, cache it, ack.
 
-Wire schema (must match server/rollout.py): a "query" message with ArrayRecord "bundle"
-{"ticket": the .ticket bytes (stype "ticketfleet.bundle")} and ConfigRecord "config"
-{"ticket-id": content id}; the reply is ConfigRecord "ack" {"status": "installed" or
-"rejected", "ticket-id", "reason"}. A refusal is an answer, not an Error: the operator's table
-must say why each device refused. The key that decides is the one in this device's own
+Messages are ticket/wire.py's: a "query" message holding an InstallPush, answered by an
+InstallAck. A refusal (a malformed push included) is an answer, not an Error: the operator's
+table must say why each device refused. The key that decides is the one in this device's own
 configuration (node config `fleet-key`), never anything the message carries.
 """
 
 from collections.abc import Mapping
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import Message
 
-BUNDLE_KEY = "bundle"
-BUNDLE_ARRAY = "ticket"
-BUNDLE_STYPE = "ticketfleet.bundle"
-ACK_KEY = "ack"
-INSTALLED = "installed"
-REJECTED = "rejected"
+from flower_wire import from_flower
+from flower_wire import reply as wire_reply
+from ticket.wire import INSTALLED, REJECTED, AckStatus, InstallAck, InstallPush, WireError
 
 ConfigValue = bool | float | int | str
 
 
 def is_install(message: Message) -> bool:
-    return BUNDLE_KEY in message.content.array_records
+    return InstallPush.is_push(from_flower(message.content))
 
 
 def install(message: Message, node_config: Mapping[str, ConfigValue]) -> Message:
     """Verify and cache the pushed ticket; reply with an ack saying installed or why not."""
     from edge_daemon.ticket_cache import TicketCache, TicketCacheError
 
-    wanted = _wanted_id(message)
+    try:
+        push = InstallPush.from_record(from_flower(message.content))
+    except WireError as error:
+        return _ack(message, REJECTED, "", str(error))
+    wanted = push.ticket_id
     try:
         tickets_dir, fleet_key = _cache_settings(node_config)
-        bundle = message.content.array_records[BUNDLE_KEY].get(BUNDLE_ARRAY)
-        if bundle is None or bundle.stype != BUNDLE_STYPE:
-            raise InstallRefusedError(f"the message carries no {BUNDLE_ARRAY!r} bundle")
-        content_id = TicketCache(tickets_dir, fleet_key).add(bytes(bundle.data))
+        content_id = TicketCache(tickets_dir, fleet_key).add(push.bundle)
         if wanted and content_id != wanted:
             # Stored under its own id, so nothing is mislabelled; but the rollout asked for
             # another ticket, and the operator must hear about it.
@@ -67,18 +63,11 @@ def _cache_settings(config: Mapping[str, ConfigValue]) -> tuple[Path, Path]:
     return Path(tickets_dir), Path(fleet_key)
 
 
-def _wanted_id(message: Message) -> str:
-    config = message.content.config_records.get("config")
-    value = None if config is None else config.get("ticket-id")
-    return value if isinstance(value, str) else ""
-
-
 def _reason(error: Exception) -> str:
     # The cache names its own files in some messages; the server needs the why, not our paths.
     text = str(error)
     return text.split(": ", 1)[1] if text.startswith("/") and ": " in text else text
 
 
-def _ack(message: Message, status: str, ticket_id: str, reason: str) -> Message:
-    record = ConfigRecord({"status": status, "ticket-id": ticket_id, "reason": reason})
-    return Message(RecordDict({ACK_KEY: record}), reply_to=message)
+def _ack(message: Message, status: AckStatus, ticket_id: str, reason: str) -> Message:
+    return wire_reply(message, InstallAck(status, ticket_id, reason).to_record())

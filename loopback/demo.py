@@ -23,6 +23,7 @@ from loopback.devices import Device, DeviceSetupError, prepare_devices
 from loopback.launcher import Loopback, LoopbackError, RunOutcome, free_port
 from ticket.config_text import ConfigValue
 from ticket.data.heart import HEART_SITES
+from ticket.runconfig import RunConfig, RunPlacement, TrainingSettings, to_run_config
 from ticket.tls import write_dev_pki
 
 HOSPITALS = len(HEART_SITES)  # heart-uci's natural partition: one partition per hospital
@@ -50,19 +51,21 @@ def heart_node_configs(
 
 
 def run_config(
-    ticket: Path, *, run_dir: Path, rounds: int, nodes: int, **extra: ConfigValue
-) -> dict[str, Any]:
+    ticket: Path, *, run_dir: Path, fleet_key: Path | None = None, **training: Any
+) -> dict[str, ConfigValue]:
     """Run config for heart-uci: checkpoints and the round log go to `run_dir`, the server
-    scores the pooled held-out rows of all four hospitals every round."""
-    return {
-        "ticket-path": str(ticket.resolve()),
-        "run-dir": str(run_dir.resolve()),
-        "server-eval": "heart-uci",
-        "allow-unsigned": True,
-        "num-rounds": rounds,
-        "min-nodes": nodes,
-        **extra,
-    }
+    scores the pooled held-out rows of all four hospitals every round. `training` sets
+    ticket/runconfig.py's TrainingSettings (num_rounds=3, min_nodes=2, ...); without a
+    `fleet_key` the ticket trains unsigned."""
+    placement = RunPlacement(
+        ticket_path=ticket.resolve(),
+        run_dir=run_dir.resolve(),
+        fleet_key=None if fleet_key is None else fleet_key.resolve(),
+    )
+    settings = TrainingSettings(
+        **{"server_eval": "heart-uci", "allow_unsigned": fleet_key is None, **training}
+    )
+    return to_run_config(RunConfig(placement=placement, training=settings))
 
 
 def find_ticket(out: Path, *, density: float) -> tuple[Path, Path]:
@@ -189,15 +192,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = run_config(
         ticket,
         run_dir=workdir / "run",
-        rounds=args.rounds,
-        nodes=args.nodes,
-        **{
-            "local-epochs": args.local_epochs,
-            "fleet-key": str(fleet_key.resolve()),
-            "secagg": args.secagg,
-        },
+        fleet_key=fleet_key,
+        num_rounds=args.rounds,
+        min_nodes=args.nodes,
+        local_epochs=args.local_epochs,
+        secagg=args.secagg,
     )
-    config["allow-unsigned"] = False
     updates = "masked by secure aggregation" if args.secagg else "in the clear (--no-secagg)"
     print(
         f"starting a SuperLink (TLS, node authentication) and {args.nodes} edge daemons on "

@@ -44,6 +44,7 @@ from server.superlink import (
     superlink_command,
     wait_for_port,
 )
+from ticket import runconfig
 from ticket.config_text import ConfigValue, toml_values
 from ticket.tls import TlsFiles
 
@@ -287,8 +288,8 @@ class Loopback:
         earlier attempts too, and its round numbers (here and in `on_round`) are run-wide.
         """
         config = dict(run_config)
-        run_dir = config.get("run-dir")
-        log = RunLog(Path(str(run_dir)) / "rounds.jsonl") if run_dir else None
+        run_dir = runconfig.parse(config).placement.run_dir
+        log = RunLog(run_dir / "rounds.jsonl") if run_dir is not None else None
         earlier = log.read() if log is not None else []
         # Flower logs `[ROUND k/N]` counting from 1 in every attempt; a resumed run starts after
         # the last logged round.

@@ -213,7 +213,7 @@ def _summary(config: FleetConfig, target: TrainingTarget | None) -> RunSummary:
             status = None
     return read_summary(
         config.run_dir() if target is None else target.run_dir,
-        rounds_planned=config.run.rounds,
+        rounds_planned=config.run.num_rounds,
         run_id=run_id,
         run_status=status,
     )

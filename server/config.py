@@ -9,19 +9,34 @@ Paths left out (tls.*, fleet_key, fleet_signing_key) mean "the files `fleet-serv
 under state_dir"; paths given are the operator's own and must exist when they are used.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
 
 from server.paths import ServerPaths
-from ticket.codec import DTYPES
 from ticket.config_schema import SchemaLoader, read_document, rejecting_duplicate_keys
-from ticket.config_text import ConfigValue
-from ticket.data import DATASETS
+from ticket.runconfig import (
+    OPTIMIZERS,
+    ConfigValue,
+    RunConfig,
+    RunPlacement,
+    TrainingSettings,
+    to_run_config,
+)
 from ticket.tls import TlsFiles
 
-OPTIMIZERS = ("adam", "sgd")  # ticket.train.OPTIMIZERS, without importing torch for `status`
+__all__ = [
+    "OPTIMIZERS",
+    "WILDCARD_HOSTS",
+    "ConfigError",
+    "FleetConfig",
+    "ListenConfig",
+    "RunSection",
+    "TlsConfig",
+    "load_config",
+]
+
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
@@ -45,35 +60,20 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
-class RunSection:
-    """The training run; each key maps onto one ServerApp run-config key (server_app.py)."""
+class RunSection(TrainingSettings):
+    """The training run: the training settings of ticket/runconfig.py (the same names, types,
+    ranges and defaults; `num_rounds` is run-config key num-rounds), plus where the run is."""
 
-    # [ticket-path] the signed .ticket to train; None: the fleet's active ticket (the last one
+    # The signed .ticket to train; None: the fleet's active ticket (the last one
     # `ticket deploy -c server.yaml` rolled out), in run directory state_dir/runs/NAME-<id12>
     ticket: Path | None = None
     name: str = "main"  # the run directory state_dir/runs/NAME; a new name starts afresh
-    rounds: int = field(default=3, metadata={"ge": 1})  # [num-rounds]
-    min_nodes: int = field(default=2, metadata={"ge": 1})  # [min-nodes]
-    round_timeout_s: float = field(default=600.0, metadata={"gt": 0})  # [round-timeout-s]
-    fraction_train: float = field(default=1.0, metadata={"gt": 0, "le": 1})
-    fraction_evaluate: float = field(default=1.0, metadata={"ge": 0, "le": 1})
-    min_replies: int = field(default=1, metadata={"ge": 1})
-    local_epochs: int = field(default=1, metadata={"ge": 1})
-    batch_size: int = field(default=32, metadata={"ge": 1})
-    lr: float = field(default=0.001, metadata={"gt": 0})
-    optimizer: str = field(default="adam", metadata={"choices": OPTIMIZERS})
-    uplink_dtype: str = field(default="float32", metadata={"choices": DTYPES})
-    downlink_dtype: str = field(default="float32", metadata={"choices": DTYPES})
-    seed: int = field(default=0, metadata={"ge": 0})
-    server_eval: str | None = field(default=None, metadata={"choices": tuple(DATASETS)})
-    allow_unsigned: bool = False
-    secagg: bool = False
-    secagg_clip: float = field(default=0.25, metadata={"gt": 0})
-    secagg_levels: int = field(default=16384, metadata={"ge": 2})
-    secagg_weight_cap: int = field(default=1000, metadata={"ge": 1})
-    dp_noise_multiplier: float = field(default=0.0, metadata={"ge": 0})  # 0: off; needs secagg
-    dp_clip_norm: float = field(default=0.1, metadata={"gt": 0})
-    dp_delta: float = field(default=1e-5, metadata={"gt": 0, "le": 0.5})
+
+    @property
+    def training(self) -> TrainingSettings:
+        """These settings without the server-only keys."""
+        names = [spec.name for spec in fields(TrainingSettings)]
+        return TrainingSettings(**{name: getattr(self, name) for name in names})
 
 
 @dataclass(frozen=True)
@@ -129,34 +129,9 @@ class FleetConfig:
     def run_config(self, ticket: Path, run_dir: Path) -> dict[str, ConfigValue]:
         """The ServerApp's run config (`flwr run --run-config`) for `ticket` in `run_dir`; the
         same every time, so a re-run resumes from the run directory's checkpoints."""
-        run = self.run
-        return {
-            "ticket-path": str(ticket),
-            "run-dir": str(run_dir),
-            "fleet-key": "" if run.allow_unsigned else str(self.fleet_public_key),
-            "allow-unsigned": run.allow_unsigned,
-            "num-rounds": run.rounds,
-            "round-timeout-s": run.round_timeout_s,
-            "fraction-train": run.fraction_train,
-            "fraction-evaluate": run.fraction_evaluate,
-            "min-nodes": run.min_nodes,
-            "min-replies": run.min_replies,
-            "local-epochs": run.local_epochs,
-            "batch-size": run.batch_size,
-            "lr": run.lr,
-            "optimizer": run.optimizer,
-            "uplink-dtype": run.uplink_dtype,
-            "downlink-dtype": run.downlink_dtype,
-            "seed": run.seed,
-            "server-eval": run.server_eval or "",
-            "secagg": run.secagg,
-            "secagg-clip": run.secagg_clip,
-            "secagg-levels": run.secagg_levels,
-            "secagg-weight-cap": run.secagg_weight_cap,
-            "dp-noise-multiplier": run.dp_noise_multiplier,
-            "dp-clip-norm": run.dp_clip_norm,
-            "dp-delta": run.dp_delta,
-        }
+        fleet_key = None if self.run.allow_unsigned else self.fleet_public_key
+        placement = RunPlacement(ticket_path=ticket, run_dir=run_dir, fleet_key=fleet_key)
+        return to_run_config(RunConfig(placement=placement, training=self.run.training))
 
 
 _YAML_LOADER = rejecting_duplicate_keys(yaml.SafeLoader)  # a key given twice is an error
@@ -171,6 +146,9 @@ def load_config(path: Path | str) -> FleetConfig:
         error_type=ConfigError,
     )
     loader = SchemaLoader(str(path), path.absolute().parent, error_type=ConfigError)
+    run = data.get("run") if isinstance(data, dict) else None
+    if isinstance(run, dict) and "rounds" in run:
+        raise loader.error("run.rounds", "renamed: use run.num_rounds (the run-config key's name)")
     config: FleetConfig = loader.build(FleetConfig, {} if data is None else data, "")
     given = [name for name in ("ca_cert", "server_cert", "server_key") if getattr(config.tls, name)]
     if given and len(given) != 3:

@@ -1,7 +1,5 @@
 """Server-side evaluation of the global packed vector on held-out data (ticket.train.evaluate)."""
 
-from typing import Any
-
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -20,8 +18,8 @@ class ServerEvaluator:
     def __init__(
         self, ticket: Ticket, layout: PackLayout, x: torch.Tensor, y: torch.Tensor
     ) -> None:
-        spec: dict[str, Any] = ticket.manifest["model"]
-        self.model = build_model(spec["name"], spec["args"], seed=0)  # weights replaced per call
+        spec = ticket.manifest.model
+        self.model = build_model(spec.name, spec.args, seed=0)  # weights replaced per call
         self.layout = layout
         self.x = x  # float32 [M, F]
         self.y = y  # int64 [M]
@@ -33,8 +31,8 @@ class ServerEvaluator:
         The ticket's preprocessing was fitted on the data it was found on (e.g. one hospital);
         its model expects that encoding. Raises TicketError if the dataset cannot take it.
         """
-        preprocessing = ticket.manifest.get("data", {}).get("preprocessing")
-        if not isinstance(preprocessing, dict):
+        preprocessing = ticket.manifest.data.preprocessing
+        if preprocessing is None:
             raise TicketError("the ticket's manifest has no data.preprocessing")
         data = load_encoded(dataset, preprocessing)
         return cls(ticket, layout, data.x_test, data.y_test)

@@ -3,12 +3,14 @@ training run as processes.
 
 `run` starts `flower-superlink` (TLS, node authentication, `--database` in the state directory,
 no run-time dependency installation, its own FLWR_HOME) in a process group of its own, records
-it in the pid file, submits the project's Flower app with the run config server.yaml makes, and
-follows it until it is finished. Every submission of a configuration uses the same run directory
-and settings, so after a kill the ServerApp resumes from the last checkpointed round.
+it in the pid file, submits the Flower app (state_dir/app, written from ticket/runconfig.py)
+with the run config server.yaml makes, and follows it until it is finished. Every submission of
+a configuration uses the same run directory and settings, so after a kill the ServerApp resumes
+from the last checkpointed round.
 """
 
 import contextlib
+import importlib.metadata
 import json
 import math
 import os
@@ -41,7 +43,7 @@ from server.superlink import (
     superlink_command,
     wait_for_port,
 )
-from ticket import crypto
+from ticket import crypto, runconfig
 from ticket.atomic import atomic_write_bytes, atomic_write_text
 from ticket.tls import write_dev_pki
 
@@ -62,17 +64,17 @@ def flower_cli(config: FleetConfig, bin_dir: Path | None = None) -> FlowerCli:
     return FlowerCli(config.paths.cli_home, bin_dir or Path(sys.executable).parent, CONNECTION)
 
 
-def app_dir() -> Path:
-    """The project's Flower app: the directory with the pyproject.toml that names the
-    ServerApp and ClientApp (an editable install of this repository)."""
-    root = Path(__file__).resolve().parents[1]
-    pyproject = root / "pyproject.toml"
-    if not pyproject.is_file() or "[tool.flwr.app" not in pyproject.read_text(errors="replace"):
+def write_app(config: FleetConfig) -> Path:
+    """The Flower app to submit, written afresh from ticket/runconfig.py: a directory with
+    only its pyproject.toml, whose components are the ServerApp and ClientApp installed here."""
+    try:
+        version = importlib.metadata.version(runconfig.PROJECT)
+    except importlib.metadata.PackageNotFoundError:
         raise FleetError(
-            f"no Flower app at {root} (pyproject.toml with [tool.flwr.app]); install the "
-            "project from its source tree with `pip install -e .`"
-        )
-    return root
+            f"{runconfig.PROJECT} is not installed: the Flower app's components are its "
+            "installed modules; install it with `pip install -e .`"
+        ) from None
+    return runconfig.write_app(config.paths.app_dir, name=runconfig.PROJECT, version=version)
 
 
 # -- init ----------------------------------------------------------------------------------
@@ -246,7 +248,7 @@ class FleetServer:
             active_ticket(self.config)  # a damaged ledger stops us before anything starts
         if not config.run.allow_unsigned and not config.fleet_public_key.is_file():
             raise FleetError(f"{config.fleet_public_key}: no fleet key; run `fleet-server init`")
-        app_dir()
+        write_app(config)  # before anything starts: a project that is not installed stops us
 
     def _clear_leftovers(self, pid_file: PidFile) -> None:
         owner, groups = pid_file.read()
@@ -332,17 +334,17 @@ class FleetServer:
         log = RunLog(run_dir / "rounds.jsonl")
         done = {line["round"] for line in log.read()}
         if done:
-            self.out(f"resuming {run_dir} after round {max(done)} of {config.run.rounds}")
+            self.out(f"resuming {run_dir} after round {max(done)} of {config.run.num_rounds}")
         attempt = sum(1 for _ in paths.logs_dir.glob("flwr-run-*.log")) + 1
         stream_log = paths.logs_dir / f"flwr-run-{attempt}.log"
         run_config = config.run_config(target.ticket, run_dir)
-        stream = self.cli.submit(app_dir(), run_config, log_path=stream_log)
+        stream = self.cli.submit(paths.app_dir, run_config, log_path=stream_log)
         self._track("flwr-run", stream)
         run_id = None
         while True:
             if run_id is None and (run_id := run_id_from_log(stream_log)) is not None:
                 write_run_file(paths.run_file, run_id, config.run.name)
-                self.out(f"run {run_id} submitted ({config.run.rounds} rounds, {run_dir})")
+                self.out(f"run {run_id} submitted ({config.run.num_rounds} rounds, {run_dir})")
             self._print_new_rounds(log, done)
             self._check_superlink()
             if stream.poll() is not None:
@@ -353,8 +355,8 @@ class FleetServer:
             raise FleetError(f"flwr run did not start a run; see {stream_log}")
         status = self.cli.wait_finished(run_id, deadline=math.inf, check=self._check_superlink)
         self._print_new_rounds(log, done)
-        summary = read_summary(run_dir, rounds_planned=config.run.rounds)
-        self.out(f"run {run_id}: {status}; {summary.last_round}/{config.run.rounds} rounds")
+        summary = read_summary(run_dir, rounds_planned=config.run.num_rounds)
+        self.out(f"run {run_id}: {status}; {summary.last_round}/{config.run.num_rounds} rounds")
         return status
 
     def _print_new_rounds(self, log: RunLog, done: set[int]) -> None:
@@ -365,7 +367,8 @@ class FleetServer:
             summary = summarize_round(line)
             accuracy = "-" if summary.accuracy is None else f"{summary.accuracy:.3f}"
             self.out(
-                f"round {summary.round}/{self.config.run.rounds}: {summary.participants} nodes, "
+                f"round {summary.round}/{self.config.run.num_rounds}: "
+                f"{summary.participants} nodes, "
                 f"{summary.dropouts} dropped, accuracy {accuracy}, bytes up {summary.bytes_up} "
                 f"down {summary.bytes_down}"
             )

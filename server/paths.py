@@ -36,6 +36,11 @@ class ServerPaths:
         return self.state_dir / "cli"
 
     @property
+    def app_dir(self) -> Path:
+        """The Flower app `run` submits: a pyproject.toml written from ticket/runconfig.py."""
+        return self.state_dir / "app"
+
+    @property
     def logs_dir(self) -> Path:
         return self.state_dir / "logs"
 

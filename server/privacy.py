@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ticket.runconfig import TrainingSettings
 from ticket.secagg.privacy import device_noise_std
 
 # RDP orders: dp-accounting's defaults, plus the large ones that tight small-epsilon runs need.
@@ -26,11 +27,16 @@ _ORDERS = (
 
 @dataclass(frozen=True)
 class DpPlan:
-    """Run config's [dp-noise-multiplier], [dp-clip-norm] and [dp-delta], checked."""
+    """Run config's [dp-noise-multiplier], [dp-clip-norm] and [dp-delta], checked (defaults:
+    ticket/runconfig.py's)."""
 
     noise_multiplier: float  # z: the planned noise of a round's sum, in units of C
     clip_norm: float  # C: each device's update (local - global) is clipped to this L2 norm
-    delta: float = 1e-5  # the delta epsilon is reported at
+    delta: float = TrainingSettings.dp_delta  # the delta epsilon is reported at
+
+    @classmethod
+    def of(cls, run: TrainingSettings) -> "DpPlan":
+        return cls(run.dp_noise_multiplier, run.dp_clip_norm, run.dp_delta)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0):

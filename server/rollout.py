@@ -1,7 +1,7 @@
 """Push a signed ticket to the connected devices and collect who installed it and who refused.
 
 A rollout is one Flower run (ServerApp with run config `mode = "deploy"`): a "query" message to
-every connected node carrying the bundle (wire schema: edge_daemon/ticket_install.py). Each
+every connected node carrying the bundle (ticket/wire.py's InstallPush and InstallAck). Each
 device verifies it against its own fleet key and answers installed or rejected-with-reason;
 a node that does not answer before the timeout counts as offline. With a canary fraction,
 a seeded sample goes first, and the rest only if the canary installed it cleanly (every device,
@@ -26,23 +26,29 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Message
 from flwr.common import MessageType
 from flwr.serverapp import Grid
 
-from server.strategy import ARRAYS_KEY, CONFIG_KEY, PAYLOAD_KEY, payload_array
+from flower_wire import from_flower, to_flower
 from ticket.atomic import atomic_write_text
 from ticket.bundle import Ticket
 from ticket.codec import Kind, encode_vector
 from ticket.packing import PackLayout
+from ticket.runconfig import RolloutSettings, TrainingSettings
 from ticket.train import TrainConfig
+from ticket.wire import (
+    INSTALLED,
+    REJECTED,
+    EvaluateInstruction,
+    EvaluateReply,
+    InstallAck,
+    InstallPush,
+    Probe,
+    Schedule,
+    WireError,
+)
 
-BUNDLE_KEY = "bundle"
-BUNDLE_ARRAY = "ticket"
-BUNDLE_STYPE = "ticketfleet.bundle"
-ACK_KEY = "ack"
-INSTALLED = "installed"
-REJECTED = "rejected"
 OFFLINE = "offline"
 SKIPPED = "skipped"  # not pushed: the canary did not install cleanly, or it regressed
 CANDIDATE = "candidate"
@@ -64,8 +70,9 @@ class CanaryCheck:
     candidate: Ticket
     baseline: Ticket | None  # the active ticket; None: nothing to compare against
     train: TrainConfig  # the schedule each canary device trains both tickets with
-    max_regression: float = 0.01  # accuracy the new ticket may lose against the active one
-    seed: int = 0
+    # accuracy the new ticket may lose against the active one (default: ticket/runconfig.py's)
+    max_regression: float = RolloutSettings.canary_max_regression
+    seed: int = TrainingSettings.seed
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_regression <= 1.0:
@@ -149,10 +156,10 @@ def roll_out(
     ticket_id: str,
     *,
     timeout: float,
-    canary_fraction: float = 0.0,
-    seed: int = 0,
+    canary_fraction: float = RolloutSettings.canary_fraction,
+    seed: int = TrainingSettings.seed,
     check: CanaryCheck | None = None,
-    min_installed: float = 1.0,
+    min_installed: float = RolloutSettings.min_installed,
 ) -> Rollout:
     """Push `bundle` to every connected node (canary first when `canary_fraction` > 0, then,
     with `check`, the canary's evaluation before the rest)."""
@@ -195,18 +202,7 @@ def push(
     """One query round trip to `nodes`; an ack per node (offline for the silent ones)."""
     if not nodes:
         return []
-    content = RecordDict(
-        {
-            BUNDLE_KEY: ArrayRecord(
-                {
-                    BUNDLE_ARRAY: Array(
-                        dtype="uint8", shape=(len(bundle),), stype=BUNDLE_STYPE, data=bundle
-                    )
-                }
-            ),
-            "config": ConfigRecord({"ticket-id": ticket_id}),
-        }
-    )
+    content = to_flower(InstallPush(ticket_id, bundle).to_record())
     messages = [
         Message(content=content, dst_node_id=node, message_type=MessageType.QUERY) for node in nodes
     ]
@@ -245,15 +241,13 @@ def _replies_from(replies: Iterable[Message], nodes: Sequence[int]) -> Iterable[
 def _read_ack(reply: Message, node: int, ticket_id: str, canary: bool) -> Ack:
     if reply.has_error():
         return Ack(node, REJECTED, f"error {reply.error.code}: {reply.error.reason}", canary)
-    record = reply.content.config_records.get(ACK_KEY)
-    status = None if record is None else record.get("status")
-    if record is None or status not in (INSTALLED, REJECTED):
-        return Ack(node, REJECTED, "the node's answer is not an acknowledgement", canary)
-    reason = record.get("reason")
-    text = reason if isinstance(reason, str) else ""
-    if status == INSTALLED and record.get("ticket-id") != ticket_id:
+    try:
+        ack = InstallAck.from_record(from_flower(reply.content))
+    except WireError as error:
+        return Ack(node, REJECTED, f"the node's answer is not an acknowledgement: {error}", canary)
+    if ack.status == INSTALLED and ack.ticket_id != ticket_id:
         return Ack(node, REJECTED, "the node acknowledged another ticket", canary)
-    return Ack(node, str(status), text, canary)
+    return Ack(node, ack.status, ack.reason, canary)
 
 
 def _probe_message(ticket: Ticket, node: int, check: CanaryCheck) -> Message:
@@ -265,20 +259,11 @@ def _probe_message(ticket: Ticket, node: int, check: CanaryCheck) -> Message:
         round=0,  # no training round: a rollout's probe
         segment_sizes=layout.segment_sizes,
     )
-    config = ConfigRecord(
-        {
-            "ticket-id": ticket.content_id,
-            "server-round": 0,
-            "local-epochs": check.train.epochs,
-            "batch-size": check.train.batch_size,
-            "lr": check.train.lr,
-            "optimizer": check.train.optimizer,
-            "seed": check.seed,
-        }
-    )
-    wire = ArrayRecord({PAYLOAD_KEY: payload_array(payload)})
-    content = RecordDict({ARRAYS_KEY: wire, CONFIG_KEY: config})
-    return Message(content, dst_node_id=node, message_type=MessageType.EVALUATE)
+    train = check.train
+    schedule = Schedule(train.epochs, train.batch_size, train.lr, train.optimizer)
+    # Round 0: no training round, a rollout's probe.
+    ask = EvaluateInstruction(ticket.content_id, 0, payload, Probe(schedule, check.seed))
+    return Message(to_flower(ask.to_record()), dst_node_id=node, message_type=MessageType.EVALUATE)
 
 
 def _score_on(
@@ -301,16 +286,12 @@ def _score(ticket_id: str, nodes: Sequence[int], replies: Iterable[Message]) -> 
         if reply.has_error():
             errors[node] = f"error {reply.error.code}: {reply.error.reason}"
             continue
-        metrics = reply.content.metric_records.get("metrics")
-        accuracy = None if metrics is None else metrics.get("accuracy")
-        count = None if metrics is None else metrics.get("num-examples")
-        if not isinstance(accuracy, float) or not isinstance(count, int) or count < 1:
-            errors[node] = "the answer holds no accuracy and example count"
+        try:
+            scores = EvaluateReply.from_record(from_flower(reply.content))
+        except WireError as error:  # no accuracy and example count, or one out of range
+            errors[node] = str(error)
             continue
-        if not (math.isfinite(accuracy) and 0.0 <= accuracy <= 1.0):
-            errors[node] = f"accuracy {accuracy!r} is not in [0, 1]"
-            continue
-        by_node[node], examples[node] = accuracy, count
+        by_node[node], examples[node] = scores.accuracy, scores.examples
         del errors[node]
     return CanaryScore(ticket_id, by_node, examples, errors)
 

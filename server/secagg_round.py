@@ -15,64 +15,59 @@ round timeout. Nodes mask their example-weighted delta (ticket/secagg/weighting.
 global is the old one plus the weighted mean delta. A round that cannot give the survivors'
 exact sum (RoundAbortedError) keeps the global model and is logged as aborted.
 
-Wire schema (must match edge_daemon/secagg_client.py): ConfigRecord "secagg" with, server to
-node, "round" (int, r), "weight-cap" (int), and any of "mask-request", "unmask-request",
-"key-bundle" (bytes), "advert-round", "bundle-round" (int), and with a mask request under
-differential privacy "dp-clip-norm", "dp-noise-std" (float); node to server, any of
-"masked-input", "key-advert", "unmask-response", "share-bundle" (bytes). Bytes counted up and
-down per node are those of every trip of the round: the codec payload of the global values plus
-the secagg record as Flower counts it (ConfigRecord.count_bytes: keys and values).
+Messages are ticket/wire.py's SecAggRequest (beside a TrainInstruction on trip A's members) and
+SecAggReply. Bytes counted up and down per node are those of every trip of the round: the codec
+payload of the global values plus the secagg record as Flower counts it
+(ConfigRecord.count_bytes: keys and values).
 """
 
+import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
+from flower_wire import from_flower, to_flower
 from server.privacy import DpPlan, charged_rounds, epsilon
 from server.strategy import (
-    ARRAYS_KEY,
-    CONFIG_KEY,
     NO_REPLY,
     PAYLOAD_KEY,
     PackedFedAvg,
     RoundPlan,
     RoundRecord,
+    refuse_extra_config,
     seeded_sampling,
 )
 from ticket.errors import TicketError
 from ticket.packing import PackLayout
+from ticket.runconfig import TrainingSettings
 from ticket.secagg import Phase, RoundAbortedError, SecAggParams, ServerRound
 from ticket.secagg.privacy import effective_noise_multiplier
 from ticket.secagg.weighting import EXTRA_VALUES, read_sum
+from ticket.wire import SECAGG, TRAIN_LOSS, SecAggReply, SecAggRequest, WireError
 
 logger = logging.getLogger(__name__)
-
-SECAGG_KEY = "secagg"
-ConfigValue = int | float | bytes
 
 
 @dataclass(frozen=True)
 class SecAggPlan:
-    """Run config's secure aggregation keys, typed."""
+    """Run config's secure aggregation keys, typed (defaults: ticket/runconfig.py's)."""
 
-    clip: float = 0.25  # [secagg-clip] each node's weighted delta is clipped to [-clip, clip]
-    levels: int = 2**14  # [secagg-levels] quantisation levels q
-    weight_cap: int = 1000  # [secagg-weight-cap] examples at which a node's weight saturates
+    # [secagg-clip] each node's weighted delta is clipped to [-clip, clip]
+    clip: float = TrainingSettings.secagg_clip
+    levels: int = TrainingSettings.secagg_levels  # [secagg-levels] quantisation levels q
+    # [secagg-weight-cap] examples at which a node's weight saturates
+    weight_cap: int = TrainingSettings.secagg_weight_cap
+
+    @classmethod
+    def of(cls, run: TrainingSettings) -> "SecAggPlan":
+        return cls(clip=run.secagg_clip, levels=run.secagg_levels, weight_cap=run.secagg_weight_cap)
 
     def __post_init__(self) -> None:
         if isinstance(self.weight_cap, bool) or self.weight_cap < 1:
@@ -175,25 +170,24 @@ class SecurePackedFedAvg(PackedFedAvg):
             cohort = self._sample(r + 1, grid)
             self._next = _Pending(self._server_round(r + 1), asked=set(cohort))
         self._global = arrays[PAYLOAD_KEY].numpy().copy()  # float32 [n]
-        wire, size = self._encode_global(r, arrays)
-        train_config = self._train_config(config)
-        train_config["server-round"] = r
+        refuse_extra_config(config)
+        payload = self._encode_global(r, arrays)
+        instruction = self._train_instruction(r, payload).to_record()
         asked = self._next.asked if self._next is not None else set()
         messages = []
         for node in sorted(set(self._requests) | asked):
-            parts: dict[str, ConfigValue] = {}
+            ask = self._request(r, advert_round=r + 1 if node in asked else None)
             if node in self._requests:
-                parts["mask-request"] = self._requests[node]
-                if self.dp is not None:  # the device clips to C and adds its noise share
-                    parts["dp-clip-norm"] = self.dp.clip_norm
-                    parts["dp-noise-std"] = self.dp.noise_std(self.min_survivors)
-            if node in asked:
-                parts["advert-round"] = r + 1
-            content = self._content(r, parts)
-            down = _size(content.config_records[SECAGG_KEY])
+                # Under DP the device clips to C and adds its noise share.
+                dp = None
+                if self.dp is not None:
+                    dp = (self.dp.clip_norm, self.dp.noise_std(self.min_survivors))
+                ask = dataclasses.replace(ask, mask_request=self._requests[node], dp=dp)
+            records = ask.to_record()
+            content = to_flower(records.merged(instruction) if node in self._requests else records)
+            down = _size(content.config_records[SECAGG])
             if node in self._requests:
-                content[ARRAYS_KEY], content[CONFIG_KEY] = wire, train_config
-                down += size
+                down += len(payload)
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
             record.bytes_down[node] = record.bytes_down.get(node, 0) + down
         self._sent_train = {message.metadata.dst_node_id for message in messages}
@@ -211,10 +205,10 @@ class SecurePackedFedAvg(PackedFedAvg):
         for node, parts in got.items():
             if current is not None and node in self._requests:
                 add = current.round.add_masked_input
-                self._apply(record, node, "masked input", parts.get("masked-input"), add)
+                self._apply(record, node, "masked input", parts.masked_input, add)
             if pending is not None and node in pending.asked:
                 add = pending.round.add_advert
-                self._apply(record, node, "key advert", parts.get("key-advert"), add)
+                self._apply(record, node, "key advert", parts.key_advert, add)
         if current is not None:
             self._drop(record, "mask", set(self._requests) - current.round.survivors)
         if pending is not None:
@@ -235,18 +229,17 @@ class SecurePackedFedAvg(PackedFedAvg):
             except RoundAbortedError as error:
                 reason = str(error)
         bundles = self._bundles(pending)
-        outgoing: dict[int, dict[str, ConfigValue]] = {}
-        for node, request in unmask.items():
-            outgoing.setdefault(node, {})["unmask-request"] = request
+        outgoing = {node: self._request(r, unmask_request=ask) for node, ask in unmask.items()}
         for node, bundle in bundles.items():
-            outgoing.setdefault(node, {}).update({"key-bundle": bundle, "bundle-round": r + 1})
-        for node, parts in self._exchange(r, outgoing, record, "unmask").items():
+            ask = outgoing.get(node, self._request(r))
+            outgoing[node] = dataclasses.replace(ask, key_bundle=bundle, bundle_round=r + 1)
+        for node, parts in self._exchange(outgoing, record, "unmask").items():
             if current is not None and node in unmask:
                 add = current.round.add_unmask_response
-                self._apply(record, node, "unmask response", parts.get("unmask-response"), add)
+                self._apply(record, node, "unmask response", parts.unmask_response, add)
             if pending is not None and node in bundles:
                 add = pending.round.add_share_bundle
-                self._apply(record, node, "share bundle", parts.get("share-bundle"), add)
+                self._apply(record, node, "share bundle", parts.share_bundle, add)
         self._promote(set(bundles))  # round r + 1 becomes current
         if current is None or reason is not None:
             return None, reason
@@ -271,7 +264,7 @@ class SecurePackedFedAvg(PackedFedAvg):
                 secagg["survivors"] = sorted(result.survivors)
                 secagg["weight"] = weight
                 if self.dp is None:
-                    record.train_metrics = {"train-loss": loss}
+                    record.train_metrics = {TRAIN_LOSS: loss}
                 else:  # devices release no loss under DP; the round's privacy cost instead
                     secagg["dp"] = self._charge(len(result.survivors))
                 arrays = ArrayRecord({PAYLOAD_KEY: Array(self._global + mean)})
@@ -303,19 +296,20 @@ class SecurePackedFedAvg(PackedFedAvg):
     def _setup(self, r: int, grid: Grid, record: RoundRecord) -> None:
         """The two-trip key setup of round r; leaves it in phase MASK, or says why not."""
         pending = _Pending(self._server_round(r), asked=set(self._sample(r, grid)))
-        adverts: dict[int, dict[str, ConfigValue]] = {n: {"advert-round": r} for n in pending.asked}
-        for node, parts in self._exchange(r, adverts, record, "setup").items():
+        adverts = {node: self._request(r, advert_round=r) for node in pending.asked}
+        for node, parts in self._exchange(adverts, record, "setup").items():
             add = pending.round.add_advert
-            self._apply(record, node, "key advert", parts.get("key-advert"), add)
+            self._apply(record, node, "key advert", parts.key_advert, add)
         pending.dropped["advert"] = sorted(pending.asked - set(pending.round.keys))
         self._next = pending
         bundles = self._bundles(pending)
-        outgoing: dict[int, dict[str, ConfigValue]] = {
-            node: {"key-bundle": bundle, "bundle-round": r} for node, bundle in bundles.items()
+        outgoing = {
+            node: self._request(r, key_bundle=bundle, bundle_round=r)
+            for node, bundle in bundles.items()
         }
-        for node, parts in self._exchange(r, outgoing, record, "setup").items():
+        for node, parts in self._exchange(outgoing, record, "setup").items():
             add = pending.round.add_share_bundle
-            self._apply(record, node, "share bundle", parts.get("share-bundle"), add)
+            self._apply(record, node, "share bundle", parts.share_bundle, add)
         self._promote(set(bundles))
 
     def _bundles(self, pending: _Pending | None) -> dict[int, bytes]:
@@ -364,24 +358,34 @@ class SecurePackedFedAvg(PackedFedAvg):
 
     # ------------------------------------------------------------ messages
 
-    def _content(self, r: int, parts: Mapping[str, ConfigValue]) -> RecordDict:
-        values: dict[str, ConfigValue] = {"round": r, "weight-cap": self.secagg.weight_cap}
-        return RecordDict({SECAGG_KEY: ConfigRecord({**values, **parts})})
-
-    def _exchange(
+    def _request(
         self,
         r: int,
-        outgoing: Mapping[int, Mapping[str, ConfigValue]],
-        record: RoundRecord,
-        step: str,
-    ) -> dict[int, Mapping[str, Any]]:
+        *,
+        advert_round: int | None = None,
+        unmask_request: bytes | None = None,
+        key_bundle: bytes | None = None,
+        bundle_round: int | None = None,
+    ) -> SecAggRequest:
+        return SecAggRequest(
+            round=r,
+            weight_cap=self.secagg.weight_cap,
+            advert_round=advert_round,
+            unmask_request=unmask_request,
+            key_bundle=key_bundle,
+            bundle_round=bundle_round,
+        )
+
+    def _exchange(
+        self, outgoing: Mapping[int, SecAggRequest], record: RoundRecord, step: str
+    ) -> dict[int, SecAggReply]:
         """One query round trip of protocol bytes, bounded by the round timeout."""
         if not outgoing:
             return {}
         messages = []
-        for node, parts in sorted(outgoing.items()):
-            content = self._content(r, parts)
-            size = _size(content.config_records[SECAGG_KEY])
+        for node, ask in sorted(outgoing.items()):
+            content = to_flower(ask.to_record())
+            size = _size(content.config_records[SECAGG])
             record.bytes_down[node] = record.bytes_down.get(node, 0) + size
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.QUERY))
         record.round_trips[step] = record.round_trips.get(step, 0) + 1
@@ -392,9 +396,9 @@ class SecurePackedFedAvg(PackedFedAvg):
 
     def _receive(
         self, replies: Iterable[Message], sent: set[int], record: RoundRecord, step: str
-    ) -> dict[int, Mapping[str, Any]]:
-        """{node: its secagg parts} of the usable replies; errors and silence are failures."""
-        got: dict[int, Mapping[str, Any]] = {}
+    ) -> dict[int, SecAggReply]:
+        """{node: its secagg reply} of the usable replies; errors and silence are failures."""
+        got: dict[int, SecAggReply] = {}
         failed: set[int] = set()
         for message in replies:
             node = message.metadata.src_node_id
@@ -406,13 +410,14 @@ class SecurePackedFedAvg(PackedFedAvg):
                 self._fail(record, node, f"error {error.code} ({step}): {error.reason}")
                 failed.add(node)
                 continue
-            parts = message.content.config_records.get(SECAGG_KEY)
-            if parts is None:
-                record.rejected[node] = f"{step}: reply has no {SECAGG_KEY} record"
+            parts = message.content.config_records.get(SECAGG)
+            if parts is not None:  # counted even when refused: it was received
+                record.bytes_up[node] = record.bytes_up.get(node, 0) + _size(parts)
+            try:
+                got[node] = SecAggReply.from_record(from_flower(message.content))
+            except WireError as error:
+                record.rejected[node] = f"{step}: {error}"
                 failed.add(node)
-                continue
-            got[node] = dict(parts)
-            record.bytes_up[node] = record.bytes_up.get(node, 0) + _size(parts)
         for node in sorted(sent - got.keys() - failed):
             self._fail(record, node, f"{NO_REPLY} ({step})")
         return got

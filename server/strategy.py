@@ -1,15 +1,15 @@
 """FedAvg over a ticket's packed vector: only the mask's coordinates travel, as codec bytes.
 
-The global model is an ArrayRecord {"packed": float32 [n]} (n = PackLayout.size). Messages
-carry it encoded by ticket.codec; which replies count is decided here, the mean is
-ticket.fedavg's. Wire schema: see edge_daemon/client_app.py (the two must match). Round numbers
+The global model is an ArrayRecord {PAYLOAD_KEY: float32 [n]} (n = PackLayout.size). Messages
+are ticket/wire.py's (TrainInstruction, TrainReply, EvaluateInstruction, EvaluateReply), the
+values in them encoded by ticket.codec; which replies count is decided here, the mean is
+ticket.fedavg's. Round numbers
 are run-wide: `start(first_round=k)` continues a run after a restart (server/training_run.py).
 Every reply is checked on its own, train and evaluate alike; a malformed one is counted with
 its reason in the RoundRecord and left out, so one bad node never stops the run.
 """
 
 import logging
-import math
 import random
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -21,29 +21,30 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
+from flower_wire import from_flower, to_flower
 from ticket.codec import DTYPES, Kind, decode_vector, encode_vector
 from ticket.errors import CodecError
 from ticket.fedavg import weighted_mean, weighted_metrics
 from ticket.packing import PackLayout
+from ticket.runconfig import TrainingSettings
 from ticket.train import TrainConfig
+from ticket.wire import (
+    ARRAYS,
+    CONFIG,
+    OPTIONAL_SCORES,
+    PACKED,
+    EvaluateInstruction,
+    EvaluateReply,
+    Schedule,
+    TrainInstruction,
+    TrainReply,
+    WireError,
+)
 
 logger = logging.getLogger(__name__)
 
-ARRAYS_KEY = "arrays"
-CONFIG_KEY = "config"
-PAYLOAD_KEY = "packed"  # in the global ArrayRecord: float32 [n]; on the wire: codec bytes
-PAYLOAD_STYPE = "ticketfleet.codec"
-NUM_EXAMPLES = "num-examples"
+PAYLOAD_KEY = PACKED  # the global ArrayRecord's one array: float32 [n]
 NO_REPLY = "no reply before the round timeout"
-# Federated evaluation: loss and accuracy are required, ROC-AUC is sent by nodes that have it
-# (two classes, both present in their test rows); each must lie in its range.
-EVALUATION_RANGES = {"loss": (0.0, math.inf), "accuracy": (0.0, 1.0), "auc": (0.0, 1.0)}
-OPTIONAL_EVALUATION = ("auc",)
-
-
-def payload_array(payload: bytes) -> Array:
-    """Codec bytes as the Array a message carries (its stype keeps `.numpy()` off them)."""
-    return Array(dtype="uint8", shape=(len(payload),), stype=PAYLOAD_STYPE, data=payload)
 
 
 class ReplyError(Exception):
@@ -56,10 +57,11 @@ class RoundPlan:
 
     ticket_id: str
     train: TrainConfig  # local epochs, batch size, lr, optimizer
-    uplink_dtype: str = "float32"  # how nodes encode their update
-    downlink_dtype: str = "float32"  # how the global values are sent
-    seed: int = 0  # nodes derive their data order from (seed, round, node id)
-    min_replies: int = 1  # fewer accepted updates leave the global model unchanged
+    # Defaults: ticket/runconfig.py's.
+    uplink_dtype: str = TrainingSettings.uplink_dtype  # how nodes encode their update
+    downlink_dtype: str = TrainingSettings.downlink_dtype  # how the global values are sent
+    seed: int = TrainingSettings.seed  # nodes derive their data order from (seed, round, node id)
+    min_replies: int = TrainingSettings.min_replies  # fewer accepted updates keep the model
 
     def __post_init__(self) -> None:
         for name in ("uplink_dtype", "downlink_dtype"):
@@ -112,7 +114,8 @@ class PackedFedAvg(FedAvg):
     """FedAvg whose messages carry codec bytes over the ticket's mask instead of dense arrays."""
 
     def __init__(self, layout: PackLayout, plan: RoundPlan, **fedavg_options: Any) -> None:
-        super().__init__(**fedavg_options)
+        # FedAvg assembles the instructions from the two records of ticket/wire.py's messages.
+        super().__init__(arrayrecord_key=ARRAYS, configrecord_key=CONFIG, **fedavg_options)
         self.layout = layout
         self.plan = plan
         self.rounds: dict[int, RoundRecord] = {}  # by run-wide round number
@@ -169,8 +172,11 @@ class PackedFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         server_round += self._offset
-        wire_config = self._train_config(config)
-        wire, size = self._encode_global(server_round, arrays)
+        refuse_extra_config(config)
+        payload = self._encode_global(server_round, arrays)
+        content = to_flower(self._train_instruction(server_round, payload).to_record())
+        wire, wire_config = content.array_records[ARRAYS], content.config_records[CONFIG]
+        size = len(payload)
         with seeded_sampling(self.plan.seed, server_round, "train"):
             messages = list(super().configure_train(server_round, wire, wire_config, grid))
         record = self.rounds.setdefault(server_round, RoundRecord(server_round))
@@ -180,20 +186,16 @@ class PackedFedAvg(FedAvg):
             record.round_trips["train"] = 1
         return messages
 
-    def _train_config(self, config: ConfigRecord) -> ConfigRecord:
-        """The ConfigRecord of a train instruction: `config` plus the round plan."""
+    def _train_instruction(self, server_round: int, payload: bytes) -> TrainInstruction:
+        """What every sampled node is told in a round: the round plan and the global values."""
         plan, train = self.plan, self.plan.train
-        return ConfigRecord(
-            {
-                **dict(config),
-                "ticket-id": plan.ticket_id,
-                "dtype": plan.uplink_dtype,
-                "local-epochs": train.epochs,
-                "batch-size": train.batch_size,
-                "lr": train.lr,
-                "optimizer": train.optimizer,
-                "seed": plan.seed,
-            }
+        return TrainInstruction(
+            ticket_id=plan.ticket_id,
+            server_round=server_round,
+            payload=payload,
+            dtype=plan.uplink_dtype,
+            schedule=Schedule(train.epochs, train.batch_size, train.lr, train.optimizer),
+            seed=plan.seed,
         )
 
     def aggregate_train(
@@ -212,7 +214,7 @@ class PackedFedAvg(FedAvg):
                 continue
             try:
                 updates.append(self._read_update(server_round, message, record))
-            except (ReplyError, CodecError) as error:
+            except (ReplyError, WireError, CodecError) as error:
                 record.rejected[node] = str(error)
                 logger.warning("round %d: rejected node %d: %s", server_round, node, error)
         answered = record.bytes_up.keys() | record.failures.keys() | record.rejected.keys()
@@ -240,8 +242,12 @@ class PackedFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         server_round += self._offset
-        wire, size = self._encode_global(server_round, arrays)
-        wire_config = ConfigRecord({**dict(config), "ticket-id": self.plan.ticket_id})
+        refuse_extra_config(config)
+        payload = self._encode_global(server_round, arrays)
+        ask = EvaluateInstruction(self.plan.ticket_id, server_round, payload)
+        content = to_flower(ask.to_record())
+        wire, wire_config = content.array_records[ARRAYS], content.config_records[CONFIG]
+        size = len(payload)
         with seeded_sampling(self.plan.seed, server_round, "evaluate"):
             messages = list(super().configure_evaluate(server_round, wire, wire_config, grid))
         self._evaluate_sent = {message.metadata.dst_node_id for message in messages}
@@ -280,8 +286,9 @@ class PackedFedAvg(FedAvg):
                     raise ReplyError("evaluation from a node that was not asked this round")
                 if node in reports or node in record.evaluate_rejected:
                     raise ReplyError("second evaluation from the same node")
-                reports[node] = _read_evaluation(message)
-            except ReplyError as error:
+                scores = EvaluateReply.from_record(from_flower(message.content))
+                reports[node] = (scores.examples, scores.scores())
+            except (ReplyError, WireError) as error:
                 # A rejected duplicate leaves the node's first, valid evaluation counted.
                 record.evaluate_rejected.setdefault(node, str(error))
                 logger.warning(
@@ -298,11 +305,12 @@ class PackedFedAvg(FedAvg):
             return None
         examples = [reports[node][0] for node in record.evaluated]
         metrics = [reports[node][1] for node in record.evaluated]
-        record.evaluate_metrics = weighted_metrics(metrics, examples, optional=OPTIONAL_EVALUATION)
+        record.evaluate_metrics = weighted_metrics(metrics, examples, optional=OPTIONAL_SCORES)
         return MetricRecord(dict(record.evaluate_metrics))
 
-    def _encode_global(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord, int]:
-        payload = encode_vector(
+    def _encode_global(self, server_round: int, arrays: ArrayRecord) -> bytes:
+        """Codec bytes (kind MODEL) of the global values."""
+        return encode_vector(
             arrays[PAYLOAD_KEY].numpy(),
             kind=Kind.MODEL,
             ticket_id=self.plan.ticket_id,
@@ -311,7 +319,6 @@ class PackedFedAvg(FedAvg):
             segment_sizes=self.layout.segment_sizes,
             rng=np.random.default_rng([self.plan.seed, server_round]),  # int8 rounding only
         )
-        return ArrayRecord({PAYLOAD_KEY: payload_array(payload)}), len(payload)
 
     def _read_update(self, server_round: int, message: Message, record: RoundRecord) -> _Update:
         node = message.metadata.src_node_id
@@ -319,18 +326,13 @@ class PackedFedAvg(FedAvg):
             raise ReplyError("reply from a node that was not sent this round")
         if node in record.bytes_up:
             raise ReplyError("second reply from the same node")
-        content = message.content
-        arrays = content.array_records.get(ARRAYS_KEY)
-        if (
-            arrays is None
-            or PAYLOAD_KEY not in arrays
-            or arrays[PAYLOAD_KEY].stype != PAYLOAD_STYPE
-        ):
-            raise ReplyError(f"reply has no {ARRAYS_KEY}.{PAYLOAD_KEY} payload")
-        payload = arrays[PAYLOAD_KEY].data
-        record.bytes_up[node] = len(payload)  # counted even when refused: it was received
+        records = from_flower(message.content)
+        size = TrainReply.payload_size(records)
+        if size is not None:
+            record.bytes_up[node] = size  # counted even when refused: it was received
+        update = TrainReply.from_record(records)
         values = decode_vector(
-            payload,
+            update.payload,
             kind=Kind.UPDATE,
             ticket_id=self.plan.ticket_id,
             round=server_round,
@@ -338,42 +340,13 @@ class PackedFedAvg(FedAvg):
             segment_sizes=self.layout.segment_sizes,
             dtype=self.plan.uplink_dtype,
         )
-        examples, scalars = _read_metrics(message)
-        return _Update(node, values, examples, scalars)
+        return _Update(node, values, update.examples, update.scores())
 
 
-def _read_metrics(message: Message) -> tuple[int, dict[str, float]]:
-    """(num-examples, the scalar metrics) of a reply's one MetricRecord, every number finite."""
-    records = list(message.content.metric_records.values())
-    if len(records) != 1:
-        raise ReplyError(f"reply has {len(records)} MetricRecords, expected exactly one")
-    [metrics] = records
-    examples = metrics.get(NUM_EXAMPLES)
-    if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
-        raise ReplyError(f"reply's {NUM_EXAMPLES} must be an integer >= 1, got {examples!r}")
-    scalars = {}
-    for key, value in metrics.items():
-        numbers = value if isinstance(value, list) else [value]
-        # One NaN would poison every mean it enters, and the round log after it.
-        if not all(math.isfinite(number) for number in numbers):
-            raise ReplyError(f"reply's metric {key!r} is not finite")
-        # Lists and bools are not averaged; num-examples is the weight, not a metric.
-        if isinstance(value, int | float) and not isinstance(value, bool) and key != NUM_EXAMPLES:
-            scalars[key] = float(value)
-    return examples, scalars
-
-
-def _read_evaluation(message: Message) -> tuple[int, dict[str, float]]:
-    """(num-examples, metrics) of an evaluate reply: loss and accuracy present, all in range."""
-    examples, metrics = _read_metrics(message)
-    for key, (low, high) in EVALUATION_RANGES.items():
-        if key not in metrics:
-            if key in OPTIONAL_EVALUATION:
-                continue
-            raise ReplyError(f"evaluation has no {key!r}")
-        if not low <= metrics[key] <= high:
-            raise ReplyError(f"evaluation's {key} {metrics[key]!r} is outside [{low}, {high}]")
-    return examples, metrics
+def refuse_extra_config(config: ConfigRecord) -> None:
+    """`start(train_config=..., evaluate_config=...)` has no place on the typed wire."""
+    if len(config):
+        raise ValueError(f"extra instruction config {sorted(config)}: not part of ticket/wire.py")
 
 
 @contextmanager

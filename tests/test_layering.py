@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("ticket", "edge_daemon", "server", "ticket_cli", "loopback")
-APPS = {"edge_daemon", "server", "ticket_cli", "loopback"}
+PACKAGES = ("ticket", "edge_daemon", "server", "ticket_cli", "loopback", "flower_wire")
+APPS = {"edge_daemon", "server", "ticket_cli", "loopback", "flower_wire"}
 
 # package -> top-level modules it must never import. Every package imports the core; the
 # device and the server never import each other; the ML engineer's command and the dev harness
@@ -29,6 +29,9 @@ FORBIDDEN = {
     "server": {"edge_daemon", "ticket_cli", "loopback", "pickle"},
     "ticket_cli": {"edge_daemon", "loopback", "pickle"},
     "loopback": {"edge_daemon", "pickle"},
+    # ticket.wire records <-> Flower records, shared by the device and the server: it may
+    # import only the core and flwr.
+    "flower_wire": {"edge_daemon", "server", "ticket_cli", "loopback", "pickle"},
 }
 # package -> (package it may reach only through, that package's one interface module)
 ONLY_THROUGH = {"ticket_cli": ("server", "server.api")}

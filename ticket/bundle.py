@@ -26,7 +26,7 @@ from torch import nn
 from ticket import crypto
 from ticket.atomic import atomic_write_bytes
 from ticket.errors import BundleError, IntegrityError, TicketError, UnsignedTicketError
-from ticket.manifest import check_manifest, measure_density
+from ticket.manifest import Density, Manifest, measure_density
 from ticket.masks import pack_bits, prunable_names, unpack_bits
 from ticket.models import build_model
 from ticket.tensorfile import (
@@ -62,7 +62,7 @@ class Signature:
 class Ticket:
     """A decoded or freshly built ticket. Arrays are read-only: the content id covers them."""
 
-    manifest: Mapping[str, Any]  # JSON-able, as stored
+    manifest: Manifest  # as stored: to_json() is the header's manifest object
     masks: Mapping[str, np.ndarray]  # bool, full parameter shape, per prunable weight
     weights: Mapping[str, np.ndarray]  # float32, every model parameter; zero where pruned
     content_id: str  # hex SHA-256 of CONTENT_DOMAIN + body
@@ -73,16 +73,16 @@ class Ticket:
 
 
 def build_ticket(
-    manifest: Mapping[str, Any], masks: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray]
+    manifest: Manifest, masks: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray]
 ) -> Ticket:
     """Validate the parts, copy them (read-only, sorted by name) and compute the content id."""
     try:
-        stored = parse_json(canonical_json(dict(manifest)))  # exactly what a reader will see
+        document = parse_json(canonical_json(manifest.to_json()))  # exactly what a reader sees
     except (TypeError, ValueError) as error:
         raise BundleError(f"manifest is not plain JSON: {error}") from error
-    check_manifest(stored)
+    stored = Manifest.from_json(document)  # checks the values a writer put in the fields
     frozen_masks, frozen_weights = _freeze_tensors(masks, weights)
-    _check_density(stored["density"], frozen_masks)
+    _check_density(stored.density, frozen_masks)
     body = _encode_body(stored, frozen_masks, frozen_weights)
     return Ticket(stored, frozen_masks, frozen_weights, _content_id(body))
 
@@ -195,9 +195,9 @@ def load_ticket(
 ) -> tuple[Ticket, nn.Module]:
     """Read and verify a ticket, build its model and load W_k into it."""
     ticket = read_ticket(path, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned)
-    spec = ticket.manifest["model"]
+    spec = ticket.manifest.model
     try:
-        model = build_model(spec["name"], spec["args"], seed=0)  # every weight is replaced below
+        model = build_model(spec.name, spec.args, seed=0)  # every weight is replaced below
     except TicketError as error:
         raise BundleError(f"the ticket's model cannot be built: {error}") from error
     check_against_model(ticket, model)
@@ -266,9 +266,9 @@ def _freeze_tensors(
     return frozen_masks, frozen_weights
 
 
-def _check_density(density: Mapping[str, Any], masks: Mapping[str, np.ndarray]) -> None:
+def _check_density(density: Density, masks: Mapping[str, np.ndarray]) -> None:
     actual = measure_density(masks)
-    layers = density["layers"]
+    layers = density.layers
     for name in sorted(set(masks) | set(layers)):
         if name not in layers:
             raise BundleError(f"manifest.density.layers: missing masked layer {name!r}")
@@ -279,15 +279,15 @@ def _check_density(density: Mapping[str, Any], masks: Mapping[str, np.ndarray]) 
                 f"manifest.density.layers.{name}: {layers[name]!r} does not match its mask "
                 f"({actual['layers'][name]!r})"
             )
-    if abs(density["overall"] - actual["overall"]) > _DENSITY_TOLERANCE:
+    if abs(density.overall - actual["overall"]) > _DENSITY_TOLERANCE:
         raise BundleError(
-            f"manifest.density.overall: {density['overall']!r} does not match the masks "
+            f"manifest.density.overall: {density.overall!r} does not match the masks "
             f"({actual['overall']!r})"
         )
 
 
 def _encode_body(
-    manifest: Mapping[str, Any], masks: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray]
+    manifest: Manifest, masks: Mapping[str, np.ndarray], weights: Mapping[str, np.ndarray]
 ) -> bytes:
     wire: dict[str, np.ndarray] = {}
     param_shapes: dict[str, list[int]] = {}
@@ -304,13 +304,11 @@ def _encode_body(
     for entry in table:
         if entry["name"] in param_shapes:
             entry["param_shape"] = param_shapes[entry["name"]]
-    header = canonical_json({"manifest": dict(manifest), "tensors": table})
+    header = canonical_json({"manifest": manifest.to_json(), "tensors": table})
     return _U32.pack(len(header)) + header + blob
 
 
-def _parse_body(
-    body: bytes,
-) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
+def _parse_body(body: bytes) -> tuple[Manifest, dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(manifest, masks, weights) from an authenticated body; BundleError if malformed."""
     if len(body) < _U32.size or _U32.size + _U32.unpack_from(body)[0] > len(body):
         raise BundleError("ticket body is malformed: bad header length")
@@ -329,7 +327,7 @@ def _parse_body(
         raise BundleError(f"ticket tensors: {error}") from error
     param_shapes = {e["name"]: e["param_shape"] for e in header["tensors"] if "param_shape" in e}
     masks, weights = _unpack_wire(wire, param_shapes)
-    return header["manifest"], masks, weights
+    return Manifest.from_json(header["manifest"]), masks, weights
 
 
 def _unpack_wire(

@@ -168,11 +168,12 @@ class SchemaLoader:
         )
         if not is_ok:
             kind = "a whole number" if hint is int else "a number"
-            raise self.error(key, f"must be {kind}{_bounds(rules)}, got {show_value(raw)}")
+            raise self.error(key, f"must be {kind}{describe_bounds(rules)}, got {show_value(raw)}")
         return raw if hint is int else value
 
 
-def _bounds(rules: typing.Mapping[str, Any]) -> str:
+def describe_bounds(rules: typing.Mapping[str, Any]) -> str:
+    """ " in [0, 1]", " >= 1", " <= 0.5" or "": the range rules ge/gt/le as text."""
     low = rules.get("ge", rules.get("gt"))
     high = rules.get("le")
     if low is not None and high is not None:

@@ -21,25 +21,35 @@ once every device holds it, makes it active again.
 """
 
 import argparse
+import importlib.metadata
 import json
 import os
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ticket import runconfig
 from ticket.bundle import read_ticket
-from ticket.config_text import ConfigValue, toml_values
+from ticket.config_schema import describe_bounds
+from ticket.config_text import toml_values
 from ticket.errors import TicketError
 from ticket_cli.exit_codes import ExitCode
 
 if TYPE_CHECKING:  # server.api is loaded only by the commands that use a ledger or server.yaml
     from server.api import DeploymentLedger, OperatorState
 
-APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app: the project's pyproject.toml
+ROLLOUT = runconfig.RolloutSettings()  # the flags' defaults: the run config's
+# flag -> the run-config setting it sets
+FLAGS = {
+    "--canary": "canary_fraction",
+    "--canary-epochs": "canary_epochs",
+    "--max-regression": "canary_max_regression",
+    "--min-installed": "min_installed",
+}
 
 
 class DeployError(TicketError):
@@ -64,17 +74,19 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     )
     deploy.add_argument("source", metavar="FILE|ID", help="a .ticket file or a registry id")
     _fleet_options(deploy)
-    deploy.add_argument("--canary", type=float, default=0.0, help="fraction of devices first")
+    deploy.add_argument(
+        "--canary", type=float, default=ROLLOUT.canary_fraction, help="fraction of devices first"
+    )
     deploy.add_argument(
         "--canary-epochs",
         type=int,
-        default=5,
+        default=ROLLOUT.canary_epochs,
         help="epochs each canary device trains each ticket before scoring it (0: no evaluation)",
     )
     deploy.add_argument(
         "--max-regression",
         type=float,
-        default=0.01,
+        default=ROLLOUT.canary_max_regression,
         help="accuracy the new ticket may lose against the active one on the canary",
     )
     deploy.add_argument("--registry", type=Path, help="registry to resolve an ID from")
@@ -114,7 +126,7 @@ def _fleet_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-installed",
         type=float,
-        default=1.0,
+        default=ROLLOUT.min_installed,
         help="fraction of the devices that must install it for the rollout to succeed",
     )
     parser.add_argument("--run-dir", type=Path, help="where deploy.json goes (default: temp)")
@@ -124,31 +136,21 @@ def _fleet_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_deploy(args: argparse.Namespace) -> int:
-    if not 0.0 <= args.canary <= 1.0:
-        raise DeployError(f"--canary must be in [0, 1], got {args.canary}")
-    if not 0.0 <= args.max_regression <= 1.0:
-        raise DeployError(f"--max-regression must be in [0, 1], got {args.max_regression}")
-    if args.canary_epochs < 0:
-        raise DeployError(f"--canary-epochs must be >= 0, got {args.canary_epochs}")
+    rollout = _rollout(args, "--canary", "--max-regression", "--canary-epochs", "--min-installed")
     fleet = _fleet(args)
     run_dir = _run_dir(args)
     ticket_path = _resolve(args.source, args.registry, run_dir, fleet.fleet_key)
     # Checked here too, so a wrong file fails before any device is bothered.
     ticket_id = _verified_id(ticket_path, fleet.fleet_key)
-    config: dict[str, ConfigValue] = {
-        "canary-fraction": float(args.canary),
-        "canary-epochs": int(args.canary_epochs),
-        "canary-max-regression": float(args.max_regression),
-        "min-installed": float(args.min_installed),
-    }
     ledger = _ledger(fleet)
     if ledger is not None:  # keep a copy first: the ledger must always be able to roll back
         ticket_path = ledger.keep_bundle(ticket_id, ticket_path.read_bytes())
         active = _guard(ledger.active)
         if args.canary > 0 and active is not None and active != ticket_id:
-            config["baseline-ticket-path"] = str(ledger.bundle(active).resolve())
+            baseline = ledger.bundle(active).resolve()
+            rollout = replace(rollout, baseline_ticket_path=baseline)
     print(f"deploying {ticket_id[:12]} through {fleet.connection} ...", flush=True)
-    document = roll_out(fleet, ticket_path, run_dir, args.timeout, config)
+    document = roll_out(fleet, ticket_path, run_dir, args.timeout, rollout)
     print(format_acks(document))
     _record(ledger, "deploy", ticket_id, document)
     if ledger is not None and document["succeeded"]:
@@ -172,8 +174,8 @@ def run_rollback(args: argparse.Namespace) -> int:
         raise DeployError(f"{bundle}: the ledger lost the bundle of ticket {previous[:12]}")
     _verified_id(bundle, fleet.fleet_key)
     print(f"rolling back {active[:12]} -> {previous[:12]} through {fleet.connection} ...")
-    extra: dict[str, ConfigValue] = {"min-installed": float(args.min_installed)}
-    document = roll_out(fleet, bundle, _run_dir(args), args.timeout, extra)
+    rollout = _rollout(args, "--min-installed")
+    document = roll_out(fleet, bundle, _run_dir(args), args.timeout, rollout)
     print(format_acks(document))
     _record(ledger, "rollback", previous, document)
     if not document["succeeded"]:
@@ -219,25 +221,30 @@ def roll_out(
     ticket_path: Path,
     run_dir: Path,
     timeout_s: float,
-    extra: dict[str, ConfigValue],
+    rollout: runconfig.RolloutSettings,
 ) -> dict[str, Any]:
-    """Submit the rollout run, wait for it, and return its `deploy.json`."""
+    """Submit the rollout run (the Flower app written into `run_dir`), wait for it, and return
+    its `deploy.json`."""
     outcome = run_dir / "deploy.json"
     outcome.unlink(missing_ok=True)
-    config: dict[str, ConfigValue] = {
-        "mode": "deploy",
-        "ticket-path": str(ticket_path.resolve()),
-        "run-dir": str(run_dir),
-        "fleet-key": str(fleet.fleet_key.resolve()),
-        "round-timeout-s": float(timeout_s),
-        **extra,
-    }
+    placement = runconfig.RunPlacement(
+        mode="deploy",
+        ticket_path=ticket_path.resolve(),
+        run_dir=run_dir,
+        fleet_key=fleet.fleet_key.resolve(),
+    )
+    config = runconfig.RunConfig(
+        placement=placement,
+        training=runconfig.TrainingSettings(round_timeout_s=float(timeout_s)),
+        rollout=rollout,
+    )
+    app = runconfig.write_app(run_dir / "app", name=runconfig.PROJECT, version=_version())
     env = dict(os.environ, FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1")
     if fleet.flwr_home is not None:
         env["FLWR_HOME"] = str(fleet.flwr_home)
     flwr = Path(sys.executable).parent / "flwr"
-    command = [str(flwr), "run", str(APP_DIR), fleet.connection, "--stream"]
-    command += ["--run-config", toml_values(config)]
+    command = [str(flwr), "run", str(app), fleet.connection, "--stream"]
+    command += ["--run-config", toml_values(runconfig.to_run_config(config))]
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if not outcome.exists():
         tail = (result.stdout + result.stderr)[-800:]
@@ -262,6 +269,32 @@ def format_acks(document: dict[str, Any]) -> str:
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+def _rollout(args: argparse.Namespace, *flags: str) -> runconfig.RolloutSettings:
+    """The rollout's settings from these flags (the others keep their defaults); an
+    out-of-range value is a DeployError naming its flag and the range."""
+    rules = {spec.name: spec.metadata for spec in fields(runconfig.RolloutSettings)}
+    values = {FLAGS[flag]: getattr(args, flag[2:].replace("-", "_")) for flag in flags}
+    for flag in flags:
+        name = FLAGS[flag]
+        try:
+            runconfig.RolloutSettings(**{name: values[name]})
+        except runconfig.RunConfigError:
+            bounds = describe_bounds(rules[name])
+            raise DeployError(f"{flag} must be{bounds}, got {values[name]}") from None
+    return runconfig.RolloutSettings(**values)
+
+
+def _version() -> str:
+    """The installed project's version, for the app's pyproject.toml."""
+    try:
+        return importlib.metadata.version(runconfig.PROJECT)
+    except importlib.metadata.PackageNotFoundError:
+        raise DeployError(
+            f"{runconfig.PROJECT} is not installed: the rollout's Flower app runs its installed "
+            "modules; install it with `pip install -e .`"
+        ) from None
 
 
 def _fleet(args: argparse.Namespace) -> Fleet:

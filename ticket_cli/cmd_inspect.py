@@ -10,6 +10,7 @@ import numpy as np
 
 from ticket import crypto
 from ticket.bundle import FORMAT_VERSION, Ticket
+from ticket.manifest import MethodSpec
 from ticket_cli.cmd_keys import read_model_ticket, read_public_key
 
 INSPECT_SCHEMA = "ticketfleet.inspect.v1"  # docs/ticket-format.md; bump on any breaking change
@@ -70,32 +71,32 @@ def inspect_document(ticket: Ticket, trusted: set[str] | None) -> dict[str, Any]
         ],
         "kept_weights": kept,
         "total_weights": total,
-        "manifest": dict(ticket.manifest),
+        "manifest": ticket.manifest.to_json(),
     }
 
 
 def report_lines(ticket: Ticket, trusted: set[str] | None) -> list[str]:
     """The human-readable report, one line per item."""
     manifest = ticket.manifest
-    model, data, method = manifest["model"], manifest["data"], manifest["method"]
+    model, data, method = manifest.model, manifest.data, manifest.method
     kept, total = _counts(ticket)
     lines = [
         f"ticket    {ticket.content_id}  (format {FORMAT_VERSION})",
-        f"model     {model['name']}  {inline_values(model['args'])}".rstrip(),
-        f"data      {data['name']}  {inline_values(data, skip={'name'})}".rstrip(),
-        f"method    {_method(method, manifest['rewind_step'])}",
+        f"model     {model.name}  {inline_values(model.args)}".rstrip(),
+        f"data      {data.name}  {inline_values(data.to_json(), skip={'name'})}".rstrip(),
+        f"method    {_method(method, manifest.rewind_step)}",
     ]
-    if isinstance(method.get("train"), dict):
-        lines.append(f"training  {inline_values(method['train'])}")
+    if method.train is not None:
+        lines.append(f"training  {inline_values(method.train)}")
     lines += [
-        f"density   {percent_text(manifest['density']['overall'])}  "
+        f"density   {percent_text(manifest.density.overall)}  "
         f"({kept:,} of {total:,} prunable weights kept)",
         *_dense_line(ticket),
-        f"created   {manifest['created_at']}",
-        f"parent    {manifest['parent'] or 'none'}",
+        f"created   {manifest.created_at}",
+        f"parent    {manifest.parent or 'none'}",
         "",
         *_layer_table(ticket),
-        *_metrics_section(manifest["metrics"]),
+        *_metrics_section(manifest.metrics),
         "",
         "signatures",
         *_signature_lines(ticket, trusted),
@@ -106,17 +107,18 @@ def report_lines(ticket: Ticket, trusted: set[str] | None) -> list[str]:
 # ---------------------------------------------------------------- sections
 
 
-def _method(method: Mapping[str, Any], rewind_step: int) -> str:
-    rate = method.get("rate", _get(method, "rates", "rate"))
-    output_rate = _get(method, "rates", "output_rate")
-    parts = [method["name"]]
-    scope = method.get("scope", method.get("pruner"))
+def _method(method: MethodSpec, rewind_step: int) -> str:
+    # "rate" and "scope" are not written by `ticket find`; other writers may keep them flat.
+    rate = method.extras.get("rate", _get(method.rates, "rate"))
+    output_rate = _get(method.rates, "output_rate")
+    parts = [method.name]
+    scope = method.extras.get("scope", method.pruner)
     if scope is not None:
         parts.append(str(scope))
     if rate is not None:
         parts.append(f"rate {rate}" + (f" (output layer {output_rate})" if output_rate else ""))
-    if "target_density" in method:
-        parts.append(f"target density {method['target_density']}")
+    if method.target_density is not None:
+        parts.append(f"target density {method.target_density}")
     parts.append(f"rewind step {rewind_step}")
     return ", ".join(parts)
 

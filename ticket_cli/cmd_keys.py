@@ -127,7 +127,7 @@ def read_model_ticket(path: Path, *, trusted_keys: Sequence[bytes], allow_unsign
     refused only by the device that tries to load it.
     """
     ticket = read_ticket(path, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned)
-    name, model_args = ticket.manifest["model"]["name"], ticket.manifest["model"]["args"]
+    name, model_args = ticket.manifest.model.name, ticket.manifest.model.args
     try:
         # On the meta device nothing is allocated: only shapes are compared, and a manifest
         # can name a model far larger than the file that carries it.

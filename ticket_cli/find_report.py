@@ -10,6 +10,7 @@ from typing import Any
 
 from ticket import __version__
 from ticket.atomic import atomic_write_bytes, atomic_write_text
+from ticket.manifest import DataSpec, Density, Manifest, MethodSpec, ModelSpec
 from ticket.masks import density, kept_count, layer_densities, total_count
 from ticket_cli.find_runner import LevelRecord, SearchOutcome
 
@@ -21,37 +22,34 @@ CURVE_LABELS = {
 }
 
 
-def build_manifest(
-    outcome: SearchOutcome, *, created_at: datetime, parent: str | None
-) -> dict[str, Any]:
+def build_manifest(outcome: SearchOutcome, *, created_at: datetime, parent: str | None) -> Manifest:
     """The ticket manifest (format version 1): what it is, how and on what it was found."""
     spec = outcome.spec
     final = outcome.levels[-1]
-    return {
-        "format_version": 1,
-        "model": {"name": spec.model, "args": outcome.model_args},
-        "data": outcome.dataset.describe(),
-        "method": {
-            "name": spec.method,
-            "pruner": spec.pruner,
-            "rates": {
+    return Manifest(
+        model=ModelSpec(name=spec.model, args=outcome.model_args),
+        data=DataSpec.from_json(outcome.dataset.describe(), at="data"),
+        method=MethodSpec(
+            name=spec.method,
+            pruner=spec.pruner,
+            rates={
                 "rate": spec.rates.rate,
                 "output_rate": spec.rates.output_rate,
                 "layer_rates": dict(spec.rates.layer_rates),
             },
-            "target_density": spec.target_density,
-            "seed": spec.seed,
-            "train": asdict(spec.train),
-            "controls": list(spec.controls),
-            "search_fingerprint": spec.fingerprint(),
-        },
-        "rewind_step": spec.rewind_step,
-        "density": {"overall": density(outcome.mask), "layers": layer_densities(outcome.mask)},
-        "metrics": {"final": final.ticket, "levels": [level.as_dict() for level in outcome.levels]},
-        "parent": parent,
-        "created_at": created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "tool": {"name": "ticketfleet", "version": __version__},
-    }
+            target_density=spec.target_density,
+            seed=spec.seed,
+            train=asdict(spec.train),
+            controls=tuple(spec.controls),
+            search_fingerprint=spec.fingerprint(),
+        ),
+        rewind_step=spec.rewind_step,
+        density=Density(overall=density(outcome.mask), layers=layer_densities(outcome.mask)),
+        metrics={"final": final.ticket, "levels": [level.as_dict() for level in outcome.levels]},
+        parent=parent,
+        created_at=created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        tool={"name": "ticketfleet", "version": __version__},
+    )
 
 
 def build_report(

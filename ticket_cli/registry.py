@@ -371,25 +371,25 @@ def _entry_of(
     ticket: Ticket, data: bytes, trusted_keys: Sequence[bytes], *, published_at: str
 ) -> Entry:
     manifest = ticket.manifest
-    final = final_metrics(manifest["metrics"])
+    final = final_metrics(manifest.metrics)
     trusted = {crypto.key_id(pem) for pem in trusted_keys}
     signers = [s.key_id for s in ticket.signatures]
     return Entry(
         content_id=ticket.content_id,
-        model=manifest["model"]["name"],
-        model_args=dict(manifest["model"]["args"]),
-        task=manifest["data"]["name"],
-        sites=_sites(manifest["data"]),
-        density=float(manifest["density"]["overall"]),
+        model=manifest.model.name,
+        model_args=dict(manifest.model.args),
+        task=manifest.data.name,
+        sites=None if manifest.data.sites is None else list(manifest.data.sites),
+        density=float(manifest.density.overall),
         kept_weights=sum(int(np.count_nonzero(mask)) for mask in ticket.masks.values()),
         total_weights=sum(int(mask.size) for mask in ticket.masks.values()),
         accuracy=final.get("accuracy"),
         auc=final.get("auc"),
         metrics=final,
-        method=manifest["method"]["name"],
-        rewind_step=int(manifest["rewind_step"]),
-        parent=manifest["parent"],
-        created_at=_utc_text(datetime.fromisoformat(manifest["created_at"])),
+        method=manifest.method.name,
+        rewind_step=manifest.rewind_step,
+        parent=manifest.parent,
+        created_at=_utc_text(datetime.fromisoformat(manifest.created_at)),
         signers=signers,
         verified_by=[key_id for key_id in signers if key_id in trusted],
         published_at=published_at,
@@ -417,13 +417,6 @@ def final_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
         for key, value in final.items()
         if isinstance(value, int | float) and not isinstance(value, bool)
     }
-
-
-def _sites(data: Mapping[str, Any]) -> list[str] | None:
-    sites = data.get("sites")
-    if isinstance(sites, list) and all(isinstance(site, str) for site in sites):
-        return list(sites)
-    return None
 
 
 def _row_of(entry: Entry) -> tuple[Any, ...]:

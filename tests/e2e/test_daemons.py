@@ -85,17 +85,14 @@ def test_daemons_restart_a_killed_node_and_stop_an_ineligible_one(tmp_path: Path
     config = run_config(
         ticket,
         run_dir=tmp_path / "run",
-        rounds=3,
-        nodes=2,
+        fleet_key=tmp_path / "fleet.pub",
+        num_rounds=3,
+        min_nodes=2,
+        round_timeout_s=30.0,
         # No federated evaluation: supervision is under test, and each evaluate message costs
         # every node a fresh ClientApp process (torch import) and the round another trip.
-        **{
-            "round-timeout-s": 30.0,
-            "fleet-key": str(tmp_path / "fleet.pub"),
-            "fraction-evaluate": 0.0,
-        },
+        fraction_evaluate=0.0,
     )
-    config["allow-unsigned"] = False
     events: dict[str, object] = {}
 
     def inject(server_round: int) -> None:

@@ -85,11 +85,11 @@ def test_deploy_canary_rollback_and_training_with_the_deployed_ticket(
         config = run_config(
             first,
             run_dir=tmp_path / "run",
-            rounds=1,
-            nodes=2,
-            **{"round-timeout-s": 60.0, "fleet-key": str(tmp_path / "fleet.pub")},
+            fleet_key=tmp_path / "fleet.pub",
+            num_rounds=1,
+            min_nodes=2,
+            round_timeout_s=60.0,
         )
-        config["allow-unsigned"] = False
         outcome = fleet.run(config, timeout_s=300)
 
         # Two canary devices of three: VA Long Beach may be one of them and refuse B, so half

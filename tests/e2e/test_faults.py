@@ -21,9 +21,10 @@ def test_a_lost_node_fails_its_round_and_a_killed_serverapp_resumes(tmp_path: Pa
     config = run_config(
         ticket,
         run_dir=tmp_path / "run",
-        rounds=4,
-        nodes=2,  # the round survives with 2 of its 3 nodes
-        **{"round-timeout-s": 30.0, "fraction-evaluate": 0.0},
+        num_rounds=4,
+        min_nodes=2,  # the round survives with 2 of its 3 nodes
+        round_timeout_s=30.0,
+        fraction_evaluate=0.0,
     )
     killed: list[int] = []
 

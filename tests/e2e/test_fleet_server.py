@@ -42,7 +42,7 @@ def _yaml(state: Path, port: int) -> str:
             "  host: 127.0.0.1",
             f"  port: {port}",
             "run:",  # no ticket: the active one
-            f"  rounds: {ROUNDS}",
+            f"  num_rounds: {ROUNDS}",
             "  fraction_evaluate: 0.0",  # server-side evaluation scores the rounds
             "  min_nodes: 2",
             "  round_timeout_s: 30",

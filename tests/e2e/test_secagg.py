@@ -19,9 +19,11 @@ def test_a_node_killed_mid_round_leaves_the_survivors_sum(tmp_path: Path) -> Non
     config = run_config(
         ticket,
         run_dir=tmp_path / "run",
-        rounds=2,
-        nodes=4,  # round 1's key setup waits for all four
-        **{"secagg": True, "round-timeout-s": 30.0, "fraction-evaluate": 0.0},
+        num_rounds=2,
+        min_nodes=4,  # round 1's key setup waits for all four
+        secagg=True,
+        round_timeout_s=30.0,
+        fraction_evaluate=0.0,
     )
 
     def inject(server_round: int) -> None:

@@ -6,6 +6,13 @@ import pytest
 
 from loopback.launcher import Loopback, LoopbackError
 from tests.inprocess import find_ticket
+from ticket.runconfig import (
+    RunConfig,
+    RunPlacement,
+    SimulationSettings,
+    TrainingSettings,
+    to_run_config,
+)
 
 APP_DIR = Path(__file__).resolve().parents[2]
 
@@ -13,17 +20,18 @@ APP_DIR = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_virtual_hospitals_train_the_ticket_under_the_simulation_engine(tmp_path: Path) -> None:
     ticket = find_ticket(tmp_path / "heart.ticket", density=0.1)
-    config = {
-        "ticket-path": str(ticket),
-        "run-dir": str(tmp_path / "run"),
-        "allow-unsigned": True,
-        "num-rounds": 2,
-        "min-nodes": 3,
-        "server-eval": "heart-uci",
-        "sim-dataset": "heart-uci",
-        "sim-partition": "natural",
-        "sim-num-partitions": 4,  # 3 virtual nodes: the first 3 of the 4 hospitals
-    }
+    run = RunConfig(
+        placement=RunPlacement(ticket_path=ticket, run_dir=tmp_path / "run"),
+        training=TrainingSettings(
+            allow_unsigned=True, num_rounds=2, min_nodes=3, server_eval="heart-uci"
+        ),
+        simulation=SimulationSettings(
+            sim_dataset="heart-uci",
+            sim_partition="natural",
+            sim_num_partitions=4,  # 3 virtual nodes: the first 3 of the 4 hospitals
+        ),
+    )
+    config = to_run_config(run)
     fleet = Loopback(tmp_path / "sim", APP_DIR, [], simulation=True, grace_s=5.0)
     with fleet:
         outcome = fleet.run(

@@ -6,22 +6,24 @@ from uuid import uuid4
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Context, Message, RecordDict
 
 from edge_daemon import client_app
-from edge_daemon.client_app import ErrorCode, payload_array
+from flower_wire.records import to_flower
 from tests.inprocess import find_ticket, heart_nodes, server_identity
+from ticket import wire
 from ticket.bundle import Ticket, read_ticket
 from ticket.codec import HEADER_BYTES, Kind, decode_vector, encode_vector, read_header
 from ticket.packing import PackLayout
+from ticket.wire import ErrorCode
 from ticket_cli.cli import main as ticket_cli
 
 TRAIN_CONFIG: dict[str, Any] = {
-    "local-epochs": 1,
-    "batch-size": 32,
-    "lr": 1e-3,
-    "optimizer": "adam",
-    "seed": 3,
+    wire.LOCAL_EPOCHS: 1,
+    wire.BATCH_SIZE: 32,
+    wire.LR: 1e-3,
+    wire.OPTIMIZER: "adam",
+    wire.SEED: 3,
 }
 
 
@@ -54,17 +56,15 @@ def _instruction(
             ticket_id=ticket.content_id,
             round=server_round,
         )
-    settings: dict[str, Any] = {
-        "ticket-id": ticket.content_id,
-        "server-round": server_round,
-        "dtype": "float32",
-    }
-    content = RecordDict(
-        {
-            "arrays": ArrayRecord({"packed": payload_array(payload)}),
-            "config": ConfigRecord({**settings, **TRAIN_CONFIG, **(config or {})}),
-        }
+    settings: dict[str, Any] = {wire.TICKET_ID: ticket.content_id, wire.SERVER_ROUND: server_round}
+    if kind == "train":  # an evaluate instruction with a schedule is a canary probe
+        settings[wire.DTYPE] = "float32"
+    # Written by hand (not through wire's dataclasses) so a test can send a malformed config.
+    records = wire.Records(
+        arrays={wire.ARRAYS: {wire.PACKED: wire.Blob(wire.CODEC_STYPE, payload)}},
+        configs={wire.CONFIG: {**settings, **TRAIN_CONFIG, **(config or {})}},
     )
+    content = to_flower(records)
     with server_identity():
         message = Message(content, 101, kind)
     message.metadata.__dict__["_message_id"] = uuid4().hex  # the SuperLink's job
@@ -92,25 +92,26 @@ def test_train_replies_with_a_packed_update_of_the_run(signed_path: Path, keys: 
     reply = client_app.app(_instruction(ticket, "train"), _context(_node(signed_path, keys)))
 
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
-    payload = reply.content.array_records["arrays"]["packed"].data
+    payload = reply.content.array_records[wire.ARRAYS][wire.PACKED].data
     assert len(payload) == HEADER_BYTES + 4 * layout.size
     update = decode_vector(
         payload, kind=Kind.UPDATE, ticket_id=ticket.content_id, round=1, length=layout.size
     )
     assert not np.array_equal(update, layout.pack(ticket.weights))
-    metrics = reply.content.metric_records["metrics"]
-    assert _number(metrics["num-examples"]) == 226  # Cleveland's training rows
-    assert _number(metrics["train-loss"]) > 0
+    metrics = reply.content.metric_records[wire.METRICS]
+    assert _number(metrics[wire.NUM_EXAMPLES]) == 226  # Cleveland's training rows
+    assert _number(metrics[wire.TRAIN_LOSS]) > 0
 
 
 def test_train_encodes_the_update_in_the_requested_dtype(signed_path: Path, keys: Path) -> None:
     ticket = read_ticket(signed_path, allow_unsigned=True)
 
     reply = client_app.app(
-        _instruction(ticket, "train", config={"dtype": "int8"}), _context(_node(signed_path, keys))
+        _instruction(ticket, "train", config={wire.DTYPE: "int8"}),
+        _context(_node(signed_path, keys)),
     )
 
-    assert read_header(reply.content.array_records["arrays"]["packed"].data).dtype == "int8"
+    assert read_header(reply.content.array_records[wire.ARRAYS][wire.PACKED].data).dtype == "int8"
 
 
 def test_evaluate_replies_with_local_test_metrics(signed_path: Path, keys: Path) -> None:
@@ -118,9 +119,9 @@ def test_evaluate_replies_with_local_test_metrics(signed_path: Path, keys: Path)
 
     reply = client_app.app(_instruction(ticket, "evaluate"), _context(_node(signed_path, keys)))
 
-    metrics = reply.content.metric_records["metrics"]
-    assert _number(metrics["num-examples"]) == 78  # Cleveland's test rows
-    assert 0 <= _number(metrics["accuracy"]) <= 1
+    metrics = reply.content.metric_records[wire.METRICS]
+    assert _number(metrics[wire.NUM_EXAMPLES]) == 78  # Cleveland's test rows
+    assert 0 <= _number(metrics[wire.ACCURACY]) <= 1
     assert reply.content.array_records == {}
 
 
@@ -150,7 +151,7 @@ def test_missing_ticket_is_an_error_reply_that_names_no_path(
 
 def test_ticket_of_another_run_is_refused(signed_path: Path, keys: Path) -> None:
     ticket = read_ticket(signed_path, allow_unsigned=True)
-    message = _instruction(ticket, "train", config={"ticket-id": "ab" * 32})
+    message = _instruction(ticket, "train", config={wire.TICKET_ID: "ab" * 32})
 
     code, reason = _error(client_app.app(message, _context(_node(signed_path, keys))))
 
@@ -210,12 +211,12 @@ def test_unusable_node_config_is_an_error_reply(
 
 def test_missing_train_setting_is_an_instruction_error(signed_path: Path, keys: Path) -> None:
     ticket = read_ticket(signed_path, allow_unsigned=True)
-    message = _instruction(ticket, "train", config={"local-epochs": "two"})
+    message = _instruction(ticket, "train", config={wire.LOCAL_EPOCHS: "two"})
 
     code, reason = _error(client_app.app(message, _context(_node(signed_path, keys))))
 
     assert code == ErrorCode.INSTRUCTIONS
-    assert "'local-epochs' must be int" in reason
+    assert "train instruction: config.local-epochs: expected int, got 'two'" in reason
 
 
 def _virtual(partition_id: int, run_config: dict[str, bool | float | int | str]) -> Context:
@@ -248,7 +249,8 @@ def test_a_virtual_node_trains_on_its_partition_of_the_run_configs_dataset(
     )
 
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
-    assert _number(reply.content.metric_records["metrics"]["num-examples"]) == 226  # Cleveland
+    metrics = reply.content.metric_records[wire.METRICS]
+    assert _number(metrics[wire.NUM_EXAMPLES]) == 226  # Cleveland
 
 
 def test_a_virtual_node_passes_on_only_the_chosen_partitioners_option(
@@ -270,7 +272,7 @@ def test_virtual_nodes_may_take_the_first_parts_of_a_wider_split(
 
     reply = client_app.app(_instruction(ticket, "train"), context)
 
-    assert _number(reply.content.metric_records["metrics"]["num-examples"]) == 75
+    assert _number(reply.content.metric_records[wire.METRICS][wire.NUM_EXAMPLES]) == 75
 
 
 def test_a_virtual_node_without_sim_dataset_is_a_node_config_error(
@@ -292,4 +294,4 @@ def test_a_real_node_ignores_the_run_configs_sim_keys(signed_path: Path, keys: P
 
     reply = client_app.app(_instruction(ticket, "train"), context)
 
-    assert _number(reply.content.metric_records["metrics"]["num-examples"]) == 226
+    assert _number(reply.content.metric_records[wire.METRICS][wire.NUM_EXAMPLES]) == 226

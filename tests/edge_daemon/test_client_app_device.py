@@ -7,13 +7,13 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from edge_daemon import client_app
-from edge_daemon.client_app import ErrorCode
 from edge_daemon.readings import ReadingsStore
 from edge_daemon.state import load_state
 from loopback.devices import hospital_csv
 from tests.edge_daemon.test_client_app import _error, _instruction, _number
 from tests.inprocess import find_ticket
 from ticket.bundle import read_ticket
+from ticket.wire import ErrorCode
 
 
 @pytest.fixture(scope="module")

@@ -7,16 +7,18 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from edge_daemon import client_app
-from edge_daemon.client_app import ErrorCode
-from edge_daemon.secagg_client import SECAGG_KEY, StateStore, state_file
+from edge_daemon.secagg_client import StateStore, state_file
 from tests.inprocess import InProcessGrid, server_identity
+from ticket import wire
 from ticket.secagg import SecAggParams, ServerRound
+from ticket.wire import SECAGG as SECAGG_KEY
+from ticket.wire import ErrorCode
 
 PARAMS = SecAggParams(clip=0.25)
 
 
 def _ask(grid: InProcessGrid, node: int, **parts: int | bytes) -> Message:
-    content = RecordDict({SECAGG_KEY: ConfigRecord({"round": 1, "weight-cap": 100, **parts})})
+    content = RecordDict({SECAGG_KEY: ConfigRecord({wire.ROUND: 1, wire.WEIGHT_CAP: 100, **parts})})
     message = Message(content, dst_node_id=node, message_type=MessageType.QUERY)
     [reply] = grid.send_and_receive([message], timeout=10)
     return reply
@@ -25,11 +27,11 @@ def _ask(grid: InProcessGrid, node: int, **parts: int | bytes) -> Message:
 def _setup(grid: InProcessGrid) -> ServerRound:
     server = ServerRound(run_id=1, round=1, params=PARAMS, length=5)
     for node in grid.contexts:
-        reply = _ask(grid, node, **{"advert-round": 1})
-        server.add_advert(node, reply.content.config_records[SECAGG_KEY]["key-advert"])  # type: ignore[arg-type]
+        reply = _ask(grid, node, **{wire.ADVERT_ROUND: 1})
+        server.add_advert(node, reply.content.config_records[SECAGG_KEY][wire.KEY_ADVERT])  # type: ignore[arg-type]
     for node, bundle in server.key_bundles().items():
-        reply = _ask(grid, node, **{"key-bundle": bundle, "bundle-round": 1})
-        server.add_share_bundle(node, reply.content.config_records[SECAGG_KEY]["share-bundle"])  # type: ignore[arg-type]
+        reply = _ask(grid, node, **{wire.KEY_BUNDLE: bundle, wire.BUNDLE_ROUND: 1})
+        server.add_share_bundle(node, reply.content.config_records[SECAGG_KEY][wire.SHARE_BUNDLE])  # type: ignore[arg-type]
     return server
 
 
@@ -59,7 +61,7 @@ def test_a_query_without_a_secure_aggregation_step_is_an_error_reply() -> None:
 def test_a_key_bundle_for_a_round_without_keys_is_refused_with_the_secagg_code() -> None:
     with server_identity():
         grid = InProcessGrid(client_app.app, [{}, {}])
-        reply = _ask(grid, 101, **{"key-bundle": b"\0" * 40, "bundle-round": 1})
+        reply = _ask(grid, 101, **{wire.KEY_BUNDLE: b"\0" * 40, wire.BUNDLE_ROUND: 1})
     assert reply.has_error() and reply.error.code == ErrorCode.SECAGG
     assert "no secure aggregation state for round 1" in reply.error.reason
 
@@ -69,8 +71,8 @@ def test_a_tampered_key_bundle_is_refused_without_crashing() -> None:
         grid = InProcessGrid(client_app.app, [{}, {}])
         server = ServerRound(run_id=1, round=1, params=PARAMS, length=5)
         for node in grid.contexts:
-            reply = _ask(grid, node, **{"advert-round": 1})
-            server.add_advert(node, reply.content.config_records[SECAGG_KEY]["key-advert"])  # type: ignore[arg-type]
+            reply = _ask(grid, node, **{wire.ADVERT_ROUND: 1})
+            server.add_advert(node, reply.content.config_records[SECAGG_KEY][wire.KEY_ADVERT])  # type: ignore[arg-type]
         bundle = server.key_bundles()[101]
-        reply = _ask(grid, 102, **{"key-bundle": bundle, "bundle-round": 1})  # 101's, to 102
+        reply = _ask(grid, 102, **{wire.KEY_BUNDLE: bundle, wire.BUNDLE_ROUND: 1})  # 101's, to 102
     assert reply.has_error() and reply.error.code == ErrorCode.SECAGG

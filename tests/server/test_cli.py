@@ -40,11 +40,11 @@ def test_a_bad_config_exits_3_with_one_line_and_a_hint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = tmp_path / "server.yaml"
-    config.write_text("state_dir: s\nrun: {ticket: t, rounds: many}\n")
+    config.write_text("state_dir: s\nrun: {ticket: t, num_rounds: many}\n")
 
     assert main(["status", "-c", str(config)]) == ExitCode.BAD_INPUT
     err = capsys.readouterr().err.splitlines()
-    assert err[0].startswith(f"fleet-server status: error: {config}: run.rounds: must be")
+    assert err[0].startswith(f"fleet-server status: error: {config}: run.num_rounds: must be")
     assert err[1].startswith("  hint: ") and len(err) == 2
 
 
@@ -98,7 +98,9 @@ def test_status_names_the_active_ticket_or_says_there_is_none(
     from server.deployments import DeploymentLedger
 
     config = tmp_path / "server.yaml"
-    config.write_text("state_dir: state\nlisten: {host: 127.0.0.1, port: 9}\nrun: {rounds: 2}\n")
+    config.write_text(
+        "state_dir: state\nlisten: {host: 127.0.0.1, port: 9}\nrun: {num_rounds: 2}\n"
+    )
 
     assert main(["status", "-c", str(config)]) == ExitCode.OK
     assert "active ticket: none yet" in capsys.readouterr().out

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from server.config import OPTIMIZERS, ConfigError, FleetConfig, load_config
+from server.config import OPTIMIZERS, ConfigError, FleetConfig, RunSection, load_config
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "server.yaml"
 
@@ -55,7 +55,7 @@ def test_the_example_shows_every_key_of_the_schema() -> None:
 
 
 def test_run_config_maps_onto_the_server_apps_keys(tmp_path: Path) -> None:
-    path = _write(tmp_path, "state_dir: s\nrun:\n  ticket: t.ticket\n  rounds: 5\n  lr: 0.01\n")
+    path = _write(tmp_path, "state_dir: s\nrun:\n  ticket: t.ticket\n  num_rounds: 5\n  lr: 0.01\n")
 
     config = load_config(path)
     assert config.run.ticket is not None
@@ -78,6 +78,15 @@ def test_run_config_keys_exist_in_the_apps_defaults() -> None:
     assert set(config.run_config(Path("t.ticket"), config.run_dir("ab" * 32))) <= known
 
 
+def test_the_run_section_is_the_run_configs_training_settings_plus_where_it_runs() -> None:
+    # One set of names, types, ranges and defaults: ticket/runconfig.py's.
+    from ticket.runconfig import TrainingSettings
+
+    training = [spec.name for spec in dataclasses.fields(TrainingSettings)]
+    assert [spec.name for spec in dataclasses.fields(RunSection)] == [*training, "ticket", "name"]
+    assert load_config(EXAMPLE).run.training == TrainingSettings()  # the example shows defaults
+
+
 def test_optimizers_match_the_training_loop() -> None:
     from ticket.train import OPTIMIZERS as TRAIN_OPTIMIZERS
 
@@ -88,7 +97,15 @@ def test_optimizers_match_the_training_loop() -> None:
     ("text", "message"),
     [
         ("state_dir: s\nrun: {ticket: t}\nlisten: {prot: 1}\n", "listen.prot: unknown key"),
-        ("state_dir: s\nrun: {ticket: t, rounds: 0}\n", "run.rounds: must be a whole number >= 1"),
+        (
+            "state_dir: s\nrun: {ticket: t, num_rounds: 0}\n",
+            "run.num_rounds: must be a whole number >= 1",
+        ),
+        ("state_dir: s\nrun: {ticket: t, rounds: 3}\n", "run.rounds: renamed: use run.num_rounds"),
+        (
+            "state_dir: s\nrun: {ticket: t, dp_delta: 0.9}\n",
+            r"run.dp_delta: must be a number in \(0, 0.5\]",
+        ),
         ("state_dir: s\nrun: {ticket: t, optimizer: lion}\n", "run.optimizer: must be one of"),
         ("state_dir: s\nrun: {ticket: t, server_eval: nope}\n", "run.server_eval: must be one of"),
         ("state_dir: s\nrun: {ticket: t}\nnode_auth: yes please\n", "node_auth: must be true"),
@@ -113,7 +130,7 @@ def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_a_key_given_twice_is_an_error_naming_the_file_key_and_lines(tmp_path: Path) -> None:
-    path = _write(tmp_path, "state_dir: s\nrun:\n  rounds: 3\n  rounds: 30\n")
+    path = _write(tmp_path, "state_dir: s\nrun:\n  num_rounds: 3\n  num_rounds: 30\n")
     with pytest.raises(ConfigError) as error:
         load_config(path)
-    assert str(error.value) == f"{path}: run.rounds: duplicate key at line 4 (first at line 3)"
+    assert str(error.value) == f"{path}: run.num_rounds: duplicate key at line 4 (first at line 3)"

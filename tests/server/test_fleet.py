@@ -10,7 +10,7 @@ from cryptography import x509
 
 from server.config import FleetConfig, load_config
 from server.deployments import DeploymentLedger
-from server.fleet import FleetError, FleetServer, app_dir, init_state, training_target
+from server.fleet import FleetError, FleetServer, init_state, training_target, write_app
 from server.processes import PidFile, Recorded
 from ticket import crypto
 
@@ -117,8 +117,23 @@ def test_run_refuses_while_another_fleet_server_runs(tmp_path: Path) -> None:
     assert config.paths.pid_file.exists()  # still the live server's
 
 
-def test_the_flower_app_is_the_repository_root() -> None:
-    assert (app_dir() / "pyproject.toml").is_file()
+def test_the_flower_app_is_written_into_the_state_dir_and_builds(tmp_path: Path) -> None:
+    import tomllib
+
+    from flwr.cli.build import build_fab_from_disk
+
+    from ticket import runconfig
+
+    config = _config(tmp_path)
+
+    app = write_app(config)
+
+    assert app == config.state_dir / "app" and [p.name for p in app.iterdir()] == ["pyproject.toml"]
+    pyproject = tomllib.loads((app / "pyproject.toml").read_text())
+    assert pyproject["tool"]["flwr"]["app"]["config"] == runconfig.to_run_config(
+        runconfig.RunConfig()
+    )
+    assert build_fab_from_disk(app)  # what `flwr run` submits: Flower validates it first
 
 
 def test_without_run_ticket_the_active_ticket_trains_in_a_run_of_its_own(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from edge_daemon import client_app
 from server.privacy import DpPlan, epsilon
 from server.secagg_round import SecAggPlan, SecurePackedFedAvg
 from server.server_app import RunConfigError, ServerSettings
-from server.strategy import ARRAYS_KEY, PAYLOAD_KEY, PackedFedAvg, RoundPlan
+from server.strategy import PAYLOAD_KEY, PackedFedAvg, RoundPlan
 from server.training_run import run_resumable
 from tests.inprocess import InProcessGrid, heart_nodes, server_identity
 from ticket.bundle import Ticket
@@ -28,6 +28,8 @@ from ticket.packing import PackLayout
 from ticket.secagg.privacy import clip_l2
 from ticket.secagg.weighting import mean_error_bound
 from ticket.train import TrainConfig
+from ticket.wire import ARRAYS as ARRAYS_KEY
+from ticket.wire import PACKED
 
 TRAIN = TrainConfig(epochs=1, batch_size=32, lr=1e-3)
 SECAGG = SecAggPlan(clip=0.25, levels=2**14, weight_cap=1000)
@@ -80,7 +82,7 @@ def _local_updates(ticket_path: Path, ticket: Ticket) -> list[np.ndarray]:
     start = _initial(ticket)
     return [
         decode_vector(
-            reply.content.array_records[ARRAYS_KEY][PAYLOAD_KEY].data,
+            reply.content.array_records[ARRAYS_KEY][PACKED].data,
             kind=Kind.UPDATE,
             ticket_id=ticket.content_id,
             round=1,
@@ -198,9 +200,9 @@ def test_run_config_turns_privacy_on_only_with_secure_aggregation() -> None:
     assert ServerSettings.from_run_config(on).dp == DpPlan(1.1, 0.5, 1e-5)
     with pytest.raises(RunConfigError, match="needs secagg = true"):
         ServerSettings.from_run_config({**base, "dp-noise-multiplier": 1.0})
-    with pytest.raises(RunConfigError, match="dp-clip-norm must be > 0"):
+    with pytest.raises(RunConfigError, match=r"dp-clip-norm: must be a number > 0, got 0\.0"):
         ServerSettings.from_run_config({**on, "dp-clip-norm": 0.0})
-    with pytest.raises(RunConfigError, match="dp-delta must be in"):
+    with pytest.raises(RunConfigError, match=r"dp-delta: must be a number in \(0, 0\.5\]"):
         ServerSettings.from_run_config({**on, "dp-delta": 1.5})
-    with pytest.raises(RunConfigError, match="dp-noise-multiplier must be float"):
+    with pytest.raises(RunConfigError, match="dp-noise-multiplier: must be a number >= 0"):
         ServerSettings.from_run_config({**on, "dp-noise-multiplier": "lots"})

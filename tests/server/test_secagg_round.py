@@ -16,17 +16,19 @@ from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.serverapp.strategy import FedAvg, Result
 
 from edge_daemon import client_app
-from edge_daemon.client_app import ErrorCode
 from edge_daemon.local_data import LocalDataSpec, load_local_data
-from server.secagg_round import SECAGG_KEY, SecAggPlan, SecurePackedFedAvg
+from server.secagg_round import SecAggPlan, SecurePackedFedAvg
 from server.server_app import RunConfigError, ServerSettings
 from server.strategy import PAYLOAD_KEY, PackedFedAvg, RoundPlan
 from server.training_run import run_resumable
 from tests.inprocess import ClientCallable, InProcessGrid, heart_nodes, server_identity
+from ticket import wire
 from ticket.bundle import Ticket
 from ticket.packing import PackLayout
 from ticket.secagg.weighting import mean_error_bound, node_weight
 from ticket.train import TrainConfig
+from ticket.wire import SECAGG as SECAGG_KEY
+from ticket.wire import ErrorCode
 
 TRAIN = TrainConfig(epochs=1, batch_size=32, lr=1e-3)
 SECAGG = SecAggPlan(clip=0.25, levels=2**14, weight_cap=1000)
@@ -36,7 +38,7 @@ NODES = [101, 102, 103, 104]
 @pytest.fixture(scope="module")
 def examples(ticket_path: Path, ticket: Ticket) -> dict[int, int]:
     """Training rows per node (the four hospitals' natural split), for the error bound."""
-    preprocessing = ticket.manifest["data"]["preprocessing"]
+    preprocessing = ticket.manifest.data.preprocessing
     return {
         node: int(
             load_local_data(LocalDataSpec.from_node_config(config), preprocessing).y_train.shape[0]
@@ -133,7 +135,7 @@ def test_a_secure_round_gives_the_plaintext_weighted_mean(
     assert two.round_trips == {"train": 1, "unmask": 1}
     assert set(grid.timeouts) == {60}  # every step bounded by the round timeout
     assert all(two.bytes_up[node] > 0 and two.bytes_down[node] > 0 for node in NODES)
-    assert 0 < one.train_metrics["train-loss"] < 2
+    assert 0 < one.train_metrics[wire.TRAIN_LOSS] < 2
     # Round 1's global against the plaintext example-weighted mean of the same local models.
     first = secure_first_round(ticket_path, ticket)
     error = np.abs(first - _final(expected)).max()
@@ -153,9 +155,9 @@ def _loses(node: int, step: str) -> Callable[[Message], bool]:
 @pytest.mark.parametrize(
     "case",
     [
-        ("key-bundle", "shares", False),  # lost before sending its shares: not a member
-        ("mask-request", "mask", False),  # lost before its masked vector arrived
-        ("unmask-request", "unmask", True),  # lost after: its vector is in the sum
+        (wire.KEY_BUNDLE, "shares", False),  # lost before sending its shares: not a member
+        (wire.MASK_REQUEST, "mask", False),  # lost before its masked vector arrived
+        (wire.UNMASK_REQUEST, "unmask", True),  # lost after: its vector is in the sum
     ],
     ids=["before-shares", "before-mask", "before-unmask"],
 )
@@ -187,8 +189,8 @@ def test_too_many_dropouts_abort_the_round_keep_the_model_and_log_it(
 
     def lose(message: Message) -> bool:  # round 1's masked vectors, all but one
         config = message.content.config_records.get(SECAGG_KEY)
-        is_mask = "mask-request" in _steps(message) and config is not None
-        return message.metadata.dst_node_id in lost and is_mask and config["round"] == 1
+        is_mask = wire.MASK_REQUEST in _steps(message) and config is not None
+        return message.metadata.dst_node_id in lost and is_mask and config[wire.ROUND] == 1
 
     strategy = _secure(ticket)
     grid = LossyGrid(lose, client_app.app, heart_nodes(ticket_path))
@@ -219,7 +221,7 @@ def test_an_aborted_round_leaves_the_global_model_unchanged(
     ticket_path: Path, ticket: Ticket
 ) -> None:
     lose_all_but_one = LossyGrid(
-        lambda m: m.metadata.dst_node_id != 101 and "mask-request" in _steps(m),
+        lambda m: m.metadata.dst_node_id != 101 and wire.MASK_REQUEST in _steps(m),
         client_app.app,
         heart_nodes(ticket_path),
     )
@@ -242,9 +244,9 @@ def test_a_masked_vector_replayed_from_an_earlier_round_is_rejected(
         reply = client_app.app(message, context)
         if context.node_id == 102 and reply.has_content():
             parts = reply.content.config_records[SECAGG_KEY]
-            if "masked-input" in parts:
-                kept.setdefault("round-1", parts["masked-input"])  # type: ignore[arg-type]
-                parts["masked-input"] = kept["round-1"]  # round 2 gets round 1's again
+            if wire.MASKED_INPUT in parts:
+                kept.setdefault("round-1", parts[wire.MASKED_INPUT])  # type: ignore[arg-type]
+                parts[wire.MASKED_INPUT] = kept["round-1"]  # round 2 gets round 1's again
         return reply
 
     strategy = _secure(ticket)
@@ -259,7 +261,7 @@ def test_a_masked_vector_replayed_from_an_earlier_round_is_rejected(
 
 def test_a_node_that_lost_its_state_sits_the_round_out(ticket_path: Path, ticket: Ticket) -> None:
     def forgetful(message: Message, context: Context) -> Message:
-        if context.node_id == 104 and "mask-request" in _steps(message):
+        if context.node_id == 104 and wire.MASK_REQUEST in _steps(message):
             context.state.config_records.clear()  # e.g. its SuperNode restarted
         return client_app.app(message, context)
 
@@ -309,5 +311,5 @@ def test_run_config_turns_secure_aggregation_on_and_checks_its_keys() -> None:
     assert settings.secagg == SecAggPlan(clip=0.5, levels=2**14, weight_cap=1000)
     with pytest.raises(RunConfigError, match="levels"):
         ServerSettings.from_run_config({**base, "secagg": True, "secagg-levels": 1})
-    with pytest.raises(RunConfigError, match="weight_cap"):
+    with pytest.raises(RunConfigError, match="secagg-weight-cap: must be a whole number >= 1"):
         ServerSettings.from_run_config({**base, "secagg": True, "secagg-weight-cap": 0})

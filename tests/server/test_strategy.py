@@ -25,6 +25,7 @@ from tests.inprocess import (
     heart_nodes,
     server_identity,
 )
+from ticket import wire
 from ticket.bundle import Ticket, load_ticket, read_ticket
 from ticket.codec import HEADER_BYTES, Kind, decode_vector
 from ticket.packing import PackLayout
@@ -96,11 +97,11 @@ def test_instructions_carry_the_packed_global_and_the_plan(sparse_path: Path) ->
     _run(_strategy(ticket, seed=7), grid, _initial(ticket), rounds=1)
 
     first = grid.sent[0].content
-    config = first.config_records["config"]
-    assert config["ticket-id"] == ticket.content_id
-    assert config["server-round"] == 1 and config["seed"] == 7
-    assert config["local-epochs"] == 1 and config["dtype"] == "float32"
-    payload = first.array_records["arrays"][PAYLOAD_KEY].data
+    config = first.config_records[wire.CONFIG]
+    assert config[wire.TICKET_ID] == ticket.content_id
+    assert config[wire.SERVER_ROUND] == 1 and config[wire.SEED] == 7
+    assert config[wire.LOCAL_EPOCHS] == 1 and config[wire.DTYPE] == "float32"
+    payload = first.array_records[wire.ARRAYS][wire.PACKED].data
     values = decode_vector(
         payload, kind=Kind.MODEL, ticket_id=ticket.content_id, round=1, length=layout.size
     )
@@ -111,7 +112,7 @@ def _tampering(node_id: int, edit: Callable[[bytes], bytes]) -> ClientCallable:
     def client(message: Message, context: Context) -> Message:
         reply = client_app.app(message, context)
         if context.node_id == node_id and reply.has_content():
-            array = reply.content.array_records["arrays"][PAYLOAD_KEY]
+            array = reply.content.array_records[wire.ARRAYS][wire.PACKED]
             array.data = edit(array.data)
         return reply
 
@@ -229,7 +230,7 @@ def _plain_dense_client(ticket_path: Path) -> ClientCallable:
         arrays = message.content.array_records["arrays"]
         load_weights(model, {name: torch.from_numpy(a.numpy()) for name, a in arrays.items()})
         spec = LocalDataSpec.from_node_config(context.node_config)
-        data = load_local_data(spec, ticket.manifest["data"]["preprocessing"])
+        data = load_local_data(spec, ticket.manifest.data.preprocessing)
         config = message.content.config_records["config"]
         seed = client_app.local_seed(0, _as_int(config["server-round"]), context.node_id)
         train_masked(model, {}, data.x_train, data.y_train, TRAIN, seed=seed)
@@ -260,7 +261,7 @@ def _number(value: object) -> float:
 
 def test_dense_float32_ticket_is_exactly_fedavg(dense_path: Path) -> None:
     ticket = read_ticket(dense_path, allow_unsigned=True)
-    assert ticket.manifest["density"]["overall"] == 1.0
+    assert ticket.manifest.density.overall == 1.0
     layout = PackLayout.from_ticket(ticket)
     nodes = heart_nodes(dense_path)
 
@@ -454,7 +455,7 @@ def _replacing(
 
 
 def _metrics(**values: float) -> Callable[[], RecordDict]:
-    return lambda: RecordDict({"metrics": MetricRecord(dict(values))})
+    return lambda: RecordDict({wire.METRICS: MetricRecord(dict(values))})
 
 
 def _recording(evaluations: dict[int, dict[str, object]]) -> ClientCallable:
@@ -463,7 +464,7 @@ def _recording(evaluations: dict[int, dict[str, object]]) -> ClientCallable:
     def client(message: Message, context: Context) -> Message:
         reply = client_app.app(message, context)
         if message.metadata.message_type == "evaluate" and reply.has_content():
-            evaluations[context.node_id] = dict(reply.content.metric_records["metrics"])
+            evaluations[context.node_id] = dict(reply.content.metric_records[wire.METRICS])
         return reply
 
     return client
@@ -518,18 +519,27 @@ def test_evaluate_instructions_count_in_bytes_down(sparse_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "reason"),
     [
-        (_metrics(accuracy=0.5), "num-examples must be an integer >= 1"),
+        (_metrics(accuracy=0.5), "evaluate reply: metrics.num-examples: missing"),
         (_metrics(**{"num-examples": 0, "loss": 0.5, "accuracy": 0.5}), "integer >= 1"),
-        (_metrics(**{"num-examples": 10.0, "loss": 0.5, "accuracy": 0.5}), "integer >= 1"),
-        (_metrics(**{"num-examples": 10, "accuracy": 0.5}), "no 'loss'"),
-        (_metrics(**{"num-examples": 10, "loss": 0.5}), "no 'accuracy'"),
-        (_metrics(**{"num-examples": 10, "loss": math.nan, "accuracy": 0.5}), "not finite"),
-        (_metrics(**{"num-examples": 10, "loss": 0.5, "accuracy": math.inf}), "not finite"),
+        (
+            _metrics(**{"num-examples": 10.0, "loss": 0.5, "accuracy": 0.5}),
+            "metrics.num-examples: expected int, got 10.0",
+        ),
+        (_metrics(**{"num-examples": 10, "accuracy": 0.5}), "metrics.loss: missing"),
+        (_metrics(**{"num-examples": 10, "loss": 0.5}), "metrics.accuracy: missing"),
+        (
+            _metrics(**{"num-examples": 10, "loss": math.nan, "accuracy": 0.5}),
+            "metrics.loss: expected a finite float",
+        ),
+        (
+            _metrics(**{"num-examples": 10, "loss": 0.5, "accuracy": math.inf}),
+            "metrics.accuracy: expected a finite float",
+        ),
         (_metrics(**{"num-examples": 10, "loss": 0.5, "accuracy": 1.5}), "outside [0.0, 1.0]"),
         (_metrics(**{"num-examples": 10, "loss": -1.0, "accuracy": 0.5}), "outside [0.0, inf]"),
         (
             _metrics(**{"num-examples": 10, "loss": 0.5, "accuracy": 0.5, "auc": 2.0}),
-            "auc 2.0 is outside",
+            "metrics.auc: 2.0 is outside",
         ),
         (
             lambda: RecordDict(
@@ -538,9 +548,9 @@ def test_evaluate_instructions_count_in_bytes_down(sparse_path: Path) -> None:
                     "more": MetricRecord({"accuracy": 1.0}),
                 }
             ),
-            "2 MetricRecords, expected exactly one",
+            "evaluate reply: more: unexpected record",
         ),
-        (RecordDict, "0 MetricRecords"),
+        (RecordDict, "evaluate reply: metrics: missing metric record"),
     ],
 )
 def test_a_malformed_evaluation_is_rejected_and_the_others_are_averaged(
@@ -616,23 +626,23 @@ def _train_metrics(node_id: int, edit: Callable[[RecordDict], None]) -> ClientCa
 
 def _set_metric(key: str, value: float) -> Callable[[RecordDict], None]:
     def edit(content: RecordDict) -> None:
-        content.metric_records["metrics"][key] = value
+        content.metric_records[wire.METRICS][key] = value
 
     return edit
 
 
 def _add_record(content: RecordDict) -> None:
-    content["more"] = MetricRecord({"num-examples": 1, "train-loss": 0.1})
+    content["more"] = MetricRecord({wire.NUM_EXAMPLES: 1, wire.TRAIN_LOSS: 0.1})
 
 
 @pytest.mark.parametrize(
     ("edit", "reason"),
     [
-        (_set_metric("train-loss", math.nan), "metric 'train-loss' is not finite"),
-        (_set_metric("train-loss", math.inf), "metric 'train-loss' is not finite"),
-        (_set_metric("train-loss", -math.inf), "metric 'train-loss' is not finite"),
-        (_set_metric("extra", [0.5, math.nan]), "metric 'extra' is not finite"),  # type: ignore[arg-type]
-        (_add_record, "2 MetricRecords, expected exactly one"),
+        (_set_metric(wire.TRAIN_LOSS, math.nan), "metrics.train-loss: expected a finite float"),
+        (_set_metric(wire.TRAIN_LOSS, math.inf), "metrics.train-loss: expected a finite float"),
+        (_set_metric(wire.TRAIN_LOSS, -math.inf), "metrics.train-loss: expected a finite float"),
+        (_set_metric("extra", [0.5, math.nan]), "metrics.extra: unexpected key"),  # type: ignore[arg-type]
+        (_add_record, "train reply: more: unexpected record"),
     ],
 )
 def test_train_metrics_must_be_finite_and_in_one_record(
@@ -647,5 +657,5 @@ def test_train_metrics_must_be_finite_and_in_one_record(
     record = strategy.rounds[1]
     assert list(record.rejected) == [102] and reason in record.rejected[102]
     assert sorted(record.accepted) == [101, 103, 104]
-    assert math.isfinite(record.train_metrics["train-loss"])
+    assert math.isfinite(record.train_metrics[wire.TRAIN_LOSS])
     assert _number(result.train_metrics_clientapp[1]["rejected"]) == 1

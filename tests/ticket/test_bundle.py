@@ -37,7 +37,7 @@ from ticket.bundle import (
     write_ticket,
 )
 from ticket.errors import BundleError, IntegrityError, TicketError, UnsignedTicketError
-from ticket.manifest import measure_density
+from ticket.manifest import Manifest, measure_density
 from ticket.models import build_model
 from ticket.tensorfile import decode_tensors, encode_tensors
 
@@ -56,8 +56,14 @@ TINY_ARGS = {"in_features": 4, "hidden": [3], "num_classes": 2}
 CORRUPT = "ticket file is corrupt or was modified"
 
 
-def golden_parts() -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(manifest, masks, weights) of the golden ticket: heart-mlp 4-3-2 with a fixed mask.
+def golden_parts() -> tuple[Manifest, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(manifest, masks, weights) of the golden ticket: heart-mlp 4-3-2 with a fixed mask."""
+    document, masks, weights = golden_json_parts()
+    return Manifest.from_json(document), masks, weights
+
+
+def golden_json_parts() -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """golden_parts with the manifest as its JSON object, for tests that edit it.
 
     The weights follow a formula, not the seed-0 init, so a torch upgrade that changes
     initialisation cannot move the pinned bytes; every value is exact in float32.
@@ -110,6 +116,12 @@ def golden_parts() -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.
         "created_at": "2025-01-31T12:00:00Z",
     }
     return manifest, masks, weights
+
+
+def _build(
+    document: dict[str, Any], masks: dict[str, np.ndarray], weights: dict[str, np.ndarray]
+) -> Ticket:
+    return build_ticket(Manifest.from_json(document), masks, weights)
 
 
 def golden_ticket() -> Ticket:
@@ -219,7 +231,7 @@ def random_parts(
         if name.endswith(".weight"):
             masks[name] = draw(hnp.arrays(np.bool_, shape))
             weights[name] = np.where(masks[name], weights[name], np.float32(0))
-    manifest = copy.deepcopy(golden_parts()[0])
+    manifest = copy.deepcopy(golden_json_parts()[0])
     manifest["model"]["args"] = {"in_features": in_features, "hidden": [hidden]}
     manifest["density"] = measure_density(masks)
     return manifest, masks, weights
@@ -230,7 +242,7 @@ def random_parts(
 def test_any_ticket_round_trips_bit_exactly(
     parts: tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray]],
 ) -> None:
-    ticket = build_ticket(*parts)
+    ticket = _build(*parts)
 
     encoded = encode_ticket(ticket)
     decoded = decode_ticket(encoded, allow_unsigned=True)
@@ -272,10 +284,12 @@ def test_build_copies_its_inputs() -> None:
     ticket = build_ticket(manifest, masks, weights)
 
     weights["fc1.bias"][0] = 99.0
-    manifest["rewind_step"] = 7
+    manifest.metrics["levels"].clear()
+    manifest.model.args["hidden"][0] = 7
 
     assert ticket.weights["fc1.bias"][0] != 99.0
-    assert ticket.manifest["rewind_step"] == 0
+    assert len(ticket.manifest.metrics["levels"]) == 2
+    assert ticket.manifest.model.args["hidden"] == [3]
 
 
 # ---------------------------------------------------------------- signing
@@ -303,7 +317,7 @@ def test_signing_twice_with_one_key_replaces_its_signature() -> None:
 
 def test_a_ticket_edited_after_building_cannot_be_encoded() -> None:
     ticket = golden_ticket()
-    edited = replace(ticket, manifest={**ticket.manifest, "rewind_step": 5})
+    edited = replace(ticket, manifest=replace(ticket.manifest, rewind_step=5))
 
     with pytest.raises(BundleError, match="content id does not match"):
         encode_ticket(edited)
@@ -620,10 +634,10 @@ def test_signatures_are_checked_before_the_body_is_parsed() -> None:
 
 
 def _build_error(edit: Any) -> str:
-    manifest, masks, weights = golden_parts()
+    manifest, masks, weights = golden_json_parts()
     edit(manifest, masks, weights)
     with pytest.raises(BundleError) as caught:
-        build_ticket(manifest, masks, weights)
+        _build(manifest, masks, weights)
     return str(caught.value)
 
 
@@ -673,14 +687,14 @@ def test_build_names_the_problem(edit: Any, expected: str) -> None:
 
 
 def test_density_is_checked_to_1e_9() -> None:
-    manifest, masks, weights = golden_parts()
+    manifest, masks, weights = golden_json_parts()
     manifest["density"]["layers"]["fc1.weight"] = 0.5 + 5e-10
-    build_ticket(manifest, masks, weights)  # within tolerance
+    _build(manifest, masks, weights)  # within tolerance
 
     manifest["density"]["layers"]["fc1.weight"] = 0.5 + 2e-9
 
     with pytest.raises(BundleError, match=r"fc1\.weight"):
-        build_ticket(manifest, masks, weights)
+        _build(manifest, masks, weights)
 
 
 # ---------------------------------------------------------------- models
@@ -706,10 +720,10 @@ def test_load_ticket_verifies_trust(tmp_path: Path, other_key: tuple[bytes, byte
 
 
 def test_load_ticket_refuses_an_unknown_model(tmp_path: Path) -> None:
-    manifest, masks, weights = golden_parts()
+    manifest, masks, weights = golden_json_parts()
     manifest["model"]["name"] = "resnet-9000"
     path = tmp_path / "t.ticket"
-    write_ticket(path, build_ticket(manifest, masks, weights))
+    write_ticket(path, _build(manifest, masks, weights))
 
     with pytest.raises(BundleError, match=r"resnet-9000.*heart-mlp"):
         load_ticket(path, trusted_keys=(), allow_unsigned=True)
@@ -731,14 +745,14 @@ def test_a_missing_parameter_is_named() -> None:
 
 
 def test_extra_weights_and_missing_masks_are_named() -> None:
-    manifest, masks, weights = golden_parts()
+    manifest, masks, weights = golden_json_parts()
     model = build_model("heart-mlp", TINY_ARGS, seed=0)
     unmasked = {"fc1.weight": masks["fc1.weight"]}
     manifest["density"] = measure_density(unmasked)
     extra = {**weights, "fc0.weight": np.zeros(2, dtype=np.float32)}
 
     with pytest.raises(BundleError, match=re.escape("no mask for prunable weight 'fc2.weight'")):
-        check_against_model(build_ticket(manifest, unmasked, weights), model)
+        check_against_model(_build(manifest, unmasked, weights), model)
     with pytest.raises(
         BundleError, match=re.escape("weights 'fc0.weight', which the model does not have")
     ):

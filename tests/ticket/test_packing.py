@@ -11,7 +11,7 @@ from hypothesis.extra import numpy as hnp
 
 from ticket.bundle import Ticket, build_ticket
 from ticket.errors import CodecError
-from ticket.manifest import measure_density
+from ticket.manifest import Manifest, measure_density
 from ticket.masks import prunable_names
 from ticket.models import build_model
 from ticket.packing import PackLayout
@@ -37,7 +37,7 @@ def heart_ticket(seed: int = 0) -> Ticket:
         "parent": None,
         "created_at": "2025-01-31T12:00:00Z",
     }
-    return build_ticket(manifest, masks, weights)
+    return build_ticket(Manifest.from_json(manifest), masks, weights)
 
 
 def dense_weights(layout: PackLayout, seed: int = 1) -> dict[str, np.ndarray]:

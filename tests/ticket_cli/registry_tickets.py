@@ -8,6 +8,7 @@ from pathlib import Path
 from tests.inprocess import find_ticket
 from ticket import crypto
 from ticket.bundle import build_ticket, read_ticket, sign_ticket, write_ticket
+from ticket.manifest import DataSpec, ModelSpec
 from ticket_cli.cli import main
 
 GOLDEN = Path(__file__).resolve().parents[1] / "ticket" / "golden" / "tiny.ticket"
@@ -57,11 +58,11 @@ def make_tickets(directory: Path) -> Tickets:
     # The registry indexes the manifest only, so the golden tensors can stand in for a model
     # and a task that would take minutes to search.
     golden = read_ticket(GOLDEN, allow_unsigned=True)
-    manifest = {
-        **golden.manifest,
-        "model": {"name": "lenet-300-100", "args": {}},
-        "data": {"name": "mnist"},
-    }
+    manifest = replace(
+        golden.manifest,
+        model=ModelSpec(name="lenet-300-100", args={}),
+        data=DataSpec(name="mnist"),
+    )
     digits = directory / "digits.ticket"
     ticket = build_ticket(manifest, golden.masks, golden.weights)
     write_ticket(digits, sign_ticket(ticket, fleet_key.read_bytes()))

@@ -59,6 +59,10 @@ def test_a_run_that_cannot_be_submitted_is_an_error(
     home.mkdir()
     assert main([*args, "--flwr-home", str(home), "--run-dir", str(tmp_path / "run")]) != 0
     assert "left no deploy.json" in capsys.readouterr().err
+    # The Flower app it submitted is written into the run directory, from ticket/runconfig.py.
+    from ticket.runconfig import render_table
+
+    assert render_table() in (tmp_path / "run" / "app" / "pyproject.toml").read_text()
 
 
 def test_rollout_options_are_checked_before_anything_is_sent(

@@ -42,14 +42,14 @@ def test_find_writes_ticket_report_and_plot(
     assert report["content_id"] == ticket.content_id
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     manifest = ticket.manifest
-    assert manifest["model"] == {
+    assert manifest.model.to_json() == {
         "name": "heart-mlp",
         "args": {"in_features": 27, "num_classes": 2, "hidden": [16, 8]},
     }
-    assert manifest["data"]["sites"] == ["Cleveland"]
-    assert manifest["method"]["name"] == "imp"
-    assert abs(manifest["density"]["overall"] - 0.5) < 0.01
-    assert len(manifest["metrics"]["levels"]) == len(report["levels"]) == 5  # 0.8^3 > 0.5
+    assert manifest.data.sites == ("Cleveland",)
+    assert manifest.method.name == "imp"
+    assert abs(manifest.density.overall - 0.5) < 0.01
+    assert len(manifest.metrics["levels"]) == len(report["levels"]) == 5  # 0.8^3 > 0.5
     assert "ticket" in capsys.readouterr().out
 
 

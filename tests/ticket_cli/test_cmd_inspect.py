@@ -10,6 +10,7 @@ import pytest
 
 from ticket import crypto
 from ticket.bundle import build_ticket, read_ticket, sign_ticket, write_ticket
+from ticket.manifest import Manifest
 from ticket_cli.cli import main
 from ticket_cli.exit_codes import ExitCode
 
@@ -52,7 +53,7 @@ def signed(tmp_path: Path) -> Path:
 def _rewrite(path: Path, **manifest_changes: Any) -> Path:
     """An unsigned copy of the golden ticket with some manifest keys replaced."""
     golden = read_ticket(GOLDEN / "tiny.ticket", allow_unsigned=True)
-    manifest = {**golden.manifest, **manifest_changes}
+    manifest = Manifest.from_json({**golden.manifest.to_json(), **manifest_changes})
     write_ticket(path, build_ticket(manifest, golden.masks, golden.weights))
     return path
 
@@ -105,7 +106,7 @@ def test_json_follows_the_documented_schema(
         "signatures": [{"key_id": GOLDEN_SIGNER_ID, "trusted": None}],
         "kept_weights": 8,
         "total_weights": 18,
-        "manifest": dict(read_ticket(signed, allow_unsigned=True).manifest),
+        "manifest": read_ticket(signed, allow_unsigned=True).manifest.to_json(),
     }
 
 
@@ -225,7 +226,7 @@ def test_report_escapes_control_characters_from_the_manifest(
 def _misfit(path: Path, model: dict[str, Any]) -> Path:
     """The golden tensors under a manifest naming `model`, signed by the golden key."""
     golden = read_ticket(GOLDEN / "tiny.ticket", allow_unsigned=True)
-    manifest = {**golden.manifest, "model": model}
+    manifest = Manifest.from_json({**golden.manifest.to_json(), "model": model})
     ticket = build_ticket(manifest, golden.masks, golden.weights)
     write_ticket(path, sign_ticket(ticket, (GOLDEN / "test-signer.key").read_bytes()))
     return path

@@ -11,6 +11,7 @@ import pytest
 
 from ticket import crypto
 from ticket.bundle import build_ticket, read_ticket, sign_ticket, write_ticket
+from ticket.manifest import ModelSpec
 from ticket_cli.cli import main
 from ticket_cli.exit_codes import ExitCode
 
@@ -220,8 +221,8 @@ def test_verify_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def misfit(tmp_path: Path) -> Path:
     """The golden tensors (hidden width 3) under a signed manifest that says hidden width 5."""
     golden = read_ticket(GOLDEN / "tiny.ticket", allow_unsigned=True)
-    model = {"name": "heart-mlp", "args": {"in_features": 4, "hidden": [5], "num_classes": 2}}
-    ticket = build_ticket({**golden.manifest, "model": model}, golden.masks, golden.weights)
+    model = ModelSpec(name="heart-mlp", args={"in_features": 4, "hidden": [5], "num_classes": 2})
+    ticket = build_ticket(replace(golden.manifest, model=model), golden.masks, golden.weights)
     path = tmp_path / "misfit.ticket"
     write_ticket(path, sign_ticket(ticket, (GOLDEN / "test-signer.key").read_bytes()))
     return path

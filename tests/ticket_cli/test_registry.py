@@ -71,13 +71,13 @@ def test_publish_indexes_what_the_manifest_says(fresh: TicketRegistry, tickets: 
     assert result.outcome is Outcome.ADDED
     assert entry.content_id == tickets.content_id(tickets.dense)
     assert (entry.model, entry.task, entry.sites) == ("heart-mlp", "heart-uci", ["Cleveland"])
-    assert entry.model_args == manifest["model"]["args"]
-    assert entry.density == manifest["density"]["overall"]
-    assert entry.accuracy == manifest["metrics"]["final"]["accuracy"]
-    assert entry.auc == manifest["metrics"]["final"]["auc"]
-    assert entry.metrics == manifest["metrics"]["final"]
+    assert entry.model_args == manifest.model.args
+    assert entry.density == manifest.density.overall
+    assert entry.accuracy == manifest.metrics["final"]["accuracy"]
+    assert entry.auc == manifest.metrics["final"]["auc"]
+    assert entry.metrics == manifest.metrics["final"]
     assert (entry.method, entry.rewind_step, entry.parent) == ("imp", 0, None)
-    assert entry.created_at == manifest["created_at"]
+    assert entry.created_at == manifest.created_at
     assert entry.signers == entry.verified_by == [tickets.fleet_id]
     assert entry.published_at == "2025-03-01T09:30:15Z"
     assert entry.size_bytes == tickets.dense.stat().st_size

@@ -1,0 +1,600 @@
+"""Every record that crosses a process boundary, typed, and every key it is written with.
+
+The server (server/strategy.py, secagg_round.py, rollout.py) and the device (edge_daemon/
+client_app.py, secagg_client.py, ticket_install.py) build and read their Flower messages only
+through the dataclasses here; `flower_wire` converts a `Records` to a Flower RecordDict and
+back, so this core stays free of flwr. No key is written anywhere else (tests/ticket/
+test_wire.py walks the sources to keep it so).
+
+Layout (no indices travel: both ends derive the layout from the ticket):
+  train instruction    arrays.packed (codec bytes, kind MODEL) + config {ticket-id,
+                       server-round, dtype, local-epochs, batch-size, lr, optimizer, seed};
+                       under secure aggregation it rides beside a SecAggRequest
+  train reply          arrays.packed (codec bytes, kind UPDATE) + metrics {num-examples,
+                       train-loss}
+  evaluate instruction arrays.packed + config {ticket-id, server-round}; a rollout's canary
+                       probe adds the training schedule and seed
+  evaluate reply       metrics {num-examples, loss, accuracy, auc (binary tasks only)}
+  install push         bundle.ticket (.ticket bytes) + config {ticket-id}; ack {status,
+                       ticket-id, reason}
+  secure aggregation   secagg {round, weight-cap, mask-request, ...} both ways (SecAggRequest,
+                       SecAggReply)
+Decoding is strict: a missing key, an unknown one, a wrong type (a bool is not an int; an int is
+a float) or a wrong stype raises WireError naming the message and the dotted field.
+"""
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import ClassVar, Final, Literal, Self, TypeVar
+
+from ticket.errors import TicketError
+
+# Record names in a message.
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+BUNDLE = "bundle"
+ACK = "ack"
+SECAGG = "secagg"
+# Array names and their stypes: raw bytes ride in an Array's data, and a stype other than
+# "numpy.ndarray" makes an accidental Array.numpy() on them fail loudly.
+PACKED = "packed"
+CODEC_STYPE = "ticketfleet.codec"
+TICKET = "ticket"
+BUNDLE_STYPE = "ticketfleet.bundle"
+# Config keys of instructions.
+TICKET_ID = "ticket-id"
+SERVER_ROUND = "server-round"
+DTYPE = "dtype"
+LOCAL_EPOCHS = "local-epochs"
+BATCH_SIZE = "batch-size"
+LR = "lr"
+OPTIMIZER = "optimizer"
+SEED = "seed"
+# Metric keys of replies.
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+LOSS = "loss"
+ACCURACY = "accuracy"
+AUC = "auc"
+# Install acknowledgement.
+STATUS = "status"
+REASON = "reason"
+INSTALLED: Final = "installed"
+REJECTED: Final = "rejected"
+AckStatus = Literal["installed", "rejected"]  # INSTALLED, REJECTED
+# Secure aggregation, server to node ...
+ROUND = "round"
+WEIGHT_CAP = "weight-cap"
+MASK_REQUEST = "mask-request"
+UNMASK_REQUEST = "unmask-request"
+KEY_BUNDLE = "key-bundle"
+ADVERT_ROUND = "advert-round"
+BUNDLE_ROUND = "bundle-round"
+DP_CLIP_NORM = "dp-clip-norm"
+DP_NOISE_STD = "dp-noise-std"
+# ... and node to server.
+MASKED_INPUT = "masked-input"
+KEY_ADVERT = "key-advert"
+UNMASK_RESPONSE = "unmask-response"
+SHARE_BUNDLE = "share-bundle"
+
+Scalar = int | float | str | bytes | bool
+# Lists are Flower's too; no wire message sends one, and every decoder refuses one by type.
+ConfigValue = Scalar | list[int] | list[float] | list[str] | list[bytes] | list[bool]
+MetricValue = int | float | list[int] | list[float]
+_T = TypeVar("_T")
+
+
+class ErrorCode(IntEnum):
+    """`Error.code` of a device's replies; above Flower's own codes (0-8, flwr.common.constant)."""
+
+    NODE_CONFIG = 1001  # this node's config is unusable
+    TICKET = 1002  # the ticket is missing, unverifiable, or not the one the run trains
+    LOCAL_DATA = 1003  # no usable local data
+    INSTRUCTIONS = 1004  # the message is malformed (bad config, undecodable payload)
+    SECAGG = 1005  # a secure aggregation step failed or was refused (state lost, bad message)
+
+
+class WireError(TicketError):
+    """A record does not hold the message it should; the text names message and field."""
+
+
+@dataclass(frozen=True)
+class Blob:
+    """Raw bytes in an Array, tagged with their stype."""
+
+    stype: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Records:
+    """A message's records in plain Python: record name -> {key -> value}, by record kind."""
+
+    arrays: Mapping[str, Mapping[str, Blob]] = field(default_factory=dict)
+    configs: Mapping[str, Mapping[str, ConfigValue]] = field(default_factory=dict)
+    metrics: Mapping[str, Mapping[str, MetricValue]] = field(default_factory=dict)
+
+    def names(self) -> list[str]:
+        return sorted({*self.arrays, *self.configs, *self.metrics})
+
+    def merged(self, other: "Records") -> "Records":
+        """Two messages in one (a secure round's train message); their records stay apart."""
+        if shared := set(self.names()) & set(other.names()):
+            raise WireError(f"records {sorted(shared)} would be sent twice")
+        return Records(
+            {**self.arrays, **other.arrays},
+            {**self.configs, **other.configs},
+            {**self.metrics, **other.metrics},
+        )
+
+
+# ---------------------------------------------------------------- strict reading
+
+
+class _Fields:
+    """One record's keys, read by type; `done()` refuses the keys nobody asked for."""
+
+    def __init__(self, what: str, name: str, values: Mapping[str, object]) -> None:
+        self._what, self._name, self._values = what, name, values
+        self._read: set[str] = set()
+
+    def error(self, key: str, problem: str) -> WireError:
+        return WireError(f"{self._what}: {self._name}.{key}: {problem}")
+
+    def has(self, key: str) -> bool:
+        return key in self._values
+
+    def _get(self, key: str, kind: str) -> object:
+        self._read.add(key)
+        if key not in self._values:
+            raise self.error(key, f"missing (expected {kind})")
+        return self._values[key]
+
+    def integer(self, key: str, *, minimum: int | None = None) -> int:
+        value = self._get(key, "int")
+        # bool is an int subclass: local-epochs=true is a mistake, not one epoch.
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"expected int, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise self.error(key, f"expected an integer >= {minimum}, got {value!r}")
+        return value
+
+    def number(self, key: str, *, low: float = -math.inf, high: float = math.inf) -> float:
+        value = self._get(key, "float")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(key, f"expected float, got {value!r}")
+        number = float(value)
+        # One NaN would poison every mean it enters, and the round log after it.
+        if not math.isfinite(number):
+            raise self.error(key, f"expected a finite float, got {value!r}")
+        if not low <= number <= high:
+            raise self.error(key, f"{number!r} is outside [{low}, {high}]")
+        return number
+
+    def text(self, key: str) -> str:
+        value = self._get(key, "str")
+        if not isinstance(value, str):
+            raise self.error(key, f"expected str, got {value!r}")
+        return value
+
+    def raw(self, key: str) -> bytes:
+        value = self._get(key, "bytes")
+        if not isinstance(value, bytes):
+            raise self.error(key, f"expected bytes, got {type(value).__name__}")
+        return value
+
+    def blob(self, key: str, stype: str) -> bytes:
+        value = self._get(key, "an array")
+        if not isinstance(value, Blob) or value.stype != stype:
+            found = value.stype if isinstance(value, Blob) else type(value).__name__
+            raise self.error(key, f"expected stype {stype!r}, got {found!r}")
+        return value.data
+
+    def optional(self, key: str, read: Callable[[str], _T]) -> _T | None:
+        return read(key) if key in self._values else None
+
+    def done(self) -> None:
+        for key in sorted(set(self._values) - self._read):
+            raise self.error(key, "unexpected key")
+
+
+class _Message:
+    """Reads a Records as one message: exactly its own records (plus any `alongside`)."""
+
+    def __init__(
+        self, what: str, records: Records, own: Iterable[str], alongside: Iterable[str] = ()
+    ) -> None:
+        self.what, self.records = what, records
+        allowed = {*own, *alongside}
+        for name in records.names():
+            if name not in allowed:
+                raise WireError(f"{what}: {name}: unexpected record")
+
+    def _record(self, name: str, kinds: Mapping[str, Mapping[str, object]], kind: str) -> _Fields:
+        if name not in kinds:
+            raise WireError(f"{self.what}: {name}: missing {kind} record")
+        return _Fields(self.what, name, kinds[name])
+
+    def arrays(self, name: str) -> _Fields:
+        return self._record(name, self.records.arrays, "array")
+
+    def config(self, name: str) -> _Fields:
+        return self._record(name, self.records.configs, "config")
+
+    def metrics(self, name: str) -> _Fields:
+        return self._record(name, self.records.metrics, "metric")
+
+
+def _payload(message: _Message, record: str, array: str, stype: str) -> bytes:
+    arrays = message.arrays(record)
+    data = arrays.blob(array, stype)
+    arrays.done()
+    return data
+
+
+# ---------------------------------------------------------------- training and evaluation
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A local training schedule (ticket.train.TrainConfig's wire part; ranges checked there)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+
+    def to_config(self) -> dict[str, ConfigValue]:
+        return {
+            LOCAL_EPOCHS: self.epochs,
+            BATCH_SIZE: self.batch_size,
+            LR: self.lr,
+            OPTIMIZER: self.optimizer,
+        }
+
+    @classmethod
+    def read(cls, config: _Fields) -> Self:
+        return cls(
+            config.integer(LOCAL_EPOCHS),
+            config.integer(BATCH_SIZE),
+            config.number(LR),
+            config.text(OPTIMIZER),
+        )
+
+
+@dataclass(frozen=True)
+class TrainInstruction:
+    """Server to node: train from the global values, reply with an update encoded as `dtype`."""
+
+    NAME: ClassVar[str] = "train instruction"
+    RECORDS: ClassVar[tuple[str, ...]] = (ARRAYS, CONFIG)
+
+    ticket_id: str
+    server_round: int
+    payload: bytes  # codec bytes of the global values (kind MODEL)
+    dtype: str  # encoding of the reply's update
+    schedule: Schedule
+    seed: int  # nodes derive their data order from (seed, round, node id)
+
+    def to_record(self) -> Records:
+        config: dict[str, ConfigValue] = {
+            TICKET_ID: self.ticket_id,
+            SERVER_ROUND: self.server_round,
+            DTYPE: self.dtype,
+            **self.schedule.to_config(),
+            SEED: self.seed,
+        }
+        return Records(
+            arrays={ARRAYS: {PACKED: Blob(CODEC_STYPE, self.payload)}}, configs={CONFIG: config}
+        )
+
+    @classmethod
+    def from_record(cls, records: Records) -> Self:
+        # A secure round's train message also carries the SecAggRequest's record.
+        message = _Message(cls.NAME, records, cls.RECORDS, alongside=SecAggRequest.RECORDS)
+        payload = _payload(message, ARRAYS, PACKED, CODEC_STYPE)
+        config = message.config(CONFIG)
+        instruction = cls(
+            ticket_id=config.text(TICKET_ID),
+            server_round=config.integer(SERVER_ROUND),
+            payload=payload,
+            dtype=config.text(DTYPE),
+            schedule=Schedule.read(config),
+            seed=config.integer(SEED),
+        )
+        config.done()
+        return instruction
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A canary probe's training: the schedule and the seed of the data order."""
+
+    schedule: Schedule
+    seed: int
+
+
+@dataclass(frozen=True)
+class EvaluateInstruction:
+    """Server to node: score the values sent; with a probe (a rollout's canary), train first."""
+
+    NAME: ClassVar[str] = "evaluate instruction"
+    RECORDS: ClassVar[tuple[str, ...]] = (ARRAYS, CONFIG)
+
+    ticket_id: str
+    server_round: int  # 0 for a rollout's probe: no training round
+    payload: bytes  # codec bytes of the values to score (kind MODEL)
+    probe: Probe | None = None
+
+    def to_record(self) -> Records:
+        config: dict[str, ConfigValue] = {
+            TICKET_ID: self.ticket_id,
+            SERVER_ROUND: self.server_round,
+        }
+        if self.probe is not None:
+            config |= {**self.probe.schedule.to_config(), SEED: self.probe.seed}
+        return Records(
+            arrays={ARRAYS: {PACKED: Blob(CODEC_STYPE, self.payload)}}, configs={CONFIG: config}
+        )
+
+    @classmethod
+    def from_record(cls, records: Records) -> Self:
+        message = _Message(cls.NAME, records, cls.RECORDS)
+        payload = _payload(message, ARRAYS, PACKED, CODEC_STYPE)
+        config = message.config(CONFIG)
+        probe = None
+        if any(config.has(key) for key in (LOCAL_EPOCHS, BATCH_SIZE, LR, OPTIMIZER, SEED)):
+            probe = Probe(Schedule.read(config), config.integer(SEED))
+        instruction = cls(config.text(TICKET_ID), config.integer(SERVER_ROUND), payload, probe)
+        config.done()
+        return instruction
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    """Node to server: the update over the mask and what it was trained on."""
+
+    NAME: ClassVar[str] = "train reply"
+    RECORDS: ClassVar[tuple[str, ...]] = (ARRAYS, METRICS)
+
+    payload: bytes  # codec bytes of the update (kind UPDATE)
+    examples: int  # >= 1: the weight of the update
+    train_loss: float  # last epoch's mean loss
+
+    def scores(self) -> dict[str, float]:
+        """The metrics the server averages (by example count)."""
+        return {TRAIN_LOSS: self.train_loss}
+
+    def to_record(self) -> Records:
+        return Records(
+            arrays={ARRAYS: {PACKED: Blob(CODEC_STYPE, self.payload)}},
+            metrics={METRICS: {NUM_EXAMPLES: self.examples, TRAIN_LOSS: self.train_loss}},
+        )
+
+    @classmethod
+    def from_record(cls, records: Records) -> Self:
+        message = _Message(cls.NAME, records, cls.RECORDS)
+        metrics = message.metrics(METRICS)
+        examples, loss = metrics.integer(NUM_EXAMPLES, minimum=1), metrics.number(TRAIN_LOSS)
+        metrics.done()
+        return cls(_payload(message, ARRAYS, PACKED, CODEC_STYPE), examples, loss)
+
+    @staticmethod
+    def payload_size(records: Records) -> int | None:
+        """Bytes of the update received, if the reply holds one (counted even when refused)."""
+        blob = records.arrays.get(ARRAYS, {}).get(PACKED)
+        return len(blob.data) if blob is not None and blob.stype == CODEC_STYPE else None
+
+
+@dataclass(frozen=True)
+class EvaluateReply:
+    """Node to server: scores on its held-out rows (auc: binary tasks with both classes)."""
+
+    NAME: ClassVar[str] = "evaluate reply"
+    RECORDS: ClassVar[tuple[str, ...]] = (METRICS,)
+
+    examples: int
+    loss: float
+    accuracy: float
+    auc: float | None = None
+
+    def scores(self) -> dict[str, float]:
+        """The metrics the server averages (by example count); auc only where sent."""
+        scores = {LOSS: self.loss, ACCURACY: self.accuracy}
+        return scores if self.auc is None else {**scores, AUC: self.auc}
+
+    def to_record(self) -> Records:
+        metrics: dict[str, MetricValue] = {NUM_EXAMPLES: self.examples, **self.scores()}
+        return Records(metrics={METRICS: metrics})
+
+    @classmethod
+    def from_record(cls, records: Records) -> Self:
+        metrics = _Message(cls.NAME, records, cls.RECORDS).metrics(METRICS)
+        reply = cls(
+            examples=metrics.integer(NUM_EXAMPLES, minimum=1),
+            loss=metrics.number(LOSS, low=0.0),
+            accuracy=metrics.number(ACCURACY, low=0.0, high=1.0),
+            auc=metrics.number(AUC, low=0.0, high=1.0) if metrics.has(AUC) else None,
+        )
+        metrics.done()
+        return reply
+
+
+OPTIONAL_SCORES = (AUC,)  # of EvaluateReply.scores(): absent where a node cannot compute it
+
+
+# ---------------------------------------------------------------- rollout
+
+
+@dataclass(frozen=True)
+class InstallPush:
+    """Server to node (`ticket deploy`): a signed ticket to verify against the fleet key."""
+
+    NAME: ClassVar[str] = "install push"
+    RECORDS: ClassVar[tuple[str, ...]] = (BUNDLE, CONFIG)
+
+    ticket_id: str  # the content id the rollout announces
+    bundle: bytes  # the .ticket file
+
+    def to_record(self) -> Records:
+        return Records(
+            arrays={BUNDLE: {TICKET: Blob(BUNDLE_STYPE, self.bundle)}},
+            configs={CONFIG: {TICKET_ID: self.ticket_id}},
+        )
+
+    @classmethod
+    def from_record(cls, records: Records) -> Self:
+        message = _Message(cls.NAME, records, cls.RECORDS)
+        config = message.config(CONFIG)
+        ticket_id = config.text(TICKET_ID)
+        config.done()
+        return cls(ticket_id, _payload(message, BUNDLE, TICKET, BUNDLE_STYPE))
+
+    @staticmethod
+    def is_push(records: Records) -> bool:
+        return BUNDLE in records.arrays
+
+
+@dataclass(frozen=True)
+class InstallAck:
+    """Node to server: installed, or rejected and why (a refusal is an answer, not an Error)."""
+
+    NAME: ClassVar[str] = "install ack"
+    RECORDS: ClassVar[tuple[str, ...]] = (ACK,)
+
+    status: AckStatus
+    ticket_id: str  # installed: the content id cached; rejected: the one announced, or ""
+    reason: str = ""
+
+    def to_record(self) -> Records:
+        ack = {STATUS: self.status, TICKET_ID: self.ticket_id, REASON: self.reason}
+        return Records(configs={ACK: ack})
+
+    @classmethod
+    def from_record(cls, records: Records) -> Self:
+        ack = _Message(cls.NAME, records, cls.RECORDS).config(ACK)
+        status = ack.text(STATUS)
+        if status not in (INSTALLED, REJECTED):
+            raise ack.error(STATUS, f"expected {INSTALLED!r} or {REJECTED!r}, got {status!r}")
+        ticket_id, reason = ack.text(TICKET_ID), ack.text(REASON)
+        ack.done()
+        return cls(INSTALLED if status == INSTALLED else REJECTED, ticket_id, reason)
+
+
+# ---------------------------------------------------------------- secure aggregation
+
+
+@dataclass(frozen=True)
+class SecAggRequest:
+    """Server to node: the protocol steps asked of it in round `round` (ticket/secagg).
+
+    A train message may carry a mask request (with the TrainInstruction beside it) and an
+    advert request; a query message an unmask request and a key bundle, or the setup's single
+    parts. Under differential privacy a mask request comes with the clip norm and noise std.
+    """
+
+    NAME: ClassVar[str] = "secagg request"
+    RECORDS: ClassVar[tuple[str, ...]] = (SECAGG,)
+
+    round: int
+    weight_cap: int
+    mask_request: bytes | None = None  # -> masked_input
+    unmask_request: bytes | None = None  # -> unmask_response
+    key_bundle: bytes | None = None  # with bundle_round -> share_bundle
+    bundle_round: int | None = None
+    advert_round: int | None = None  # -> key_advert
+    dp: tuple[float, float] | None = None  # (clip norm C, noise std sigma)
+
+    def __post_init__(self) -> None:
+        if (self.key_bundle is None) != (self.bundle_round is None):
+            raise WireError(f"{self.NAME}: a key bundle and its round travel together")
+
+    def to_record(self) -> Records:
+        parts: dict[str, ConfigValue | None] = {
+            ROUND: self.round,
+            WEIGHT_CAP: self.weight_cap,
+            MASK_REQUEST: self.mask_request,
+            UNMASK_REQUEST: self.unmask_request,
+            KEY_BUNDLE: self.key_bundle,
+            BUNDLE_ROUND: self.bundle_round,
+            ADVERT_ROUND: self.advert_round,
+        }
+        if self.dp is not None:
+            parts |= {DP_CLIP_NORM: self.dp[0], DP_NOISE_STD: self.dp[1]}
+        return Records(configs={SECAGG: {k: v for k, v in parts.items() if v is not None}})
+
+    @classmethod
+    def from_record(cls, records: Records) -> Self:
+        # The SecAggRequest of a train message rides beside its TrainInstruction.
+        message = _Message(cls.NAME, records, cls.RECORDS, alongside=TrainInstruction.RECORDS)
+        ask = message.config(SECAGG)
+        dp = None
+        if ask.has(DP_CLIP_NORM) or ask.has(DP_NOISE_STD):
+            dp = (ask.number(DP_CLIP_NORM, low=0.0), ask.number(DP_NOISE_STD, low=0.0))
+        bundle = ask.optional(KEY_BUNDLE, ask.raw)
+        request = cls(
+            round=ask.integer(ROUND),
+            weight_cap=ask.integer(WEIGHT_CAP, minimum=1),
+            mask_request=ask.optional(MASK_REQUEST, ask.raw),
+            unmask_request=ask.optional(UNMASK_REQUEST, ask.raw),
+            key_bundle=bundle,
+            bundle_round=ask.integer(BUNDLE_ROUND) if bundle is not None else None,
+            advert_round=ask.optional(ADVERT_ROUND, ask.integer),
+            dp=dp,
+        )
+        ask.done()
+        return request
+
+    @staticmethod
+    def is_request(records: Records) -> bool:
+        return SECAGG in records.configs
+
+
+@dataclass(frozen=True)
+class SecAggReply:
+    """Node to server: the protocol messages it was asked for (nothing else leaves the node)."""
+
+    NAME: ClassVar[str] = "secagg reply"
+    RECORDS: ClassVar[tuple[str, ...]] = (SECAGG,)
+
+    masked_input: bytes | None = None
+    key_advert: bytes | None = None
+    unmask_response: bytes | None = None
+    share_bundle: bytes | None = None
+
+    def to_record(self) -> Records:
+        parts = {
+            MASKED_INPUT: self.masked_input,
+            KEY_ADVERT: self.key_advert,
+            UNMASK_RESPONSE: self.unmask_response,
+            SHARE_BUNDLE: self.share_bundle,
+        }
+        return Records(configs={SECAGG: {k: v for k, v in parts.items() if v is not None}})
+
+    @classmethod
+    def from_record(cls, records: Records) -> Self:
+        parts = _Message(cls.NAME, records, cls.RECORDS).config(SECAGG)
+        reply = cls(
+            masked_input=parts.optional(MASKED_INPUT, parts.raw),
+            key_advert=parts.optional(KEY_ADVERT, parts.raw),
+            unmask_response=parts.optional(UNMASK_RESPONSE, parts.raw),
+            share_bundle=parts.optional(SHARE_BUNDLE, parts.raw),
+        )
+        parts.done()
+        return reply
+
+
+MESSAGES = (
+    TrainInstruction,
+    TrainReply,
+    EvaluateInstruction,
+    EvaluateReply,
+    InstallPush,
+    InstallAck,
+    SecAggRequest,
+    SecAggReply,
+)
