@@ -30,7 +30,7 @@ from edge_daemon.local_data import (
 from edge_daemon.secagg_client import LocalUpdate, SecAggStepError
 from flower_wire import from_flower
 from flower_wire import reply as wire_reply
-from ticket import runconfig
+from ticket import runconfig, wire
 from ticket.bundle import Ticket, load_ticket, to_torch_masks
 from ticket.codec import Kind, decode_vector, encode_vector
 from ticket.errors import TicketError
@@ -94,18 +94,18 @@ class NodeSettings:
 
     @classmethod
     def from_node_config(cls, config: Mapping[str, ConfigValue]) -> "NodeSettings":
-        key = config.get("fleet-key")
-        allow = config.get("allow-unsigned", False)
+        key = config.get(wire.NODE_FLEET_KEY)
+        allow = config.get(wire.NODE_ALLOW_UNSIGNED, False)
         if key is not None and not isinstance(key, str):
             raise NodeConfigError(f"node config: fleet-key must be a path, got {key!r}")
         if not isinstance(allow, bool):
             raise NodeConfigError(f"node config: allow-unsigned must be true/false, got {allow!r}")
-        path, directory = _path(config, "ticket-path"), _path(config, "ticket-dir")
+        path, directory = _path(config, wire.NODE_TICKET_PATH), _path(config, wire.NODE_TICKET_DIR)
         if (path is None) == (directory is None):
             raise NodeConfigError("node config: set exactly one of ticket-path and ticket-dir")
         data = (
             StoreSpec.from_node_config(config)
-            if "readings-db" in config
+            if wire.NODE_READINGS_DB in config
             else LocalDataSpec.from_node_config(config)
         )
         return cls(
@@ -114,13 +114,13 @@ class NodeSettings:
             fleet_key=Path(key) if key else None,
             allow_unsigned=allow,
             data=data,
-            state_path=_path(config, "state-path"),
+            state_path=_path(config, wire.NODE_STATE_PATH),
         )
 
 
 # Flower's Simulation Engine gives each virtual node exactly these keys and nothing else; a
 # real node's config always names its ticket and data.
-SIMULATED_NODE_KEYS = frozenset({"partition-id", "num-partitions"})
+SIMULATED_NODE_KEYS = frozenset({wire.NODE_PARTITION_ID, wire.NODE_NUM_PARTITIONS})
 
 
 def simulated_node_config(run_config: Mapping[str, ConfigValue]) -> dict[str, ConfigValue]:
@@ -137,24 +137,25 @@ def simulated_node_config(run_config: Mapping[str, ConfigValue]) -> dict[str, Co
             "virtual node (Simulation Engine): the run config's sim-dataset is empty"
         )
     config: dict[str, ConfigValue] = {
-        "allow-unsigned": run.training.allow_unsigned,
-        "dataset": sim.sim_dataset,
-        "partition": sim.sim_partition,
-        "partition-seed": sim.sim_partition_seed,
+        wire.NODE_ALLOW_UNSIGNED: run.training.allow_unsigned,
+        wire.NODE_DATASET: sim.sim_dataset,
+        wire.NODE_PARTITION: sim.sim_partition,
+        wire.NODE_PARTITION_SEED: sim.sim_partition_seed,
     }
     # A path left empty in the run config means "none" there; a node config omits it instead.
-    for key, path in (("ticket-path", where.ticket_path), ("fleet-key", where.fleet_key)):
+    paths = ((wire.NODE_TICKET_PATH, where.ticket_path), (wire.NODE_FLEET_KEY, where.fleet_key))
+    for key, path in paths:
         if path is not None:
             config[key] = str(path)
     # N virtual nodes take partitions 0..N-1 of an N-way split unless the run asks for a wider
     # one (e.g. the first 3 of heart-uci's 4 hospitals).
     if sim.sim_num_partitions:
-        config["num-partitions"] = sim.sim_num_partitions
+        config[wire.NODE_NUM_PARTITIONS] = sim.sim_num_partitions
     # The run config holds every partitioner's option; pass on only the chosen one's.
     if sim.sim_partition == "shards":
-        config["partition-shards"] = sim.sim_partition_shards
+        config[wire.NODE_PARTITION_SHARDS] = sim.sim_partition_shards
     if sim.sim_partition == "dirichlet":
-        config["partition-alpha"] = sim.sim_partition_alpha
+        config[wire.NODE_PARTITION_ALPHA] = sim.sim_partition_alpha
     return config
 
 

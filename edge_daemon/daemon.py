@@ -35,6 +35,7 @@ from edge_daemon.paths import DaemonPaths
 from edge_daemon.probe import FileProbe, Probe, PsutilProbe
 from edge_daemon.readings import ReadingsStore, StoreError
 from edge_daemon.supervisor import NodeSupervisor
+from ticket import wire
 from ticket.atomic import atomic_write_text
 from ticket.config_text import toml_values
 
@@ -49,18 +50,18 @@ _NUMBER = re.compile(r"\d+(\.\d+)?")
 def node_config(config: DaemonConfig, paths: DaemonPaths) -> dict[str, bool | float | int | str]:
     """What the ClientApp reads from `context.node_config` (edge_daemon/client_app.py)."""
     values: dict[str, bool | float | int | str] = {
-        "ticket-dir": str(paths.tickets_dir),
-        "fleet-key": str(config.fleet_key),
-        "readings-db": str(paths.readings_db),
-        "readings-schema": config.data.schema,
-        "state-path": str(paths.state_file),
+        wire.NODE_TICKET_DIR: str(paths.tickets_dir),
+        wire.NODE_FLEET_KEY: str(config.fleet_key),
+        wire.NODE_READINGS_DB: str(paths.readings_db),
+        wire.NODE_READINGS_SCHEMA: config.data.schema,
+        wire.NODE_STATE_PATH: str(paths.state_file),
     }
     # The ClientApp applies retention again before it reads: nothing expired is trained on,
     # even between two of the daemon's hourly purges.
     if config.data.retention_rows is not None:
-        values["retention-rows"] = config.data.retention_rows
+        values[wire.NODE_RETENTION_ROWS] = config.data.retention_rows
     if config.data.retention_days is not None:
-        values["retention-days"] = config.data.retention_days
+        values[wire.NODE_RETENTION_DAYS] = config.data.retention_days
     return values
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ticket import wire
 from ticket.data import Dataset, load_dataset
 from ticket.data.encode import encode_with
 from ticket.data.partition import IndexArray, partition
@@ -24,9 +25,9 @@ ConfigValue = bool | float | int | str
 
 # node config key -> partitioner option, for the schemes that take options.
 _PARTITION_OPTIONS = {
-    "partition-alpha": "alpha",
-    "partition-min-size": "min_size",
-    "partition-shards": "shards_per_client",
+    wire.NODE_PARTITION_ALPHA: "alpha",
+    wire.NODE_PARTITION_MIN_SIZE: "min_size",
+    wire.NODE_PARTITION_SHARDS: "shards_per_client",
 }
 
 
@@ -55,11 +56,15 @@ class LocalDataSpec:
             )
         )
         spec = cls(
-            dataset=_text(config, "dataset"),
-            partition_id=_whole(config, "partition-id"),
-            num_partitions=_whole(config, "num-partitions"),
-            partition=_text(config, "partition") if "partition" in config else "natural",
-            seed=_whole(config, "partition-seed") if "partition-seed" in config else 0,
+            dataset=_text(config, wire.NODE_DATASET),
+            partition_id=_whole(config, wire.NODE_PARTITION_ID),
+            num_partitions=_whole(config, wire.NODE_NUM_PARTITIONS),
+            partition=_text(config, wire.NODE_PARTITION)
+            if wire.NODE_PARTITION in config
+            else "natural",
+            seed=_whole(config, wire.NODE_PARTITION_SEED)
+            if wire.NODE_PARTITION_SEED in config
+            else 0,
             options=options,
         )
         if not 0 <= spec.partition_id < spec.num_partitions:
@@ -82,15 +87,21 @@ class StoreSpec:
 
     @classmethod
     def from_node_config(cls, config: Mapping[str, ConfigValue]) -> "StoreSpec":
-        schema = config.get("readings-schema", "heart-uci")
+        schema = config.get(wire.NODE_READINGS_SCHEMA, "heart-uci")
         if not isinstance(schema, str):
             raise LocalDataError(f"node config: readings-schema must be a name, got {schema!r}")
-        rows = _whole(config, "retention-rows") if "retention-rows" in config else None
-        days = _number(config, "retention-days") if "retention-days" in config else None
+        rows = (
+            _whole(config, wire.NODE_RETENTION_ROWS) if wire.NODE_RETENTION_ROWS in config else None
+        )
+        days = (
+            _number(config, wire.NODE_RETENTION_DAYS)
+            if wire.NODE_RETENTION_DAYS in config
+            else None
+        )
         if (rows is not None and rows < 1) or (days is not None and not days > 0):
             raise LocalDataError("node config: retention-rows must be >= 1, retention-days > 0")
         return cls(
-            path=Path(_text(config, "readings-db")),
+            path=Path(_text(config, wire.NODE_READINGS_DB)),
             schema=schema,
             retention_rows=rows,
             retention_days=None if days is None else float(days),

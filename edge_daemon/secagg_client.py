@@ -25,6 +25,7 @@ from flwr.app import ConfigRecord, Context, Message
 
 from flower_wire import from_flower
 from flower_wire import reply as wire_reply
+from ticket import wire
 from ticket.atomic import atomic_write_bytes
 from ticket.errors import TicketError
 from ticket.secagg import (
@@ -207,7 +208,7 @@ class StateStore:
 
 def state_file(context: Context) -> Path | None:
     """<state-path>.secagg-<run id> beside the daemon's state, if the node config has one."""
-    path = context.node_config.get("state-path")
+    path = context.node_config.get(wire.NODE_STATE_PATH)
     if not isinstance(path, str) or not path:
         return None
     state = Path(path)

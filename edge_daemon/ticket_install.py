@@ -13,6 +13,7 @@ from flwr.app import Message
 
 from flower_wire import from_flower
 from flower_wire import reply as wire_reply
+from ticket import wire
 from ticket.wire import INSTALLED, REJECTED, AckStatus, InstallAck, InstallPush, WireError
 
 ConfigValue = bool | float | int | str
@@ -42,7 +43,7 @@ def install(message: Message, node_config: Mapping[str, ConfigValue]) -> Message
             )
     except (InstallRefusedError, TicketCacheError) as error:
         return _ack(message, REJECTED, wanted, _reason(error))
-    state_path = node_config.get("state-path")
+    state_path = node_config.get(wire.NODE_STATE_PATH)
     if isinstance(state_path, str) and state_path:
         from edge_daemon.state import update_state
 
@@ -55,7 +56,7 @@ class InstallRefusedError(Exception):
 
 
 def _cache_settings(config: Mapping[str, ConfigValue]) -> tuple[Path, Path]:
-    tickets_dir, fleet_key = config.get("ticket-dir"), config.get("fleet-key")
+    tickets_dir, fleet_key = config.get(wire.NODE_TICKET_DIR), config.get(wire.NODE_FLEET_KEY)
     if not isinstance(tickets_dir, str) or not tickets_dir:
         raise InstallRefusedError("this node has no ticket cache (node config ticket-dir)")
     if not isinstance(fleet_key, str) or not fleet_key:

@@ -21,6 +21,7 @@ from typing import Any
 
 from loopback.devices import Device, DeviceSetupError, prepare_devices
 from loopback.launcher import Loopback, LoopbackError, RunOutcome, free_port
+from ticket import wire
 from ticket.config_text import ConfigValue
 from ticket.data.heart import HEART_SITES
 from ticket.runconfig import RunConfig, RunPlacement, TrainingSettings, to_run_config
@@ -38,12 +39,13 @@ def heart_node_configs(
         raise ValueError(f"heart-uci has {HOSPITALS} hospitals, asked for {nodes} nodes")
     return [
         {
-            "ticket-path": str(ticket.resolve()),
-            "allow-unsigned": True,
-            "dataset": "heart-uci",
-            "partition": "natural",
-            "partition-id": index,
-            "num-partitions": HOSPITALS,  # a property of the natural split, not of the fleet
+            wire.NODE_TICKET_PATH: str(ticket.resolve()),
+            wire.NODE_ALLOW_UNSIGNED: True,
+            wire.NODE_DATASET: "heart-uci",
+            wire.NODE_PARTITION: "natural",
+            wire.NODE_PARTITION_ID: index,
+            # The number of partitions is a property of the natural split, not of the fleet.
+            wire.NODE_NUM_PARTITIONS: HOSPITALS,
             **extra,
         }
         for index in range(nodes)

@@ -588,6 +588,33 @@ class SecAggReply:
         return reply
 
 
+# ---------------------------------------------------------------- node config
+
+# What a SuperNode's `--node-config` carries to the ClientApp (`context.node_config`): written
+# by edge-daemon (edge_daemon/daemon.py), or by the dev harness for a bare SuperNode
+# (loopback/demo.py); read by edge_daemon/client_app.py, local_data.py, ticket_install.py and
+# secagg_client.py. The ticket: exactly one of a file or the daemon's cache.
+NODE_TICKET_PATH = "ticket-path"
+NODE_TICKET_DIR = "ticket-dir"  # the daemon's cache: <dir>/<content id>.ticket
+NODE_FLEET_KEY = "fleet-key"  # PEM public key a ticket must be signed by
+NODE_ALLOW_UNSIGNED = "allow-unsigned"
+NODE_STATE_PATH = "state-path"  # the daemon's durable state file
+# A device's own readings (the store `edge-daemon ingest` fills) ...
+NODE_READINGS_DB = "readings-db"
+NODE_READINGS_SCHEMA = "readings-schema"
+NODE_RETENTION_ROWS = "retention-rows"
+NODE_RETENTION_DAYS = "retention-days"
+# ... or a partition of a registered dataset (demos, tests, the Simulation Engine).
+NODE_DATASET = "dataset"
+NODE_PARTITION = "partition"  # the partitioner's name (ticket.data.partition)
+NODE_PARTITION_ID = "partition-id"  # also set by the Simulation Engine for a virtual node
+NODE_NUM_PARTITIONS = "num-partitions"  # likewise
+NODE_PARTITION_SEED = "partition-seed"
+NODE_PARTITION_ALPHA = "partition-alpha"
+NODE_PARTITION_MIN_SIZE = "partition-min-size"
+NODE_PARTITION_SHARDS = "partition-shards"
+
+
 MESSAGES = (
     TrainInstruction,
     TrainReply,

@@ -297,6 +297,10 @@ def test_the_key_names_of_every_message_are_pinned() -> None:
 _RUN_LOG = "rounds.jsonl / deploy.json / status fields"
 OTHER_FORMATS: dict[str, tuple[set[str], str]] = {
     "ticket/crypto.py": ({"round"}, "a signed header's field"),
+    "ticket/data/__init__.py": ({"dataset"}, "the registry's kind, for its errors"),
+    "ticket/data/encode.py": ({"dataset"}, "the UCI table's site column"),
+    "ticket/data/heart.py": ({"dataset"}, "the UCI table's site column; the encoding recipe"),
+    "ticket/data/mnist.py": ({"dataset"}, "the encoding recipe"),
     "ticket/data/partition.py": ({"seed"}, "a partitioner option"),
     "ticket/secagg/messages.py": ({"round"}, "a protocol message header's field"),
     "ticket/tensorfile.py": ({"dtype"}, "the tensor file's JSON header"),
@@ -329,7 +333,7 @@ OTHER_FORMATS: dict[str, tuple[set[str], str]] = {
         {"accuracy", "auc", "loss", "rejected", "round", "train-loss"},
         "the rounds.jsonl fields it prints",
     ),
-    "loopback/devices.py": ({"status"}, "a subcommand"),
+    "loopback/devices.py": ({"dataset", "status"}, "the UCI table's site column; a subcommand"),
     "loopback/launcher.py": ({"round"}, _RUN_LOG),
 }
 
