@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("ticket", "edge_daemon", "server", "ticket_cli", "loopback", "flower_wire")
-APPS = {"edge_daemon", "server", "ticket_cli", "loopback", "flower_wire"}
+PACKAGES = ("ticket", "edge_daemon", "server", "ticket_cli", "loopback", "flower_wire", "hub")
+APPS = {"edge_daemon", "server", "ticket_cli", "loopback", "flower_wire", "hub"}
 
 # package -> top-level modules it must never import. Every package imports the core; the
 # device and the server never import each other; the ML engineer's command and the dev harness
@@ -32,9 +32,14 @@ FORBIDDEN = {
     # ticket.wire records <-> Flower records, shared by the device and the server: it may
     # import only the core and flwr.
     "flower_wire": {"edge_daemon", "server", "ticket_cli", "loopback", "pickle"},
+    # The hub (cards, the served index) builds on the core and the registry of ticket_cli.
+    "hub": {"edge_daemon", "server", "loopback", "flower_wire", "pickle"},
 }
 # package -> (package it may reach only through, that package's one interface module)
-ONLY_THROUGH = {"ticket_cli": ("server", "server.api")}
+ONLY_THROUGH = {
+    "ticket_cli": ("server", "server.api"),
+    "hub": ("ticket_cli", "ticket_cli.registry"),
+}
 
 
 ENVIRONMENT_NAMES = {"environ", "environb", "getenv", "getenvb", "putenv", "unsetenv"}

@@ -12,9 +12,17 @@ from ticket_cli.exit_codes import HELP, ExitCode, exit_code_for
 def _command_modules() -> list[ModuleType]:
     # Imported here, not at module level, so `ticket --help` stays fast and a broken
     # subcommand cannot stop the others from loading their own help.
-    from ticket_cli import cmd_deploy, cmd_find, cmd_inspect, cmd_keys, cmd_registry
+    from ticket_cli import (
+        cmd_card,
+        cmd_deploy,
+        cmd_find,
+        cmd_hub,
+        cmd_inspect,
+        cmd_keys,
+        cmd_registry,
+    )
 
-    return [cmd_find, cmd_inspect, cmd_keys, cmd_registry, cmd_deploy]
+    return [cmd_find, cmd_inspect, cmd_keys, cmd_registry, cmd_card, cmd_hub, cmd_deploy]
 
 
 def build_parser() -> argparse.ArgumentParser:
