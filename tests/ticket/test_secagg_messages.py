@@ -165,3 +165,17 @@ def test_unknown_share_kinds_are_rejected() -> None:
 def test_public_keys_of_the_wrong_size_are_rejected() -> None:
     with pytest.raises(MessageError, match="32 bytes"):
         PublicKeys(b"c" * 31, b"s" * 32, b"h" * 32)
+
+
+def test_a_node_claiming_the_servers_id_0_is_refused_at_every_entry_point() -> None:
+    from ticket.secagg import ServerRound  # only this test needs the server
+    from ticket.secagg.messages import KeyAdvert, PublicKeys
+
+    keys = PublicKeys(bytes(32), bytes(range(32)), bytes(32))
+    advert = KeyAdvert(1, 2, SERVER, SERVER, keys).to_bytes()
+    with pytest.raises(MessageError, match="reserved for the server"):
+        KeyAdvert.from_bytes(advert, run_id=1, round=2, sender=SERVER, recipient=SERVER)
+    server = ServerRound(run_id=1, round=2, params=SecAggParams(clip=1.0, levels=16), length=3)
+    with pytest.raises(MessageError, match="reserved for the server"):
+        server.add_advert(SERVER, advert)
+    assert server.keys == {}  # the refused advert left the round as it was

@@ -305,6 +305,10 @@ def _check_header(
     reader: "_Reader", kind: MessageKind, *, run_id: int, round: int, sender: int, recipient: int
 ) -> None:
     header(kind, run_id, round, sender, recipient)  # range-checks the expectations
+    if sender == SERVER and recipient == SERVER:
+        # Node id 0 is the server's own: a message claiming it as its node would be accepted
+        # here and fail the whole round later (issue 12), so every entry point refuses it.
+        raise MessageError(f"node id {SERVER} is reserved for the server; nodes are 1..{_U64_MAX}")
     magic, version, got_kind, reserved, got_run, got_round, got_sender, got_recipient = (
         HEADER.unpack(reader.take(HEADER.size))
     )
