@@ -16,6 +16,7 @@ an argument: this module imports no YAML library (tests/test_layering.py).
 import contextlib
 import dataclasses
 import math
+import os
 import types
 import typing
 from pathlib import Path
@@ -196,6 +197,68 @@ def show_value(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+# A daemon.yaml or server.yaml is a few kilobytes; 1 MiB leaves room for long comments and still
+# parses in well under a second (PyYAML's pure-Python loader reads about 1 MB/s), so a larger
+# file is a mistake (a log or a model named by accident) and is refused before it is read.
+MAX_CONFIG_BYTES = 1 << 20
+# The schemas nest four levels deep; PyYAML composes nodes recursively, two or three frames a
+# level, so 100,000 `[` would exhaust Python's stack (RecursionError). 50 is far above any real
+# config and far below the recursion limit.
+MAX_CONFIG_DEPTH = 50
+
+
+def nesting_depth(text: str) -> int:
+    """An upper bound on how deeply a YAML text nests collections, found without parsing it:
+    block levels (indentation steps, `- ` markers) plus open flow brackets (`[`, `{`). Brackets in
+    strings and comments count too: an overestimate only matters past MAX_CONFIG_DEPTH."""
+    deepest = flow = 0
+    indents: list[int] = []
+    for line in text.splitlines():
+        stripped = line.lstrip(" ")
+        if flow == 0 and stripped and not stripped.startswith("#"):
+            indent = len(line) - len(stripped)
+            while indents and indents[-1] >= indent:
+                indents.pop()
+            indents.append(indent)
+        body = stripped
+        dashes = 0
+        while body.startswith("- ") or body == "-":
+            dashes += 1
+            body = body[2:].lstrip(" ")
+        block = len(indents) + dashes
+        for char in line:
+            if char in "[{":
+                flow += 1
+                deepest = max(deepest, block + flow)
+            elif char in "]}":
+                flow = max(0, flow - 1)
+        deepest = max(deepest, block)
+    return deepest
+
+
+def _read_bounded(path: Path, error_type: type[Exception]) -> str:
+    try:
+        with path.open("rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+            if size > MAX_CONFIG_BYTES:  # refused before a byte is read
+                raise error_type(
+                    f"{path}: {size} bytes is over the {MAX_CONFIG_BYTES}-byte limit for a config"
+                )
+            data = stream.read(MAX_CONFIG_BYTES + 1)  # a pipe or /proc file has no size to stat
+    except FileNotFoundError:
+        raise error_type(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise error_type(f"{path}: is a directory, not a file") from None
+    except OSError as error:
+        raise error_type(f"{path}: cannot read: {error.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise error_type(f"{path}: over the {MAX_CONFIG_BYTES}-byte limit for a config")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise error_type(f"{path}: not UTF-8 text") from None
+
+
 def read_document(
     path: Path,
     *,
@@ -204,20 +267,21 @@ def read_document(
     error_type: type[Exception],
 ) -> Any:
     """A config file's parsed document (`parse` is e.g. yaml.safe_load: ticket/ imports no YAML
-    library itself); a missing, unreadable or unparsable file, or one whose `parse` raises
-    DuplicateKeyError (see `rejecting_duplicate_keys`), raises `error_type` naming it."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise error_type(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise error_type(f"{path}: not UTF-8 text") from None
-    except OSError as error:
-        raise error_type(f"{path}: cannot read: {error.strerror}") from None
+    library itself); a missing, unreadable, oversized (MAX_CONFIG_BYTES), too deeply nested
+    (MAX_CONFIG_DEPTH) or unparsable file, or one whose `parse` raises DuplicateKeyError (see
+    `rejecting_duplicate_keys`), raises `error_type` naming it."""
+    text = _read_bounded(path, error_type)
+    depth = nesting_depth(text)
+    if depth > MAX_CONFIG_DEPTH:
+        raise error_type(
+            f"{path}: nested {depth} levels deep; a config may nest at most {MAX_CONFIG_DEPTH}"
+        )
     try:
         return parse(text)
     except DuplicateKeyError as error:
         raise error_type(f"{path}: {error}") from None
+    except RecursionError:  # a nesting the scan above did not see: still a clean refusal
+        raise error_type(f"{path}: nested too deeply to parse") from None
     except parse_error as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

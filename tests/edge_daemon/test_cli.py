@@ -518,3 +518,25 @@ def test_tickets_add_with_a_missing_fleet_key_is_a_config_problem(
 
     assert code == 3
     assert f"{tmp_path / 'fleet.pub'}: cannot read the fleet key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[" * 100_000, "levels deep; a config may nest at most"),
+        ("#" * 60_000_000, "bytes is over the 1048576-byte limit for a config"),
+    ],
+    ids=["100k-brackets", "60MB"],
+)
+def test_a_hostile_config_is_refused_cleanly_by_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
+) -> None:
+    config = tmp_path / "daemon.yaml"
+    config.write_text(content)
+
+    code = main(["run", "-c", str(config)])
+
+    assert code == ExitCode.BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith(f"edge-daemon run: error: {config}: ") and message in err
+    assert "Traceback" not in err and "RecursionError" not in err

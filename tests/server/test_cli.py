@@ -135,3 +135,24 @@ def test_the_systemd_unit_runs_fleet_server_hardened() -> None:
     assert unit["CapabilityBoundingSet"] == "" and unit["Restart"] == "on-failure"
     assert "130" in unit["SuccessExitStatus"].split()  # a stop by SIGTERM is a clean exit
     assert float(unit["TimeoutStopSec"]) > FleetServer(load_config(EXAMPLE)).grace_s + 5
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[" * 100_000, "levels deep; a config may nest at most"),
+        ("#" * 60_000_000, "bytes is over the 1048576-byte limit for a config"),
+    ],
+    ids=["100k-brackets", "60MB"],
+)
+@pytest.mark.parametrize("command", ["status", "run"])
+def test_a_hostile_config_is_refused_cleanly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str, command: str
+) -> None:
+    config = tmp_path / "server.yaml"
+    config.write_text(content)
+
+    assert main([command, "-c", str(config)]) == ExitCode.BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith(f"fleet-server {command}: error: {config}: ") and message in err
+    assert "Traceback" not in err and "RecursionError" not in err
