@@ -29,9 +29,18 @@ from edge_daemon.readings import SCHEMAS, IngestError, ReadingsStore, StoreError
 from edge_daemon.state import StateError
 from edge_daemon.status_report import collect_status, format_status
 from edge_daemon.ticket_cache import TicketCache, TicketCacheError, install_ticket
+from ticket.atomic import AlreadyRunningError
 
 DEFAULT_CONFIG = Path("/etc/edge-daemon/daemon.yaml")
-_EXPECTED = (ConfigError, IngestError, StoreError, StateError, TicketCacheError, OSError)
+_EXPECTED = (
+    AlreadyRunningError,
+    ConfigError,
+    IngestError,
+    StoreError,
+    StateError,
+    TicketCacheError,
+    OSError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,7 +36,7 @@ from edge_daemon.probe import FileProbe, Probe, PsutilProbe
 from edge_daemon.readings import ReadingsStore, StoreError
 from edge_daemon.supervisor import NodeSupervisor
 from ticket import wire
-from ticket.atomic import atomic_write_text
+from ticket.atomic import atomic_write_text, instance_lock
 from ticket.config_text import toml_values
 
 logger = logging.getLogger(__name__)
@@ -250,16 +250,23 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
         logger.info("signal %d: stopping", signum)
         stop.set()
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     daemon = build_daemon(config)
-    logger.info("edge daemon up: state in %s, server %s", config.state_dir, config.server.address)
-    try:
-        daemon.stop_leftover_node()  # before a second node is started on the same port
-        while not stop.is_set():
-            daemon.step()
-            stop.wait(TICK_S)
-    finally:
-        daemon.shutdown()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    # Before anything touches the node: a second daemon on this state directory would take the
+    # first one's node for a leftover and stop it.
+    lock = DaemonPaths(config.state_dir).lock_file
+    with instance_lock(lock, pid=os.getpid(), program="edge-daemon"):
+        signals = (signal.SIGTERM, signal.SIGINT)
+        previous = {sig: signal.signal(sig, request_stop) for sig in signals}
+        logger.info(
+            "edge daemon up: state in %s, server %s", config.state_dir, config.server.address
+        )
+        try:
+            daemon.stop_leftover_node()  # before a second node is started on the same port
+            while not stop.is_set():
+                daemon.step()
+                stop.wait(TICK_S)
+        finally:
+            daemon.shutdown()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     return 0

@@ -11,6 +11,7 @@ from edge_daemon.ticket_cache import (
     TicketRefusedError,
     TicketUnreadableError,
 )
+from ticket.atomic import AlreadyRunningError
 
 
 class ExitCode(IntEnum):
@@ -19,6 +20,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # argparse's own status for bad arguments
     BAD_INPUT = 3  # daemon.yaml, a readings file, a key path or the state directory
     REFUSED = 6  # a ticket failed verification against the fleet key
+    ALREADY_RUNNING = 7  # another `edge-daemon run` holds the state directory
     INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 
 
@@ -26,12 +28,15 @@ HELP: dict[ExitCode, str] = {
     ExitCode.BAD_INPUT: "fix the file named in the message and run the command again",
     ExitCode.REFUSED: "the ticket was modified, is unsigned, or is not signed by the fleet key "
     "in daemon.yaml; get a fresh copy from the fleet operator",
+    ExitCode.ALREADY_RUNNING: "one daemon per state directory: stop the other one (its pid is "
+    "named above), or give this one its own state_dir",
 }
 
 
 def exit_code_for(error: BaseException) -> ExitCode:
     """Map an expected error to the status the process exits with; most specific class first."""
     table: list[tuple[type[BaseException], ExitCode]] = [
+        (AlreadyRunningError, ExitCode.ALREADY_RUNNING),
         (TicketUnreadableError, ExitCode.BAD_INPUT),  # a wrong path, not a bad ticket
         (TicketRefusedError, ExitCode.REFUSED),
         (TicketNotCachedError, ExitCode.BAD_INPUT),

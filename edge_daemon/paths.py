@@ -13,6 +13,11 @@ class DaemonPaths:
         return self.state_dir / "state.json"
 
     @property
+    def lock_file(self) -> Path:
+        """Held by the one `edge-daemon run` that uses this state directory."""
+        return self.state_dir / "daemon.lock"
+
+    @property
     def readings_db(self) -> Path:
         return self.state_dir / "readings.sqlite3"
 

@@ -25,6 +25,7 @@ from server.fleet import (
 )
 from server.run_status import RunSummary, format_summary, read_summary
 from server.superlink import SuperLinkError, is_listening
+from ticket.atomic import AlreadyRunningError
 from ticket.errors import TicketError
 
 DEFAULT_CONFIG = Path("/etc/fleet-server/server.yaml")
@@ -236,6 +237,17 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+_EXPECTED = (
+    AlreadyRunningError,
+    ConfigError,
+    EnrolmentError,
+    FleetError,
+    SuperLinkError,
+    TicketError,
+    OSError,
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -244,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fleet-server {args.name}: interrupted; stopped what it started", file=sys.stderr)
         return ExitCode.INTERRUPTED
-    except (ConfigError, EnrolmentError, FleetError, SuperLinkError, TicketError, OSError) as error:
+    except _EXPECTED as error:
         code = exit_code_for(error)
         print(f"fleet-server {args.name}: error: {error}", file=sys.stderr)
         if code in HELP:

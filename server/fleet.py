@@ -44,7 +44,7 @@ from server.superlink import (
     wait_for_port,
 )
 from ticket import crypto, runconfig
-from ticket.atomic import atomic_write_bytes, atomic_write_text
+from ticket.atomic import atomic_write_bytes, atomic_write_text, instance_lock
 from ticket.tls import write_dev_pki
 
 COMPLETED_STATUS = COMPLETED
@@ -212,6 +212,12 @@ class FleetServer:
         paths = self.config.paths
         pid_file = PidFile(paths.pid_file)
         self._check_ready()
+        # Held before the leftovers are cleared: a second `run` would take the first one's
+        # SuperLink for a leftover and kill it.
+        with instance_lock(paths.lock_file, pid=os.getpid(), program="fleet-server run"):
+            return self._run(pid_file)
+
+    def _run(self, pid_file: PidFile) -> str:
         self._clear_leftovers(pid_file)
         owner = Recorded.of("fleet-server", os.getpid())
         self._record = lambda: pid_file.write(owner, self._groups)

@@ -59,6 +59,11 @@ class ServerPaths:
         return self.state_dir / "fleet-server.pid"
 
     @property
+    def lock_file(self) -> Path:
+        """Held by the one `fleet-server run` that uses this state directory."""
+        return self.state_dir / "fleet-server.lock"
+
+    @property
     def run_file(self) -> Path:
         """The training run last submitted (JSON: run id, run name, submitted_at)."""
         return self.state_dir / "run.json"

@@ -58,3 +58,35 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class AlreadyRunningError(RuntimeError):
+    """Another process holds a state directory's instance lock."""
+
+
+@contextmanager
+def instance_lock(path: Path, *, pid: int, program: str) -> Iterator[None]:
+    """Hold `path` (a lock file in a state directory) for as long as one process uses it.
+
+    A second `program` on the same state directory would share its files and fight over its
+    ports and child processes, so it must not start: AlreadyRunningError names the holder's pid.
+    The lock is a non-blocking flock, which the kernel drops when the holder exits, kill -9
+    included, so a stale file never blocks a restart. `pid` is written into the file (the
+    caller's own, `os.getpid()`) only once the lock is held.
+    """
+    path = Path(path)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise AlreadyRunningError(
+                f"{path}: another {program} (pid {holder}) is using this state directory; "
+                "stop it first"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{pid}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock

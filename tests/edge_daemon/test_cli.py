@@ -16,6 +16,7 @@ from edge_daemon.readings import ReadingsStore
 from edge_daemon.state import update_state
 from tests.edge_daemon.test_readings import HEADER, ROWS
 from tests.inprocess import find_ticket
+from ticket.atomic import instance_lock
 from ticket_cli.cli import main as ticket_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,8 +158,26 @@ def test_exit_statuses_are_pinned() -> None:
         "USAGE": 2,
         "BAD_INPUT": 3,
         "REFUSED": 6,
+        "ALREADY_RUNNING": 7,
         "INTERRUPTED": 130,
     }
+
+
+def test_a_second_daemon_on_one_state_directory_exits_7_naming_the_first(
+    tmp_path: Path, fleet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path, fleet)
+    paths = DaemonPaths(tmp_path / "state")
+    paths.state_dir.mkdir()
+
+    with instance_lock(paths.lock_file, pid=4242, program="edge-daemon"):  # the first daemon
+        code = main(["run", "-c", str(config)])
+
+    assert code == ExitCode.ALREADY_RUNNING
+    err = capsys.readouterr().err
+    assert f"{paths.lock_file}: another edge-daemon (pid 4242)" in err
+    assert "one daemon per state directory" in err
+    assert not paths.status_file.exists()  # it never ran a step
 
 
 def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,6 +11,7 @@ from server.cli import build_parser, main
 from server.config import load_config
 from server.exit_codes import ExitCode
 from server.fleet import FleetServer
+from ticket.atomic import instance_lock
 from ticket.crypto import generate_node_auth_key
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "server.yaml"
@@ -156,3 +157,34 @@ def test_a_hostile_config_is_refused_cleanly(
     err = capsys.readouterr().err
     assert err.startswith(f"fleet-server {command}: error: {config}: ") and message in err
     assert "Traceback" not in err and "RecursionError" not in err
+
+
+def test_exit_statuses_are_pinned() -> None:
+    # The systemd unit and scripts read these numbers; changing one is a conscious act.
+    assert {code.name: int(code) for code in ExitCode} == {
+        "OK": 0,
+        "FAILURE": 1,
+        "USAGE": 2,
+        "BAD_INPUT": 3,
+        "ALREADY_RUNNING": 7,
+        "INTERRUPTED": 130,
+    }
+
+
+def test_a_second_run_on_one_state_directory_exits_7_and_touches_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path)
+    (tmp_path / "t").write_text("a ticket file")  # run.ticket: only its presence is checked
+    assert main(["init", "-c", str(config)]) == ExitCode.OK
+    paths = load_config(config).paths
+    paths.pid_file.write_text("the first run's record")
+    capsys.readouterr()
+
+    with instance_lock(paths.lock_file, pid=4242, program="fleet-server run"):  # the first run
+        code = main(["run", "-c", str(config)])
+
+    assert code == ExitCode.ALREADY_RUNNING
+    assert "another fleet-server run (pid 4242)" in capsys.readouterr().err
+    # The first run's processes were not taken for leftovers of a killed one.
+    assert paths.pid_file.read_text() == "the first run's record"
