@@ -18,7 +18,7 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from edge_daemon import secagg_client, ticket_install
+from edge_daemon import search_step, secagg_client, ticket_install
 from edge_daemon.local_data import (
     LocalData,
     LocalDataError,
@@ -34,17 +34,20 @@ from ticket import runconfig, wire
 from ticket.bundle import Ticket, load_ticket, to_torch_masks
 from ticket.codec import Kind, decode_vector, encode_vector
 from ticket.errors import TicketError
+from ticket.fleet_search.snip import connection_saliency
 from ticket.packing import PackLayout
 from ticket.train import TrainConfig, evaluate, load_weights, snapshot, train_masked
-from ticket.wire import TRAIN_LOSS as TRAIN_LOSS_METRIC
 from ticket.wire import (  # ErrorCode: the codes the server reads, part of the wire contract
+    SALIENCY,
     ErrorCode,
     EvaluateInstruction,
     EvaluateReply,
     Schedule,
+    SearchStep,
     TrainInstruction,
     TrainReply,
 )
+from ticket.wire import TRAIN_LOSS as TRAIN_LOSS_METRIC
 
 ConfigValue = bool | float | int | str
 
@@ -169,6 +172,7 @@ class Instructions:
     dtype: str  # encoding of the reply's update
     train: TrainConfig | None  # None for evaluation
     seed: int
+    search: SearchStep | None = None  # a fleet search's round (edge_daemon/search_step.py)
 
     @classmethod
     def from_message(cls, message: Message, *, is_train: bool) -> "Instructions":
@@ -177,7 +181,15 @@ class Instructions:
         if is_train:
             ask = TrainInstruction.from_record(records)
             schedule = _config(ask.schedule)
-            return cls(ask.ticket_id, ask.server_round, ask.payload, ask.dtype, schedule, ask.seed)
+            return cls(
+                ask.ticket_id,
+                ask.server_round,
+                ask.payload,
+                ask.dtype,
+                schedule,
+                ask.seed,
+                ask.search,
+            )
         # An evaluate instruction with a probe is a rollout's canary (server/rollout.py):
         # train from the values sent, then score; nothing is kept.
         score = EvaluateInstruction.from_record(records)
@@ -297,6 +309,8 @@ def prepare(
     node = NodeSettings.from_context(context)
     task = Instructions.from_message(message, is_train=is_train)
     ticket, model = read_node_ticket(node, task.ticket_id)
+    if task.search is not None:
+        ticket = search_step.narrowed(ticket, task.search.mask)
     layout = PackLayout.from_ticket(ticket)
     values = decode_vector(
         task.payload,
@@ -340,6 +354,16 @@ def train_local(
         raise InstructionError("train instructions without a training config")
     seed = local_seed(task.seed, task.server_round, node_id)
     mask = to_torch_masks(work.ticket)
+    if task.search is not None and task.search.objective == SALIENCY:
+        # fed-snip: the "trained" values are the global ones plus this node's saliency, so the
+        # update (plaintext, or the delta under secure aggregation) is the saliency itself.
+        start = work.layout.pack(snapshot(work.model))
+        saliency, loss = connection_saliency(
+            work.model, mask, work.data.x_train, work.data.y_train, scale=task.search.saliency_scale
+        )
+        # Dense parameters (biases) carry no saliency: their update is zero.
+        scores = {name: p.detach() * 0 for name, p in work.model.named_parameters()} | saliency
+        return start + work.layout.pack(scores), loss, seed
     loss = train_masked(
         work.model, mask, work.data.x_train, work.data.y_train, task.train, seed=seed
     )

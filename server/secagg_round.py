@@ -172,7 +172,8 @@ class SecurePackedFedAvg(PackedFedAvg):
         self._global = arrays[PAYLOAD_KEY].numpy().copy()  # float32 [n]
         refuse_extra_config(config)
         payload = self._encode_global(r, arrays)
-        instruction = self._train_instruction(r, payload).to_record()
+        train = self._train_instruction(r, payload)
+        instruction = train.to_record()
         asked = self._next.asked if self._next is not None else set()
         messages = []
         for node in sorted(set(self._requests) | asked):
@@ -187,7 +188,7 @@ class SecurePackedFedAvg(PackedFedAvg):
             content = to_flower(records.merged(instruction) if node in self._requests else records)
             down = _size(content.config_records[SECAGG])
             if node in self._requests:
-                down += len(payload)
+                down += train.size
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
             record.bytes_down[node] = record.bytes_down.get(node, 0) + down
         self._sent_train = {message.metadata.dst_node_id for message in messages}

@@ -1,170 +1,42 @@
 """The Flower ServerApp: load and verify the run's ticket, then run PackedFedAvg over the grid
 (or SecurePackedFedAvg with run config `secagg = true`, with distributed differential privacy
-when `dp-noise-multiplier` > 0); or, with `mode = "deploy"`, roll the ticket out."""
+when `dp-noise-multiplier` > 0); with `mode = "deploy"`, roll the ticket out; with
+`mode = "find"`, search the fleet for a ticket inside it (server/fleet_search.py)."""
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 
 from server.evaluation import ServerEvaluator
-from server.privacy import DpPlan
+from server.fleet_search import FindSettings, run_search
 from server.rollout import CanaryCheck, Rollout, roll_out, write_outcome
-from server.secagg_round import SecAggPlan, SecurePackedFedAvg
-from server.strategy import PackedFedAvg, RoundPlan
-from server.training_run import run_resumable
+from server.run_settings import DeploySettings, ServerSettings
+from server.strategy import RoundPlan
+from server.training_run import make_strategy, run_resumable
 from ticket import runconfig
 from ticket.bundle import read_ticket
-from ticket.errors import TicketError
 from ticket.packing import PackLayout
-from ticket.runconfig import (
-    ConfigValue,
-    RunConfig,
-    RunConfigError,
-    RunPlacement,
-    TrainingSettings,
-)
-from ticket.secagg.privacy import saturation_margin
-from ticket.train import TrainConfig
+from ticket.runconfig import RunConfigError
 
 logger = logging.getLogger(__name__)
 
-SATURATION_WARNING = 4.0  # secagg-clip below this many noise std: warn (saturation biases)
-
 __all__ = ["DeploySettings", "RunConfigError", "ServerSettings", "app"]
-
-
-@dataclass(frozen=True)
-class ServerSettings:
-    """A training run's `context.run_config`, typed once (ticket/runconfig.py's keys)."""
-
-    ticket_path: Path
-    run_dir: Path  # checkpoints, rounds.jsonl, rounds.png; a restart resumes from it
-    server_eval: str  # dataset whose pooled test rows the server scores ("": off)
-    fleet_key: Path | None  # PEM public key the ticket must be signed by
-    allow_unsigned: bool
-    num_rounds: int
-    round_timeout_s: float
-    fraction_train: float
-    fraction_evaluate: float
-    min_nodes: int  # sampled per round, and needed online before sampling
-    plan: RoundPlan  # ticket id filled in from the ticket itself
-    # secure aggregation (server/secagg_round.py); None: plaintext FedAvg
-    secagg: SecAggPlan | None = None
-    # dp-noise-multiplier > 0: distributed differential privacy (server/privacy.py); needs
-    # secagg. None: off
-    dp: DpPlan | None = None
-
-    @classmethod
-    def from_run_config(cls, config: Mapping[str, ConfigValue]) -> "ServerSettings":
-        return cls.from_run(runconfig.parse(config))
-
-    @classmethod
-    def from_run(cls, run: RunConfig) -> "ServerSettings":
-        where, train = run.placement, run.training
-        return cls(
-            ticket_path=runconfig.require(where, "ticket_path"),
-            run_dir=runconfig.require(where, "run_dir"),
-            server_eval=train.server_eval or "",
-            fleet_key=where.fleet_key,
-            allow_unsigned=train.allow_unsigned,
-            num_rounds=train.num_rounds,
-            round_timeout_s=train.round_timeout_s,
-            fraction_train=train.fraction_train,
-            fraction_evaluate=train.fraction_evaluate,
-            min_nodes=train.min_nodes,
-            plan=RoundPlan(
-                ticket_id="",
-                train=TrainConfig(
-                    epochs=train.local_epochs,
-                    batch_size=train.batch_size,
-                    lr=train.lr,
-                    optimizer=train.optimizer,
-                ),
-                uplink_dtype=train.uplink_dtype,
-                downlink_dtype=train.downlink_dtype,
-                seed=train.seed,
-                min_replies=train.min_replies,
-            ),
-            secagg=_secagg_plan(train),
-            dp=_dp_plan(train),
-        )
-
-    def __post_init__(self) -> None:
-        if self.dp is not None and self.secagg is None:
-            raise RunConfigError(
-                "run config: dp-noise-multiplier needs secagg = true: without secure "
-                "aggregation the server sees each update with only its device's share of the noise"
-            )
 
 
 app = ServerApp()
 
 
-@dataclass(frozen=True)
-class DeploySettings:
-    """A rollout run (`mode = "deploy"`): push the ticket at ticket-path to the devices."""
-
-    ticket_path: Path  # the signed bundle to push
-    run_dir: Path  # where deploy.json (the acknowledgements) is written
-    fleet_key: Path  # the server checks the signature too before pushing
-    timeout_s: float  # round-timeout-s: how long devices have to answer
-    canary_fraction: float  # 0: everyone at once
-    seed: int  # picks the canary, orders the canary's training data
-    # The canary's evaluation (server/rollout.py): baseline-ticket-path the active ticket
-    # (None: none yet), trained on each canary device with canary-epochs and the run's
-    # batch-size, lr, optimizer; canary-max-regression the accuracy it may lose.
-    baseline_path: Path | None
-    canary_train: TrainConfig | None  # None: no evaluation, installing is enough
-    max_regression: float
-    min_installed: float  # the fraction of devices that must install
-
-    @classmethod
-    def from_run_config(cls, config: Mapping[str, ConfigValue]) -> "DeploySettings":
-        return cls.from_run(runconfig.parse(config))
-
-    @classmethod
-    def from_run(cls, run: RunConfig) -> "DeploySettings":
-        where, train, rollout = run.placement, run.training, run.rollout
-        try:
-            canary_train = TrainConfig(
-                epochs=rollout.canary_epochs,
-                batch_size=train.batch_size,
-                lr=train.lr,
-                optimizer=train.optimizer,
-            )
-        except TicketError as error:
-            raise RunConfigError(f"run config: canary training: {error}") from None
-        return cls(
-            ticket_path=_required_to_deploy(where, "ticket_path"),
-            run_dir=_required_to_deploy(where, "run_dir"),
-            fleet_key=_required_to_deploy(where, "fleet_key"),
-            timeout_s=train.round_timeout_s,
-            canary_fraction=rollout.canary_fraction,
-            seed=train.seed,
-            baseline_path=rollout.baseline_ticket_path,
-            canary_train=canary_train if rollout.canary_epochs > 0 else None,
-            max_regression=rollout.canary_max_regression,
-            min_installed=rollout.min_installed,
-        )
-
-
-def _required_to_deploy(where: RunPlacement, name: str) -> Path:
-    try:
-        path: Path = runconfig.require(where, name)
-    except RunConfigError as error:
-        raise RunConfigError(f"{error} to deploy") from None
-    return path
-
-
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     run = runconfig.parse(context.run_config)
+    if run.placement.mode == "find":
+        found = run_search(grid, FindSettings.from_run(run))
+        logger.info(
+            "found ticket %s at density %.4f", found.content_id[:12], found.manifest.density.overall
+        )
+        return
     if run.placement.mode == "deploy":
         rollout = run_deploy(grid, DeploySettings.from_run(run))
         logger.info("rollout of %s: %s", rollout.ticket_id[:12], rollout.to_json())
@@ -210,29 +82,15 @@ def run_training(grid: Grid, settings: ServerSettings) -> Result:
     )
     layout = PackLayout.from_ticket(ticket)
     plan = RoundPlan(**{**vars(settings.plan), "ticket_id": ticket.content_id})
-    sampling: dict[str, Any] = {
-        "fraction_train": settings.fraction_train,
-        "fraction_evaluate": settings.fraction_evaluate,
-        "min_train_nodes": settings.min_nodes,
-        "min_evaluate_nodes": settings.min_nodes if settings.fraction_evaluate > 0 else 0,
-        "min_available_nodes": settings.min_nodes,
-    }
-    strategy = (
-        PackedFedAvg(layout, plan, **sampling)
-        if settings.secagg is None
-        else SecurePackedFedAvg(layout, plan, settings.secagg, dp=settings.dp, **sampling)
+    strategy = make_strategy(
+        layout,
+        plan,
+        fraction_train=settings.fraction_train,
+        fraction_evaluate=settings.fraction_evaluate,
+        min_nodes=settings.min_nodes,
+        secagg=settings.secagg,
+        dp=settings.dp,
     )
-    if isinstance(strategy, SecurePackedFedAvg) and strategy.dp is not None:
-        sigma = strategy.dp.noise_std(strategy.min_survivors)
-        margin = saturation_margin(strategy.secagg.clip, sigma)
-        if margin < SATURATION_WARNING:
-            logger.warning(
-                "secagg-clip %.3g spans only %.1f of a device's noise std %.3g: noisy values "
-                "will saturate and bias the mean; raise secagg-clip",
-                strategy.secagg.clip,
-                margin,
-                sigma,
-            )
     evaluator = (
         ServerEvaluator.held_out(ticket, layout, settings.server_eval)
         if settings.server_eval
@@ -247,23 +105,3 @@ def run_training(grid: Grid, settings: ServerSettings) -> Result:
         timeout=settings.round_timeout_s,
         evaluator=evaluator,
     )
-
-
-def _secagg_plan(train: TrainingSettings) -> SecAggPlan | None:
-    if not train.secagg:
-        return None
-    try:
-        plan = SecAggPlan.of(train)
-        plan.params()  # range checks of the protocol's parameters
-    except ValueError as error:  # ParamsError, or the weight cap's own check
-        raise RunConfigError(f"run config: secagg-*: {error}") from None
-    return plan
-
-
-def _dp_plan(train: TrainingSettings) -> DpPlan | None:
-    if train.dp_noise_multiplier == 0.0:
-        return None
-    try:
-        return DpPlan.of(train)
-    except ValueError as error:
-        raise RunConfigError(f"run config: {error}") from None

@@ -36,6 +36,7 @@ from ticket.wire import (
     EvaluateInstruction,
     EvaluateReply,
     Schedule,
+    SearchStep,
     TrainInstruction,
     TrainReply,
     WireError,
@@ -62,6 +63,9 @@ class RoundPlan:
     downlink_dtype: str = TrainingSettings.downlink_dtype  # how the global values are sent
     seed: int = TrainingSettings.seed  # nodes derive their data order from (seed, round, node id)
     min_replies: int = TrainingSettings.min_replies  # fewer accepted updates keep the model
+    # A fleet search's round (server/fleet_search.py): the mask the layout packs over, and
+    # what the devices compute. None: ordinary training of the ticket's own mask.
+    search: SearchStep | None = None
 
     def __post_init__(self) -> None:
         for name in ("uplink_dtype", "downlink_dtype"):
@@ -174,9 +178,10 @@ class PackedFedAvg(FedAvg):
         server_round += self._offset
         refuse_extra_config(config)
         payload = self._encode_global(server_round, arrays)
-        content = to_flower(self._train_instruction(server_round, payload).to_record())
+        instruction = self._train_instruction(server_round, payload)
+        content = to_flower(instruction.to_record())
         wire, wire_config = content.array_records[ARRAYS], content.config_records[CONFIG]
-        size = len(payload)
+        size = instruction.size
         with seeded_sampling(self.plan.seed, server_round, "train"):
             messages = list(super().configure_train(server_round, wire, wire_config, grid))
         record = self.rounds.setdefault(server_round, RoundRecord(server_round))
@@ -196,6 +201,7 @@ class PackedFedAvg(FedAvg):
             dtype=plan.uplink_dtype,
             schedule=Schedule(train.epochs, train.batch_size, train.lr, train.optimizer),
             seed=plan.seed,
+            search=plan.search,
         )
 
     def aggregate_train(

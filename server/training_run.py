@@ -6,6 +6,7 @@ server-side evaluation, the checkpoint, then the log line; a restart resumes at 
 the last checkpoint with its vector, so no round's updates are averaged in twice or skipped.
 """
 
+import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -21,11 +22,16 @@ from flwr.serverapp.strategy import Result
 
 from server.checkpoint import RunCheckpoint
 from server.evaluation import ServerEvaluator
+from server.privacy import DpPlan
 from server.run_log import RunLog, plot_run, round_line
-from server.secagg_round import SecurePackedFedAvg
-from server.strategy import PAYLOAD_KEY, PackedFedAvg, RoundRecord
+from server.secagg_round import SecAggPlan, SecurePackedFedAvg
+from server.strategy import PAYLOAD_KEY, PackedFedAvg, RoundPlan, RoundRecord
+from ticket.packing import PackLayout
+from ticket.secagg.privacy import saturation_margin
 
 logger = logging.getLogger(__name__)
+
+SATURATION_WARNING = 4.0  # secagg-clip below this many noise std: warn (saturation biases)
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,9 @@ def run_settings(strategy: PackedFedAvg, **extra: Any) -> dict[str, Any]:
     """
     plan = asdict(strategy.plan)
     del plan["ticket_id"]  # checked on its own, with its own error message
+    if strategy.plan.search is not None:  # a search level's mask: bound by its digest
+        mask = strategy.plan.search.mask
+        plan["search"] = {**plan["search"], "mask": hashlib.sha256(mask).hexdigest()}
     return {
         "plan": plan,
         "sampling": {
@@ -75,6 +84,41 @@ def run_settings(strategy: PackedFedAvg, **extra: Any) -> dict[str, Any]:
     }
 
 
+def make_strategy(
+    layout: PackLayout,
+    plan: RoundPlan,
+    *,
+    fraction_train: float,
+    fraction_evaluate: float,
+    min_nodes: int,
+    secagg: SecAggPlan | None,
+    dp: DpPlan | None,
+) -> PackedFedAvg:
+    """PackedFedAvg, or SecurePackedFedAvg (with distributed DP) under secure aggregation."""
+    sampling: dict[str, Any] = {
+        "fraction_train": fraction_train,
+        "fraction_evaluate": fraction_evaluate,
+        "min_train_nodes": min_nodes,
+        "min_evaluate_nodes": min_nodes if fraction_evaluate > 0 else 0,
+        "min_available_nodes": min_nodes,
+    }
+    if secagg is None:
+        return PackedFedAvg(layout, plan, **sampling)
+    strategy = SecurePackedFedAvg(layout, plan, secagg, dp=dp, **sampling)
+    if strategy.dp is not None:
+        sigma = strategy.dp.noise_std(strategy.min_survivors)
+        margin = saturation_margin(strategy.secagg.clip, sigma)
+        if margin < SATURATION_WARNING:
+            logger.warning(
+                "secagg-clip %.3g spans only %.1f of a device's noise std %.3g: noisy values "
+                "will saturate and bias the mean; raise secagg-clip",
+                strategy.secagg.clip,
+                margin,
+                sigma,
+            )
+    return strategy
+
+
 def run_resumable(
     strategy: PackedFedAvg,
     grid: Grid,
@@ -86,13 +130,17 @@ def run_resumable(
     evaluator: ServerEvaluator | None = None,
     settings: Mapping[str, Any] | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    start_round: int = 0,
+    plot: bool = True,
 ) -> Result:
     """Run rounds 1..`num_rounds`, or those after the last checkpoint in `run_dir`.
 
     `initial` is the packed vector of round 0 (the ticket's W_k); `settings` defaults to
     `run_settings(strategy)`. Returns Flower's Result with run-wide round numbers and, unlike
     Flower's, `arrays` always holding the final global vector. Raises CheckpointError for a
-    damaged checkpoint or one from another ticket or other settings.
+    damaged checkpoint or one from another ticket or other settings. `start_round`: rounds
+    numbered before this run directory's first (a fleet search's earlier levels); `plot`:
+    redraw rounds.png at the end.
     """
     paths = RunPaths(Path(run_dir))
     checkpoints = RunCheckpoint(
@@ -103,7 +151,7 @@ def run_resumable(
     )
     log = RunLog(paths.log)
     latest = checkpoints.latest()
-    done = 0 if latest is None else latest.server_round
+    done = start_round if latest is None else latest.server_round
     log.reconcile(done, None if latest is None else latest.record)
     if isinstance(strategy, SecurePackedFedAvg):  # privacy already spent by earlier rounds
         strategy.restore_privacy(log.read())
@@ -140,5 +188,6 @@ def run_resumable(
     )
     final = checkpoints.latest()
     result.arrays = ArrayRecord({PAYLOAD_KEY: Array(vector if final is None else final.vector)})
-    plot_run(paths.log, paths.plot, title=f"ticket {strategy.plan.ticket_id[:12]}")
+    if plot:
+        plot_run(paths.log, paths.plot, title=f"ticket {strategy.plan.ticket_id[:12]}")
     return result

@@ -78,6 +78,7 @@ INTEGER = Kind("an integer", _is_int)
 COUNT = Kind("an integer >= 0", lambda v: _is_int(v) and v >= 0)
 NUMBER = Kind("a number", _is_number)
 OBJECT = Kind("an object", _is_object)
+BOOL = Kind("true or false", lambda v: isinstance(v, bool))
 STRINGS = Kind(
     "a list of strings",
     lambda v: isinstance(v, list) and all(_is_str(x) for x in v),
@@ -189,6 +190,21 @@ class Density(Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class FleetSpec(Section):
+    """Where a fleet search (`fleet-server find`) found the ticket: aggregates only, never a
+    device's value. `rewind_step` of such a ticket counts federated rounds, not steps."""
+
+    run_id: Annotated[str, required(STRING)]  # the search's run directory name
+    devices: Annotated[int, required(COUNT)]  # distinct devices with an update averaged in
+    rounds: Annotated[int, required(COUNT)]  # federated rounds the search spent
+    levels: Annotated[int, required(COUNT)]  # pruning levels trained
+    bytes_up: Annotated[int, required(COUNT)]  # over all devices and rounds
+    bytes_down: Annotated[int, required(COUNT)]
+    secagg: Annotated[bool, required(BOOL)]  # updates were securely aggregated
+    dp_epsilon: Annotated[float | None, optional(NUMBER)] = None  # distributed DP's spend
+
+
+@dataclass(frozen=True, kw_only=True)
 class Manifest(Section):
     """What a ticket is and how it was found; the field order is the order keys are checked."""
 
@@ -202,6 +218,7 @@ class Manifest(Section):
     parent: Annotated[str | None, required(_CONTENT_ID_OR_NULL)]  # content id it derives from
     created_at: Annotated[str, required(_UTC_TIME)]  # ISO 8601, UTC
     tool: Annotated[Mapping[str, Any] | None, optional(OBJECT)] = None  # what wrote it
+    fleet: Annotated[FleetSpec | None, optional(FleetSpec)] = None  # found by a fleet search
 
 
 # ---------------------------------------------------------------- reading and writing

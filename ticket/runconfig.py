@@ -36,7 +36,10 @@ from ticket.data.partition import PARTITIONERS
 ConfigValue = bool | float | int | str
 
 OPTIMIZERS = ("adam", "sgd")  # ticket.train.OPTIMIZERS, without importing torch
-MODES = ("train", "deploy")
+MODES = ("train", "deploy", "find")
+# ticket.fleet_search.SEARCHES' names, without importing torch (a test keeps the two equal).
+SEARCH_METHODS = ("fed-early-bird", "fed-imp", "fed-oneshot", "fed-snip", "synflow")
+SEARCH_SCOPES = ("layerwise", "global")
 TABLE = "tool.flwr.app.config"
 PROJECT = "ticketfleet"  # the distribution whose installed modules the components name
 PUBLISHER = "ticketfleet"
@@ -62,7 +65,8 @@ class RunPlacement:
     mode: str = field(
         default="train",
         metadata=_rules(
-            '"train", or "deploy": push the signed ticket at ticket-path to the devices',
+            '"train"; "deploy": push the signed ticket at ticket-path to the devices; "find": '
+            "search the fleet for a ticket inside the dense one at ticket-path",
             choices=MODES,
         ),
     )
@@ -238,6 +242,74 @@ class SimulationSettings:
 
 
 @dataclass(frozen=True)
+class SearchSettings:
+    """A fleet ticket search (mode = "find", server/fleet_search.py) inside the dense ticket at
+    ticket-path; its rounds read the training keys (schedule, sampling, secagg) too."""
+
+    search_method: str = field(
+        default="fed-imp",
+        metadata=_rules("how the ticket is found on the fleet", choices=SEARCH_METHODS),
+    )
+    search_target_density: float = field(
+        default=0.2, metadata=_rules("fraction of the prunable weights kept", gt=0, le=1)
+    )
+    search_rounds_per_level: int = field(
+        default=3,
+        metadata=_rules(
+            "federated rounds per pruning level (fed-early-bird: at most); fed-oneshot's dense "
+            "rounds",
+            ge=1,
+        ),
+    )
+    search_rate: float = field(
+        default=0.2,
+        metadata=_rules(
+            "fed-imp: fraction of the remaining weights pruned per level", gt=0, le=0.95
+        ),
+    )
+    search_output_rate: float = field(
+        default=0.0,
+        metadata=_rules("the output layer's rate; 0 = half of search-rate", ge=0, le=0.95),
+    )
+    search_scope: str = field(
+        default="layerwise",
+        metadata=_rules("magnitude ranking per layer or across layers", choices=SEARCH_SCOPES),
+    )
+    search_rewind_round: int = field(
+        default=0,
+        metadata=_rules(
+            "the survivors rewind to the global weights after this many dense rounds (W_k)", ge=0
+        ),
+    )
+    search_early_bird_distance: float = field(
+        default=0.05,
+        metadata=_rules(
+            "fed-early-bird: a level stops once consecutive rounds' masks differ in fewer than "
+            "this fraction of the weights",
+            gt=0,
+            le=1,
+        ),
+    )
+    search_synflow_iterations: int = field(
+        default=100, metadata=_rules("synflow: pruning iterations", ge=1)
+    )
+    search_out: Path | None = field(
+        default=None,
+        metadata=_rules("required to find: absolute path of the .ticket the search writes"),
+    )
+    search_push_ticket: bool = field(
+        default=True,
+        metadata=_rules(
+            "push the dense ticket to the devices first (off for virtual nodes, which read "
+            "ticket-path)"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A whole run config: every key of `[tool.flwr.app.config]`, typed."""
 
@@ -245,9 +317,10 @@ class RunConfig:
     training: TrainingSettings = field(default_factory=TrainingSettings)
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     simulation: SimulationSettings = field(default_factory=SimulationSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
 
 
-Group = RunPlacement | TrainingSettings | RolloutSettings | SimulationSettings
+Group = RunPlacement | TrainingSettings | RolloutSettings | SimulationSettings | SearchSettings
 G = typing.TypeVar("G", bound=Group)
 
 
@@ -283,6 +356,7 @@ def parse(config: Mapping[str, object]) -> RunConfig:
         training=_parse_group(TrainingSettings, config),
         rollout=_parse_group(RolloutSettings, config),
         simulation=_parse_group(SimulationSettings, config),
+        search=_parse_group(SearchSettings, config),
     )
 
 

@@ -10,6 +10,8 @@ Layout (no indices travel: both ends derive the layout from the ticket):
   train instruction    arrays.packed (codec bytes, kind MODEL) + config {ticket-id,
                        server-round, dtype, local-epochs, batch-size, lr, optimizer, seed};
                        under secure aggregation it rides beside a SecAggRequest
+                       a fleet search's round adds arrays.search-mask and config
+                       {objective, saliency-scale} (SearchStep)
   train reply          arrays.packed (codec bytes, kind UPDATE) + metrics {num-examples,
                        train-loss}
   evaluate instruction arrays.packed + config {ticket-id, server-round}; a rollout's canary
@@ -44,6 +46,8 @@ PACKED = "packed"
 CODEC_STYPE = "ticketfleet.codec"
 TICKET = "ticket"
 BUNDLE_STYPE = "ticketfleet.bundle"
+SEARCH_MASK = "search-mask"  # a fleet search's current mask (ticket.fleet_search.mask_bits)
+MASK_STYPE = "ticketfleet.mask"
 # Config keys of instructions.
 TICKET_ID = "ticket-id"
 SERVER_ROUND = "server-round"
@@ -53,6 +57,8 @@ BATCH_SIZE = "batch-size"
 LR = "lr"
 OPTIMIZER = "optimizer"
 SEED = "seed"
+OBJECTIVE = "objective"  # a fleet search's round: "update" or "saliency"
+SALIENCY_SCALE = "saliency-scale"
 # Metric keys of replies.
 NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
@@ -266,6 +272,27 @@ class Schedule:
         )
 
 
+UPDATE: Final = "update"  # train, send the update (as an ordinary round)
+SALIENCY: Final = "saliency"
+Objective = Literal["update", "saliency"]  # UPDATE, SALIENCY
+OBJECTIVES: tuple[Objective, ...] = (UPDATE, SALIENCY)
+
+
+@dataclass(frozen=True)
+class SearchStep:
+    """A fleet search's part of a train instruction (server/fleet_search.py).
+
+    `mask` narrows the installed ticket's mask to the search's current one (its bits, over the
+    ticket's prunable parameters: ticket.fleet_search.mask_bits); the payload and the update are
+    packed over it. `objective` "saliency" (fed-snip) asks for connection saliency |g * w| on
+    local data instead of training, scaled so its largest entry is `saliency_scale`.
+    """
+
+    mask: bytes
+    objective: Objective = UPDATE
+    saliency_scale: float = 1.0
+
+
 @dataclass(frozen=True)
 class TrainInstruction:
     """Server to node: train from the global values, reply with an update encoded as `dtype`."""
@@ -279,6 +306,12 @@ class TrainInstruction:
     dtype: str  # encoding of the reply's update
     schedule: Schedule
     seed: int  # nodes derive their data order from (seed, round, node id)
+    search: SearchStep | None = None  # a fleet search's round; None: ordinary training
+
+    @property
+    def size(self) -> int:
+        """Bytes of the values and the search mask: what a round's downlink counts."""
+        return len(self.payload) + (0 if self.search is None else len(self.search.mask))
 
     def to_record(self) -> Records:
         config: dict[str, ConfigValue] = {
@@ -288,16 +321,32 @@ class TrainInstruction:
             **self.schedule.to_config(),
             SEED: self.seed,
         }
-        return Records(
-            arrays={ARRAYS: {PACKED: Blob(CODEC_STYPE, self.payload)}}, configs={CONFIG: config}
-        )
+        arrays = {PACKED: Blob(CODEC_STYPE, self.payload)}
+        if self.search is not None:
+            arrays[SEARCH_MASK] = Blob(MASK_STYPE, self.search.mask)
+            config[OBJECTIVE] = self.search.objective
+            config[SALIENCY_SCALE] = self.search.saliency_scale
+        return Records(arrays={ARRAYS: arrays}, configs={CONFIG: config})
 
     @classmethod
     def from_record(cls, records: Records) -> Self:
         # A secure round's train message also carries the SecAggRequest's record.
         message = _Message(cls.NAME, records, cls.RECORDS, alongside=SecAggRequest.RECORDS)
-        payload = _payload(message, ARRAYS, PACKED, CODEC_STYPE)
+        arrays = message.arrays(ARRAYS)
+        payload = arrays.blob(PACKED, CODEC_STYPE)
+        mask = arrays.optional(SEARCH_MASK, lambda key: arrays.blob(key, MASK_STYPE))
+        arrays.done()
         config = message.config(CONFIG)
+        search = None
+        if mask is not None:
+            asked = config.text(OBJECTIVE)
+            if asked not in OBJECTIVES:
+                raise config.error(OBJECTIVE, f"expected one of {', '.join(OBJECTIVES)}")
+            objective: Objective = SALIENCY if asked == SALIENCY else UPDATE
+            scale = config.number(SALIENCY_SCALE, low=0.0)
+            if scale == 0.0:
+                raise config.error(SALIENCY_SCALE, "expected a positive float, got 0.0")
+            search = SearchStep(mask, objective, scale)
         instruction = cls(
             ticket_id=config.text(TICKET_ID),
             server_round=config.integer(SERVER_ROUND),
@@ -305,6 +354,7 @@ class TrainInstruction:
             dtype=config.text(DTYPE),
             schedule=Schedule.read(config),
             seed=config.integer(SEED),
+            search=search,
         )
         config.done()
         return instruction

@@ -17,12 +17,13 @@ def _command_modules() -> list[ModuleType]:
         cmd_deploy,
         cmd_find,
         cmd_hub,
+        cmd_init,
         cmd_inspect,
         cmd_keys,
         cmd_registry,
     )
 
-    return [cmd_find, cmd_inspect, cmd_keys, cmd_registry, cmd_card, cmd_hub, cmd_deploy]
+    return [cmd_find, cmd_init, cmd_inspect, cmd_keys, cmd_registry, cmd_card, cmd_hub, cmd_deploy]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -232,3 +232,105 @@ def test_state_from_other_settings_or_damaged_is_refused(tmp_path: Path) -> None
     path.write_bytes(bytes(data))
     with pytest.raises(SearchStateError, match="not a usable search state"):
         latest_state(tmp_path, {"method": "fed-imp", "target": 0.1})
+
+
+# ---------------------------------------------------------------- the registry and the wire mask
+
+
+def test_the_run_config_lists_every_search_method() -> None:
+    from ticket.runconfig import SEARCH_METHODS
+
+    assert tuple(sorted(SEARCHES)) == SEARCH_METHODS
+
+
+@given(st.integers(0, 2**32 - 1), st.floats(0.0, 1.0))
+@settings(max_examples=40, deadline=None)
+def test_mask_bits_round_trip(seed: int, keep: float) -> None:
+    from ticket.fleet_search.mask_bits import decode_mask, encode_mask
+
+    rng = np.random.default_rng(seed)
+    masks = {name: rng.random(shape) < keep for name, shape in SHAPES.items()}
+    decoded = decode_mask(encode_mask(masks), SHAPES)
+    for name, mask in masks.items():
+        np.testing.assert_array_equal(decoded[name], mask)
+        assert not decoded[name].flags.writeable
+
+
+def test_a_sparse_mask_travels_in_less_than_its_bits() -> None:
+    from ticket.fleet_search.mask_bits import encode_mask
+
+    shapes = {"fc1.weight": (300, 784)}
+    mask = {"fc1.weight": np.random.default_rng(0).random(shapes["fc1.weight"]) < 0.05}
+    assert len(encode_mask(mask)) < 0.5 * 300 * 784 / 8
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"not deflate", "not deflate data"),
+        (__import__("zlib").compress(b"\xff" * 19), "must hold 156 bits"),  # one byte short
+        (__import__("zlib").compress(b"\xff" * 21), "must hold 156 bits"),  # one byte long
+        (__import__("zlib").compress(b"\xff" * 10**7), "must hold 156 bits"),  # a deflate bomb
+        (__import__("zlib").compress(b"\xff" * 20) + b"x", "must hold 156 bits"),  # trailing
+        (__import__("zlib").compress(b"\xff" * 20), "padding bits"),
+    ],
+)
+def test_bad_mask_bits_are_refused(data: bytes, error: str) -> None:
+    from ticket.fleet_search.mask_bits import MaskBitsError, decode_mask
+
+    shapes = {"a": (12, 13)}  # 156 bits: 19.5 bytes, so 20 with 4 padding bits
+    with pytest.raises(MaskBitsError, match=error):
+        decode_mask(data, shapes)
+
+
+# ---------------------------------------------------------------- fed-snip
+
+
+def test_connection_saliency_is_grad_times_weight_scaled_to_the_largest() -> None:
+    from ticket.fleet_search.snip import connection_saliency
+
+    model = _tiny(0)
+    x, y = torch.randn(40, 3), torch.randint(0, 2, (40,))
+    mask = {
+        "0.weight": torch.ones(4, 3, dtype=torch.bool),
+        "2.weight": torch.ones(2, 4, dtype=torch.bool),
+    }
+    mask["0.weight"][0, 0] = False
+    scores, loss = connection_saliency(model, mask, x, y, scale=0.25)
+
+    reference = _tiny(0)
+    expected_loss = nn.functional.cross_entropy(reference(x), y)
+    expected_loss.backward()  # type: ignore[no-untyped-call]
+    raw = {n: (p.grad * p).abs() * mask[n] for n, p in reference.named_parameters()}
+    top = max(float(r.max()) for r in raw.values())
+    for name, score in scores.items():
+        torch.testing.assert_close(score, raw[name] * 0.25 / top)
+    assert float(scores["0.weight"][0, 0]) == 0.0  # pruned: no saliency
+    assert max(float(s.max()) for s in scores.values()) == pytest.approx(0.25)
+    assert loss == pytest.approx(float(expected_loss), rel=1e-5)
+
+
+def test_saliency_mask_keeps_the_top_and_every_layer() -> None:
+    from ticket.fleet_search.snip import saliency_mask
+
+    mask = {name: np.ones(shape, np.bool_) for name, shape in SHAPES.items()}
+    rng = np.random.default_rng(1)
+    saliency = {name: rng.random(shape) for name, shape in SHAPES.items()}
+    saliency["fc3.weight"] *= 1e-6  # the output layer would lose everything to a global cut
+    kept = saliency_mask(saliency, mask, 0.1)
+    total = sum(m.size for m in mask.values())
+    assert sum(int(k.sum()) for k in kept.values()) in {round(0.1 * total), round(0.1 * total) + 1}
+    assert kept["fc3.weight"].sum() == 1  # the guard
+    threshold = min(saliency[n][kept[n]].min() for n in ("fc1.weight", "fc2.weight"))
+    for name in ("fc1.weight", "fc2.weight"):
+        assert (saliency[name][~kept[name]] <= threshold).all()
+
+
+def test_saliency_mask_refuses_a_non_finite_aggregate() -> None:
+    from ticket.fleet_search.snip import saliency_mask
+
+    mask = {name: np.ones(shape, np.bool_) for name, shape in SHAPES.items()}
+    saliency = {name: np.ones(shape) for name, shape in SHAPES.items()}
+    saliency["fc2.weight"][0, 0] = np.nan
+    with pytest.raises(TicketError, match=r"fc2\.weight is not finite"):
+        saliency_mask(saliency, mask, 0.5)

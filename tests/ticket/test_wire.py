@@ -19,6 +19,7 @@ from ticket.wire import (
     Probe,
     Records,
     Schedule,
+    SearchStep,
     SecAggReply,
     SecAggRequest,
     TrainInstruction,
@@ -32,6 +33,18 @@ SCHEDULE = Schedule(epochs=2, batch_size=32, lr=1e-3, optimizer="adam")
 
 EXAMPLES: dict[str, Any] = {
     "TrainInstruction": TrainInstruction("a" * 64, 3, b"model", "int8", SCHEDULE, seed=7),
+    "TrainInstruction+search": TrainInstruction(
+        "a" * 64, 3, b"model", "float32", SCHEDULE, seed=7, search=SearchStep(b"bits")
+    ),
+    "TrainInstruction+saliency": TrainInstruction(
+        "a" * 64,
+        1,
+        b"model",
+        "float32",
+        SCHEDULE,
+        seed=7,
+        search=SearchStep(b"bits", wire.SALIENCY, 0.25),
+    ),
     "TrainReply": TrainReply(b"update", examples=226, train_loss=0.5),
     "EvaluateInstruction": EvaluateInstruction("a" * 64, 3, b"model"),
     "EvaluateInstruction+probe": EvaluateInstruction("a" * 64, 0, b"w", Probe(SCHEDULE, seed=1)),
@@ -101,6 +114,37 @@ def test_a_bad_train_config_names_the_field(changes: dict[str, Any], error: str)
 
     with pytest.raises(WireError, match=re.escape(error)):
         TrainInstruction.from_record(records)
+
+
+@pytest.mark.parametrize(
+    ("changes", "error"),
+    [
+        ({"objective": "dream"}, "config.objective: expected one of update, saliency"),
+        ({"objective": _DROP}, "config.objective: missing"),
+        ({"saliency_scale": 0.0}, "config.saliency-scale: expected a positive float"),
+        ({"saliency_scale": -1.0}, "config.saliency-scale: -1.0 is outside"),
+        ({"saliency_scale": float("nan")}, "config.saliency-scale: expected a finite float"),
+    ],
+)
+def test_a_bad_search_step_names_the_field(changes: dict[str, Any], error: str) -> None:
+    records = _edit_config(
+        EXAMPLES["TrainInstruction+saliency"].to_record(), wire.CONFIG, **changes
+    )
+    with pytest.raises(WireError, match=re.escape(error)):
+        TrainInstruction.from_record(records)
+
+
+def test_search_keys_without_a_mask_are_refused() -> None:
+    """An objective without its mask is not a search round: the key is unexpected."""
+    plain = EXAMPLES["TrainInstruction"].to_record()
+    records = _edit_config(plain, wire.CONFIG, objective="saliency")
+    with pytest.raises(WireError, match=re.escape("config.objective: unexpected key")):
+        TrainInstruction.from_record(records)
+
+
+def test_the_search_mask_counts_in_the_downlink() -> None:
+    assert EXAMPLES["TrainInstruction+search"].size == len(b"model") + len(b"bits")
+    assert EXAMPLES["TrainInstruction"].size == len(b"model")
 
 
 def test_an_int_is_accepted_for_a_float() -> None:
@@ -209,6 +253,40 @@ GOLDEN = {
             ]
         },
     },
+    "TrainInstruction+search": {
+        "arrays": {"arrays": ["packed", "search-mask"]},
+        "config": {
+            "config": [
+                "batch-size",
+                "dtype",
+                "local-epochs",
+                "lr",
+                "objective",
+                "optimizer",
+                "saliency-scale",
+                "seed",
+                "server-round",
+                "ticket-id",
+            ]
+        },
+    },
+    "TrainInstruction+saliency": {
+        "arrays": {"arrays": ["packed", "search-mask"]},
+        "config": {
+            "config": [
+                "batch-size",
+                "dtype",
+                "local-epochs",
+                "lr",
+                "objective",
+                "optimizer",
+                "saliency-scale",
+                "seed",
+                "server-round",
+                "ticket-id",
+            ]
+        },
+    },
     "TrainReply": {
         "arrays": {"arrays": ["packed"]},
         "metrics": {"metrics": ["num-examples", "train-loss"]},
@@ -257,7 +335,11 @@ GOLDEN = {
     "SecAggReply": {"config": {"secagg": ["key-advert", "masked-input"]}},
     "SecAggReply+unmask": {"config": {"secagg": ["share-bundle", "unmask-response"]}},
 }
-GOLDEN_STYPES = {"packed": "ticketfleet.codec", "ticket": "ticketfleet.bundle"}
+GOLDEN_STYPES = {
+    "packed": "ticketfleet.codec",
+    "search-mask": "ticketfleet.mask",
+    "ticket": "ticketfleet.bundle",
+}
 GOLDEN_ERROR_CODES = {
     "NODE_CONFIG": 1001,
     "TICKET": 1002,
@@ -310,6 +392,7 @@ OTHER_FORMATS: dict[str, tuple[set[str], str]] = {
     "server/cli.py": ({"status"}, "a subcommand"),
     "server/enrolment.py": ({"status"}, "a subcommand"),
     "server/fleet.py": ({"round"}, _RUN_LOG),
+    "server/fleet_search.py": ({"loss", "round"}, _RUN_LOG),
     "server/metrics.py": ({"accuracy"}, "server-side evaluation scores"),
     "server/privacy.py": ({"round", "secagg"}, _RUN_LOG),
     "server/rollout.py": ({"accuracy", "reason"}, _RUN_LOG),

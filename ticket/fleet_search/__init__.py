@@ -8,12 +8,22 @@ A method is one of two kinds, each a small frozen dataclass the server's search 
   after each level the aggregate is pruned by magnitude and the survivors rewound to W_k
   (`fed-imp`: a fixed fraction of what remains per level; `fed-oneshot`: one level, straight to
   the target). `schedule` names ticket.prune.METHODS' entry that says how many weights go.
+  `early_bird` (`fed-early-bird`, You et al., ICLR 2020): a level ends as soon as the mask its
+  aggregate would prune to stops changing from round to round (ticket.fleet_search.magnitude.
+  hamming below search-early-bird-distance), instead of after all its rounds.
+- `FleetSaliency`: one round in which each device sends connection saliency over the dense
+  weights (SNIP, ticket.fleet_search.snip), summed under secure aggregation; the server keeps the
+  most salient weights.
 
 A new method is a file in this package plus one line in `SEARCHES`.
 """
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
+from ticket.fleet_search.snip import saliency_mask
 from ticket.fleet_search.synflow import DataFreePruner, synflow_mask
 from ticket.registry import Registry
 
@@ -30,9 +40,19 @@ class FleetPruning:
     """Federated levels, each pruned by magnitude; `schedule` is a ticket.prune.METHODS name."""
 
     schedule: str
+    early_bird: bool = False
 
 
-SearchMethod = DataFree | FleetPruning
+@dataclass(frozen=True)
+class FleetSaliency:
+    """One round of saliency from the devices: `prune(saliency, mask, target)` keeps the best."""
+
+    prune: Callable[
+        [Mapping[str, np.ndarray], Mapping[str, np.ndarray], float], dict[str, np.ndarray]
+    ]
+
+
+SearchMethod = DataFree | FleetPruning | FleetSaliency
 
 SEARCHES: Registry[SearchMethod] = Registry(
     "fleet search method",
@@ -40,8 +60,10 @@ SEARCHES: Registry[SearchMethod] = Registry(
         "synflow": DataFree(synflow_mask),
         "fed-imp": FleetPruning("imp"),
         "fed-oneshot": FleetPruning("oneshot"),
+        "fed-early-bird": FleetPruning("imp", early_bird=True),
+        "fed-snip": FleetSaliency(saliency_mask),
     },
 )
 """Every method `fleet-server find --method` accepts (run config `search-method`)."""
 
-__all__ = ["SEARCHES", "DataFree", "FleetPruning", "SearchMethod"]
+__all__ = ["SEARCHES", "DataFree", "FleetPruning", "FleetSaliency", "SearchMethod"]

@@ -1,0 +1,285 @@
+"""The fleet search (server/fleet_search.py) over the real ClientApp, in process: each method,
+resuming after a crash, and the inputs it refuses."""
+
+import random
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import Message
+
+from edge_daemon import client_app
+from server.fleet_search import FindSettings, SearchError, run_search
+from server.run_log import RunLog
+from tests.inprocess import InProcessGrid, heart_nodes, server_identity
+from ticket import runconfig
+from ticket.bundle import Ticket, read_ticket
+from ticket.fleet_search.state import latest_state
+from ticket.runconfig import RunConfigError
+from ticket_cli.cli import main as ticket_main
+
+
+@pytest.fixture(scope="module")
+def dense_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dense") / "dense.ticket"
+    assert (
+        ticket_main(["init", "--model", "heart-mlp", "--data", "heart-uci", "--out", str(out)]) == 0
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def dense(dense_path: Path) -> Ticket:
+    return read_ticket(dense_path, allow_unsigned=True)
+
+
+def find_config(dense_path: Path, tmp: Path, **changes: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "mode": "find",
+        "ticket-path": str(dense_path),
+        "run-dir": str(tmp / "search"),
+        "search-out": str(tmp / "found.ticket"),
+        "allow-unsigned": True,
+        "min-nodes": 4,
+        "fraction-evaluate": 0.0,
+        "local-epochs": 1,
+        "batch-size": 32,
+        "search-push-ticket": False,  # the in-process nodes read ticket-path
+        "search-rounds-per-level": 1,
+    }
+    return {**config, **changes}
+
+
+def search(config: dict[str, Any], grid: InProcessGrid | None = None) -> Ticket:
+    settings = FindSettings.from_run(runconfig.parse(config))
+    grid = grid or InProcessGrid(client_app.app, heart_nodes(Path(config["ticket-path"])))
+    random.seed(0)
+    with server_identity():
+        return run_search(grid, settings)
+
+
+def assert_inside(found: Ticket, dense: Ticket) -> None:
+    """The found ticket narrows the dense one and starts from its W_0 (rewound, k = 0)."""
+    assert found.manifest.parent == dense.content_id
+    for name, mask in found.masks.items():
+        assert not np.any(mask & ~dense.masks[name])
+        np.testing.assert_array_equal(found.weights[name], dense.weights[name] * mask)
+
+
+def test_fed_imp_prunes_the_fleets_aggregate_level_by_level(
+    dense_path: Path, dense: Ticket, tmp_path: Path
+) -> None:
+    found = search(
+        find_config(
+            dense_path,
+            tmp_path,
+            **{
+                "search-method": "fed-imp",
+                "search-target-density": 0.7,
+                "search-rounds-per-level": 2,
+            },
+        )
+    )
+    assert found.manifest.density.overall == pytest.approx(0.7, abs=0.01)
+    assert_inside(found, dense)
+    fleet = found.manifest.fleet
+    assert fleet is not None
+    assert (fleet.levels, fleet.rounds, fleet.devices) == (2, 4, 4)
+    assert fleet.bytes_up > 0 and fleet.bytes_down > fleet.bytes_up  # the mask travels down
+    assert not fleet.secagg
+    # Round numbers run on across levels: level 1 holds rounds 3 and 4.
+    level1 = RunLog(tmp_path / "search" / "level-001" / "rounds.jsonl").read()
+    assert [line["round"] for line in level1] == [3, 4]
+    # Level 1 trained the smaller network: its uplink per device is smaller than level 0's.
+    level0 = RunLog(tmp_path / "search" / "level-000" / "rounds.jsonl").read()
+    assert level1[0]["bytes"]["up_total"] < level0[0]["bytes"]["up_total"]
+    assert (
+        read_ticket(tmp_path / "found.ticket", allow_unsigned=True).content_id == found.content_id
+    )
+
+
+def test_fed_oneshot_prunes_once_to_the_target(
+    dense_path: Path, dense: Ticket, tmp_path: Path
+) -> None:
+    found = search(
+        find_config(
+            dense_path, tmp_path, **{"search-method": "fed-oneshot", "search-target-density": 0.2}
+        )
+    )
+    assert found.manifest.density.overall == pytest.approx(0.2, abs=0.01)
+    assert found.manifest.fleet is not None and found.manifest.fleet.levels == 1
+    assert_inside(found, dense)
+
+
+def test_fed_snip_under_secure_aggregation_sends_saliency_once(
+    dense_path: Path, dense: Ticket, tmp_path: Path
+) -> None:
+    found = search(
+        find_config(
+            dense_path,
+            tmp_path,
+            **{
+                "search-method": "fed-snip",
+                "search-target-density": 0.1,
+                "secagg": True,
+                "min-replies": 3,
+            },
+        )
+    )
+    assert found.manifest.density.overall == pytest.approx(0.1, abs=0.005)
+    fleet = found.manifest.fleet
+    assert fleet is not None and fleet.secagg and (fleet.rounds, fleet.devices) == (1, 4)
+    assert_inside(found, dense)
+    line = RunLog(tmp_path / "search" / "level-000" / "rounds.jsonl").read()[0]
+    assert sorted(line["secagg"]["survivors"]) == sorted(line["participants"])
+
+
+def test_fed_snip_keeps_the_most_salient_weights_in_plaintext(
+    dense_path: Path, tmp_path: Path
+) -> None:
+    """The mean saliency the server ranks is the devices' own: recompute it here."""
+    found = search(
+        find_config(
+            dense_path, tmp_path, **{"search-method": "fed-snip", "search-target-density": 0.3}
+        )
+    )
+    assert found.manifest.density.overall == pytest.approx(0.3, abs=0.005)
+    # Every layer keeps something: the guard against a cut-off layer holds.
+    assert all(mask.any() for mask in found.masks.values())
+
+
+def test_synflow_needs_no_device_at_all(dense_path: Path, dense: Ticket, tmp_path: Path) -> None:
+    grid = InProcessGrid(client_app.app, [])
+    found = search(
+        find_config(
+            dense_path, tmp_path, **{"search-method": "synflow", "search-target-density": 0.05}
+        ),
+        grid,
+    )
+    fleet = found.manifest.fleet
+    assert fleet is not None and (fleet.rounds, fleet.bytes_up, fleet.bytes_down) == (0, 0, 0)
+    assert found.manifest.density.overall == pytest.approx(0.05, abs=0.005)
+    assert_inside(found, dense)
+
+
+def test_fed_early_bird_ends_a_level_once_the_mask_settles(
+    dense_path: Path, tmp_path: Path
+) -> None:
+    config = find_config(
+        dense_path,
+        tmp_path,
+        **{
+            "search-method": "fed-early-bird",
+            "search-target-density": 0.9,  # one level
+            "search-rounds-per-level": 6,
+            "search-early-bird-distance": 1.0,  # any two masks are "close": stop at once
+        },
+    )
+    found = search(config)
+    assert found.manifest.fleet is not None
+    assert found.manifest.fleet.rounds == 2  # the first comparison needs two rounds
+    history = found.manifest.metrics["search_levels"]
+    assert [line["rounds"] for line in history] == [2]
+
+
+class CrashingGrid(InProcessGrid):
+    """Dies (as a killed ServerApp would) at its `crash_at`-th round trip."""
+
+    def __init__(self, crash_at: int, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.trips, self.crash_at = 0, crash_at
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        self.trips += 1
+        if self.trips == self.crash_at:
+            raise KeyboardInterrupt("killed")
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def test_a_killed_search_resumes_without_repeating_a_level(
+    dense_path: Path, tmp_path: Path
+) -> None:
+    changes = {
+        "search-method": "fed-imp",
+        "search-target-density": 0.7,
+        "search-rounds-per-level": 2,
+    }
+    whole = search(find_config(dense_path, tmp_path / "whole", **changes))
+
+    config = find_config(dense_path, tmp_path / "killed", **changes)
+    nodes = heart_nodes(dense_path)
+    with pytest.raises(KeyboardInterrupt):
+        search(config, CrashingGrid(5, client_app.app, nodes))  # level 1, round 3 (2 trips a round)
+    run_dir = tmp_path / "killed" / "search"
+    state = latest_state(
+        run_dir,
+        FindSettings.from_run(runconfig.parse(config)).fingerprint(whole.manifest.parent or ""),
+    )
+    assert state is not None and state.level == 1 and state.rounds == 2
+    level0 = (run_dir / "level-000" / "checkpoints").stat().st_mtime_ns
+
+    resumed = search(config)
+    assert (run_dir / "level-000" / "checkpoints").stat().st_mtime_ns == level0  # not rerun
+    assert [line["round"] for line in RunLog(run_dir / "level-001" / "rounds.jsonl").read()] == [
+        3,
+        4,
+    ]
+    for name, mask in whole.masks.items():
+        np.testing.assert_array_equal(resumed.masks[name], mask)
+
+
+def test_a_resume_with_other_settings_is_refused(dense_path: Path, tmp_path: Path) -> None:
+    search(
+        find_config(
+            dense_path, tmp_path, **{"search-method": "fed-oneshot", "search-target-density": 0.5}
+        )
+    )
+    with pytest.raises(Exception, match="other settings"):
+        search(
+            find_config(
+                dense_path,
+                tmp_path,
+                **{"search-method": "fed-oneshot", "search-target-density": 0.4},
+            )
+        )
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"search-method": "fed-lottery"}, "search-method: must be one of"),
+        ({"search-target-density": 0.0}, "search-target-density"),
+        ({"search-target-density": 1.5}, "search-target-density"),
+        ({"search-out": ""}, "search-out is required"),
+        ({"search-rewind-round": 2}, "search-rewind-round must be at most"),
+    ],
+)
+def test_bad_search_settings_are_named(
+    dense_path: Path, tmp_path: Path, changes: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(RunConfigError, match=message):
+        FindSettings.from_run(runconfig.parse(find_config(dense_path, tmp_path, **changes)))
+
+
+def test_a_fleet_that_cannot_install_the_ticket_is_refused(
+    dense_path: Path, tmp_path: Path
+) -> None:
+    """The in-process nodes have no ticket cache: none installs, and the search says so."""
+    config = find_config(dense_path, tmp_path, **{"search-push-ticket": True})
+    with pytest.raises(SearchError, match="only 0 of 4 connected devices installed"):
+        search(config)
+
+
+def test_synflow_refuses_a_ticket_that_is_already_sparse(tmp_path: Path) -> None:
+    from tests.inprocess import find_ticket
+
+    sparse = find_ticket(tmp_path / "sparse.ticket", density=0.5)
+    with pytest.raises(SearchError, match="needs a dense ticket"):
+        search(
+            find_config(sparse, tmp_path, **{"search-method": "synflow"}),
+            InProcessGrid(client_app.app, []),
+        )
