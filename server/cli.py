@@ -2,9 +2,11 @@
 
 import argparse
 import json
+import re
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -14,9 +16,11 @@ from server.enrolment import Enrolment, EnrolmentError, EnrolmentRecords, merge_
 from server.exit_codes import HELP, ExitCode, exit_code_for
 from server.fleet import (
     COMPLETED_STATUS,
+    BadArgumentError,
     FleetError,
     FleetServer,
     NoActiveTicketError,
+    SearchJob,
     TrainingTarget,
     flower_cli,
     init_state,
@@ -27,6 +31,7 @@ from server.run_status import RunSummary, format_summary, read_summary
 from server.superlink import SuperLinkError, is_listening
 from ticket.atomic import AlreadyRunningError
 from ticket.errors import TicketError
+from ticket.runconfig import SEARCH_METHODS, SEARCH_SCOPES, RunConfigError, SearchSettings
 
 DEFAULT_CONFIG = Path("/etc/fleet-server/server.yaml")
 
@@ -73,6 +78,79 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--metrics-host", default="127.0.0.1", help="address for the metrics (default: 127.0.0.1)"
     )
+    find = command(
+        "find",
+        "find a winning ticket on the fleet itself",
+        "Start the SuperLink and search the fleet for a ticket inside TICKET (a dense ticket "
+        "from `ticket init`, signed by the fleet key): the devices train or score it on their "
+        "own data under the run: section's schedule and secure aggregation, and the server "
+        "prunes the aggregate. Writes the found ticket to --out, signed with the fleet's signing "
+        "key when this server holds it. Run it again after a kill: it resumes.",
+    )
+    find.add_argument("ticket", type=Path, metavar="TICKET", help="the ticket to search in")
+    find.add_argument("--out", required=True, type=Path, help="the .ticket file to write")
+    find.add_argument(
+        "--method",
+        default=SearchSettings.search_method,
+        choices=SEARCH_METHODS,
+        help=f"default: {SearchSettings.search_method}",
+    )
+    find.add_argument(
+        "--target-density",
+        type=float,
+        default=SearchSettings.search_target_density,
+        help=f"fraction of the weights kept (default: {SearchSettings.search_target_density})",
+    )
+    find.add_argument(
+        "--rounds-per-level",
+        type=int,
+        default=SearchSettings.search_rounds_per_level,
+        help="federated rounds per pruning level (fed-oneshot: dense rounds; "
+        f"fed-early-bird: at most; default {SearchSettings.search_rounds_per_level})",
+    )
+    find.add_argument(
+        "--rate",
+        type=float,
+        default=SearchSettings.search_rate,
+        help=f"fed-imp: fraction pruned per level (default {SearchSettings.search_rate})",
+    )
+    find.add_argument(
+        "--scope",
+        choices=SEARCH_SCOPES,
+        default=SearchSettings.search_scope,
+        help=f"magnitude ranking (default {SearchSettings.search_scope})",
+    )
+    find.add_argument(
+        "--rewind-round",
+        type=int,
+        default=SearchSettings.search_rewind_round,
+        help="rewind the survivors to the weights after this many dense rounds (default 0: W_0)",
+    )
+    find.add_argument(
+        "--early-bird-distance",
+        type=float,
+        default=SearchSettings.search_early_bird_distance,
+        help="fed-early-bird: the mask distance at which a level stops "
+        f"(default {SearchSettings.search_early_bird_distance})",
+    )
+    find.add_argument(
+        "--synflow-iterations",
+        type=int,
+        default=SearchSettings.search_synflow_iterations,
+        help=f"synflow: pruning iterations (default {SearchSettings.search_synflow_iterations})",
+    )
+    find.add_argument(
+        "--name",
+        dest="run_name",
+        help="the search's run directory name (default: find-<--out's stem>)",
+    )
+    find.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="let the server see each device's update (default: secure aggregation, whatever "
+        "run.secagg says)",
+    )
+    find.add_argument("--force", action="store_true", help="overwrite an existing --out")
     enroll = command(
         "enroll",
         "let a device's node join the fleet",
@@ -97,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     for sub, handler in (
         (init, run_init),
         (run, run_run),
+        (find, run_find),
         (enroll, run_enroll),
         (nodes, run_nodes),
         (status, run_status),
@@ -138,6 +217,67 @@ def run_run(args: argparse.Namespace, config: FleetConfig) -> int:
             metrics.shutdown()
             metrics.server_close()
     return ExitCode.OK if status == COMPLETED_STATUS else ExitCode.FAILURE
+
+
+def run_find(args: argparse.Namespace, config: FleetConfig) -> int:
+    out: Path = args.out.absolute()
+    if out.exists() and not args.force:
+        raise BadArgumentError(f"{out} already exists; pass --force to overwrite it")
+    try:
+        settings = SearchSettings(
+            search_method=args.method,
+            search_target_density=args.target_density,
+            search_rounds_per_level=args.rounds_per_level,
+            search_rate=args.rate,
+            search_scope=args.scope,
+            search_rewind_round=args.rewind_round,
+            search_early_bird_distance=args.early_bird_distance,
+            search_synflow_iterations=args.synflow_iterations,
+            search_out=out,
+        )
+    except RunConfigError as error:  # names the run-config key; say the option instead
+        raise BadArgumentError(_as_option(str(error))) from None
+    if settings.search_rewind_round > settings.search_rounds_per_level:
+        raise BadArgumentError("--rewind-round must be at most --rounds-per-level")
+    if not args.plaintext and not config.run.secagg:
+        # A search's updates are as private as training's: secure aggregation unless asked.
+        config = replace(config, run=replace(config.run, secagg=True))
+    name = args.run_name or f"find-{out.stem}"
+    job = SearchJob(args.ticket.absolute(), config.paths.run_dir(name), out, settings)
+    signal.signal(signal.SIGTERM, _interrupt)
+    status = FleetServer(config).find(job)
+    if status != COMPLETED_STATUS or not out.is_file():
+        print(
+            f"fleet-server find: the search did not finish ({status}); see {config.paths.logs_dir}",
+            file=sys.stderr,
+        )
+        return ExitCode.FAILURE
+    from ticket.bundle import read_ticket, sign_ticket, write_ticket  # torch: only when needed
+
+    ticket = read_ticket(out, allow_unsigned=True)
+    key = config.fleet_private_key
+    if key.is_file():
+        write_ticket(out, sign_ticket(ticket, key.read_bytes()))
+        signed = f"signed with {key}"
+    else:
+        signed = f"unsigned: sign it with `ticket sign {out} --key FLEET.key`"
+    fleet = ticket.manifest.fleet
+    print(
+        f"found ticket {ticket.content_id[:12]} at density "
+        f"{ticket.manifest.density.overall:.4f} ({signed})"
+    )
+    if fleet is not None:
+        print(
+            f"  on {fleet.devices} devices: {fleet.levels} level(s), {fleet.rounds} rounds, "
+            f"{fleet.bytes_up:,} bytes up, {fleet.bytes_down:,} bytes down"
+            + ("" if fleet.dp_epsilon is None else f", epsilon {fleet.dp_epsilon:.2f}")
+        )
+    return ExitCode.OK
+
+
+def _as_option(message: str) -> str:
+    """A run-config key's error as the option that set it: `search-rate` -> `--rate`."""
+    return re.sub(r"\bsearch-([a-z-]+)", r"--\1", message.replace("run config: ", ""))
 
 
 def run_enroll(args: argparse.Namespace, config: FleetConfig) -> int:

@@ -21,6 +21,7 @@ from ticket.runconfig import (
     ConfigValue,
     RunConfig,
     RunPlacement,
+    SearchSettings,
     TrainingSettings,
     to_run_config,
 )
@@ -132,6 +133,18 @@ class FleetConfig:
         fleet_key = None if self.run.allow_unsigned else self.fleet_public_key
         placement = RunPlacement(ticket_path=ticket, run_dir=run_dir, fleet_key=fleet_key)
         return to_run_config(RunConfig(placement=placement, training=self.run.training))
+
+    def search_run_config(
+        self, ticket: Path, run_dir: Path, search: SearchSettings
+    ) -> dict[str, ConfigValue]:
+        """The run config of a fleet search (`fleet-server find`) inside `ticket`: its rounds
+        train with the run: section's schedule, sampling and secure aggregation."""
+        fleet_key = None if self.run.allow_unsigned else self.fleet_public_key
+        placement = RunPlacement(
+            mode="find", ticket_path=ticket, run_dir=run_dir, fleet_key=fleet_key
+        )
+        run = RunConfig(placement=placement, training=self.run.training, search=search)
+        return to_run_config(run)
 
 
 _YAML_LOADER = rejecting_duplicate_keys(yaml.SafeLoader)  # a key given twice is an error

@@ -4,7 +4,7 @@ from enum import IntEnum
 
 from server.config import ConfigError
 from server.enrolment import EnrolmentError
-from server.fleet import FleetError
+from server.fleet import BadArgumentError, FleetError
 from server.superlink import SuperLinkError
 from ticket.atomic import AlreadyRunningError
 from ticket.errors import TicketError
@@ -34,6 +34,7 @@ def exit_code_for(error: BaseException) -> ExitCode:
         (ConfigError, ExitCode.BAD_INPUT),
         (EnrolmentError, ExitCode.BAD_INPUT),
         (TicketError, ExitCode.BAD_INPUT),  # a malformed key file
+        (BadArgumentError, ExitCode.BAD_INPUT),
         (FleetError, ExitCode.FAILURE),
         (SuperLinkError, ExitCode.FAILURE),
         (OSError, ExitCode.BAD_INPUT),  # e.g. a state directory that is not writable

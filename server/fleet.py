@@ -45,6 +45,7 @@ from server.superlink import (
 )
 from ticket import crypto, runconfig
 from ticket.atomic import atomic_write_bytes, atomic_write_text, instance_lock
+from ticket.runconfig import SearchSettings
 from ticket.tls import write_dev_pki
 
 COMPLETED_STATUS = COMPLETED
@@ -53,6 +54,10 @@ STARTUP_TIMEOUT_S = 120.0
 
 class FleetError(RuntimeError):
     """fleet-server cannot start or follow the SuperLink or its run."""
+
+
+class BadArgumentError(FleetError):
+    """A command-line argument is out of range or names a file that is not there."""
 
 
 class NoActiveTicketError(FleetError):
@@ -190,6 +195,16 @@ def training_target(config: FleetConfig) -> TrainingTarget:
     return TrainingTarget(bundle, config.run_dir(active), active)
 
 
+@dataclass(frozen=True)
+class SearchJob:
+    """A fleet search for `fleet-server find` (server/fleet_search.py)."""
+
+    ticket: Path  # the (dense) ticket to search in
+    run_dir: Path  # the search's checkpoints; the same directory resumes it
+    out: Path  # where the ServerApp writes the found ticket
+    settings: SearchSettings
+
+
 @dataclass
 class FleetServer:
     """The SuperLink and the training run of one server.yaml; `run()` stops what it started."""
@@ -209,28 +224,38 @@ class FleetServer:
 
     def run(self) -> str:
         """Start the SuperLink, submit (or resume) the run, follow it to the end; its status."""
+        return self._serve(self._train, program="fleet-server run")
+
+    def find(self, job: "SearchJob") -> str:
+        """Start the SuperLink, submit (or resume) the fleet search `job`, follow it to the
+        end; its status. The found ticket is at `job.out` (unsigned: the caller signs it)."""
+        if not job.ticket.is_file():
+            raise BadArgumentError(f"{job.ticket}: no such ticket to search in")
+        return self._serve(lambda: self._search(job), program="fleet-server find")
+
+    def _serve(self, work: Callable[[], str], *, program: str) -> str:
         paths = self.config.paths
         pid_file = PidFile(paths.pid_file)
         self._check_ready()
         # Held before the leftovers are cleared: a second `run` would take the first one's
         # SuperLink for a leftover and kill it.
-        with instance_lock(paths.lock_file, pid=os.getpid(), program="fleet-server run"):
-            return self._run(pid_file)
+        with instance_lock(paths.lock_file, pid=os.getpid(), program=program):
+            self._clear_leftovers(pid_file)
+            owner = Recorded.of("fleet-server", os.getpid())
+            self._record = lambda: pid_file.write(owner, self._groups)
+            try:
+                self._record()
+                self._start_superlink()
+                self._stop_earlier_run()
+                return work()
+            finally:
+                with _signals_deferred():  # a second Ctrl-C must not cut the cleanup short
+                    self.stop()
+                    pid_file.remove()
 
-    def _run(self, pid_file: PidFile) -> str:
-        self._clear_leftovers(pid_file)
-        owner = Recorded.of("fleet-server", os.getpid())
-        self._record = lambda: pid_file.write(owner, self._groups)
-        try:
-            self._record()
-            self._start_superlink()
-            self._stop_earlier_run()
-            self._wait_for_active_ticket()
-            return self._submit_and_follow()
-        finally:
-            with _signals_deferred():  # a second Ctrl-C must not cut the cleanup short
-                self.stop()
-                pid_file.remove()
+    def _train(self) -> str:
+        self._wait_for_active_ticket()
+        return self._submit_and_follow()
 
     def stop(self) -> None:
         """Stop every process group we started (SIGTERM, then SIGKILL after `grace_s`)."""
@@ -332,7 +357,7 @@ class FleetServer:
             pass  # not in this database (e.g. a fresh one): nothing to stop
 
     def _submit_and_follow(self) -> str:
-        config, paths = self.config, self.config.paths
+        config = self.config
         target = training_target(config)
         run_dir = target.run_dir
         if target.ticket_id is not None:
@@ -341,17 +366,51 @@ class FleetServer:
         done = {line["round"] for line in log.read()}
         if done:
             self.out(f"resuming {run_dir} after round {max(done)} of {config.run.num_rounds}")
+        status = self._follow(
+            config.run_config(target.ticket, run_dir),
+            label=f"{config.run.num_rounds} rounds, {run_dir}",
+            on_poll=lambda: self._print_new_rounds(log, done),
+        )
+        summary = read_summary(run_dir, rounds_planned=config.run.num_rounds)
+        self.out(f"{status}; {summary.last_round}/{config.run.num_rounds} rounds")
+        return status
+
+    def _search(self, job: "SearchJob") -> str:
+        levels: set[str] = set()
+        finished = sorted(job.run_dir.glob("level-*.state")) if job.run_dir.is_dir() else []
+        if finished:
+            self.out(f"resuming the search in {job.run_dir} after {len(finished)} level(s)")
+        levels.update(path.name for path in finished)
+
+        def progress() -> None:
+            for path in sorted(job.run_dir.glob("level-*.state")):
+                if path.name not in levels:
+                    levels.add(path.name)
+                    self.out(f"search: {path.stem} finished")
+
+        status = self._follow(
+            self.config.search_run_config(job.ticket, job.run_dir, job.settings),
+            label=f"search {job.settings.search_method}, {job.run_dir}",
+            on_poll=progress,
+        )
+        self.out(f"search: {status}")
+        return status
+
+    def _follow(
+        self, run_config: dict[str, Any], *, label: str, on_poll: Callable[[], None]
+    ) -> str:
+        """Submit a run, follow it (calling `on_poll` every poll) to the end; its status."""
+        config, paths = self.config, self.config.paths
         attempt = sum(1 for _ in paths.logs_dir.glob("flwr-run-*.log")) + 1
         stream_log = paths.logs_dir / f"flwr-run-{attempt}.log"
-        run_config = config.run_config(target.ticket, run_dir)
         stream = self.cli.submit(paths.app_dir, run_config, log_path=stream_log)
         self._track("flwr-run", stream)
         run_id = None
         while True:
             if run_id is None and (run_id := run_id_from_log(stream_log)) is not None:
                 write_run_file(paths.run_file, run_id, config.run.name)
-                self.out(f"run {run_id} submitted ({config.run.num_rounds} rounds, {run_dir})")
-            self._print_new_rounds(log, done)
+                self.out(f"run {run_id} submitted ({label})")
+            on_poll()
             self._check_superlink()
             if stream.poll() is not None:
                 break
@@ -360,9 +419,8 @@ class FleetServer:
         if run_id is None:
             raise FleetError(f"flwr run did not start a run; see {stream_log}")
         status = self.cli.wait_finished(run_id, deadline=math.inf, check=self._check_superlink)
-        self._print_new_rounds(log, done)
-        summary = read_summary(run_dir, rounds_planned=config.run.num_rounds)
-        self.out(f"run {run_id}: {status}; {summary.last_round}/{config.run.num_rounds} rounds")
+        on_poll()
+        self.out(f"run {run_id}: {status}")
         return status
 
     def _print_new_rounds(self, log: RunLog, done: set[int]) -> None:

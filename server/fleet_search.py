@@ -21,6 +21,7 @@ W_k, masks and counts; no device's update is ever stored.
 """
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -57,6 +58,7 @@ from ticket.wire import INSTALLED, SALIENCY, SearchStep
 logger = logging.getLogger(__name__)
 
 Arrays = dict[str, np.ndarray]
+NODE_POLL_S = 1.0  # how often the search looks for devices to connect before it starts
 
 
 class SearchError(TicketError):
@@ -142,8 +144,13 @@ def run_search(grid: Any, settings: FindSettings, *, now: datetime | None = None
 
 
 def _push_base(grid: Any, base: Ticket, training: ServerSettings) -> None:
-    """Install the searched ticket on every connected device; enough must take it."""
+    """Install the searched ticket on the connected devices (waiting up to round-timeout-s for
+    min-nodes of them to connect); enough of them must take it."""
+    deadline = time.monotonic() + training.round_timeout_s
     nodes = sorted(grid.get_node_ids())
+    while len(nodes) < training.min_nodes and time.monotonic() < deadline:
+        time.sleep(NODE_POLL_S)
+        nodes = sorted(grid.get_node_ids())
     acks = push(
         grid,
         training.ticket_path.read_bytes(),
@@ -157,6 +164,9 @@ def _push_base(grid: Any, base: Ticket, training: ServerSettings) -> None:
             logger.warning(
                 "node %d did not install the searched ticket: %s", ack.node_id, ack.reason
             )
+    logger.info(
+        "%d of %d devices installed ticket %s", len(installed), len(nodes), base.content_id[:12]
+    )
     if len(installed) < training.min_nodes:
         raise SearchError(
             f"only {len(installed)} of {len(nodes)} connected devices installed ticket "

@@ -10,7 +10,7 @@ import numpy as np
 
 from ticket import crypto
 from ticket.bundle import FORMAT_VERSION, Ticket
-from ticket.manifest import MethodSpec
+from ticket.manifest import FleetSpec, MethodSpec
 from ticket_cli.cmd_keys import read_model_ticket, read_public_key
 
 INSPECT_SCHEMA = "ticketfleet.inspect.v1"  # docs/ticket-format.md; bump on any breaking change
@@ -88,6 +88,7 @@ def report_lines(ticket: Ticket, trusted: set[str] | None) -> list[str]:
     ]
     if method.train is not None:
         lines.append(f"training  {inline_values(method.train)}")
+    lines += _fleet_lines(manifest.fleet)
     lines += [
         f"density   {percent_text(manifest.density.overall)}  "
         f"({kept:,} of {total:,} prunable weights kept)",
@@ -121,6 +122,21 @@ def _method(method: MethodSpec, rewind_step: int) -> str:
         parts.append(f"target density {method.target_density}")
     parts.append(f"rewind step {rewind_step}")
     return ", ".join(parts)
+
+
+def _fleet_lines(fleet: FleetSpec | None) -> list[str]:
+    """Where a fleet search found the ticket, and what it cost (`fleet-server find`)."""
+    if fleet is None:
+        return []
+    privacy = "secure aggregation" if fleet.secagg else "plaintext updates"
+    if fleet.dp_epsilon is not None:
+        privacy += f", DP epsilon {fleet.dp_epsilon:.2f}"
+    return [
+        f"fleet     found on the fleet (run {fleet.run_id}): {fleet.devices} devices, "
+        f"{fleet.levels} level(s), {fleet.rounds} rounds, {privacy}",
+        f"          search cost {fleet.bytes_up:,} bytes up, {fleet.bytes_down:,} bytes down "
+        "(rewind step counts rounds)",
+    ]
 
 
 def _dense_line(ticket: Ticket) -> list[str]:

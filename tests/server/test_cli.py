@@ -188,3 +188,44 @@ def test_a_second_run_on_one_state_directory_exits_7_and_touches_nothing(
     assert "another fleet-server run (pid 4242)" in capsys.readouterr().err
     # The first run's processes were not taken for leftovers of a killed one.
     assert paths.pid_file.read_text() == "the first run's record"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--target-density", "0"], "--target-density: must be a number in (0, 1], got 0.0"),
+        (["--target-density", "1.5"], "--target-density: must be a number in (0, 1], got 1.5"),
+        (["--rate", "0.99"], "--rate: must be a number in (0, 0.95], got 0.99"),
+        (["--rounds-per-level", "0"], "--rounds-per-level"),
+        (["--rewind-round", "4"], "--rewind-round must be at most --rounds-per-level"),
+        ([], "no such ticket to search in"),  # TICKET does not exist
+    ],
+)
+def test_find_names_the_bad_option_before_starting_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], message: str
+) -> None:
+    config = _config(tmp_path)
+    assert main(["init", "-c", str(config)]) == ExitCode.OK
+    capsys.readouterr()
+    code = main(["find", str(tmp_path / "dense.ticket"), "--out", str(tmp_path / "f.ticket"),
+                 "-c", str(config), *options])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == ExitCode.BAD_INPUT, err
+    assert err.startswith("fleet-server find: error: ") and message in err, err
+    assert not (tmp_path / "state" / "fleet-server.pid").exists()
+
+
+def test_find_refuses_an_unknown_method(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["find", "d.ticket", "--out", "f.ticket", "--method", "imp2"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'imp2'" in capsys.readouterr().err
+
+
+def test_find_keeps_an_existing_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _config(tmp_path)
+    (tmp_path / "f.ticket").write_bytes(b"earlier")
+    code = main(["find", "d.ticket", "--out", str(tmp_path / "f.ticket"), "-c", str(config)])
+    assert code == ExitCode.BAD_INPUT
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert (tmp_path / "f.ticket").read_bytes() == b"earlier"

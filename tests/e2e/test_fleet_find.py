@@ -1,0 +1,125 @@
+"""`fleet-server find` end to end: a ticket found on the fleet, killed mid-search, resumed.
+
+`fleet-server init` makes the state directory and the fleet key; `ticket init` writes the dense
+heart-uci ticket, signed with it. Three edge daemons (one per hospital, each with its own
+SuperNode and only its own hospital's rows) hold no ticket: the search pushes the dense one.
+`fleet-server find --method fed-imp` runs two pruning levels of one round each under secure
+aggregation (the default for a search); once level 0 is finished the fleet-server's process
+group gets SIGKILL. The second `fleet-server find` stops the leftover SuperLink, resumes at
+level 1 without rerunning level 0, and writes a ticket signed by the fleet key whose manifest
+says where it was found.
+"""
+
+import json
+import signal
+import subprocess
+import sys
+from contextlib import suppress
+from pathlib import Path
+
+import pytest
+
+from loopback.devices import prepare_devices
+from server.superlink import free_port, is_listening
+from tests.e2e.test_fleet_server import _kill_group, _start, _wait_for
+from ticket.bundle import read_ticket
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.slow
+def test_a_ticket_found_on_the_fleet_survives_a_kill_of_the_server(tmp_path: Path) -> None:
+    port = free_port()
+    state = tmp_path / "state"
+    config = tmp_path / "server.yaml"
+    config.write_text(
+        "\n".join(
+            [
+                f"state_dir: {json.dumps(str(state))}",
+                "node_auth: false",
+                "listen:",
+                "  host: 127.0.0.1",
+                f"  port: {port}",
+                "run:",
+                "  min_nodes: 3",
+                "  min_replies: 2",
+                "  fraction_evaluate: 0.0",
+                "  round_timeout_s: 60",
+                "",
+            ]
+        )
+    )
+    init = subprocess.run(
+        [str(BIN / "fleet-server"), "init", "-c", str(config)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    dense = tmp_path / "dense.ticket"
+    made = subprocess.run(
+        [str(BIN / "ticket"), "init", "--model", "heart-mlp", "--data", "heart-uci",
+         "--out", str(dense), "--sign-key", str(state / "keys" / "fleet.key")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    devices = prepare_devices(
+        tmp_path / "devices",
+        hospitals=("Cleveland", "Hungary", "VA Long Beach"),
+        ticket=None,  # the search pushes the dense ticket
+        fleet_key=state / "keys" / "fleet.pub",
+        superlink=f"127.0.0.1:{port}",
+        ports=[free_port() for _ in range(3)],
+        root_certificates=state / "pki" / "ca.crt",
+    )
+    out = tmp_path / "found.ticket"
+    find = [str(BIN / "fleet-server"), "find", str(dense), "--out", str(out), "-c", str(config),
+            "--method", "fed-imp", "--target-density", "0.6", "--rate", "0.3",
+            "--rounds-per-level", "1"]  # fmt: skip
+    run_dir = state / "runs" / "find-found"
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        first = _start(find, tmp_path / "first.log")
+        started.append(first)
+        _wait_for(lambda: is_listening("127.0.0.1", port), 120, "the SuperLink")
+        for index, device in enumerate(devices):
+            daemon = [str(BIN / "edge-daemon"), "run", "-c", str(device.config)]
+            started.append(_start(daemon, tmp_path / f"daemon-{index}.log"))
+        _wait_for((run_dir / "level-001.state").exists, 300, "level 0 to finish")
+        _kill_group(first, signal.SIGKILL)
+        first.wait(timeout=10)
+        level0 = sorted(p.name for p in (run_dir / "level-000" / "checkpoints").iterdir())
+
+        second = _start([*find, "--force"], tmp_path / "second.log")
+        started.append(second)
+        assert second.wait(timeout=400) == 0, (tmp_path / "second.log").read_text()
+    finally:
+        for popen in reversed(started):
+            _kill_group(popen, signal.SIGTERM)
+        for popen in started:
+            with suppress(subprocess.TimeoutExpired):
+                popen.wait(timeout=20)
+            _kill_group(popen, signal.SIGKILL)
+
+    second_log = (tmp_path / "second.log").read_text()
+    assert "resuming the search" in second_log and "found ticket" in second_log
+    assert sorted(p.name for p in (run_dir / "level-000" / "checkpoints").iterdir()) == level0
+    found = read_ticket(out, trusted_keys=[(state / "keys" / "fleet.pub").read_bytes()])
+    base = read_ticket(dense, allow_unsigned=True)
+    assert found.manifest.parent == base.content_id
+    assert found.manifest.density.overall == pytest.approx(0.6, abs=0.01)
+    fleet = found.manifest.fleet
+    assert fleet is not None and fleet.secagg
+    assert (fleet.levels, fleet.rounds, fleet.devices) == (2, 2, 3)
+    assert fleet.bytes_up > 0 and fleet.bytes_down > 0
+    for name in ("level-000", "level-001"):
+        lines = (run_dir / name / "rounds.jsonl").read_text().splitlines()
+        rounds = [json.loads(line)["round"] for line in lines]
+        assert rounds == ([1] if name == "level-000" else [2])  # each round once
+    # Only counts reach the server's disk: no per-device vector in the search's files.
+    stored = {p.suffix for p in run_dir.rglob("*") if p.is_file()}
+    assert stored <= {".state", ".ckpt", ".jsonl", ".png"}
+    inspect = subprocess.run(
+        [str(BIN / "ticket"), "inspect", str(out), "--key", str(state / "keys" / "fleet.pub")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert inspect.returncode == 0 and "found on the fleet" in inspect.stdout, inspect.stdout
+    assert not is_listening("127.0.0.1", port)
