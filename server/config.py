@@ -130,7 +130,9 @@ class FleetConfig:
         """The ServerApp's run config (`flwr run --run-config`) for `ticket` in `run_dir`; the
         same every time, so a re-run resumes from the run directory's checkpoints."""
         fleet_key = None if self.run.allow_unsigned else self.fleet_public_key
-        placement = RunPlacement(ticket_path=ticket, run_dir=run_dir, fleet_key=fleet_key)
+        placement = RunPlacement(
+            ticket_path=ticket, run_dir=run_dir, fleet_key=fleet_key, roster=self.paths.nodes_file
+        )
         return to_run_config(RunConfig(placement=placement, training=self.run.training))
 
 

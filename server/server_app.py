@@ -12,6 +12,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 
+from server.enrolment import load_roster
 from server.evaluation import ServerEvaluator
 from server.privacy import DpPlan
 from server.rollout import CanaryCheck, Rollout, roll_out, write_outcome
@@ -59,6 +60,7 @@ class ServerSettings:
     # dp-noise-multiplier > 0: distributed differential privacy (server/privacy.py); needs
     # secagg. None: off
     dp: DpPlan | None = None
+    roster: Path | None = None  # nodes.json: certified node keys for secure aggregation
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, ConfigValue]) -> "ServerSettings":
@@ -93,6 +95,7 @@ class ServerSettings:
             ),
             secagg=_secagg_plan(train),
             dp=_dp_plan(train),
+            roster=where.roster,
         )
 
     def __post_init__(self) -> None:
@@ -220,7 +223,14 @@ def run_training(grid: Grid, settings: ServerSettings) -> Result:
     strategy = (
         PackedFedAvg(layout, plan, **sampling)
         if settings.secagg is None
-        else SecurePackedFedAvg(layout, plan, settings.secagg, dp=settings.dp, **sampling)
+        else SecurePackedFedAvg(
+            layout,
+            plan,
+            settings.secagg,
+            dp=settings.dp,
+            roster=load_roster(settings.roster) if settings.roster else None,
+            **sampling,
+        )
     )
     if isinstance(strategy, SecurePackedFedAvg) and strategy.dp is not None:
         sigma = strategy.dp.noise_std(strategy.min_survivors)

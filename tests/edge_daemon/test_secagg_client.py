@@ -15,6 +15,7 @@ from ticket.wire import SECAGG as SECAGG_KEY
 from ticket.wire import ErrorCode
 
 PARAMS = SecAggParams(clip=0.25)
+DEV = {wire.NODE_SECAGG_ALLOW_UNCERTIFIED: True}  # bare nodes: nobody enrolled
 
 
 def _ask(grid: InProcessGrid, node: int, **parts: int | bytes) -> Message:
@@ -36,7 +37,7 @@ def _setup(grid: InProcessGrid) -> ServerRound:
 
 
 def test_state_is_mirrored_to_a_private_file_beside_the_daemon_state(tmp_path: Path) -> None:
-    configs = [{"state-path": str(tmp_path / f"node{i}/state.json")} for i in range(3)]
+    configs = [{**DEV, "state-path": str(tmp_path / f"node{i}/state.json")} for i in range(3)]
     with server_identity():
         grid = InProcessGrid(client_app.app, configs)
         server = _setup(grid)
@@ -60,7 +61,7 @@ def test_a_query_without_a_secure_aggregation_step_is_an_error_reply() -> None:
 
 def test_a_key_bundle_for_a_round_without_keys_is_refused_with_the_secagg_code() -> None:
     with server_identity():
-        grid = InProcessGrid(client_app.app, [{}, {}])
+        grid = InProcessGrid(client_app.app, [DEV, DEV])
         reply = _ask(grid, 101, **{wire.KEY_BUNDLE: b"\0" * 40, wire.BUNDLE_ROUND: 1})
     assert reply.has_error() and reply.error.code == ErrorCode.SECAGG
     assert "no secure aggregation state for round 1" in reply.error.reason
@@ -68,7 +69,7 @@ def test_a_key_bundle_for_a_round_without_keys_is_refused_with_the_secagg_code()
 
 def test_a_tampered_key_bundle_is_refused_without_crashing() -> None:
     with server_identity():
-        grid = InProcessGrid(client_app.app, [{}, {}])
+        grid = InProcessGrid(client_app.app, [DEV, DEV])
         server = ServerRound(run_id=1, round=1, params=PARAMS, length=5)
         for node in grid.contexts:
             reply = _ask(grid, node, **{wire.ADVERT_ROUND: 1})
