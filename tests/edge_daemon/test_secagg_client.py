@@ -4,6 +4,7 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from edge_daemon import client_app
@@ -77,3 +78,41 @@ def test_a_tampered_key_bundle_is_refused_without_crashing() -> None:
         bundle = server.key_bundles()[101]
         reply = _ask(grid, 102, **{wire.KEY_BUNDLE: bundle, wire.BUNDLE_ROUND: 1})  # 101's, to 102
     assert reply.has_error() and reply.error.code == ErrorCode.SECAGG
+
+
+def test_adverts_are_signed_with_the_node_auth_key_the_node_config_names(tmp_path: Path) -> None:
+    from ticket import crypto
+    from ticket.secagg.messages import KeyAdvert
+
+    private, line = crypto.generate_node_auth_key("clinic")
+    (tmp_path / "node.key").write_bytes(private)
+    with server_identity():
+        grid = InProcessGrid(client_app.app, [{wire.NODE_AUTH_KEY: str(tmp_path / "node.key")}])
+        reply = _ask(grid, 101, **{wire.ADVERT_ROUND: 1})
+    data = reply.content.config_records[SECAGG_KEY][wire.KEY_ADVERT]
+    advert = KeyAdvert.from_bytes(data, run_id=1, round=1, sender=101, recipient=0)  # type: ignore[arg-type]
+    assert advert.signed.identity == crypto.identity_of_public_line(line.encode())
+
+
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        ({wire.NODE_AUTH_KEY: "/nonexistent/node.key"}, "node config auth-key: cannot read"),
+        ({wire.NODE_SECAGG_ALLOW_UNCERTIFIED: "yes"}, "secagg-allow-uncertified: not a boolean"),
+        ({wire.NODE_FLEET_KEY: "/nonexistent/fleet.pub"}, "node config fleet-key: cannot read"),
+    ],
+)
+def test_unusable_identity_settings_are_refused_with_the_secagg_code(
+    config: dict[str, str], match: str
+) -> None:
+    with server_identity():
+        grid = InProcessGrid(client_app.app, [config, config])
+        server = ServerRound(run_id=1, round=1, params=PARAMS, length=5)
+        replies = [_ask(grid, node, **{wire.ADVERT_ROUND: 1}) for node in grid.contexts]
+        if wire.NODE_AUTH_KEY not in config:  # the advert is fine; the bundle's check is not
+            for node, reply in zip(grid.contexts, replies, strict=True):
+                server.add_advert(node, reply.content.config_records[SECAGG_KEY][wire.KEY_ADVERT])  # type: ignore[arg-type]
+            bundle = server.key_bundles()[101]
+            replies = [_ask(grid, 101, **{wire.KEY_BUNDLE: bundle, wire.BUNDLE_ROUND: 1})]
+    assert replies[0].has_error() and replies[0].error.code == ErrorCode.SECAGG
+    assert match in replies[0].error.reason
