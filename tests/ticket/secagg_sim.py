@@ -136,7 +136,9 @@ class Simulation:
                 continue
             shares, self.states[node] = got
             if node not in drops.before_shares:
-                self.server.add_share_bundle(node, self._record("shares", node, shares))
+                delivered = self._record("shares", node, shares)
+                add = functools.partial(self.server.add_share_bundle, node, delivered)
+                self._deliver("shares", node, add)
 
     def mask(self, drops: Drops) -> None:
         for node, request in self.server.mask_requests().items():

@@ -209,3 +209,27 @@ def test_the_server_relays_each_neighbours_certificate() -> None:
     [(peer, keys)] = bundle.peers
     assert peer == 2 and keys.certificate == enrolled(2).certificate
     check_peer(7, 3, 2, keys, PeerTrust(FLEET_KEY[1]))
+
+
+# ---------------------------------------------------------------- parameters and cohort
+
+
+@pytest.mark.parametrize(
+    ("field", "byte"),
+    [("clip", 7), ("levels", 8), ("threshold fraction", 19), ("complete-up-to", 28)],
+)
+def test_a_node_whose_bundle_parameters_were_altered_is_left_out_by_the_server(
+    field: str, byte: int
+) -> None:
+    """The parameters are not signed by a device: its share bundle echoes a hash of what it
+    took (round_view), and the server leaves out a node that saw other parameters."""
+
+    def tamper(step: str, node: int, data: bytes) -> bytes:
+        return _flip(data, 8 * (HEADER + byte)) if (step, node) == ("bundle", 1) else data
+
+    sim = Simulation(nodes=NODES, length=16, tap=tamper, tolerant=True)
+
+    survivors = _never_wrong(sim)
+
+    assert isinstance(sim.refused.get(("shares", 1)) or sim.refused.get(("bundle", 1)), SecAggError)
+    assert 1 not in survivors, field

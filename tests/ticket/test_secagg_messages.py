@@ -37,7 +37,7 @@ MESSAGES: list[Message] = [
         (11, 12, 13),
         ((11, CERTIFIED), (13, SIGNED)),
     ),
-    ShareBundle(RUN, ROUND, NODE, SERVER, ((11, SEALED), (13, SEALED))),
+    ShareBundle(RUN, ROUND, NODE, SERVER, b"v" * 32, ((11, SEALED), (13, SEALED))),
     MaskRequest(RUN, ROUND, SERVER, NODE, 5, (11, 12)),
     MaskedInput(RUN, ROUND, NODE, SERVER, 11, 5, bytes(7)),
     UnmaskRequest(RUN, ROUND, SERVER, NODE, (11, 12), (13,), ((11, SEALED), (13, SEALED))),

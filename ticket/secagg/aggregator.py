@@ -36,6 +36,7 @@ from ticket.secagg.messages import (
     SignedKeys,
     UnmaskRequest,
     UnmaskResponse,
+    round_view,
 )
 from ticket.secagg.params import SecAggParams
 from ticket.secagg.quantize import dequantize_mean, dequantize_sum
@@ -154,6 +155,12 @@ class ServerRound:
             raise RoundStateError(f"node {node} already sent its shares for round {self.round}")
         if tuple(peer for peer, _ in bundle.sealed) != self.graph[node]:
             raise MessageError(f"node {node}'s shares are not addressed to its neighbours")
+        if bundle.view != round_view(self.params, sorted(self.graph)):
+            # Its key bundle was altered on the way: it would quantise or mask under other
+            # parameters than the ones the sum is read with. Not a member, so not in the sum.
+            raise MessageError(
+                f"node {node} took other parameters or another cohort from its key bundle"
+            )
         self.sealed[node] = dict(bundle.sealed)
 
     def mask_requests(self) -> dict[int, bytes]:

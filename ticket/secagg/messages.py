@@ -16,9 +16,13 @@ SEALED_SHARES.
 Version 2 signs key adverts: a KeyAdvert's body is its public keys, the node's identity key
 (49-byte compressed P-384 point) and its signature (96 bytes) over identity.advert_statement;
 a KeyBundle relays each neighbour's keys with that identity key, that signature and a u8 flag
-(0 or 1) then, if 1, the fleet's 64-byte certificate of the identity key.
+(0 or 1) then, if 1, the fleet's 64-byte certificate of the identity key. A ShareBundle
+starts with its sender's view of the round (round_view: a hash of the parameters and cohort it
+took from its key bundle), so the server leaves out a node whose bundle was altered on the way
+instead of summing a vector quantised or masked under other parameters.
 """
 
+import hashlib
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -41,6 +45,8 @@ COMMITMENT_BYTES = 32
 IDENTITY_BYTES = crypto.IDENTITY_KEY_BYTES
 SIGNATURE_BYTES = crypto.IDENTITY_SIGNATURE_BYTES
 CERTIFICATE_BYTES = crypto.SIGNATURE_BYTES  # Ed25519, by the fleet key
+VIEW_BYTES = 32
+_VIEW_DOMAIN = b"ticketfleet/secagg/round-view/v2\x00"
 SEALED_SHARES_BYTES = crypto.AEAD_OVERHEAD_BYTES + 2 * shamir.SHARE_BYTES
 _U32_MAX = 2**32 - 1
 _U64_MAX = 2**64 - 1
@@ -210,19 +216,25 @@ class KeyBundle(Message):
 @dataclass(frozen=True)
 class ShareBundle(Message):
     KIND = MessageKind.SHARE_BUNDLE
+    view: bytes  # round_view of the parameters and cohort its sender took from its key bundle
     sealed: tuple[tuple[int, bytes], ...]  # (neighbour, SealedShares for it), by neighbour
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.view, bytes) or len(self.view) != VIEW_BYTES:
+            raise MessageError(f"share bundle's round view must be {VIEW_BYTES} bytes")
+
     def _body(self) -> bytes:
-        return _sealed(self.sealed)
+        return self.view + _sealed(self.sealed)
 
     @classmethod
     def _parse(
         cls, reader: "_Reader", run_id: int, round: int, sender: int, recipient: int
     ) -> Self:
+        view = reader.take(VIEW_BYTES)
         sealed = reader.sealed("share recipient")
         if any(node == sender for node, _ in sealed):
             raise MessageError("share bundle seals shares to its own sender")
-        return cls(run_id, round, sender, recipient, sealed)
+        return cls(run_id, round, sender, recipient, view, sealed)
 
 
 @dataclass(frozen=True)
@@ -307,6 +319,11 @@ class UnmaskResponse(Message):
                 raise MessageError(f"unknown share kind code {code}")
             shares.append((owner, ShareKind(code), reader.take(shamir.SHARE_BYTES)))
         return cls(run_id, round, sender, recipient, tuple(shares))
+
+
+def round_view(params: SecAggParams, cohort: Iterable[int]) -> bytes:
+    """SHA-256 of a round's parameters and cohort, as a node took them from its key bundle."""
+    return hashlib.sha256(_VIEW_DOMAIN + params.to_bytes() + _ids(cohort)).digest()
 
 
 def header(kind: MessageKind, run_id: int, round: int, sender: int, recipient: int) -> bytes:

@@ -39,6 +39,7 @@ from ticket.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
     header,
+    round_view,
 )
 from ticket.secagg.params import SecAggParams
 from ticket.secagg.quantize import quantize
@@ -175,7 +176,8 @@ def distribute_shares(
     state = NodeRound(
         secrets, signed.params, signed.cohort, peers, (seed_shares[me], key_shares[me])
     )
-    return ShareBundle(run_id, round, me, SERVER, sealed).to_bytes(), state
+    view = round_view(signed.params, signed.cohort)
+    return ShareBundle(run_id, round, me, SERVER, view, sealed).to_bytes(), state
 
 
 def mask_input(
