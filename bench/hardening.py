@@ -5,9 +5,12 @@ acceptances; and the cost of what refuses them.
    process, 3 enrolled devices, per trial one bit flipped in
    - every bit of device 2's key advert past the header (keys, identity key, signature), or
    - every bit of device 1's relayed key bundle past the header (parameters, cohort, and each
-     neighbour's keys, identity key, signature, certificate flag and certificate).
+     neighbour's keys, identity key, signature, certificate flag and certificate), or
+   - every bit of device 2's share bundle past the header (its round view, its sealed shares),
+     or of device 1's unmask response (the shares it reveals).
    Server and devices behave like the glue: a refused message is left out, a device that
-   refuses sits the round out. Outcomes: refused cleanly (a named SecAggError, then either the
+   refuses sits the round out. Outcomes: refused cleanly (a named error, any TicketError:
+   SecAggError, IntegrityError; then either the
    survivors' exact sum or RoundAbortedError), accepted with the exact sum (the flip changed
    nothing the round depends on), accepted wrongly (a sum that is not the survivors' exact
    sum, or any other exception). A control row flips device 2's mask key with the checks
@@ -41,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python bench/hardening.py` from a checkout
 
 from ticket import crypto, secagg  # noqa: E402
+from ticket.errors import TicketError  # noqa: E402
 from ticket.secagg import aggregator, identity, node  # noqa: E402
 from ticket.secagg.messages import HEADER, SignedKeys  # noqa: E402
 
@@ -65,14 +69,15 @@ Tap = Callable[[str, int, bytes], bytes]
 
 @dataclass
 class Outcome:
-    refused: bool = False  # some step raised a named SecAggError
+    refused: bool = False  # some step raised a named error (a TicketError)
     exact: bool = False  # the round gave the survivors' exact sum, or aborted by name
     survivors: tuple[int, ...] = ()
     errors: list[str] = field(default_factory=list)
 
 
 def one_round(tap: Tap) -> Outcome:
-    """A whole round; `tap(step, node, bytes)` delivers (or alters) each advert and bundle."""
+    """A whole round; `tap(step, node, bytes)` delivers (or alters) each advert, key bundle,
+    share bundle and unmask response."""
     entropy = random.Random(0).randbytes
     server = secagg.ServerRound(
         run_id=RUN, round=ROUND, params=PARAMS, length=LENGTH, roster=ROSTER
@@ -84,7 +89,7 @@ def one_round(tap: Tap) -> Outcome:
     def attempt(call: Callable[[], Any]) -> Any:
         try:
             return call()
-        except secagg.SecAggError as error:
+        except TicketError as error:
             outcome.refused = True
             outcome.errors.append(type(error).__name__)
             return None
@@ -106,7 +111,8 @@ def one_round(tap: Tap) -> Outcome:
             )
             if got is not None:
                 shares, states[u] = got
-                server.add_share_bundle(u, shares)
+                sent = tap("shares", u, shares)
+                attempt(lambda u=u, sent=sent: server.add_share_bundle(u, sent))
         for u, request in server.mask_requests().items():
             levels[u] = secagg.quantize(inputs[u], PARAMS, np.random.default_rng(u))
             masked, states[u] = secagg.mask_input(
@@ -114,8 +120,11 @@ def one_round(tap: Tap) -> Outcome:
             )
             server.add_masked_input(u, masked)
         for u, request in server.unmask_requests().items():
-            reply, states[u] = secagg.reveal_shares(request, states[u])
-            server.add_unmask_response(u, reply)
+            answer = attempt(lambda u=u, request=request: secagg.reveal_shares(request, states[u]))
+            if answer is not None:
+                reply, states[u] = answer
+                sent = tap("reveal", u, reply)
+                attempt(lambda u=u, sent=sent: server.add_unmask_response(u, sent))
         result = server.result()
     except secagg.RoundAbortedError as error:
         outcome.errors.append(type(error).__name__)
@@ -193,14 +202,16 @@ def probe(name: str, step: str, target: int, bits: Sequence[int]) -> dict[str, A
 
 
 def flip_probes(every: int) -> list[dict[str, Any]]:
-    advert = _message("advert", 2)
-    bundle = _message("bundle", 1)
-    advert_bits = range(0, 8 * (len(advert) - HEADER.size), every)
-    bundle_bits = range(0, 8 * (len(bundle) - HEADER.size), every)
-    rows = [
-        probe("secagg key advert (device 2), every bit", "advert", 2, advert_bits),
-        probe("secagg relayed key bundle (to device 1), every bit", "bundle", 1, bundle_bits),
-    ]
+    rows = []
+    for name, step, target in (
+        ("secagg key advert (device 2)", "advert", 2),
+        ("secagg relayed key bundle (to device 1)", "bundle", 1),
+        ("secagg share bundle (device 2)", "shares", 2),
+        ("secagg unmask response (device 1)", "reveal", 1),
+    ):
+        size = len(_message(step, target)) - HEADER.size
+        label = f"{name}, {'every bit' if every == 1 else f'one bit in {every}'}"
+        rows.append(probe(label, step, target, range(0, 8 * size, every)))
     with checks_off():
         control = probe(
             "control, checks off (before issue 12): advert's mask key",
@@ -275,16 +286,11 @@ def render(document: dict[str, Any]) -> str:
             f"| {row['probe']} | {row['tried']} | {row['refused']} | {row['accepted_exact']} "
             f"| {row['accepted_wrongly']} |"
         )
-    lines += [
-        "",
-        "Errors seen (per probe): "
-        + "; ".join(
-            f"{row['probe'].split(',')[0]}: "
-            + ", ".join(f"{k} {v}" for k, v in sorted(row["errors"].items()))
-            for row in document["flips"]
-        ),
-        "",
-    ]
+    lines += ["", "Named errors seen, per probe:", ""]
+    for row in document["flips"]:
+        seen = ", ".join(f"{kind} {count}" for kind, count in sorted(row["errors"].items()))
+        lines.append(f"- {row['probe'].split(',')[0]}: {seen or 'none'}")
+    lines.append("")
     unit, *rows = document["cost"]
     lines += [
         "## The signatures' cost per round",
