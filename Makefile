@@ -40,7 +40,7 @@ test: lint
 test-fast: lint
 	$(BIN)/pytest -m "not slow" -x
 
-bench: bench-heart bench-mnist bench-comm bench-daemon bench-secagg bench-deploy
+bench: bench-heart bench-mnist bench-comm bench-daemon bench-secagg bench-deploy bench-hardening
 
 bench-heart: $(STAMP)
 	$(BIN)/python bench/lth_heart.py

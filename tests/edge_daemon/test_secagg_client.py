@@ -116,3 +116,21 @@ def test_unusable_identity_settings_are_refused_with_the_secagg_code(
             replies = [_ask(grid, 101, **{wire.KEY_BUNDLE: bundle, wire.BUNDLE_ROUND: 1})]
     assert replies[0].has_error() and replies[0].error.code == ErrorCode.SECAGG
     assert match in replies[0].error.reason
+
+
+def test_who_is_trusted_follows_the_node_config(tmp_path: Path) -> None:
+    from flwr.app import Context
+
+    from edge_daemon.secagg_client import peer_trust
+
+    def trust(config: dict[str, bool | float | int | str]) -> tuple[bool, bool]:
+        got = peer_trust(Context(1, 101, config, RecordDict(), {}))
+        return got.fleet_key is not None, got.allow_uncertified
+
+    (tmp_path / "fleet.pub").write_bytes(b"-----BEGIN PUBLIC KEY-----\n")
+    daemon = {wire.NODE_FLEET_KEY: str(tmp_path / "fleet.pub"), wire.NODE_STATE_PATH: "s"}
+    assert trust(daemon) == (True, False)  # an edge daemon: certificates required
+    assert trust({}) == (False, False)  # a bare node: it can check no one, so refuses
+    assert trust(DEV) == (False, True)
+    # The Simulation Engine's virtual nodes: one process plays every part.
+    assert trust({wire.NODE_PARTITION_ID: 0, wire.NODE_NUM_PARTITIONS: 4}) == (False, True)
