@@ -8,7 +8,7 @@ OUT    ?= demo-out
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: install demo test test-fast lint bench bench-heart bench-mnist bench-comm bench-daemon bench-secagg bench-deploy clean
+.PHONY: install demo test test-fast lint bench bench-heart bench-mnist bench-comm bench-daemon bench-secagg bench-deploy bench-hardening clean
 
 install: $(STAMP)
 
@@ -40,7 +40,7 @@ test: lint
 test-fast: lint
 	$(BIN)/pytest -m "not slow" -x
 
-bench: bench-heart bench-mnist bench-comm bench-daemon bench-secagg bench-deploy
+bench: bench-heart bench-mnist bench-comm bench-daemon bench-secagg bench-deploy bench-hardening
 
 bench-heart: $(STAMP)
 	$(BIN)/python bench/lth_heart.py
@@ -59,6 +59,9 @@ bench-secagg: $(STAMP)
 
 bench-deploy: $(STAMP)
 	$(BIN)/python bench/deploy.py
+
+bench-hardening: $(STAMP)
+	$(BIN)/python bench/hardening.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .mypy_cache .ruff_cache .pytest_cache

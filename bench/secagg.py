@@ -43,7 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python bench/secagg.py` from a checkout
 
-from ticket import secagg  # noqa: E402
+from ticket import crypto, secagg  # noqa: E402
 from ticket.codec import HEADER_BYTES  # noqa: E402
 from ticket.secagg import SecAggParams, ServerRound  # noqa: E402
 from ticket.secagg.privacy import privatize  # noqa: E402
@@ -57,21 +57,32 @@ def one_round(n: int, k: int, *, dropped: int, seed: int) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     nodes = tuple(range(1, n + 1))
     inputs = {u: np.clip(rng.normal(0, 0.05, k), -0.25, 0.25).astype(np.float32) for u in nodes}
-    server = ServerRound(run_id=1, round=2, params=PARAMS, length=k)
+    # Enrolled as fleet-server enrolls (keys made outside the timing): every advert signed,
+    # every neighbour's signature and certificate checked, as in a real fleet.
+    fleet_private, fleet_public = crypto.generate_signing_key()
+    identity_keys = {u: crypto.generate_identity_key() for u in nodes}
+    roster = {}
+    for u, key in identity_keys.items():
+        identity = crypto.identity_public_key(key)
+        roster[u] = secagg.Enrolled(identity, secagg.certify(fleet_private, u, identity))
+    trust = secagg.PeerTrust(fleet_public)
+    server = ServerRound(run_id=1, round=2, params=PARAMS, length=k, roster=roster)
     cpu: dict[int, float] = dict.fromkeys(nodes, 0.0)
     up: dict[int, int] = dict.fromkeys(nodes, 0)
     down: dict[int, int] = dict.fromkeys(nodes, 0)
     secrets, states = {}, {}
     for u in nodes:
         t = time.process_time()
-        advert, secrets[u] = secagg.advertise_keys(run_id=1, round=2, node_id=u)
+        advert, secrets[u] = secagg.advertise_keys(
+            run_id=1, round=2, node_id=u, identity_key=identity_keys[u]
+        )
         cpu[u] += time.process_time() - t
         up[u] += len(advert)
         server.add_advert(u, advert)
     for u, bundle in server.key_bundles().items():
         down[u] += len(bundle)
         t = time.process_time()
-        shares, states[u] = secagg.distribute_shares(bundle, secrets[u])
+        shares, states[u] = secagg.distribute_shares(bundle, secrets[u], trust=trust)
         cpu[u] += time.process_time() - t
         up[u] += len(shares)
         server.add_share_bundle(u, shares)

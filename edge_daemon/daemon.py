@@ -62,6 +62,10 @@ def node_config(config: DaemonConfig, paths: DaemonPaths) -> dict[str, bool | fl
         values[wire.NODE_RETENTION_ROWS] = config.data.retention_rows
     if config.data.retention_days is not None:
         values[wire.NODE_RETENTION_DAYS] = config.data.retention_days
+    if config.server.auth_key is not None:
+        # The enrolled node key also signs this node's secure-aggregation key adverts, so its
+        # neighbours can check them against the fleet's certificate of that key.
+        values[wire.NODE_AUTH_KEY] = str(config.server.auth_key)
     return values
 
 

@@ -10,6 +10,12 @@ The node's protocol state (RoundSecrets until its shares go out, then NodeRound)
 and, when the node config names a state-path, in a 0600 file beside it, written atomically. It
 is saved BEFORE the reply leaves, so a retried message never masks twice or contradicts an
 earlier reveal. A node that lost its state sits the round out: an Error reply.
+
+Key adverts are signed with the node-auth key the node config names (auth-key); neighbours'
+adverts are checked against the fleet key's certificates (fleet-key) before any mask is
+derived, and a node that cannot check them sits the round out (ticket/secagg/identity.py). A
+virtual node of the Simulation Engine, and a node whose config sets secagg-allow-uncertified,
+accept uncertified neighbours: there is no enrolment to check against.
 """
 
 import json
@@ -25,11 +31,12 @@ from flwr.app import ConfigRecord, Context, Message
 
 from flower_wire import from_flower
 from flower_wire import reply as wire_reply
-from ticket import wire
+from ticket import crypto, wire
 from ticket.atomic import atomic_write_bytes
 from ticket.errors import TicketError
 from ticket.secagg import (
     NodeRound,
+    PeerTrust,
     RoundSecrets,
     SecAggParams,
     advertise_keys,
@@ -42,6 +49,10 @@ from ticket.secagg.weighting import weighted_input
 from ticket.wire import SecAggReply, SecAggRequest, WireError
 
 STATE_KEY = "secagg-state"  # in context.state: a ConfigRecord of protocol state bytes
+MAX_KEY_FILE_BYTES = 16 * 1024  # a PEM or OpenSSH key is well under 1 KiB
+# What the Simulation Engine gives a virtual node (edge_daemon/client_app.py's
+# SIMULATED_NODE_KEYS): one process plays server and nodes, so there is nobody to authenticate.
+_SIMULATED_NODE_KEYS = frozenset({wire.NODE_PARTITION_ID, wire.NODE_NUM_PARTITIONS})
 _T = TypeVar("_T")
 
 
@@ -114,7 +125,8 @@ def query_step(message: Message, context: Context) -> Message:
         bundle, nxt = ask.key_bundle, ask.bundle_round
         held = store.get(f"secrets-{nxt}", nxt)
         secrets = _protocol("state", lambda: RoundSecrets.from_bytes(held))
-        shares, state = _protocol("shares", lambda: distribute_shares(bundle, secrets))
+        trust = peer_trust(context)
+        shares, state = _protocol("shares", lambda: distribute_shares(bundle, secrets, trust=trust))
         store.put(f"round-{nxt}", state.to_bytes())
     store.save(keep_from=r - 1)
     answer = SecAggReply(key_advert=advert, unmask_response=revealed, share_bundle=shares)
@@ -145,9 +157,51 @@ def _advertise(store: "StateStore", context: Context, round: int) -> bytes:
         # Fresh keys for a round this node already masked would give the server two masked
         # inputs of one round under different masks: sums over two subsets leak a difference.
         raise SecAggStepError(f"round {round} was already masked on this node; not re-keying")
-    advert, secrets = advertise_keys(run_id=context.run_id, round=round, node_id=context.node_id)
+    advert, secrets = _protocol(
+        "advert",
+        lambda: advertise_keys(
+            run_id=context.run_id,
+            round=round,
+            node_id=context.node_id,
+            identity_key=identity_key(context),
+        ),
+    )
     store.put(f"secrets-{round}", secrets.to_bytes())
     return advert
+
+
+def identity_key(context: Context) -> bytes:
+    """The private key that signs this node's adverts: node config auth-key's file, else a
+    fresh one (uncertified: only neighbours that allow uncertified peers accept it)."""
+    path = context.node_config.get(wire.NODE_AUTH_KEY)
+    if not path:
+        return crypto.generate_identity_key()
+    return _read_key(wire.NODE_AUTH_KEY, path)
+
+
+def peer_trust(context: Context) -> PeerTrust:
+    """What this node accepts as a neighbour's identity (node config fleet-key and
+    secagg-allow-uncertified; a simulated node allows uncertified neighbours)."""
+    config = context.node_config
+    allow = config.get(wire.NODE_SECAGG_ALLOW_UNCERTIFIED, False)
+    if not isinstance(allow, bool):
+        raise SecAggStepError(f"node config {wire.NODE_SECAGG_ALLOW_UNCERTIFIED}: not a boolean")
+    path = config.get(wire.NODE_FLEET_KEY)
+    fleet_key = _read_key(wire.NODE_FLEET_KEY, path) if path else None
+    return PeerTrust(fleet_key, allow or set(config) == _SIMULATED_NODE_KEYS)
+
+
+def _read_key(name: str, path: object) -> bytes:
+    if not isinstance(path, str):
+        raise SecAggStepError(f"node config {name}: expected a path, got {path!r}")
+    try:
+        with Path(path).open("rb") as handle:
+            data = handle.read(MAX_KEY_FILE_BYTES + 1)
+    except OSError as error:
+        raise SecAggStepError(f"node config {name}: cannot read {path}: {error.strerror}") from None
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise SecAggStepError(f"node config {name}: {path} is too large for a key")
+    return data
 
 
 def _protocol(step: str, call: Callable[[], _T]) -> _T:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from loopback.devices import Device, DeviceSetupError, prepare_devices
-from loopback.launcher import Loopback, LoopbackError, RunOutcome, free_port
+from loopback.enrolment import EnrolledLoopback
+from loopback.launcher import LoopbackError, RunOutcome, free_port
 from ticket import wire
 from ticket.config_text import ConfigValue
 from ticket.data.heart import HEART_SITES
@@ -41,6 +42,9 @@ def heart_node_configs(
         {
             wire.NODE_TICKET_PATH: str(ticket.resolve()),
             wire.NODE_ALLOW_UNSIGNED: True,
+            # Bare SuperNodes, nobody enrolled: no certificates to check the neighbours'
+            # secure-aggregation keys against (their signatures are still checked).
+            wire.NODE_SECAGG_ALLOW_UNCERTIFIED: True,
             wire.NODE_DATASET: "heart-uci",
             wire.NODE_PARTITION: "natural",
             wire.NODE_PARTITION_ID: index,
@@ -53,16 +57,23 @@ def heart_node_configs(
 
 
 def run_config(
-    ticket: Path, *, run_dir: Path, fleet_key: Path | None = None, **training: Any
+    ticket: Path,
+    *,
+    run_dir: Path,
+    fleet_key: Path | None = None,
+    roster: Path | None = None,
+    **training: Any,
 ) -> dict[str, ConfigValue]:
     """Run config for heart-uci: checkpoints and the round log go to `run_dir`, the server
     scores the pooled held-out rows of all four hospitals every round. `training` sets
     ticket/runconfig.py's TrainingSettings (num_rounds=3, min_nodes=2, ...); without a
-    `fleet_key` the ticket trains unsigned."""
+    `fleet_key` the ticket trains unsigned; `roster` is the nodes.json of an enrolled fleet
+    (loopback.enrolment), whose certificates the devices check under secure aggregation."""
     placement = RunPlacement(
         ticket_path=ticket.resolve(),
         run_dir=run_dir.resolve(),
         fleet_key=None if fleet_key is None else fleet_key.resolve(),
+        roster=None if roster is None else roster.resolve(),
     )
     settings = TrainingSettings(
         **{"server_eval": "heart-uci", "allow_unsigned": fleet_key is None, **training}
@@ -195,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ticket,
         run_dir=workdir / "run",
         fleet_key=fleet_key,
+        roster=workdir / "nodes.json",  # written as the launcher registers the node keys
         num_rounds=args.rounds,
         min_nodes=args.nodes,
         local_epochs=args.local_epochs,
@@ -209,7 +221,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM (e.g. from a supervisor or `timeout`) unwinds like Ctrl-C: the processes get stopped.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        with Loopback.of_devices(workdir, APP_DIR, devices, superlink_port=port, tls=tls) as fleet:
+        with EnrolledLoopback.of_devices(
+            workdir,
+            APP_DIR,
+            devices,
+            superlink_port=port,
+            tls=tls,
+            fleet_signing_key=out / "fleet.key",
+            roster=workdir / "nodes.json",
+        ) as fleet:
             outcome = fleet.run(config, timeout_s=args.timeout)
             statuses = [device.status() for device in devices]
     except (LoopbackError, DeviceSetupError) as error:

@@ -1,6 +1,7 @@
 """`fleet-server`: the fleet operator's command: init, run, enroll, nodes, status."""
 
 import argparse
+import dataclasses
 import json
 import re
 import signal
@@ -12,7 +13,14 @@ from pathlib import Path
 from types import FrameType
 
 from server.config import ConfigError, FleetConfig, load_config
-from server.enrolment import Enrolment, EnrolmentError, EnrolmentRecords, merge_nodes, read_node_key
+from server.enrolment import (
+    Enrolment,
+    EnrolmentError,
+    EnrolmentRecords,
+    merge_nodes,
+    read_node_key,
+    secagg_certificate,
+)
 from server.exit_codes import HELP, ExitCode, exit_code_for
 from server.fleet import (
     COMPLETED_STATUS,
@@ -87,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         "prunes the aggregate. Writes the found ticket to --out, signed with the fleet's signing "
         "key when this server holds it. Run it again after a kill: it resumes.",
     )
-    find.add_argument("ticket", type=Path, metavar="TICKET", help="the ticket to search in")
+    find.add_argument("searched", type=Path, metavar="TICKET", help="the ticket to search in")
     find.add_argument("--out", required=True, type=Path, help="the .ticket file to write")
     find.add_argument(
         "--method",
@@ -243,7 +251,7 @@ def run_find(args: argparse.Namespace, config: FleetConfig) -> int:
         # A search's updates are as private as training's: secure aggregation unless asked.
         config = replace(config, run=replace(config.run, secagg=True))
     name = args.run_name or f"find-{out.stem}"
-    job = SearchJob(args.ticket.absolute(), config.paths.run_dir(name), out, settings)
+    job = SearchJob(args.searched.absolute(), config.paths.run_dir(name), out, settings)
     signal.signal(signal.SIGTERM, _interrupt)
     status = FleetServer(config).find(job)
     if status != COMPLETED_STATUS or not out.is_file():
@@ -285,15 +293,49 @@ def run_enroll(args: argparse.Namespace, config: FleetConfig) -> int:
     records = EnrolmentRecords(config.paths.nodes_file)
     if (same := records.find(fingerprint=fingerprint)) is not None:
         print(f"{fingerprint} is already enrolled as {same.name} (node {same.node_id})")
+        if not same.secagg_certificate and (signing_key := _fleet_signing_key(config)):
+            # Enrolled before certificates existed (or while the key was away): certify now.
+            certificate = secagg_certificate(signing_key, same.node_id, same.public_key)
+            records.add(dataclasses.replace(same, secagg_certificate=certificate))
+            _report_certificate(same.node_id, certificate)
         return ExitCode.OK
     if records.find(name=args.name) is not None:
         raise EnrolmentError(f"--name {args.name}: another node is enrolled under this name")
     _require_superlink(config)
+    signing_key = _fleet_signing_key(config)
     node_id = flower_cli(config).register_node(args.key, name=args.name)
     enrolled_at = datetime.now(UTC).isoformat(timespec="seconds")
-    records.add(Enrolment(node_id, args.name, fingerprint, line, enrolled_at))
+    certificate = "" if signing_key is None else secagg_certificate(signing_key, node_id, line)
+    records.add(Enrolment(node_id, args.name, fingerprint, line, enrolled_at, certificate))
     print(f"enrolled {args.name}: node {node_id}, key {fingerprint}")
+    _report_certificate(node_id, certificate)
     return ExitCode.OK
+
+
+def _fleet_signing_key(config: FleetConfig) -> bytes | None:
+    """The fleet key's private half, to certify node keys; None (with a warning) if absent."""
+    path = config.fleet_private_key
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        print(
+            f"warning: cannot read the fleet signing key {path} ({error.strerror}): the node "
+            "gets no secure-aggregation certificate; run `fleet-server enroll` again where "
+            "the key is",
+            file=sys.stderr,
+        )
+        return None
+
+
+def _report_certificate(node_id: int, certificate: str) -> None:
+    if certificate:
+        print(f"certified node {node_id}'s key as its secure-aggregation identity (fleet key)")
+    else:
+        print(
+            f"warning: node {node_id} has no secure-aggregation certificate (a P-384 key and "
+            "the fleet signing key are needed): it cannot join secure rounds",
+            file=sys.stderr,
+        )
 
 
 def run_nodes(args: argparse.Namespace, config: FleetConfig) -> int:

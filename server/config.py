@@ -131,7 +131,9 @@ class FleetConfig:
         """The ServerApp's run config (`flwr run --run-config`) for `ticket` in `run_dir`; the
         same every time, so a re-run resumes from the run directory's checkpoints."""
         fleet_key = None if self.run.allow_unsigned else self.fleet_public_key
-        placement = RunPlacement(ticket_path=ticket, run_dir=run_dir, fleet_key=fleet_key)
+        placement = RunPlacement(
+            ticket_path=ticket, run_dir=run_dir, fleet_key=fleet_key, roster=self.paths.nodes_file
+        )
         return to_run_config(RunConfig(placement=placement, training=self.run.training))
 
     def search_run_config(
@@ -141,7 +143,11 @@ class FleetConfig:
         train with the run: section's schedule, sampling and secure aggregation."""
         fleet_key = None if self.run.allow_unsigned else self.fleet_public_key
         placement = RunPlacement(
-            mode="find", ticket_path=ticket, run_dir=run_dir, fleet_key=fleet_key
+            mode="find",
+            ticket_path=ticket,
+            run_dir=run_dir,
+            fleet_key=fleet_key,
+            roster=self.paths.nodes_file,
         )
         run = RunConfig(placement=placement, training=self.run.training, search=search)
         return to_run_config(run)

@@ -1,8 +1,11 @@
 """Enrolment records: which node keys the operator let in, under which names, and when.
 
 `fleet-server enroll` registers a key with the SuperLink and records it in state_dir/nodes.json
-(one object per node id: name, key fingerprint, public key line, enrolled_at). The SuperLink's
-database knows nodes by id and status only; `fleet-server nodes` joins the two.
+(one object per node id: name, key fingerprint, public key line, enrolled_at, and the fleet
+key's certificate of that key as the node's secure-aggregation identity). The SuperLink's
+database knows nodes by id and status only; `fleet-server nodes` joins the two. The ServerApp
+reads the certificates back as its roster (`load_roster`) and relays them with every key
+bundle; the devices check them against the fleet key (ticket/secagg/identity.py).
 """
 
 import json
@@ -12,10 +15,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ticket import crypto
 from ticket.atomic import atomic_write_text
 from ticket.crypto import KeyFormatError, node_auth_fingerprint
+from ticket.secagg import Enrolled, Roster, certify
 
 MAX_KEY_BYTES = 4096  # an OpenSSH ECDSA public key line is a few hundred bytes
+MAX_RECORDS_BYTES = 64 * 1024 * 1024  # nodes.json: about 1 KiB per node
 
 
 class EnrolmentError(Exception):
@@ -29,6 +35,10 @@ class Enrolment:
     fingerprint: str  # OpenSSH "SHA256:..." of the node's public key
     public_key: str  # the OpenSSH public key line as enrolled
     enrolled_at: str  # ISO 8601, UTC
+    # hex Ed25519 signature by the fleet key: "this node id's secure-aggregation identity is
+    # this key" (ticket/secagg/identity.py); "" for a record made before certificates, or for
+    # a key of another curve than P-384 (such a node cannot join secure rounds)
+    secagg_certificate: str = ""
 
 
 def read_node_key(path: Path) -> tuple[str, str]:
@@ -64,7 +74,11 @@ class EnrolmentRecords:
         if not self.path.exists():
             return []
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            with self.path.open("rb") as handle:
+                raw = handle.read(MAX_RECORDS_BYTES + 1)
+            if len(raw) > MAX_RECORDS_BYTES:
+                raise EnrolmentError(f"{self.path}: larger than {MAX_RECORDS_BYTES} bytes")
+            data = json.loads(raw.decode("utf-8"))
             return [Enrolment(**entry) for entry in data["nodes"]]
         except (ValueError, KeyError, TypeError) as error:
             raise EnrolmentError(f"{self.path}: damaged enrolment records: {error}") from None
@@ -86,6 +100,31 @@ class EnrolmentRecords:
 
 def _by_name(entry: Enrolment) -> str:
     return entry.name
+
+
+def secagg_certificate(fleet_signing_key: bytes, node_id: int, public_line: str) -> str:
+    """The fleet's certificate (hex) of a node-auth key as `node_id`'s secure-aggregation
+    identity; "" if the key is not P-384, the only curve the protocol's adverts use."""
+    try:
+        identity = crypto.identity_of_public_line(public_line.encode("ascii"))
+    except KeyFormatError:
+        return ""
+    return certify(fleet_signing_key, node_id, identity).hex()
+
+
+def load_roster(path: Path) -> Roster:
+    """{node id: certified identity} of every record in nodes.json that has a certificate;
+    EnrolmentError naming the file and node if one is damaged."""
+    roster: dict[int, Enrolled] = {}
+    for entry in EnrolmentRecords(path).read():
+        if not entry.secagg_certificate:
+            continue
+        try:
+            identity = crypto.identity_of_public_line(entry.public_key.encode("ascii"))
+            roster[entry.node_id] = Enrolled(identity, bytes.fromhex(entry.secagg_certificate))
+        except (KeyFormatError, ValueError, UnicodeEncodeError) as error:
+            raise EnrolmentError(f"{path}: node {entry.node_id}: {error}") from None
+    return roster
 
 
 def merge_nodes(

@@ -332,6 +332,7 @@ def _run_level(
         min_nodes=training.min_nodes,
         secagg=training.secagg,
         dp=training.dp,
+        roster=training.roster,
     )
     directory = training.run_dir / f"level-{state.level:03d}"
     first = state.rounds  # round numbers run on across levels

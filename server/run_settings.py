@@ -40,6 +40,7 @@ class ServerSettings:
     # dp-noise-multiplier > 0: distributed differential privacy (server/privacy.py); needs
     # secagg. None: off
     dp: DpPlan | None = None
+    roster: Path | None = None  # nodes.json: certified node keys for secure aggregation
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, ConfigValue]) -> "ServerSettings":
@@ -74,6 +75,7 @@ class ServerSettings:
             ),
             secagg=_secagg_plan(train),
             dp=_dp_plan(train),
+            roster=where.roster,
         )
 
     def __post_init__(self) -> None:

@@ -19,6 +19,12 @@ Messages are ticket/wire.py's SecAggRequest (beside a TrainInstruction on trip A
 SecAggReply. Bytes counted up and down per node are those of every trip of the round: the codec
 payload of the global values plus the secagg record as Flower counts it
 (ConfigRecord.count_bytes: keys and values).
+
+With a roster (fleet-server's nodes.json, server/enrolment.py's load_roster) only enrolled
+nodes' adverts signed by their enrolled keys are taken, and every key bundle relays the fleet's
+certificates, which the devices check themselves (ticket/secagg/identity.py). Without one (a
+development fleet) signatures are still checked, certificates are not: the devices must allow
+uncertified neighbours.
 """
 
 import dataclasses
@@ -47,7 +53,7 @@ from server.strategy import (
 from ticket.errors import TicketError
 from ticket.packing import PackLayout
 from ticket.runconfig import TrainingSettings
-from ticket.secagg import Phase, RoundAbortedError, SecAggParams, ServerRound
+from ticket.secagg import Phase, Roster, RoundAbortedError, SecAggParams, ServerRound
 from ticket.secagg.privacy import effective_noise_multiplier
 from ticket.secagg.weighting import EXTRA_VALUES, read_sum
 from ticket.wire import SECAGG, TRAIN_LOSS, SecAggReply, SecAggRequest, WireError
@@ -97,10 +103,12 @@ class SecurePackedFedAvg(PackedFedAvg):
         secagg: SecAggPlan,
         *,
         dp: DpPlan | None = None,
+        roster: Roster | None = None,
         **fedavg_options: Any,
     ) -> None:
         super().__init__(layout, plan, **fedavg_options)
         self.secagg = secagg
+        self.roster = roster  # node id -> certified identity key; None: a development fleet
         self.dp = dp  # distributed differential privacy (server/privacy.py), or None
         self._charged: list[float] = []  # z_eff of every round released under DP, in order
         self._params = secagg.params()
@@ -346,6 +354,7 @@ class SecurePackedFedAvg(PackedFedAvg):
             params=self._params,
             length=self.layout.size + EXTRA_VALUES,
             min_survivors=self.min_survivors,
+            roster=self.roster,
         )
 
     def _sample(self, r: int, grid: Grid) -> list[int]:

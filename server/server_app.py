@@ -90,6 +90,7 @@ def run_training(grid: Grid, settings: ServerSettings) -> Result:
         min_nodes=settings.min_nodes,
         secagg=settings.secagg,
         dp=settings.dp,
+        roster=settings.roster,
     )
     evaluator = (
         ServerEvaluator.held_out(ticket, layout, settings.server_eval)

@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
 from server.checkpoint import RunCheckpoint
+from server.enrolment import load_roster
 from server.evaluation import ServerEvaluator
 from server.privacy import DpPlan
 from server.run_log import RunLog, plot_run, round_line
@@ -93,8 +94,10 @@ def make_strategy(
     min_nodes: int,
     secagg: SecAggPlan | None,
     dp: DpPlan | None,
+    roster: Path | None = None,
 ) -> PackedFedAvg:
-    """PackedFedAvg, or SecurePackedFedAvg (with distributed DP) under secure aggregation."""
+    """PackedFedAvg, or SecurePackedFedAvg (with distributed DP) under secure aggregation;
+    `roster` (nodes.json) holds the certified node keys that secure rounds admit."""
     sampling: dict[str, Any] = {
         "fraction_train": fraction_train,
         "fraction_evaluate": fraction_evaluate,
@@ -104,7 +107,14 @@ def make_strategy(
     }
     if secagg is None:
         return PackedFedAvg(layout, plan, **sampling)
-    strategy = SecurePackedFedAvg(layout, plan, secagg, dp=dp, **sampling)
+    strategy = SecurePackedFedAvg(
+        layout,
+        plan,
+        secagg,
+        dp=dp,
+        roster=load_roster(roster) if roster is not None else None,
+        **sampling,
+    )
     if strategy.dp is not None:
         sigma = strategy.dp.noise_std(strategy.min_survivors)
         margin = saturation_margin(strategy.secagg.clip, sigma)

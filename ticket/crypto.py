@@ -17,6 +17,10 @@ from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlg
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -134,6 +138,93 @@ def verify(public_pem: bytes, message: bytes, signature: bytes) -> None:
         key.verify(signature, message)
     except InvalidSignature:
         raise IntegrityError("signature does not verify") from None
+
+
+# ---------------------------------------------------------------- node identity (ECDSA P-384)
+#
+# A node signs its secure-aggregation key adverts with its Flower node-authentication key
+# (`edge-daemon keygen` makes an ECDSA P-384 key in OpenSSH format). Public keys travel as
+# 49-byte compressed points, signatures as 96 raw bytes (r | s): fixed sizes, so the protocol's
+# strict decoders need no length fields. Signing is deterministic (RFC 6979): no per-signature
+# randomness to get wrong on a small device.
+
+IDENTITY_KEY_BYTES = 49
+IDENTITY_SIGNATURE_BYTES = 96
+_IDENTITY_SCALAR_BYTES = 48
+_IDENTITY_CURVE = ec.SECP384R1()
+MAX_IDENTITY_KEY_FILE_BYTES = 16 * 1024  # an OpenSSH P-384 private key is about 500 bytes
+
+
+def generate_identity_key() -> bytes:
+    """A fresh P-384 private key, PEM (PKCS#8): for a node that has no node-auth key (a
+    development fleet) or for tests; `generate_node_auth_key` makes the enrolled kind."""
+    key = ec.generate_private_key(_IDENTITY_CURVE)
+    return _private_pkcs8(key)
+
+
+def identity_public_key(private_key: bytes) -> bytes:
+    """The 49-byte compressed public point of a P-384 private key (OpenSSH or PEM bytes)."""
+    return _identity_point(_load_identity_private(private_key).public_key())
+
+
+def identity_of_public_line(public_line: bytes) -> bytes:
+    """The 49-byte compressed point of an OpenSSH `ecdsa-sha2-nistp384` public key line (the
+    KEY.pub that `fleet-server enroll` reads); KeyFormatError for any other key."""
+    try:
+        key = serialization.load_ssh_public_key(public_line.strip())
+    except (ValueError, UnsupportedAlgorithm):
+        raise KeyFormatError("not an OpenSSH public key line") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != _IDENTITY_CURVE.name:
+        raise KeyFormatError("not an ECDSA P-384 key (ecdsa-sha2-nistp384; edge-daemon keygen)")
+    return _identity_point(key)
+
+
+def identity_sign(private_key: bytes, message: bytes) -> bytes:
+    """ECDSA P-384 / SHA-384 signature of `message`, 96 bytes (r | s), deterministic."""
+    key = _load_identity_private(private_key)
+    der = key.sign(message, ec.ECDSA(hashes.SHA384(), deterministic_signing=True))
+    r, s = decode_dss_signature(der)
+    return r.to_bytes(_IDENTITY_SCALAR_BYTES, "big") + s.to_bytes(_IDENTITY_SCALAR_BYTES, "big")
+
+
+def identity_verify(public_key: bytes, message: bytes, signature: bytes) -> None:
+    """Return if `signature` (96 bytes) is `public_key`'s (49-byte point) signature of
+    `message`; anything else, a malformed point included (it came off the wire), raises the
+    opaque IntegrityError."""
+    if len(public_key) != IDENTITY_KEY_BYTES or len(signature) != IDENTITY_SIGNATURE_BYTES:
+        raise IntegrityError("signature does not verify")
+    try:
+        key = ec.EllipticCurvePublicKey.from_encoded_point(_IDENTITY_CURVE, public_key)
+    except ValueError:
+        raise IntegrityError("signature does not verify") from None
+    r = int.from_bytes(signature[:_IDENTITY_SCALAR_BYTES], "big")
+    s = int.from_bytes(signature[_IDENTITY_SCALAR_BYTES:], "big")
+    try:
+        key.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA384()))
+    except (InvalidSignature, ValueError):
+        raise IntegrityError("signature does not verify") from None
+
+
+def _load_identity_private(data: bytes) -> ec.EllipticCurvePrivateKey:
+    if len(data) > MAX_IDENTITY_KEY_FILE_BYTES:
+        raise KeyFormatError("too large for a node's private key")
+    key: object
+    try:
+        if data.lstrip().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----"):
+            key = serialization.load_ssh_private_key(data, password=None)
+        else:
+            key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:  # an encrypted key and no password
+        raise KeyFormatError("password-protected private keys are not supported") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise KeyFormatError("not an OpenSSH or PEM private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != _IDENTITY_CURVE.name:
+        raise KeyFormatError(f"expected an ECDSA P-384 private key, got {_kind(key)}")
+    return key
+
+
+def _identity_point(key: ec.EllipticCurvePublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint)
 
 
 # ---------------------------------------------------------------- helpers

@@ -84,6 +84,13 @@ class RunPlacement:
     fleet_key: Path | None = field(
         default=None, metadata=_rules('PEM public key that must have signed the ticket ("" = none)')
     )
+    roster: Path | None = field(
+        default=None,
+        metadata=_rules(
+            "secure aggregation: fleet-server's nodes.json, whose certified node keys the server "
+            'relays with every key bundle ("" = none: a development fleet)'
+        ),
+    )
 
     def __post_init__(self) -> None:
         _check(self)

@@ -649,6 +649,12 @@ NODE_TICKET_DIR = "ticket-dir"  # the daemon's cache: <dir>/<content id>.ticket
 NODE_FLEET_KEY = "fleet-key"  # PEM public key a ticket must be signed by
 NODE_ALLOW_UNSIGNED = "allow-unsigned"
 NODE_STATE_PATH = "state-path"  # the daemon's durable state file
+# Secure aggregation's identity (ticket/secagg/identity.py): the node-auth private key (OpenSSH,
+# P-384) that signs this node's key adverts; without one a fresh key signs, which only peers
+# that allow uncertified neighbours accept. Neighbours must carry a certificate by fleet-key
+# unless secagg-allow-uncertified is true (a development fleet: nobody enrolled).
+NODE_AUTH_KEY = "auth-key"
+NODE_SECAGG_ALLOW_UNCERTIFIED = "secagg-allow-uncertified"
 # A device's own readings (the store `edge-daemon ingest` fills) ...
 NODE_READINGS_DB = "readings-db"
 NODE_READINGS_SCHEMA = "readings-schema"

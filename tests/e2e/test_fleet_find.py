@@ -2,7 +2,8 @@
 
 `fleet-server init` makes the state directory and the fleet key; `ticket init` writes the dense
 heart-uci ticket, signed with it. Three edge daemons (one per hospital, each with its own
-SuperNode and only its own hospital's rows) hold no ticket: the search pushes the dense one.
+SuperNode and only its own hospital's rows, enrolled while the search waits for them) hold no
+ticket: the search pushes the dense one.
 `fleet-server find --method fed-imp` runs two pruning levels of one round each under secure
 aggregation (the default for a search); once level 0 is finished the fleet-server's process
 group gets SIGKILL. The second `fleet-server find` stops the leftover SuperLink, resumes at
@@ -36,7 +37,6 @@ def test_a_ticket_found_on_the_fleet_survives_a_kill_of_the_server(tmp_path: Pat
         "\n".join(
             [
                 f"state_dir: {json.dumps(str(state))}",
-                "node_auth: false",
                 "listen:",
                 "  host: 127.0.0.1",
                 f"  port: {port}",
@@ -44,7 +44,7 @@ def test_a_ticket_found_on_the_fleet_survives_a_kill_of_the_server(tmp_path: Pat
                 "  min_nodes: 3",
                 "  min_replies: 2",
                 "  fraction_evaluate: 0.0",
-                "  round_timeout_s: 60",
+                "  round_timeout_s: 120",
                 "",
             ]
         )
@@ -69,6 +69,7 @@ def test_a_ticket_found_on_the_fleet_survives_a_kill_of_the_server(tmp_path: Pat
         superlink=f"127.0.0.1:{port}",
         ports=[free_port() for _ in range(3)],
         root_certificates=state / "pki" / "ca.crt",
+        node_auth=True,
     )
     out = tmp_path / "found.ticket"
     find = [str(BIN / "fleet-server"), "find", str(dense), "--out", str(out), "-c", str(config),
@@ -80,6 +81,13 @@ def test_a_ticket_found_on_the_fleet_survives_a_kill_of_the_server(tmp_path: Pat
         first = _start(find, tmp_path / "first.log")
         started.append(first)
         _wait_for(lambda: is_listening("127.0.0.1", port), 120, "the SuperLink")
+        for device in devices:  # the search waits for min-nodes of them to connect
+            enrolled = subprocess.run(
+                [str(BIN / "fleet-server"), "enroll", str(device.public_key), "--name",
+                 device.name, "-c", str(config)],
+                capture_output=True, text=True, timeout=120, check=False,
+            )  # fmt: skip
+            assert enrolled.returncode == 0, enrolled.stderr
         for index, device in enumerate(devices):
             daemon = [str(BIN / "edge-daemon"), "run", "-c", str(device.config)]
             started.append(_start(daemon, tmp_path / f"daemon-{index}.log"))

@@ -149,6 +149,8 @@ def test_the_supernode_command_carries_tls_auth_and_the_node_config(tmp_path: Pa
     assert "--insecure" not in command and "--port 9200" in text
     assert f'readings-db="{paths.readings_db}"' in command[-1]
     assert node_config(config, paths)["ticket-dir"] == str(paths.tickets_dir)
+    # The same key signs the node's secure-aggregation adverts (edge_daemon/secagg_client.py).
+    assert node_config(config, paths)["auth-key"] == str(tmp_path / "k")
 
 
 def test_run_daemon_stops_on_request_and_leaves_no_node(tmp_path: Path) -> None:

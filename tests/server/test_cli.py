@@ -1,5 +1,6 @@
 """`fleet-server` commands without a SuperLink: exit codes, one-line errors with a hint."""
 
+import dataclasses
 import json
 import shlex
 import stat
@@ -229,3 +230,48 @@ def test_find_keeps_an_existing_out(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == ExitCode.BAD_INPUT
     assert "already exists; pass --force" in capsys.readouterr().err
     assert (tmp_path / "f.ticket").read_bytes() == b"earlier"
+
+
+class _FakeFlower:
+    """The `flwr` CLI as enroll uses it: registration hands out node ids."""
+
+    def __init__(self) -> None:
+        self.registered: list[str] = []
+
+    def register_node(self, key: Path, *, name: str) -> int:
+        self.registered.append(name)
+        return 4242
+
+
+def test_enroll_certifies_the_node_key_as_its_secure_aggregation_identity(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server import cli
+    from server.enrolment import EnrolmentRecords, load_roster
+    from ticket.crypto import identity_of_public_line, verify
+    from ticket.secagg.identity import certificate_statement
+
+    config = _config(tmp_path)
+    assert main(["init", "-c", str(config)]) == ExitCode.OK
+    flower = _FakeFlower()
+    monkeypatch.setattr(cli, "flower_cli", lambda config: flower)
+    monkeypatch.setattr(cli, "_require_superlink", lambda config: None)
+    key = tmp_path / "node.key.pub"
+    line = generate_node_auth_key("clinic")[1]
+    key.write_text(line + "\n")
+
+    assert main(["enroll", str(key), "--name", "a", "-c", str(config)]) == ExitCode.OK
+
+    assert "certified node 4242's key" in capsys.readouterr().out
+    nodes = tmp_path / "state" / "nodes.json"
+    roster = load_roster(nodes)
+    assert roster[4242].identity == identity_of_public_line(line.encode())
+    fleet = (tmp_path / "state" / "keys" / "fleet.pub").read_bytes()
+    verify(fleet, certificate_statement(4242, roster[4242].identity), roster[4242].certificate)
+    # A record made before certificates existed is certified by enrolling the key again,
+    # without registering it a second time.
+    records = EnrolmentRecords(nodes)
+    [entry] = records.read()
+    records.add(dataclasses.replace(entry, secagg_certificate=""))
+    assert main(["enroll", str(key), "--name", "a", "-c", str(config)]) == ExitCode.OK
+    assert load_roster(nodes) == roster and flower.registered == ["a"]

@@ -8,10 +8,18 @@ from server.enrolment import (
     Enrolment,
     EnrolmentError,
     EnrolmentRecords,
+    load_roster,
     merge_nodes,
     read_node_key,
+    secagg_certificate,
 )
-from ticket.crypto import generate_node_auth_key, generate_signing_key
+from ticket.crypto import (
+    generate_node_auth_key,
+    generate_signing_key,
+    identity_of_public_line,
+    verify,
+)
+from ticket.secagg.identity import certificate_statement
 
 
 def _node_key(tmp_path: Path, name: str = "node.key.pub") -> Path:
@@ -109,3 +117,41 @@ def test_without_a_superlink_online_state_is_unknown() -> None:
     rows = merge_nodes([Enrolment(1, "a", "SHA256:a", "k", "t")], None)
 
     assert rows[0]["status"] == "unknown" and rows[0]["online"] is False
+
+
+def test_a_certified_record_reads_back_as_a_roster_entry_the_fleet_key_vouches_for(
+    tmp_path: Path,
+) -> None:
+    signing, public = generate_signing_key()
+    line, fingerprint = read_node_key(_node_key(tmp_path))
+    records = EnrolmentRecords(tmp_path / "nodes.json")
+    certificate = secagg_certificate(signing, 42, line)
+    records.add(
+        Enrolment(42, "clinic", fingerprint, line, "2026-01-01T00:00:00+00:00", certificate)
+    )
+    records.add(Enrolment(43, "old", "SHA256:x", line, "2026-01-01T00:00:00+00:00"))  # no cert
+
+    roster = load_roster(tmp_path / "nodes.json")
+
+    assert set(roster) == {42}
+    assert roster[42].identity == identity_of_public_line(line.encode())
+    verify(public, certificate_statement(42, roster[42].identity), roster[42].certificate)
+
+
+def test_a_key_of_another_curve_gets_no_certificate(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    line = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+
+    assert secagg_certificate(generate_signing_key()[0], 42, line.decode()) == ""
+
+
+def test_a_damaged_certificate_is_an_error_naming_the_node(tmp_path: Path) -> None:
+    line, fingerprint = read_node_key(_node_key(tmp_path))
+    records = EnrolmentRecords(tmp_path / "nodes.json")
+    records.add(Enrolment(42, "clinic", fingerprint, line, "2026-01-01T00:00:00+00:00", "zz"))
+
+    with pytest.raises(EnrolmentError, match=r"nodes\.json: node 42"):
+        load_roster(tmp_path / "nodes.json")

@@ -22,9 +22,11 @@ from server.server_app import RunConfigError, ServerSettings
 from server.strategy import PAYLOAD_KEY, PackedFedAvg, RoundPlan
 from server.training_run import run_resumable
 from tests.inprocess import ClientCallable, InProcessGrid, heart_nodes, server_identity
-from ticket import wire
+from ticket import crypto, wire
 from ticket.bundle import Ticket
 from ticket.packing import PackLayout
+from ticket.secagg import Enrolled, Roster, certify
+from ticket.secagg.params import PARAMS_BYTES
 from ticket.secagg.weighting import mean_error_bound, node_weight
 from ticket.train import TrainConfig
 from ticket.wire import SECAGG as SECAGG_KEY
@@ -313,3 +315,98 @@ def test_run_config_turns_secure_aggregation_on_and_checks_its_keys() -> None:
         ServerSettings.from_run_config({**base, "secagg": True, "secagg-levels": 1})
     with pytest.raises(RunConfigError, match="secagg-weight-cap: must be a whole number >= 1"):
         ServerSettings.from_run_config({**base, "secagg": True, "secagg-weight-cap": 0})
+
+
+# ---------------------------------------------------------------- an enrolled fleet
+
+
+def _enrolled(
+    tmp_path: Path, ticket_path: Path, nodes: Iterable[int] = NODES
+) -> tuple[list[dict[str, bool | float | int | str]], Roster]:
+    """Node configs as edge-daemon writes them (auth-key, fleet-key, no opt-out), and the
+    roster `fleet-server enroll` makes: `nodes`' keys certified by the fleet key."""
+    signing, public = crypto.generate_signing_key()
+    (tmp_path / "fleet.pub").write_bytes(public)
+    configs, roster = [], {}
+    strict = {wire.NODE_SECAGG_ALLOW_UNCERTIFIED: False}
+    for node, config in zip(NODES, heart_nodes(ticket_path, **strict), strict=True):
+        private, line = crypto.generate_node_auth_key(f"node-{node}")
+        (tmp_path / f"{node}.key").write_bytes(private)
+        identity = crypto.identity_of_public_line(line.encode())
+        if node in nodes:
+            roster[node] = Enrolled(identity, certify(signing, node, identity))
+        configs.append(
+            {
+                **config,
+                wire.NODE_AUTH_KEY: str(tmp_path / f"{node}.key"),
+                wire.NODE_FLEET_KEY: str(tmp_path / "fleet.pub"),
+            }
+        )
+    return configs, roster
+
+
+class TamperingGrid(InProcessGrid):
+    """Relays every message, but flips bit 0 of node 102's mask key in node 101's key bundle:
+    issue 12's probe, which used to give a wrong sum with every node counted."""
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        for message in messages:
+            parts = message.content.config_records.get(SECAGG_KEY)
+            if message.metadata.dst_node_id == 101 and parts and wire.KEY_BUNDLE in parts:
+                bundle = bytearray(parts[wire.KEY_BUNDLE])  # type: ignore[arg-type]
+                # header | params | cohort (4 ids) | peer count | 102's id | its cipher key
+                mask_key = 36 + PARAMS_BYTES + 4 + 8 * 4 + 4 + 8 + 32
+                bundle[mask_key] ^= 0x01
+                parts[wire.KEY_BUNDLE] = bytes(bundle)
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def test_an_altered_key_in_a_relayed_bundle_is_refused_and_the_others_sum_stands(
+    ticket_path: Path, ticket: Ticket, examples: dict[int, int], tmp_path: Path
+) -> None:
+    configs, roster = _enrolled(tmp_path, ticket_path)
+    layout = PackLayout.from_ticket(ticket)
+    secure = SecurePackedFedAvg(layout, _plan(ticket), SECAGG, roster=roster, fraction_evaluate=0)
+
+    result = _run(secure, TamperingGrid(client_app.app, configs), ticket)
+
+    record = secure.rounds[1]
+    assert record.secagg is not None and record.secagg["aborted"] is None
+    # 101 named the altered neighbour and sat the round out; 102-104 checked each other's
+    # certificates and signatures and masked only with each other.
+    assert f"error {int(ErrorCode.SECAGG)} (setup)" in record.failures[101]
+    assert "AuthenticationError: node 102's key advert" in record.failures[101]
+    assert record.secagg["dropped"] == {"shares": [101]}
+    assert record.accepted == [102, 103, 104]
+    expected = _run(_plain(ticket), InProcessGrid(_dropping(101), configs), ticket)
+    assert np.abs(_final(result) - _final(expected)).max() <= _bound(examples, [102, 103, 104])
+
+
+def test_the_server_leaves_out_a_node_the_roster_does_not_certify(
+    ticket_path: Path, ticket: Ticket, tmp_path: Path
+) -> None:
+    configs, roster = _enrolled(tmp_path, ticket_path, nodes=(101, 102, 103))
+    layout = PackLayout.from_ticket(ticket)
+    secure = SecurePackedFedAvg(layout, _plan(ticket), SECAGG, roster=roster, fraction_evaluate=0)
+
+    _run(secure, InProcessGrid(client_app.app, configs), ticket)
+
+    record = secure.rounds[1]
+    assert "no certified identity key in the roster" in record.rejected[104]
+    assert record.accepted == [101, 102, 103]
+    assert record.secagg is not None and record.secagg["aborted"] is None
+
+
+def test_a_node_that_cannot_check_its_neighbours_refuses_the_round_by_name(
+    ticket_path: Path, ticket: Ticket
+) -> None:
+    strict = heart_nodes(ticket_path, **{wire.NODE_SECAGG_ALLOW_UNCERTIFIED: False})
+    secure = _secure(ticket)
+
+    _run(secure, InProcessGrid(client_app.app, strict), ticket)
+
+    record = secure.rounds[1]
+    assert record.accepted == []
+    assert all("trusts no fleet key" in record.failures[node] for node in NODES)

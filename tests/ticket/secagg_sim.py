@@ -1,25 +1,56 @@
-"""A whole secure-aggregation round in process, with dropouts and a tap on every message."""
+"""A whole secure-aggregation round in process, with dropouts and a tap on every message.
 
+Every node has an identity key certified by a fleet key, as `fleet-server enroll` makes them,
+the server holds the roster and every node trusts the fleet key, unless `certified` is false
+(a development fleet: no roster, nodes allow uncertified neighbours).
+"""
+
+import functools
 import random
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from ticket import secagg
-from ticket.secagg import NodeRound, RoundSecrets, SecAggParams, ServerRound
+from ticket import crypto, secagg
+from ticket.errors import TicketError
+from ticket.secagg import (
+    Enrolled,
+    NodeRound,
+    PeerTrust,
+    RoundSecrets,
+    SecAggParams,
+    ServerRound,
+)
 
 # (step, node, bytes) -> bytes actually delivered; steps: advert, bundle, shares, mask_request,
 # masked, unmask_request, reveal.
 Tap = Callable[[str, int, bytes], bytes]
 
 PARAMS = SecAggParams(clip=1.0, levels=2**10)
+_T = TypeVar("_T")
 
 
 def entropy(seed: int) -> Callable[[int], bytes]:
     """Deterministic bytes for reproducible tests (never for real keys)."""
     return random.Random(seed).randbytes
+
+
+FLEET_KEY = crypto.generate_signing_key()  # (private PEM, public PEM): the operator's
+
+
+@functools.cache
+def identity_key(node: int) -> bytes:
+    """Node `node`'s identity (node-auth) private key, one per test session."""
+    return crypto.generate_identity_key()
+
+
+def enrolled(node: int) -> Enrolled:
+    """The roster entry `fleet-server enroll` makes for `node`."""
+    identity = crypto.identity_public_key(identity_key(node))
+    return Enrolled(identity, secagg.certify(FLEET_KEY[0], node, identity))
 
 
 @dataclass
@@ -37,6 +68,10 @@ class Simulation:
     run_id: int = 7
     round: int = 3
     seed: int = 0
+    certified: bool = True
+    # Like the glue: a message the server refuses is left out, and a node that refuses a step
+    # sits the round out; each refusal is kept in `refused`. False: the error propagates.
+    tolerant: bool = False
     tap: Tap = field(default=lambda step, node, data: data)
     server: ServerRound = field(init=False)
     secrets: dict[int, RoundSecrets] = field(default_factory=dict)
@@ -44,10 +79,17 @@ class Simulation:
     inputs: dict[int, npt.NDArray[np.float32]] = field(default_factory=dict)
     levels: dict[int, npt.NDArray[np.uint32]] = field(default_factory=dict)
     sent: dict[str, dict[int, bytes]] = field(default_factory=dict)
+    refused: dict[tuple[str, int], TicketError] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        roster = {node: enrolled(node) for node in self.nodes} if self.certified else None
+        self.trust = PeerTrust(FLEET_KEY[1]) if self.certified else PeerTrust(None, True)
         self.server = ServerRound(
-            run_id=self.run_id, round=self.round, params=self.params, length=self.length
+            run_id=self.run_id,
+            round=self.round,
+            params=self.params,
+            length=self.length,
+            roster=roster,
         )
         self._entropy = entropy(self.seed)
         rng = np.random.default_rng(self.seed)
@@ -58,18 +100,45 @@ class Simulation:
         self.sent.setdefault(step, {})[node] = data
         return self.tap(step, node, data)
 
+    def _deliver(self, step: str, node: int, call: Callable[[], _T]) -> _T | None:
+        try:
+            return call()
+        except TicketError as error:
+            if not self.tolerant:
+                raise
+            self.refused[(step, node)] = error
+            return None
+
     def setup(self, drops: Drops) -> None:
         for node in self.nodes:
             advert, self.secrets[node] = secagg.advertise_keys(
-                run_id=self.run_id, round=self.round, node_id=node, entropy=self._entropy
+                run_id=self.run_id,
+                round=self.round,
+                node_id=node,
+                identity_key=identity_key(node),
+                entropy=self._entropy,
             )
-            self.server.add_advert(node, self._record("advert", node, advert))
+            delivered = self._record("advert", node, advert)
+            self._deliver(
+                "advert", node, functools.partial(self.server.add_advert, node, delivered)
+            )
         for node, bundle in self.server.key_bundles().items():
-            shares, self.states[node] = secagg.distribute_shares(
-                self._record("bundle", node, bundle), self.secrets[node], entropy=self._entropy
+            relayed = self._record("bundle", node, bundle)
+            share = functools.partial(
+                secagg.distribute_shares,
+                relayed,
+                self.secrets[node],
+                trust=self.trust,
+                entropy=self._entropy,
             )
+            got = self._deliver("bundle", node, share)
+            if got is None:
+                continue
+            shares, self.states[node] = got
             if node not in drops.before_shares:
-                self.server.add_share_bundle(node, self._record("shares", node, shares))
+                delivered = self._record("shares", node, shares)
+                add = functools.partial(self.server.add_share_bundle, node, delivered)
+                self._deliver("shares", node, add)
 
     def mask(self, drops: Drops) -> None:
         for node, request in self.server.mask_requests().items():

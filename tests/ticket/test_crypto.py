@@ -160,3 +160,53 @@ def test_wrong_kind_of_key_is_refused_by_every_entry_point(key_pair: tuple[bytes
         crypto.key_id(private_pem)
     with pytest.raises(crypto.KeyFormatError):
         crypto.public_key_of(public_pem)
+
+
+# ---------------------------------------------------------------- node identity (ECDSA P-384)
+
+
+def test_a_node_auth_key_signs_and_its_public_line_names_the_same_identity() -> None:
+    private, line = crypto.generate_node_auth_key("edge-daemon@clinic")
+    identity = crypto.identity_of_public_line(line.encode())
+
+    signature = crypto.identity_sign(private, b"advert")
+
+    assert identity == crypto.identity_public_key(private)
+    assert len(identity) == crypto.IDENTITY_KEY_BYTES
+    assert len(signature) == crypto.IDENTITY_SIGNATURE_BYTES
+    assert signature == crypto.identity_sign(private, b"advert")  # RFC 6979: deterministic
+    crypto.identity_verify(identity, b"advert", signature)
+
+
+@pytest.mark.parametrize("part", ["message", "signature", "key"])
+def test_an_identity_signature_fails_for_any_flipped_bit(part: str) -> None:
+    private = crypto.generate_identity_key()
+    identity, message = crypto.identity_public_key(private), b"advert"
+    signature = crypto.identity_sign(private, message)
+    flip = {"message": message, "signature": signature, "key": identity}[part]
+    for bit in (0, 8 * len(flip) // 2 + 5, 8 * len(flip) - 1):
+        flipped = bytearray(flip)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        args = {"message": message, "signature": signature, "key": identity, part: bytes(flipped)}
+        with pytest.raises(IntegrityError):
+            crypto.identity_verify(args["key"], args["message"], args["signature"])
+
+
+def test_an_identity_signature_of_another_key_or_size_fails() -> None:
+    signature = crypto.identity_sign(crypto.generate_identity_key(), b"advert")
+    other = crypto.identity_public_key(crypto.generate_identity_key())
+    for key, sig in ((other, signature), (other[:-1], signature), (other, signature[:-1])):
+        with pytest.raises(IntegrityError):
+            crypto.identity_verify(key, b"advert", sig)
+
+
+def test_only_p384_keys_are_identities() -> None:
+    ed25519_line = (
+        b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+    )
+    with pytest.raises(crypto.KeyFormatError, match="not an ECDSA P-384 key"):
+        crypto.identity_of_public_line(ed25519_line)
+    with pytest.raises(crypto.KeyFormatError, match="expected an ECDSA P-384 private key"):
+        crypto.identity_public_key(crypto.generate_signing_key()[0])
+    with pytest.raises(crypto.KeyFormatError, match="not an OpenSSH or PEM private key"):
+        crypto.identity_sign(b"garbage", b"advert")

@@ -14,21 +14,30 @@ from ticket.secagg.messages import (
     Message,
     PublicKeys,
     ShareBundle,
+    SignedKeys,
     UnmaskRequest,
     UnmaskResponse,
 )
 from ticket.secagg.shamir import SHARE_BYTES
 
 KEYS = PublicKeys(b"c" * 32, b"s" * 32, b"h" * 32)
+SIGNED = SignedKeys(KEYS, b"i" * 49, b"g" * 96)
+CERTIFIED = SignedKeys(KEYS, b"i" * 49, b"g" * 96, b"f" * 64)
 SEALED = b"x" * SEALED_SHARES_BYTES
 RUN, ROUND, NODE = 7, 3, 12
 
 MESSAGES: list[Message] = [
-    KeyAdvert(RUN, ROUND, NODE, SERVER, KEYS),
+    KeyAdvert(RUN, ROUND, NODE, SERVER, SIGNED),
     KeyBundle(
-        RUN, ROUND, SERVER, NODE, SecAggParams(clip=1.0), (11, 12, 13), ((11, KEYS), (13, KEYS))
+        RUN,
+        ROUND,
+        SERVER,
+        NODE,
+        SecAggParams(clip=1.0),
+        (11, 12, 13),
+        ((11, CERTIFIED), (13, SIGNED)),
     ),
-    ShareBundle(RUN, ROUND, NODE, SERVER, ((11, SEALED), (13, SEALED))),
+    ShareBundle(RUN, ROUND, NODE, SERVER, b"v" * 32, ((11, SEALED), (13, SEALED))),
     MaskRequest(RUN, ROUND, SERVER, NODE, 5, (11, 12)),
     MaskedInput(RUN, ROUND, NODE, SERVER, 11, 5, bytes(7)),
     UnmaskRequest(RUN, ROUND, SERVER, NODE, (11, 12), (13,), ((11, SEALED), (13, SEALED))),
@@ -62,12 +71,31 @@ def test_every_message_round_trips(message: Message) -> None:
 
 def test_the_header_layout_is_pinned() -> None:
     data = MESSAGES[0].to_bytes()
-    assert data[:36] == b"TFSA" + bytes([1, 1, 0, 0]) + struct.pack("<QIQQ", RUN, ROUND, NODE, 0)
-    assert data[36:] == KEYS.to_bytes()
+    assert data[:36] == b"TFSA" + bytes([2, 1, 0, 0]) + struct.pack("<QIQQ", RUN, ROUND, NODE, 0)
+    assert data[36:] == KEYS.to_bytes() + b"i" * 49 + b"g" * 96
     assert (
         data.hex()[:72]
-        == "54465341010100000700000000000000030000000c000000000000000000000000000000"
+        == "54465341020100000700000000000000030000000c000000000000000000000000000000"
     )
+
+
+def test_a_relayed_peer_carries_a_certificate_flag_then_the_certificate() -> None:
+    data = MESSAGES[1].to_bytes()
+    first = data.index(struct.pack("<Q", 11) + KEYS.to_bytes(), 36) + 8
+    assert data[first : first + 96 + 49 + 96 + 1 + 64] == (
+        KEYS.to_bytes() + b"i" * 49 + b"g" * 96 + b"\x01" + b"f" * 64
+    )
+    second = first + 96 + 49 + 96 + 1 + 64 + 8
+    assert data[second + 96 + 49 + 96 :] == b"\x00"
+    flag = bytearray(data)
+    flag[first + 96 + 49 + 96] = 2
+    with pytest.raises(MessageError, match="certificate flag must be 0 or 1, got 2"):
+        _parse(MESSAGES[1], bytes(flag))
+
+
+def test_an_advert_carries_no_certificate() -> None:
+    with pytest.raises(MessageError, match="carries no certificate"):
+        KeyAdvert(RUN, ROUND, NODE, SERVER, CERTIFIED)
 
 
 @pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
@@ -101,7 +129,7 @@ def test_truncation_and_trailing_bytes_are_rejected(message: Message) -> None:
     ("offset", "value", "match"),
     [
         (0, b"X", "bad magic"),
-        (4, b"\x02", "version 2"),
+        (4, b"\x01", "version 1 is not supported; this reads 2"),
         (5, b"\x05", "got MASKED_INPUT"),
         (5, b"\x63", "got 99"),
         (6, b"\x01", "reserved"),
@@ -130,7 +158,7 @@ def test_a_mask_request_must_include_its_recipient() -> None:
 
 
 def test_a_key_bundle_cannot_list_keys_outside_the_cohort() -> None:
-    bundle = KeyBundle(RUN, ROUND, SERVER, NODE, SecAggParams(clip=1.0), (11, 12), ((14, KEYS),))
+    bundle = KeyBundle(RUN, ROUND, SERVER, NODE, SecAggParams(clip=1.0), (11, 12), ((14, SIGNED),))
     with pytest.raises(MessageError, match="outside the cohort"):
         KeyBundle.from_bytes(
             bundle.to_bytes(), run_id=RUN, round=ROUND, sender=SERVER, recipient=NODE
@@ -165,6 +193,12 @@ def test_unknown_share_kinds_are_rejected() -> None:
 def test_public_keys_of_the_wrong_size_are_rejected() -> None:
     with pytest.raises(MessageError, match="32 bytes"):
         PublicKeys(b"c" * 31, b"s" * 32, b"h" * 32)
+    with pytest.raises(MessageError, match="identity key must be 49 bytes"):
+        SignedKeys(KEYS, b"i" * 48, b"g" * 96)
+    with pytest.raises(MessageError, match="advert signature must be 96 bytes"):
+        SignedKeys(KEYS, b"i" * 49, b"g" * 64)
+    with pytest.raises(MessageError, match="certificate must be 64 bytes"):
+        SignedKeys(KEYS, b"i" * 49, b"g" * 96, b"f" * 63)
 
 
 def test_a_node_claiming_the_servers_id_0_is_refused_at_every_entry_point() -> None:
@@ -172,7 +206,7 @@ def test_a_node_claiming_the_servers_id_0_is_refused_at_every_entry_point() -> N
     from ticket.secagg.messages import KeyAdvert, PublicKeys
 
     keys = PublicKeys(bytes(32), bytes(range(32)), bytes(32))
-    advert = KeyAdvert(1, 2, SERVER, SERVER, keys).to_bytes()
+    advert = KeyAdvert(1, 2, SERVER, SERVER, SignedKeys(keys, b"i" * 49, b"g" * 96)).to_bytes()
     with pytest.raises(MessageError, match="reserved for the server"):
         KeyAdvert.from_bytes(advert, run_id=1, round=2, sender=SERVER, recipient=SERVER)
     server = ServerRound(run_id=1, round=2, params=SecAggParams(clip=1.0, levels=16), length=3)

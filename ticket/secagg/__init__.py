@@ -4,8 +4,11 @@ Pure protocol math (Bonawitz et al., CCS 2017; Bell et al., CCS 2020 "SecAgg+"):
 dataclasses over bytes and numpy arrays, no I/O, no Flower. server/ and edge_daemon/ carry the
 bytes in Flower messages. Threat model: an honest-but-curious server and nodes, any of which
 may drop at any time; the server must not learn any node's input, only the sum of at least a
-threshold of nodes. Channels are TLS with node authentication (the deployment's job): the
-server is trusted to relay public keys faithfully (no signatures on key adverts here).
+threshold of nodes. Channels are TLS with node authentication (the deployment's job). The
+server is not trusted to relay public keys faithfully: each node signs its key advert with its
+identity key, the fleet key certifies each enrolled node's identity key, and a node checks
+both for every neighbour before deriving a mask (identity.py), so an altered or invented key
+ends in AuthenticationError, never a wrong sum.
 
 Secrets per node u and round r, fresh every round and never reused: a cipher key pair
 (c_sk, c_pk) that seals shares, a mask key pair (s_sk, s_pk), and a self-mask seed b_u
@@ -75,6 +78,7 @@ round, and the node refuses to mask twice.
 from ticket.secagg.aggregator import AggregateResult, Phase, ServerRound
 from ticket.secagg.bitpack import pack_bits, packed_size, unpack_bits
 from ticket.secagg.errors import (
+    AuthenticationError,
     MessageError,
     ParamsError,
     RevealRefusedError,
@@ -84,6 +88,7 @@ from ticket.secagg.errors import (
     ShareError,
 )
 from ticket.secagg.graph import closed_neighbourhood, neighbour_graph, viable_subset
+from ticket.secagg.identity import Enrolled, PeerTrust, Roster, certify
 from ticket.secagg.messages import SERVER, MessageKind, ShareKind
 from ticket.secagg.node import (
     NodeRound,
@@ -105,13 +110,17 @@ from ticket.secagg.quantize import (
 __all__ = [
     "SERVER",
     "AggregateResult",
+    "AuthenticationError",
+    "Enrolled",
     "MessageError",
     "MessageKind",
     "NodeRound",
     "ParamsError",
+    "PeerTrust",
     "Phase",
     "QuantizationError",
     "RevealRefusedError",
+    "Roster",
     "RoundAbortedError",
     "RoundSecrets",
     "RoundStateError",
@@ -121,6 +130,7 @@ __all__ = [
     "ShareError",
     "ShareKind",
     "advertise_keys",
+    "certify",
     "closed_neighbourhood",
     "dequantize_mean",
     "dequantize_sum",

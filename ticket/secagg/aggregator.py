@@ -4,11 +4,11 @@ sum of the surviving nodes' quantised vectors, or RoundAbortedError.
 Phases, each closed by the call that emits the next batch of messages:
 ADVERTISE (add_advert) -> key_bundles() -> SHARE (add_share_bundle) -> mask_requests()
 -> MASK (add_masked_input) -> unmask_requests() -> UNMASK (add_unmask_response) -> result().
-An add_* call that raises (MessageError, RoundStateError, IntegrityError) leaves the round as
-it was: the glue logs it and goes on without that node's message.
+An add_* call that raises (MessageError, RoundStateError, IntegrityError, AuthenticationError)
+leaves the round as it was: the glue logs it and goes on without that node's message.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TypeVar
 
@@ -21,6 +21,7 @@ from ticket.secagg import shamir
 from ticket.secagg.bitpack import unpack_bits
 from ticket.secagg.errors import MessageError, RoundAbortedError, RoundStateError, ShareError
 from ticket.secagg.graph import Graph, closed_neighbourhood, neighbour_graph, viable_subset
+from ticket.secagg.identity import Roster, check_advert, check_enrolled
 from ticket.secagg.masking import commit_seed, pair_seed, pair_sign, prg
 from ticket.secagg.messages import (
     SERVER,
@@ -32,8 +33,10 @@ from ticket.secagg.messages import (
     PublicKeys,
     ShareBundle,
     ShareKind,
+    SignedKeys,
     UnmaskRequest,
     UnmaskResponse,
+    round_view,
 )
 from ticket.secagg.params import SecAggParams
 from ticket.secagg.quantize import dequantize_mean, dequantize_sum
@@ -68,14 +71,27 @@ class ServerRound:
     """One round of secure aggregation on the server (pure: messages in, messages out)."""
 
     def __init__(
-        self, *, run_id: int, round: int, params: SecAggParams, length: int, min_survivors: int = 2
+        self,
+        *,
+        run_id: int,
+        round: int,
+        params: SecAggParams,
+        length: int,
+        min_survivors: int = 2,
+        roster: Roster | None = None,
     ) -> None:
+        """`roster`: every enrolled node's certified identity key (identity.py); with one, an
+        advert from a node outside it or signed by another key is refused, and each key bundle
+        carries the certificates the nodes check. None: a development fleet with no enrolment
+        (the nodes must allow uncertified neighbours); advert signatures are checked still."""
         if min_survivors < 2:
             raise ValueError("a sum over fewer than 2 nodes would reveal a node's input")
         self.run_id, self.round, self.params, self.length = run_id, round, params, length
         self.min_survivors = min_survivors
+        self.roster = roster
         self.phase = Phase.ADVERTISE
         self.keys: dict[int, PublicKeys] = {}
+        self.signed: dict[int, SignedKeys] = {}  # as relayed: signature and certificate
         self.graph: Graph = {}
         self.sealed: dict[int, dict[int, bytes]] = {}  # sender -> recipient -> sealed shares
         self.members: tuple[int, ...] = ()
@@ -92,7 +108,15 @@ class ServerRound:
         advert = self._read(KeyAdvert, data, node)
         if node in self.keys:
             raise RoundStateError(f"node {node} already advertised keys for round {self.round}")
+        # Refused here, an altered advert leaves its node out of the cohort: nobody masks
+        # with it, and the sum is the others'. The nodes check again (they trust no server).
+        check_advert(self.run_id, self.round, node, advert.signed)
+        signed = advert.signed
+        if self.roster is not None:
+            entry = check_enrolled(node, signed.identity, self.roster)
+            signed = replace(signed, certificate=entry.certificate)
         self.keys[node] = advert.keys
+        self.signed[node] = signed
 
     def key_bundles(self) -> dict[int, bytes]:
         """{node: KeyBundle bytes} for every advertiser; the cohort is now fixed."""
@@ -115,7 +139,7 @@ class ServerRound:
                 node,
                 self.params,
                 cohort,
-                tuple((peer, self.keys[peer]) for peer in self.graph[node]),
+                tuple((peer, self.signed[peer]) for peer in self.graph[node]),
             ).to_bytes()
             for node in cohort
         }
@@ -131,6 +155,12 @@ class ServerRound:
             raise RoundStateError(f"node {node} already sent its shares for round {self.round}")
         if tuple(peer for peer, _ in bundle.sealed) != self.graph[node]:
             raise MessageError(f"node {node}'s shares are not addressed to its neighbours")
+        if bundle.view != round_view(self.params, sorted(self.graph)):
+            # Its key bundle was altered on the way: it would quantise or mask under other
+            # parameters than the ones the sum is read with. Not a member, so not in the sum.
+            raise MessageError(
+                f"node {node} took other parameters or another cohort from its key bundle"
+            )
         self.sealed[node] = dict(bundle.sealed)
 
     def mask_requests(self) -> dict[int, bytes]:

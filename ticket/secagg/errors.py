@@ -1,4 +1,5 @@
-"""Secure aggregation's exceptions (authentication failures raise ticket.errors.IntegrityError)."""
+"""Secure aggregation's exceptions (failed AEAD opens raise ticket.errors.IntegrityError; forged
+or altered key adverts, AuthenticationError)."""
 
 from ticket.errors import CodecError, TicketError
 
@@ -32,3 +33,9 @@ class RoundAbortedError(SecAggError):
 
     Raised instead of ever returning a wrong or partly masked sum.
     """
+
+
+class AuthenticationError(SecAggError):
+    """A key advert is not signed by its node, or its node's identity key is not the one the
+    fleet enrolled: a server or relay altered it. The round goes on without that advert (at
+    the server) or this node refuses the round (at a node); never a wrong sum."""

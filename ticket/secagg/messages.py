@@ -1,4 +1,4 @@
-"""The protocol's messages and their wire format (version 1): strict, pickle-free binary.
+"""The protocol's messages and their wire format (version 2): strict, pickle-free binary.
 
 Every message starts with a 36-byte header, integers unsigned little-endian:
 
@@ -12,8 +12,17 @@ naming the first mismatch, so another run's, round's or node's message, or a mes
 another kind, never gets further. The shares inside a SealedShares ciphertext are bound to
 (run, round, sender, recipient) by the AEAD's associated data: that header with kind
 SEALED_SHARES.
+
+Version 2 signs key adverts: a KeyAdvert's body is its public keys, the node's identity key
+(49-byte compressed P-384 point) and its signature (96 bytes) over identity.advert_statement;
+a KeyBundle relays each neighbour's keys with that identity key, that signature and a u8 flag
+(0 or 1) then, if 1, the fleet's 64-byte certificate of the identity key. A ShareBundle
+starts with its sender's view of the round (round_view: a hash of the parameters and cohort it
+took from its key bundle), so the server leaves out a node whose bundle was altered on the way
+instead of summing a vector quantised or masked under other parameters.
 """
 
+import hashlib
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -28,11 +37,16 @@ from ticket.secagg.errors import MessageError, ParamsError
 from ticket.secagg.params import PARAMS_BYTES, SecAggParams
 
 MAGIC = b"TFSA"
-VERSION = 1
+VERSION = 2
 SERVER = 0
 HEADER = struct.Struct("<4sBBHQIQQ")
 KEY_BYTES = crypto.X25519_KEY_BYTES
 COMMITMENT_BYTES = 32
+IDENTITY_BYTES = crypto.IDENTITY_KEY_BYTES
+SIGNATURE_BYTES = crypto.IDENTITY_SIGNATURE_BYTES
+CERTIFICATE_BYTES = crypto.SIGNATURE_BYTES  # Ed25519, by the fleet key
+VIEW_BYTES = 32
+_VIEW_DOMAIN = b"ticketfleet/secagg/round-view/v2\x00"
 SEALED_SHARES_BYTES = crypto.AEAD_OVERHEAD_BYTES + 2 * shamir.SHARE_BYTES
 _U32_MAX = 2**32 - 1
 _U64_MAX = 2**64 - 1
@@ -71,6 +85,40 @@ class PublicKeys:
 
     def to_bytes(self) -> bytes:
         return self.cipher_key + self.mask_key + self.seed_commitment
+
+
+@dataclass(frozen=True)
+class SignedKeys:
+    """A node's public keys as its advert signed them, and the fleet's certificate (if any)
+    of the identity key that signed; identity.check_peer says whether to believe them."""
+
+    keys: PublicKeys
+    identity: bytes  # the signer's 49-byte compressed P-384 public key
+    signature: bytes  # over identity.advert_statement(run, round, node, self)
+    certificate: bytes | None = None  # relayed by the server from the fleet's roster
+
+    def __post_init__(self) -> None:
+        for name, value, size in (
+            ("identity key", self.identity, IDENTITY_BYTES),
+            ("advert signature", self.signature, SIGNATURE_BYTES),
+        ):
+            if not isinstance(value, bytes) or len(value) != size:
+                raise MessageError(f"{name} must be {size} bytes")
+        certificate = self.certificate
+        if certificate is not None and (
+            not isinstance(certificate, bytes) or len(certificate) != CERTIFICATE_BYTES
+        ):
+            raise MessageError(f"identity certificate must be {CERTIFICATE_BYTES} bytes")
+
+    def signed_bytes(self) -> bytes:
+        """What an advert carries: keys | identity | signature (no certificate)."""
+        return self.keys.to_bytes() + self.identity + self.signature
+
+    def relayed_bytes(self) -> bytes:
+        """What a key bundle carries per neighbour: the advert's part, then the certificate."""
+        if self.certificate is None:
+            return self.signed_bytes() + b"\x00"
+        return self.signed_bytes() + b"\x01" + self.certificate
 
 
 @dataclass(frozen=True)
@@ -115,16 +163,24 @@ class Message:
 @dataclass(frozen=True)
 class KeyAdvert(Message):
     KIND = MessageKind.KEY_ADVERT
-    keys: PublicKeys
+    signed: SignedKeys  # certificate None: the server adds it from its roster
+
+    def __post_init__(self) -> None:
+        if self.signed.certificate is not None:
+            raise MessageError("a key advert carries no certificate; the server's roster does")
+
+    @property
+    def keys(self) -> PublicKeys:
+        return self.signed.keys
 
     def _body(self) -> bytes:
-        return self.keys.to_bytes()
+        return self.signed.signed_bytes()
 
     @classmethod
     def _parse(
         cls, reader: "_Reader", run_id: int, round: int, sender: int, recipient: int
     ) -> Self:
-        return cls(run_id, round, sender, recipient, reader.keys())
+        return cls(run_id, round, sender, recipient, reader.signed_keys())
 
 
 @dataclass(frozen=True)
@@ -132,10 +188,10 @@ class KeyBundle(Message):
     KIND = MessageKind.KEY_BUNDLE
     params: SecAggParams
     cohort: tuple[int, ...]  # every member of the round, sorted
-    peers: tuple[tuple[int, PublicKeys], ...]  # the recipient's neighbours, by id
+    peers: tuple[tuple[int, SignedKeys], ...]  # the recipient's neighbours, by id
 
     def _body(self) -> bytes:
-        keys = b"".join(struct.pack("<Q", node) + keys.to_bytes() for node, keys in self.peers)
+        keys = b"".join(struct.pack("<Q", node) + keys.relayed_bytes() for node, keys in self.peers)
         return (
             self.params.to_bytes() + _ids(self.cohort) + struct.pack("<I", len(self.peers)) + keys
         )
@@ -149,7 +205,7 @@ class KeyBundle(Message):
         except ParamsError as error:
             raise MessageError(f"key bundle parameters: {error}") from None
         cohort = reader.ids("cohort")
-        peers = tuple((node, reader.keys()) for node in reader.ids_with_entries("peer"))
+        peers = tuple((node, reader.relayed_keys()) for node in reader.ids_with_entries("peer"))
         if recipient not in cohort:
             raise MessageError("key bundle's cohort does not include its recipient")
         if not {node for node, _ in peers} <= set(cohort) - {recipient}:
@@ -160,19 +216,25 @@ class KeyBundle(Message):
 @dataclass(frozen=True)
 class ShareBundle(Message):
     KIND = MessageKind.SHARE_BUNDLE
+    view: bytes  # round_view of the parameters and cohort its sender took from its key bundle
     sealed: tuple[tuple[int, bytes], ...]  # (neighbour, SealedShares for it), by neighbour
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.view, bytes) or len(self.view) != VIEW_BYTES:
+            raise MessageError(f"share bundle's round view must be {VIEW_BYTES} bytes")
+
     def _body(self) -> bytes:
-        return _sealed(self.sealed)
+        return self.view + _sealed(self.sealed)
 
     @classmethod
     def _parse(
         cls, reader: "_Reader", run_id: int, round: int, sender: int, recipient: int
     ) -> Self:
+        view = reader.take(VIEW_BYTES)
         sealed = reader.sealed("share recipient")
         if any(node == sender for node, _ in sealed):
             raise MessageError("share bundle seals shares to its own sender")
-        return cls(run_id, round, sender, recipient, sealed)
+        return cls(run_id, round, sender, recipient, view, sealed)
 
 
 @dataclass(frozen=True)
@@ -259,6 +321,11 @@ class UnmaskResponse(Message):
         return cls(run_id, round, sender, recipient, tuple(shares))
 
 
+def round_view(params: SecAggParams, cohort: Iterable[int]) -> bytes:
+    """SHA-256 of a round's parameters and cohort, as a node took them from its key bundle."""
+    return hashlib.sha256(_VIEW_DOMAIN + params.to_bytes() + _ids(cohort)).digest()
+
+
 def header(kind: MessageKind, run_id: int, round: int, sender: int, recipient: int) -> bytes:
     """The 36-byte header; with kind SEALED_SHARES it is the AEAD associated data."""
     _check_range("run id", run_id, _U64_MAX)
@@ -315,7 +382,9 @@ def _check_header(
     if magic != MAGIC:
         raise MessageError("not a secure aggregation message (bad magic)")
     if version != VERSION:
-        raise MessageError(f"secagg message version {version} is not supported; this reads 1")
+        raise MessageError(
+            f"secagg message version {version} is not supported; this reads {VERSION}"
+        )
     if got_kind != kind:
         name = (
             MessageKind(got_kind).name if got_kind in MessageKind.__members__.values() else got_kind
@@ -379,6 +448,21 @@ class _Reader:
 
     def keys(self) -> PublicKeys:
         return PublicKeys(self.take(KEY_BYTES), self.take(KEY_BYTES), self.take(COMMITMENT_BYTES))
+
+    def signed_keys(self) -> SignedKeys:
+        return SignedKeys(self.keys(), self.take(IDENTITY_BYTES), self.take(SIGNATURE_BYTES))
+
+    def relayed_keys(self) -> SignedKeys:
+        keys, identity, signature = (
+            self.keys(),
+            self.take(IDENTITY_BYTES),
+            self.take(SIGNATURE_BYTES),
+        )
+        flag = self.u8()
+        if flag not in (0, 1):
+            raise MessageError(f"peer certificate flag must be 0 or 1, got {flag}")
+        certificate = self.take(CERTIFICATE_BYTES) if flag else None
+        return SignedKeys(keys, identity, signature, certificate)
 
     def sealed(self, what: str) -> tuple[tuple[int, bytes], ...]:
         return tuple((node, self.take(SEALED_SHARES_BYTES)) for node in self.ids_with_entries(what))

@@ -23,6 +23,7 @@ from ticket.secagg.errors import (
     RoundStateError,
 )
 from ticket.secagg.graph import closed_neighbourhood, neighbour_graph
+from ticket.secagg.identity import PeerTrust, advert_statement, check_peer
 from ticket.secagg.masking import commit_seed, mask, pair_seed
 from ticket.secagg.messages import (
     SERVER,
@@ -34,9 +35,11 @@ from ticket.secagg.messages import (
     PublicKeys,
     ShareBundle,
     ShareKind,
+    SignedKeys,
     UnmaskRequest,
     UnmaskResponse,
     header,
+    round_view,
 )
 from ticket.secagg.params import SecAggParams
 from ticket.secagg.quantize import quantize
@@ -120,28 +123,42 @@ class NodeRound:
 
 
 def advertise_keys(
-    *, run_id: int, round: int, node_id: int, entropy: Entropy = os.urandom
+    *,
+    run_id: int,
+    round: int,
+    node_id: int,
+    identity_key: bytes,
+    entropy: Entropy = os.urandom,
 ) -> tuple[bytes, RoundSecrets]:
-    """(KeyAdvert bytes, secrets to keep): fresh keys and self-mask seed for `round`."""
+    """(KeyAdvert bytes, secrets to keep): fresh keys and self-mask seed for `round`, signed
+    with `identity_key` (the node's P-384 private key, OpenSSH or PEM bytes; identity.py)."""
     secrets = RoundSecrets(run_id, round, node_id, entropy(32), entropy(32), entropy(32))
-    advert = KeyAdvert(run_id, round, node_id, SERVER, secrets.public_keys())
-    return advert.to_bytes(), secrets
+    identity = crypto.identity_public_key(identity_key)
+    unsigned = SignedKeys(secrets.public_keys(), identity, bytes(crypto.IDENTITY_SIGNATURE_BYTES))
+    statement = advert_statement(run_id, round, node_id, unsigned)
+    signed = replace(unsigned, signature=crypto.identity_sign(identity_key, statement))
+    return KeyAdvert(run_id, round, node_id, SERVER, signed).to_bytes(), secrets
 
 
 def distribute_shares(
-    bundle: bytes, secrets: RoundSecrets, *, entropy: Entropy = os.urandom
+    bundle: bytes, secrets: RoundSecrets, *, trust: PeerTrust, entropy: Entropy = os.urandom
 ) -> tuple[bytes, NodeRound]:
-    """(ShareBundle bytes, state): Shamir-share the seed and mask key over this node's closed
-    neighbourhood and seal each neighbour's pair of shares to it."""
+    """(ShareBundle bytes, state): check every neighbour's signed keys against `trust`
+    (AuthenticationError naming the first that fails: this node then sits the round out, so
+    nobody masks with keys a server altered), then Shamir-share the seed and mask key over
+    this node's closed neighbourhood and seal each neighbour's pair of shares to it."""
     me, run_id, round = secrets.node_id, secrets.run_id, secrets.round
-    keys = KeyBundle.from_bytes(bundle, run_id=run_id, round=round, sender=SERVER, recipient=me)
-    graph = neighbour_graph(keys.cohort, run_id=run_id, round=round, params=keys.params)
-    if tuple(node for node, _ in keys.peers) != graph[me]:
+    signed = KeyBundle.from_bytes(bundle, run_id=run_id, round=round, sender=SERVER, recipient=me)
+    graph = neighbour_graph(signed.cohort, run_id=run_id, round=round, params=signed.params)
+    if tuple(node for node, _ in signed.peers) != graph[me]:
         raise MessageError("key bundle's peers are not this node's neighbours in the round graph")
-    if not keys.peers:
+    if not signed.peers:
         raise RoundAbortedError("this node has no neighbours: its input would be revealed")
+    for peer, peer_keys in signed.peers:
+        check_peer(run_id, round, peer, peer_keys, trust)
+    peers = tuple((peer, peer_keys.keys) for peer, peer_keys in signed.peers)
     holders = closed_neighbourhood(graph, me)
-    threshold = keys.params.threshold(len(holders))
+    threshold = signed.params.threshold(len(holders))
     seed_shares = shamir.split(secrets.seed, threshold, holders, entropy=entropy)
     key_shares = shamir.split(secrets.mask_secret, threshold, holders, entropy=entropy)
     sealed = tuple(
@@ -154,12 +171,13 @@ def distribute_shares(
                 nonce=entropy(crypto.AEAD_NONCE_BYTES),
             ),
         )
-        for peer, peer_keys in keys.peers
+        for peer, peer_keys in peers
     )
     state = NodeRound(
-        secrets, keys.params, keys.cohort, keys.peers, (seed_shares[me], key_shares[me])
+        secrets, signed.params, signed.cohort, peers, (seed_shares[me], key_shares[me])
     )
-    return ShareBundle(run_id, round, me, SERVER, sealed).to_bytes(), state
+    view = round_view(signed.params, signed.cohort)
+    return ShareBundle(run_id, round, me, SERVER, view, sealed).to_bytes(), state
 
 
 def mask_input(
