@@ -142,3 +142,16 @@ def test_unknown_and_bad_ids(root: Path) -> None:
 
     assert client.get("/api/v1/tickets/" + "ab" * 8).status_code == 404
     assert client.get("/api/v1/tickets/xyz").status_code == 400
+
+
+def test_search_keeps_to_its_limit_and_says_there_is_more(root: Path, tickets: Tickets) -> None:
+    client = TestClient(create_app(root))
+    for path in (tickets.dense, tickets.sparse):
+        client.post("/api/v1/tickets", json=_upload(path))
+
+    first = client.get("/api/v1/tickets", params={"limit": 1}).json()
+    every = client.get("/api/v1/tickets", params={"limit": 2}).json()
+
+    assert (len(first["tickets"]), first["more"]) == (1, True)
+    assert (len(every["tickets"]), every["more"]) == (2, False)
+    assert client.get("/api/v1/tickets", params={"limit": 0}).status_code == 422
