@@ -1,6 +1,7 @@
 """The hub's JSON API over a ticket registry: public reads, publishing by trusted signers only.
 
-    GET  /api/v1/tickets?dataset=&model=&min_density=&max_density=&min_accuracy=&signer=&limit=
+    GET  /api/v1/tickets?dataset=&model=&min_density=&max_density=&min_accuracy=&signer=
+                        &parent=&limit=       search; at most MAX_SEARCH_RESULTS entries
     GET  /api/v1/tickets/{id}            the index entry and the card
     GET  /api/v1/tickets/{id}/bundle     the signed .ticket, byte for byte
     GET  /api/v1/tickets/{id}/card       the signed card file
@@ -8,7 +9,8 @@
 
 A publish is stored only when the bundle's content id and a trusted signature verify, the
 ticket fits the model its manifest names, and its card (if any) is signed by a trusted key
-and matches the bundle. Every refusal is an HTTP error that stores nothing.
+and matches the bundle. Every refusal is an HTTP error that stores nothing. The web page
+(hub/pages.py) is served beside the API: `/` and `/tickets/{id}`.
 """
 
 import base64
@@ -22,6 +24,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import Response
 
 from hub.card import CardError, decode_card
+from hub.pages import add_pages
 from hub.store import HubNotReadyError, card_path, store_upload
 from ticket.errors import BundleError, IntegrityError, TicketError
 from ticket_cli.registry import Entry, RegistryError, TicketRegistry
@@ -38,7 +41,9 @@ def create_app(
     """The hub over the registry at `root`; `token`, when set, is also required to publish."""
     root = Path(root)
     TicketRegistry(root).close()  # create it, and fail now on a damaged index
-    app = FastAPI(title="ticketfleet hub", version="1")
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN (docs/hub.md is the
+    # reference; /openapi.json stays).
+    app = FastAPI(title="ticketfleet hub", version="1", docs_url=None, redoc_url=None)
 
     def registry() -> TicketRegistry:
         return TicketRegistry(root, create=False)  # one connection per request: threads
@@ -52,6 +57,7 @@ def create_app(
         max_density: float = Query(1.0, ge=0.0, le=1.0),
         min_accuracy: float | None = Query(None, ge=0.0, le=1.0),
         signer: str | None = Query(None, pattern="^[0-9a-f]{16}$"),
+        parent: str | None = Query(None, pattern="^[0-9a-f]{64}$"),
         limit: int = Query(MAX_SEARCH_RESULTS, ge=1, le=MAX_SEARCH_RESULTS),
     ) -> dict[str, Any]:
         if min_density > max_density:
@@ -64,6 +70,7 @@ def create_app(
                 max_density=max_density,
                 min_accuracy=min_accuracy,
                 signer=signer,
+                parent=parent,
                 limit=limit + 1,  # one more says whether there are more
             )
         found = [entry.as_dict() for entry in entries[:limit]]
@@ -109,6 +116,7 @@ def create_app(
         data, card_data = _upload_parts(body)
         return _store(root, data, card_data)
 
+    add_pages(app)
     return app
 
 

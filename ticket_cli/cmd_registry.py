@@ -114,6 +114,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         "--min-accuracy", type=_unit_fraction, metavar="A", help="final test accuracy >= A"
     )
     search.add_argument("--signer", metavar="KEY_ID", help="verified by this key id")
+    search.add_argument("--parent", metavar="ID", help="derived from this ticket (content id)")
     search.add_argument("--json", action="store_true", help=f"print JSON ({SEARCH_SCHEMA})")
     _add_common(search, keys=False)
     add_hub_options(search, publish=False)
@@ -208,6 +209,7 @@ def run_search(args: argparse.Namespace) -> int:
                 max_density=args.max_density,
                 min_accuracy=args.min_accuracy,
                 signer=args.signer,
+                parent=args.parent,
             )
     if args.json:
         document = {"schema": SEARCH_SCHEMA, "tickets": [entry.as_dict() for entry in entries]}

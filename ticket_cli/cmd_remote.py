@@ -49,6 +49,7 @@ def query_of(args: argparse.Namespace) -> SearchQuery:
         max_density=args.max_density,
         min_accuracy=args.min_accuracy,
         signer=args.signer,
+        parent=args.parent,
     )
 
 

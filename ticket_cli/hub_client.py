@@ -56,6 +56,7 @@ class SearchQuery:
     max_density: float | None = None
     min_accuracy: float | None = None
     signer: str | None = None
+    parent: str | None = None  # content id: the tickets derived from it
 
     def params(self) -> dict[str, str]:
         values = {
@@ -65,6 +66,7 @@ class SearchQuery:
             "max_density": self.max_density,
             "min_accuracy": self.min_accuracy,
             "signer": self.signer,
+            "parent": self.parent,
         }
         return {name: str(value) for name, value in values.items() if value is not None}
 

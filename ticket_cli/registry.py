@@ -210,12 +210,14 @@ class TicketRegistry:
         min_accuracy: float | None = None,
         min_density: float | None = None,
         signer: str | None = None,
+        parent: str | None = None,
         order_by: str = "created",
         limit: int | None = None,
     ) -> builtins.list[Entry]:
         """Entries matching every filter given; a ticket with no accuracy fails `min_accuracy`.
 
-        `signer` is a key id that verified the ticket at publish; `limit` keeps the first rows.
+        `signer` is a key id that verified the ticket at publish; `parent` a content id the
+        tickets derive from (their lineage); `limit` keeps the first rows.
         """
         if order_by not in ORDERS:
             raise UnknownNameError("sort key", order_by, list(ORDERS))
@@ -228,6 +230,7 @@ class TicketRegistry:
             ("density >= ?", min_density),
             ("accuracy >= ?", min_accuracy),
             ("EXISTS (SELECT 1 FROM json_each(verified_by) WHERE value = ?)", signer),
+            ("parent = ?", parent),
         ]:
             if value is not None:
                 clauses.append(clause)

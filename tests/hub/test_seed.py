@@ -7,20 +7,10 @@ import pytest
 from hub.card import decode_card
 from hub.seed import seed_hub
 from hub.store import card_path
-from tests.hub.hub_tickets import Lineage, make_lineage
-from tests.ticket_cli.registry_tickets import Tickets, make_tickets
+from tests.hub.hub_tickets import Lineage
+from tests.ticket_cli.registry_tickets import Tickets
 from ticket.errors import IntegrityError
 from ticket_cli.registry import Outcome, TicketRegistry
-
-
-@pytest.fixture(scope="module")
-def tickets(tmp_path_factory: pytest.TempPathFactory) -> Tickets:
-    return make_tickets(tmp_path_factory.mktemp("tickets"))
-
-
-@pytest.fixture(scope="module")
-def lineage(tmp_path_factory: pytest.TempPathFactory, tickets: Tickets) -> Lineage:
-    return make_lineage(tmp_path_factory.mktemp("lineage"), tickets)
 
 
 def test_seed_keeps_cards_beside_tickets_and_drafts_the_missing_ones(

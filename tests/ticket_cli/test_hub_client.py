@@ -86,6 +86,7 @@ def test_publish_then_search_by_every_filter(
     assert found("--signer", tickets.fleet_id) == {*both, sparse}
     assert found("--signer", "0" * 16) == set()
     assert found("--dataset", "mnist") == set()
+    assert found("--parent", lineage.parent_id) == {lineage.child_id}
 
 
 def test_search_prints_a_table_and_the_local_registry_still_works(
