@@ -8,7 +8,7 @@ OUT    ?= demo-out
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: install demo test test-fast lint bench bench-heart bench-mnist bench-comm bench-daemon bench-secagg bench-deploy clean
+.PHONY: install browser demo test test-fast lint bench bench-heart bench-mnist bench-comm bench-daemon bench-secagg bench-deploy clean
 
 install: $(STAMP)
 
@@ -34,10 +34,17 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# Debian's chromium and its driver for the hub's browser test (tests/hub/test_web.py), installed
+# only when missing; a no-op where both are there.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -q && \
+		$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -q chromium chromium-driver; }
+
+test: lint browser
 	$(BIN)/pytest
 
-test-fast: lint
+test-fast: lint browser
 	$(BIN)/pytest -m "not slow" -x
 
 bench: bench-heart bench-mnist bench-comm bench-daemon bench-secagg bench-deploy
