@@ -302,5 +302,9 @@ document.addEventListener("DOMContentLoaded", () => {
   const shown = page === "ticket" ? showTicket() : showSearch();
   shown
     .catch((error) => setStatus("the page failed: " + error.message, true))
-    .finally(() => document.body.setAttribute("data-ready", "true"));
+    .finally(() => {
+      // Milliseconds from navigation start to now: the page's own load time (bench/hub.py).
+      document.body.setAttribute("data-ready-ms", String(Math.round(performance.now())));
+      document.body.setAttribute("data-ready", "true");
+    });
 });

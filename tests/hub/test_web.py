@@ -4,56 +4,22 @@ Not skipped when the browser is missing: the test fails and names `make browser`
 `make test` runs first.
 """
 
-import os
-import shutil
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
 from hub.seed import seed_hub
+from tests.hub.browser import PAGE_WAIT_S, browser_paths, start_browser, wait_ready
 from tests.hub.hub_tickets import CHILD_LEVELS, PARENT_LEVELS, Lineage
 from tests.hub.live import serving
 from tests.ticket_cli.registry_tickets import Tickets
 from ticket.bundle import decode_ticket
-
-_PAGE_WAIT_S = 30.0  # how long a page may take to fetch its data before the test fails
-
-
-def browser_paths() -> tuple[str, str]:
-    """(chromium, chromedriver); pytest.fail naming the fix when either is missing."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if chromium is None or driver is None:
-        pytest.fail(
-            "the browser test needs Debian's chromium and chromium-driver: run `make browser` "
-            "(apt-get install -y chromium chromium-driver)"
-        )
-    return chromium, driver
-
-
-def start_browser(chromium: str, driver: str) -> WebDriver:
-    options = Options()
-    options.binary_location = chromium  # with the driver's path below: no Selenium Manager
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",  # root in a container has no user namespace for chromium's sandbox
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1000,1400",
-        "--no-first-run",
-        "--disable-background-networking",
-    ):
-        options.add_argument(argument)
-    return webdriver.Chrome(options=options, service=Service(executable_path=driver))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +40,6 @@ def hub(
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
     chromium, driver = browser_paths()
-    os.environ.setdefault("SE_OFFLINE", "true")  # never let selenium look for a driver online
     session = start_browser(chromium, driver)
     try:
         yield session
@@ -84,14 +49,7 @@ def browser() -> Iterator[WebDriver]:
 
 def _open(browser: WebDriver, url: str) -> None:
     browser.get(url)
-    _wait_ready(browser)
-
-
-def _wait_ready(browser: WebDriver) -> None:
-    """Until the page's script has drawn what it fetched (it sets body[data-ready])."""
-    WebDriverWait(browser, _PAGE_WAIT_S).until(
-        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "body[data-ready]"))
-    )
+    wait_ready(browser)
 
 
 def _rows(browser: WebDriver) -> set[str]:
@@ -109,8 +67,8 @@ def test_search_filters_and_opens_a_card_with_its_plot(
     browser.find_element(By.ID, "f-min_density").send_keys("0.3")
     old_body = browser.find_element(By.TAG_NAME, "body")
     browser.find_element(By.ID, "search").click()
-    WebDriverWait(browser, _PAGE_WAIT_S).until(expected_conditions.staleness_of(old_body))
-    _wait_ready(browser)
+    WebDriverWait(browser, PAGE_WAIT_S).until(expected_conditions.staleness_of(old_body))
+    wait_ready(browser)
     filtered = _rows(browser)
 
     sparse = tickets.content_id(tickets.sparse)
@@ -120,7 +78,7 @@ def test_search_filters_and_opens_a_card_with_its_plot(
     assert browser.find_element(By.ID, "status").text == "2 tickets"
 
     browser.find_element(By.CSS_SELECTOR, f'tr[data-id="{lineage.child_id}"] td a').click()
-    _wait_ready(browser)
+    wait_ready(browser)
 
     assert browser.current_url == f"{hub}/tickets/{lineage.child_id}"
     assert browser.find_element(By.ID, "title").text == "Heart child"
@@ -150,7 +108,7 @@ def test_lineage_links_both_ways_and_card_text_stays_text(
     parent_link = browser.find_element(By.CSS_SELECTOR, "#parent a")
     relation = browser.find_element(By.ID, "parent").text
     parent_link.click()
-    _wait_ready(browser)
+    wait_ready(browser)
 
     assert relation == f"re-pruned from {lineage.parent_id[:12]}"
     assert browser.current_url == f"{hub}/tickets/{lineage.parent_id}"
