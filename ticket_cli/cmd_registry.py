@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ticket.errors import TicketError
+
 # Shared with `ticket inspect` so both commands show values the same way.
 from ticket_cli.cmd_inspect import inline_values, number_text, percent_text, printable
 from ticket_cli.cmd_keys import read_public_key
@@ -133,7 +135,7 @@ def _add_common(parser: argparse.ArgumentParser, *, keys: bool) -> None:
 
 
 def run_publish(args: argparse.Namespace) -> int:
-    if args.hub is not None:
+    if _is_hub(args):
         return run_publish_to_hub(args, args.hub)
     keys = [read_public_key(path) for path in args.key]
     with _open(args, create=True) as registry:
@@ -187,7 +189,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_pull(args: argparse.Namespace) -> int:
-    if args.hub is not None:
+    if _is_hub(args):
         return run_pull_from_hub(args, args.hub)
     keys = [read_public_key(path) for path in args.key]
     with _open(args, create=False) as registry:
@@ -198,7 +200,7 @@ def run_pull(args: argparse.Namespace) -> int:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    if args.hub is not None:
+    if _is_hub(args):
         entries = search_hub(args, args.hub)
     else:
         with _open(args, create=False) as registry:
@@ -227,6 +229,13 @@ def default_registry(environ: Mapping[str, str], home: Path) -> Path:
         return Path(environ[REGISTRY_ENV])
     data_home = environ.get("XDG_DATA_HOME") or str(home / ".local" / "share")
     return Path(data_home) / "ticketfleet" / "registry"
+
+
+def _is_hub(args: argparse.Namespace) -> bool:
+    """Whether the command goes to a hub (--hub) rather than the local registry."""
+    if args.hub is not None and args.registry is not None:
+        raise TicketError("--hub and --registry exclude each other: a hub or a local registry")
+    return args.hub is not None
 
 
 def _open(args: argparse.Namespace, *, create: bool) -> TicketRegistry:

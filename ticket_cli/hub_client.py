@@ -113,7 +113,10 @@ class HubClient:
         self.url = hub_url(url)
         self._token = token
         self._timeout_s = timeout_s
-        self._tls = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+        tls = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+        self._opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=tls), _NoRedirect()
+        )
 
     def search(self, query: SearchQuery) -> list[Entry]:
         answer = self._json("GET", f"{API}?{urllib.parse.urlencode(query.params())}")
@@ -169,9 +172,7 @@ class HubClient:
             headers["Authorization"] = f"Bearer {self._token}"
         request = urllib.request.Request(self.url + path, body, headers, method=method)
         try:
-            with urllib.request.urlopen(
-                request, timeout=self._timeout_s, context=self._tls
-            ) as response:
+            with self._opener.open(request, timeout=self._timeout_s) as response:
                 return _read_limited(response, limit, self.url)
         except urllib.error.HTTPError as error:
             with error:
@@ -191,10 +192,26 @@ class HubClient:
             value["content_id"]
         ):
             raise self._malformed("a ticket entry's content_id is not 64 hex characters")
+        # What the commands print or compare; the rest is shown as it came (printable()).
+        for name in ("model", "task", "created_at", "published_at", "blob_sha256"):
+            if not isinstance(value[name], str):
+                raise self._malformed(f"a ticket entry's {name} is not a string")
+        for name in ("signers", "verified_by"):
+            if not isinstance(value[name], list) or not all(
+                isinstance(key_id, str) for key_id in value[name]
+            ):
+                raise self._malformed(f"a ticket entry's {name} is not a list of key ids")
         return Entry(**value)
 
     def _malformed(self, what: str) -> HubError:
         return HubError(f"the hub at {self.url} sent a malformed answer: {what}")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A hub never redirects: a 3xx is an error, and a token is never sent elsewhere."""
+
+    def redirect_request(self, *_: Any, **__: Any) -> None:
+        return None
 
 
 # ---------------------------------------------------------------- verified pull

@@ -1,5 +1,6 @@
 """A real hub for client and browser tests: uvicorn on an ephemeral loopback port, in a thread."""
 
+import http.server
 import socket
 import threading
 import time
@@ -47,3 +48,32 @@ def closed_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
+
+
+@contextmanager
+def answering(
+    status: int, body: bytes = b"", headers: dict[str, str] | None = None
+) -> Iterator[str]:
+    """A server that gives every GET the same answer: a broken or hostile hub."""
+
+    class Fixed(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:  # keep test output clean
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Fixed)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -10,7 +10,7 @@ import pytest
 
 from hub.seed import seed_hub
 from tests.hub.hub_tickets import Lineage, make_lineage
-from tests.hub.live import closed_port, serving
+from tests.hub.live import answering, closed_port, serving
 from tests.ticket_cli.registry_tickets import Tickets, flip_byte, make_tickets
 from ticket_cli.cli import main
 from ticket_cli.exit_codes import ExitCode
@@ -348,3 +348,37 @@ def test_an_id_that_is_not_hex_never_reaches_the_hub(
 
     assert status == ExitCode.BAD_INPUT
     assert "8 to 64 hex characters" in capsys.readouterr().err
+
+
+def test_hub_and_registry_exclude_each_other(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub = f"http://127.0.0.1:{closed_port()}"
+
+    status = main(["search", "--hub", hub, "--registry", str(tmp_path)])
+
+    assert status == ExitCode.BAD_INPUT
+    assert "--hub and --registry exclude each other" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "message"),
+    [
+        (302, b"", {"Location": "http://127.0.0.2:9/elsewhere"}, "answered 302"),
+        (200, b"<html>", {}, "malformed answer: its answer is not JSON"),
+        (200, b'{"tickets": [{"content_id": "x"}]}', {}, "does not have the fields"),
+        (500, b"Internal Server Error", {}, "answered 500: Internal Server Error"),
+    ],
+)
+def test_a_broken_or_hostile_hub_is_a_clear_error(
+    status: int,
+    body: bytes,
+    headers: dict[str, str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with answering(status, body, headers) as hub:
+        code = main(["search", "--hub", hub])
+
+    assert code == ExitCode.HUB
+    assert message in capsys.readouterr().err
