@@ -12,19 +12,26 @@ from typing import Any
 import uvicorn
 
 from hub.service import create_app
+from ticket.tls import TlsFiles
 
 _START_DEADLINE_S = 30.0  # how long to wait for the server to listen before failing the test
 
 
 @contextmanager
-def serving(root: Path, **options: Any) -> Iterator[str]:
-    """`create_app(root, **options)` served at the yielded http://127.0.0.1:PORT, then stopped."""
+def serving(root: Path, *, tls: TlsFiles | None = None, **options: Any) -> Iterator[str]:
+    """`create_app(root, **options)` served at the yielded http(s)://127.0.0.1:PORT, then
+    stopped; with `tls`, over HTTPS with its server certificate."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))  # the kernel picks a free port: no race with other tests
     port = listener.getsockname()[1]
     config = uvicorn.Config(
-        create_app(root, **options), log_level="warning", lifespan="off", ws="none"
+        create_app(root, **options),
+        log_level="warning",
+        lifespan="off",
+        ws="none",
+        ssl_certfile=None if tls is None else str(tls.server_cert),
+        ssl_keyfile=None if tls is None else str(tls.server_key),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
@@ -35,7 +42,7 @@ def serving(root: Path, **options: Any) -> Iterator[str]:
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the hub did not start listening")
             time.sleep(0.02)
-        yield f"http://127.0.0.1:{port}"
+        yield f"{'http' if tls is None else 'https'}://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(_START_DEADLINE_S)

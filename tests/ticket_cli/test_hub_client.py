@@ -12,6 +12,7 @@ from hub.seed import seed_hub
 from tests.hub.hub_tickets import Lineage, make_lineage
 from tests.hub.live import answering, closed_port, serving
 from tests.ticket_cli.registry_tickets import Tickets, flip_byte, make_tickets
+from ticket.tls import write_dev_pki
 from ticket_cli.cli import main
 from ticket_cli.exit_codes import ExitCode
 from ticket_cli.hub_client import HubAddressError, hub_url
@@ -289,6 +290,28 @@ def test_pull_of_an_unknown_ticket_is_the_hubs_404(
     assert status == ExitCode.HUB
     assert "answered 404: no ticket abababababababab" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_an_https_hub_with_its_own_ca(
+    root: Path, tmp_path: Path, tickets: Tickets, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tls = write_dev_pki(tmp_path / "pki", ["127.0.0.1"])
+    out = tmp_path / "dense.ticket"
+    content_id = tickets.content_id(tickets.dense)
+
+    with serving(root, tls=tls) as hub:
+        untrusted = main(["search", "--hub", hub])
+        refusal = capsys.readouterr().err
+        published = main(
+            ["publish", str(tickets.dense), "--hub", hub, "--ca-cert", str(tls.ca_cert)]
+        )
+        pulled = _pull(hub, content_id, out, tickets.fleet_pub, "--ca-cert", str(tls.ca_cert))
+
+    assert hub.startswith("https://")
+    assert untrusted == ExitCode.HUB
+    assert "certificate verify failed" in refusal.lower()
+    assert (published, pulled) == (ExitCode.OK, ExitCode.OK)
+    assert out.read_bytes() == tickets.dense.read_bytes()
 
 
 # ---------------------------------------------------------------- addresses
