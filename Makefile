@@ -8,7 +8,7 @@ OUT    ?= demo-out
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: install demo test test-fast lint bench bench-heart bench-mnist bench-comm bench-daemon bench-secagg bench-deploy bench-hardening clean
+.PHONY: install browser demo test test-fast lint bench bench-heart bench-mnist bench-comm bench-daemon bench-secagg bench-deploy bench-hardening bench-hub bench-fleet-find clean
 
 install: $(STAMP)
 
@@ -34,13 +34,20 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# Debian's chromium and its driver for the hub's browser test (tests/hub/test_web.py), installed
+# only when missing; a no-op where both are there.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -q && \
+		$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -q chromium chromium-driver; }
+
+test: lint browser
 	$(BIN)/pytest
 
-test-fast: lint
+test-fast: lint browser
 	$(BIN)/pytest -m "not slow" -x
 
-bench: bench-heart bench-mnist bench-comm bench-daemon bench-secagg bench-deploy bench-hardening
+bench: bench-heart bench-mnist bench-comm bench-daemon bench-secagg bench-deploy bench-hardening bench-hub bench-fleet-find
 
 bench-heart: $(STAMP)
 	$(BIN)/python bench/lth_heart.py
@@ -62,6 +69,12 @@ bench-deploy: $(STAMP)
 
 bench-hardening: $(STAMP)
 	$(BIN)/python bench/hardening.py
+
+bench-hub: $(STAMP)
+	$(BIN)/python bench/hub.py
+
+bench-fleet-find: $(STAMP)
+	$(BIN)/python bench/fleet_find.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .mypy_cache .ruff_cache .pytest_cache

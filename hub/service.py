@@ -1,6 +1,7 @@
 """The hub's JSON API over a ticket registry: public reads, publishing by trusted signers only.
 
     GET  /api/v1/tickets?dataset=&model=&min_density=&max_density=&min_accuracy=&signer=
+                        &parent=&limit=       search; at most MAX_SEARCH_RESULTS entries
     GET  /api/v1/tickets/{id}            the index entry and the card
     GET  /api/v1/tickets/{id}/bundle     the signed .ticket, byte for byte
     GET  /api/v1/tickets/{id}/card       the signed card file
@@ -8,13 +9,13 @@
 
 A publish is stored only when the bundle's content id and a trusted signature verify, the
 ticket fits the model its manifest names, and its card (if any) is signed by a trusted key
-and matches the bundle. Every refusal is an HTTP error that stores nothing.
+and matches the bundle. Every refusal is an HTTP error that stores nothing. The web page
+(hub/pages.py) is served beside the API: `/` and `/tickets/{id}`.
 """
 
 import base64
 import binascii
 import json
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,17 +23,16 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import Response
 
-from hub.card import CARD_SUFFIX, CardError, check_card_matches, decode_card, verify_card
-from ticket.atomic import atomic_write_bytes
-from ticket.bundle import check_against_model, decode_ticket
+from hub.card import CardError, decode_card
+from hub.pages import add_pages
+from hub.store import HubNotReadyError, card_path, store_upload
 from ticket.errors import BundleError, IntegrityError, TicketError
-from ticket.models import build_model
 from ticket_cli.registry import Entry, RegistryError, TicketRegistry
 
 SEARCH_SCHEMA = "ticketfleet.hub.search.v1"
 TICKET_SCHEMA = "ticketfleet.hub.ticket.v1"
-CARDS_DIR = "cards"
 DEFAULT_MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+MAX_SEARCH_RESULTS = 1000  # one answer; narrow the filters for the rest
 
 
 def create_app(
@@ -41,7 +41,9 @@ def create_app(
     """The hub over the registry at `root`; `token`, when set, is also required to publish."""
     root = Path(root)
     TicketRegistry(root).close()  # create it, and fail now on a damaged index
-    app = FastAPI(title="ticketfleet hub", version="1")
+    # No /docs or /redoc: FastAPI's pages load their scripts from a CDN (docs/hub.md is the
+    # reference; /openapi.json stays).
+    app = FastAPI(title="ticketfleet hub", version="1", docs_url=None, redoc_url=None)
 
     def registry() -> TicketRegistry:
         return TicketRegistry(root, create=False)  # one connection per request: threads
@@ -55,25 +57,30 @@ def create_app(
         max_density: float = Query(1.0, ge=0.0, le=1.0),
         min_accuracy: float | None = Query(None, ge=0.0, le=1.0),
         signer: str | None = Query(None, pattern="^[0-9a-f]{16}$"),
+        parent: str | None = Query(None, pattern="^[0-9a-f]{64}$"),
+        limit: int = Query(MAX_SEARCH_RESULTS, ge=1, le=MAX_SEARCH_RESULTS),
     ) -> dict[str, Any]:
         if min_density > max_density:
             raise HTTPException(400, "min_density is above max_density")
         with registry() as opened:
             entries = opened.list(
-                task=dataset, model=model, max_density=max_density, min_accuracy=min_accuracy
+                task=dataset,
+                model=model,
+                min_density=min_density,
+                max_density=max_density,
+                min_accuracy=min_accuracy,
+                signer=signer,
+                parent=parent,
+                limit=limit + 1,  # one more says whether there are more
             )
-        found = [
-            entry.as_dict()
-            for entry in entries
-            if entry.density >= min_density and (signer is None or signer in entry.verified_by)
-        ]
-        return {"schema": SEARCH_SCHEMA, "tickets": found}
+        found = [entry.as_dict() for entry in entries[:limit]]
+        return {"schema": SEARCH_SCHEMA, "tickets": found, "more": len(entries) > limit}
 
     @app.get("/api/v1/tickets/{ticket_id}")
     def show(ticket_id: str) -> dict[str, Any]:
         entry = _entry(registry, ticket_id)
-        card_path = root / CARDS_DIR / f"{entry.content_id}{CARD_SUFFIX}"
-        card = decode_card(card_path.read_bytes()).card.to_json() if card_path.is_file() else None
+        path = card_path(root, entry.content_id)
+        card = decode_card(path.read_bytes()).card.to_json() if path.is_file() else None
         return {"schema": TICKET_SCHEMA, "entry": entry.as_dict(), "card": card}
 
     @app.get("/api/v1/tickets/{ticket_id}/bundle")
@@ -89,7 +96,7 @@ def create_app(
     @app.get("/api/v1/tickets/{ticket_id}/card")
     def card(ticket_id: str) -> Response:
         entry = _entry(registry, ticket_id)
-        path = root / CARDS_DIR / f"{entry.content_id}{CARD_SUFFIX}"
+        path = card_path(root, entry.content_id)
         if not path.is_file():
             raise HTTPException(404, f"ticket {entry.short_id} has no card")
         return Response(path.read_bytes(), media_type="application/json", headers=_id(entry))
@@ -109,39 +116,20 @@ def create_app(
         data, card_data = _upload_parts(body)
         return _store(root, data, card_data)
 
+    add_pages(app)
     return app
 
 
 def _store(root: Path, data: bytes, card_data: bytes | None) -> dict[str, Any]:
     try:
-        with TicketRegistry(root, create=False) as opened:
-            keys = opened.trusted_keys()
-    except RegistryError as error:
-        raise HTTPException(503, f"the hub trusts no key yet: {error}") from error
-    try:
-        ticket = decode_ticket(data, trusted_keys=keys)
-        spec = ticket.manifest.model
-        check_against_model(ticket, build_model(spec.name, spec.args, seed=0))
-        if card_data is not None:
-            signed = decode_card(card_data)
-            verify_card(signed, keys)
-            check_card_matches(signed.card, ticket)
+        published = store_upload(root, data, card_data)
+    except HubNotReadyError as error:
+        raise HTTPException(503, str(error)) from error
     except IntegrityError as error:
         raise HTTPException(403, f"refused: {error}") from error
     except (BundleError, CardError, TicketError) as error:
         raise HTTPException(422, f"refused: {error}") from error
-    incoming = root / "incoming"
-    incoming.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=incoming) as scratch:
-        path = Path(scratch) / "upload.ticket"
-        path.write_bytes(data)
-        with TicketRegistry(root, create=False) as opened:
-            published = opened.publish(path)
-    if card_data is not None:  # after the bundle: a card never names a ticket not stored
-        cards = root / CARDS_DIR
-        cards.mkdir(exist_ok=True)
-        atomic_write_bytes(cards / f"{ticket.content_id}{CARD_SUFFIX}", card_data)
-    return {"content_id": ticket.content_id, "outcome": str(published.outcome)}
+    return {"content_id": published.entry.content_id, "outcome": str(published.outcome)}
 
 
 def _upload_parts(body: bytes) -> tuple[bytes, bytes | None]:

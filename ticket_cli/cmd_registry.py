@@ -7,12 +7,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ticket.errors import TicketError
+
 # Shared with `ticket inspect` so both commands show values the same way.
 from ticket_cli.cmd_inspect import inline_values, number_text, percent_text, printable
 from ticket_cli.cmd_keys import read_public_key
+from ticket_cli.cmd_remote import (
+    add_hub_options,
+    run_publish_to_hub,
+    run_pull_from_hub,
+    search_hub,
+)
 from ticket_cli.registry import ORDERS, TRUSTED_DIR, Entry, Outcome, TicketRegistry
 
 LIST_SCHEMA = "ticketfleet.registry.list.v1"  # docs/ticket-format.md; bump on a breaking change
+SEARCH_SCHEMA = "ticketfleet.hub.search.v1"  # docs/hub.md: the hub's answer, locally too
 SHOW_SCHEMA = "ticketfleet.registry.show.v1"
 REGISTRY_ENV = "TICKETFLEET_REGISTRY"
 
@@ -36,6 +45,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     )
     publish.add_argument("file", type=Path, metavar="FILE", help="the signed .ticket file")
     _add_common(publish, keys=True)
+    add_hub_options(publish, publish=True)
     publish.set_defaults(handler=run_publish)
 
     listing = subparsers.add_parser(
@@ -83,7 +93,34 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     pull.add_argument("--out", required=True, type=Path, metavar="FILE", help="where to write it")
     pull.add_argument("--force", action="store_true", help="overwrite an existing FILE")
     _add_common(pull, keys=True)
+    add_hub_options(pull, publish=False)
+    pull.add_argument(
+        "--no-card", action="store_true", help="with --hub: do not fetch the ticket's card"
+    )
     pull.set_defaults(handler=run_pull)
+
+    search = subparsers.add_parser(
+        "search",
+        help="search a ticket hub, or the local registry, by dataset, model, density, signer",
+        description="List the tickets that match every filter given: from the hub at --hub "
+        "(GET /api/v1/tickets, docs/hub.md; at most its first 1000) or, without --hub, from "
+        "the local registry.",
+    )
+    search.add_argument("--dataset", "--task", dest="dataset", help="e.g. heart-uci")
+    search.add_argument("--model", help="model registry name, e.g. heart-mlp")
+    for bound in ("min", "max"):
+        search.add_argument(
+            f"--{bound}-density", type=_unit_fraction, metavar="D", help=f"{bound}imum kept"
+        )
+    search.add_argument(
+        "--min-accuracy", type=_unit_fraction, metavar="A", help="final test accuracy >= A"
+    )
+    search.add_argument("--signer", metavar="KEY_ID", help="verified by this key id")
+    search.add_argument("--parent", metavar="ID", help="derived from this ticket (content id)")
+    search.add_argument("--json", action="store_true", help=f"print JSON ({SEARCH_SCHEMA})")
+    _add_common(search, keys=False)
+    add_hub_options(search, publish=False)
+    search.set_defaults(handler=run_search)
 
 
 def _add_common(parser: argparse.ArgumentParser, *, keys: bool) -> None:
@@ -98,6 +135,8 @@ def _add_common(parser: argparse.ArgumentParser, *, keys: bool) -> None:
 
 
 def run_publish(args: argparse.Namespace) -> int:
+    if _is_hub(args):
+        return run_publish_to_hub(args, args.hub)
     keys = [read_public_key(path) for path in args.key]
     with _open(args, create=True) as registry:
         published = registry.publish(args.file, keys)
@@ -150,11 +189,37 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_pull(args: argparse.Namespace) -> int:
+    if _is_hub(args):
+        return run_pull_from_hub(args, args.hub)
     keys = [read_public_key(path) for path in args.key]
     with _open(args, create=False) as registry:
         entry = registry.pull(args.id, args.out, keys, overwrite=args.force)
     print(f"pulled {entry.content_id}")
     print(f"wrote  {args.out}")
+    return 0
+
+
+def run_search(args: argparse.Namespace) -> int:
+    if _is_hub(args):
+        entries = search_hub(args, args.hub)
+    else:
+        with _open(args, create=False) as registry:
+            entries = registry.list(
+                task=args.dataset,
+                model=args.model,
+                min_density=args.min_density,
+                max_density=args.max_density,
+                min_accuracy=args.min_accuracy,
+                signer=args.signer,
+                parent=args.parent,
+            )
+    if args.json:
+        document = {"schema": SEARCH_SCHEMA, "tickets": [entry.as_dict() for entry in entries]}
+        print(json.dumps(document, indent=2, sort_keys=True))
+    elif not entries:
+        print("no tickets match")
+    else:
+        print("\n".join(printable(line) for line in list_lines(entries)))
     return 0
 
 
@@ -164,6 +229,13 @@ def default_registry(environ: Mapping[str, str], home: Path) -> Path:
         return Path(environ[REGISTRY_ENV])
     data_home = environ.get("XDG_DATA_HOME") or str(home / ".local" / "share")
     return Path(data_home) / "ticketfleet" / "registry"
+
+
+def _is_hub(args: argparse.Namespace) -> bool:
+    """Whether the command goes to a hub (--hub) rather than the local registry."""
+    if args.hub is not None and args.registry is not None:
+        raise TicketError("--hub and --registry exclude each other: a hub or a local registry")
+    return args.hub is not None
 
 
 def _open(args: argparse.Namespace, *, create: bool) -> TicketRegistry:

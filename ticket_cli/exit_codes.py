@@ -11,6 +11,7 @@ from ticket.errors import (
     UnknownNameError,
     UnsignedTicketError,
 )
+from ticket_cli.hub_client import HubError
 
 
 class ExitCode(IntEnum):
@@ -22,6 +23,7 @@ class ExitCode(IntEnum):
     BAD_TICKET = 5
     INTEGRITY = 6
     UNSIGNED = 7
+    HUB = 8  # a ticket hub could not be reached or refused the request (ticket_cli/hub_client)
     INTERRUPTED = 130
 
 
@@ -33,6 +35,7 @@ HELP: dict[ExitCode, str] = {
     "you do not trust; get a fresh copy from its publisher",
     ExitCode.UNSIGNED: "sign it with `ticket sign FILE --key KEY`; `ticket inspect` also "
     "takes --allow-unsigned if you trust where the file came from",
+    ExitCode.HUB: "the message holds the hub's own answer; check --hub and that the hub is up",
 }
 
 
@@ -41,6 +44,7 @@ def exit_code_for(error: BaseException) -> ExitCode:
     table: list[tuple[type[BaseException], ExitCode]] = [
         (IntegrityError, ExitCode.INTEGRITY),
         (UnsignedTicketError, ExitCode.UNSIGNED),
+        (HubError, ExitCode.HUB),
         (BundleError, ExitCode.BAD_TICKET),
         (DatasetUnavailableError, ExitCode.DATASET_UNAVAILABLE),
         (UnknownNameError, ExitCode.BAD_INPUT),

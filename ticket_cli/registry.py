@@ -208,9 +208,17 @@ class TicketRegistry:
         model: str | None = None,
         max_density: float | None = None,
         min_accuracy: float | None = None,
+        min_density: float | None = None,
+        signer: str | None = None,
+        parent: str | None = None,
         order_by: str = "created",
+        limit: int | None = None,
     ) -> builtins.list[Entry]:
-        """Entries matching every filter given; a ticket with no accuracy fails `min_accuracy`."""
+        """Entries matching every filter given; a ticket with no accuracy fails `min_accuracy`.
+
+        `signer` is a key id that verified the ticket at publish; `parent` a content id the
+        tickets derive from (their lineage); `limit` keeps the first rows.
+        """
         if order_by not in ORDERS:
             raise UnknownNameError("sort key", order_by, list(ORDERS))
         clauses: list[str] = []
@@ -219,13 +227,17 @@ class TicketRegistry:
             ("task = ?", task),
             ("model = ?", model),
             ("density <= ?", max_density),
+            ("density >= ?", min_density),
             ("accuracy >= ?", min_accuracy),
+            ("EXISTS (SELECT 1 FROM json_each(verified_by) WHERE value = ?)", signer),
+            ("parent = ?", parent),
         ]:
             if value is not None:
                 clauses.append(clause)
                 params.append(value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        return self._select(f"{where} ORDER BY {ORDERS[order_by]}, content_id", params)
+        tail = "" if limit is None else f" LIMIT {int(limit)}"
+        return self._select(f"{where} ORDER BY {ORDERS[order_by]}, content_id{tail}", params)
 
     def show(self, id_or_prefix: str) -> Entry:
         """The one entry whose content id starts with `id_or_prefix` (>= 8 hex characters)."""

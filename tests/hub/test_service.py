@@ -10,13 +10,7 @@ from fastapi.testclient import TestClient
 from hub.card import SignedCard, draft_card, encode_card, sign_card
 from hub.service import create_app
 from tests.ticket_cli.registry_tickets import Tickets, flip_byte
-from tests.ticket_cli.registry_tickets import make_tickets as _make_tickets
 from ticket.bundle import read_ticket
-
-
-@pytest.fixture(scope="module")
-def tickets(tmp_path_factory: pytest.TempPathFactory) -> Tickets:
-    return _make_tickets(tmp_path_factory.mktemp("tickets"))
 
 
 @pytest.fixture
@@ -142,3 +136,33 @@ def test_unknown_and_bad_ids(root: Path) -> None:
 
     assert client.get("/api/v1/tickets/" + "ab" * 8).status_code == 404
     assert client.get("/api/v1/tickets/xyz").status_code == 400
+
+
+def test_search_keeps_to_its_limit_and_says_there_is_more(root: Path, tickets: Tickets) -> None:
+    client = TestClient(create_app(root))
+    for path in (tickets.dense, tickets.sparse):
+        client.post("/api/v1/tickets", json=_upload(path))
+
+    first = client.get("/api/v1/tickets", params={"limit": 1}).json()
+    every = client.get("/api/v1/tickets", params={"limit": 2}).json()
+
+    assert (len(first["tickets"]), first["more"]) == (1, True)
+    assert (len(every["tickets"]), every["more"]) == (2, False)
+    assert client.get("/api/v1/tickets", params={"limit": 0}).status_code == 422
+
+
+def test_the_web_page_is_served_with_a_same_origin_policy(root: Path) -> None:
+    client = TestClient(create_app(root))
+
+    search, card = client.get("/"), client.get("/tickets/" + "ab" * 8)
+    script = client.get("/static/hub.js")
+
+    for page, marker in [(search, 'data-page="search"'), (card, 'data-page="ticket"')]:
+        assert page.status_code == 200
+        assert marker in page.text
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert script.status_code == 200
+    for parser in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert parser not in script.text  # card text is user content: text nodes only
+    assert "http" not in script.text.replace("http://www.w3.org/2000/svg", "")  # no CDN
+    assert client.get("/docs").status_code == 404  # FastAPI's page would load a CDN

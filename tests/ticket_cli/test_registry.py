@@ -202,6 +202,20 @@ def test_list_filters_by_density_and_accuracy_inclusively(registry: TicketRegist
     assert registry.list(min_accuracy=1.0) == []
 
 
+def test_list_filters_by_min_density_signer_and_limit(
+    registry: TicketRegistry, tickets: Tickets
+) -> None:
+    everything = registry.list()
+
+    for entry in everything:
+        denser = {e.content_id for e in everything if e.density >= entry.density}
+        assert _ids(registry.list(min_density=entry.density)) == denser
+    assert _ids(registry.list(signer=tickets.fleet_id)) == _ids(everything)
+    assert registry.list(signer="0" * 16) == []
+    assert len(registry.list(limit=1)) == 1
+    assert registry.list(limit=2) == everything[:2]
+
+
 def test_list_orders_by_the_key_asked_for(registry: TicketRegistry, tickets: Tickets) -> None:
     by_density = [entry.density for entry in registry.list(order_by="density")]
     by_accuracy = [entry.accuracy for entry in registry.list(order_by="accuracy")]

@@ -1,0 +1,412 @@
+"""Finding the ticket on the fleet: what each search method costs, and how good its ticket is.
+
+For each task, seed and target density, every fleet search method (server/fleet_search.py:
+fed-imp, fed-early-bird, fed-oneshot, fed-snip, synflow) runs inside the same dense ticket
+(`ticket init`, W_0 from the seed), under secure aggregation unless --plaintext. Each found
+ticket is then trained federated from its W_k for the same number of rounds, as are three
+references: central IMP on the pooled rows (`ticket find --method imp`, the same W_0), the dense
+network (plain FedAvg, no ticket), and the random-pruning control (a random mask with central
+IMP's per-layer densities, W_0). Reported per row: the search's device uplink and downlink,
+its rounds and the server's CPU time; after training, accuracy (and ROC-AUC for heart), and the
+uplink bytes spent until the target accuracy was first reached.
+
+The rounds are this project's ServerApp (run_search, run_training) and ClientApp code, over an
+in-process Grid (tests/inprocess.py) that hands each message to the ClientApp in this process:
+no SuperLink, no Ray. Flower's transport is thereby left out, so the bytes are the payloads the
+strategies count (as on a real fleet) and the time is compute. The Simulation Engine and real
+daemons run the same code in tests/e2e (test_simulation.py, test_fleet_find.py).
+
+    python bench/fleet_find.py                          # fed-heart, 3 seeds, 4 densities
+    python bench/fleet_find.py --task fed-mnist --seeds 1 --densities 0.2,0.05
+    python bench/fleet_find.py --quick                  # one seed, two densities, a smoke run
+
+Results: bench/results/fleet_find_<task>.{json,md} with the command that made them.
+"""
+
+import argparse
+import json
+import platform
+import random
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # `python bench/fleet_find.py` from a checkout
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from flwr.app import Context, Message  # noqa: E402
+
+from edge_daemon import client_app  # noqa: E402
+from server.fleet_search import FindSettings, run_search  # noqa: E402
+from server.run_log import RunLog  # noqa: E402
+from server.run_settings import ServerSettings  # noqa: E402
+from server.server_app import run_training  # noqa: E402
+from tests.inprocess import InProcessGrid, server_identity  # noqa: E402
+from ticket import runconfig, wire  # noqa: E402
+from ticket.bundle import Ticket, build_ticket, read_ticket, write_ticket  # noqa: E402
+from ticket.manifest import Density, measure_density  # noqa: E402
+from ticket.prune import random_mask_like  # noqa: E402
+from ticket_cli.cli import main as ticket_main  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+METHODS = ("fed-imp", "fed-early-bird", "fed-oneshot", "fed-snip", "synflow")
+DENSE, CENTRAL, RANDOM = "dense FedAvg (no ticket)", "central IMP (pooled rows)", "random pruning"
+
+
+@dataclass(frozen=True)
+class Task:
+    dataset: str
+    model: str
+    nodes: Callable[[Path], list[dict[str, Any]]]  # node configs for a ticket path
+    sampling: dict[str, Any]  # fraction-train, min-nodes, ...
+    training: dict[str, Any]  # local schedule of every round (search and training)
+    train_rounds: int  # federated training rounds of every found ticket and reference
+    target_accuracy: float  # "uplink to reach": the first round at or above it
+    # search-* keys for every method, and training keys of the search's rounds
+    search: dict[str, Any] = field(default_factory=dict)
+
+
+def _heart_nodes(ticket: Path) -> list[dict[str, Any]]:
+    return [
+        {
+            wire.NODE_TICKET_PATH: str(ticket),
+            wire.NODE_ALLOW_UNSIGNED: True,
+            wire.NODE_SECAGG_ALLOW_UNCERTIFIED: True,
+            wire.NODE_DATASET: "heart-uci",
+            wire.NODE_PARTITION: "natural",
+            wire.NODE_PARTITION_ID: index,
+            wire.NODE_NUM_PARTITIONS: 4,
+        }
+        for index in range(4)
+    ]
+
+
+def _mnist_nodes(ticket: Path) -> list[dict[str, Any]]:
+    return [
+        {
+            wire.NODE_TICKET_PATH: str(ticket),
+            wire.NODE_ALLOW_UNSIGNED: True,
+            wire.NODE_SECAGG_ALLOW_UNCERTIFIED: True,
+            wire.NODE_DATASET: "mnist",
+            wire.NODE_PARTITION: "shards",
+            wire.NODE_PARTITION_SHARDS: 2,
+            wire.NODE_PARTITION_ID: index,
+            wire.NODE_NUM_PARTITIONS: 100,
+        }
+        for index in range(100)
+    ]
+
+
+TASKS = {
+    # The 4 heart-uci hospitals as 4 devices (natural split), all of them every round.
+    "fed-heart": Task(
+        dataset="heart-uci",
+        model="heart-mlp",
+        nodes=_heart_nodes,
+        sampling={"min-nodes": 4, "min-replies": 3},
+        training={"local-epochs": 1, "batch-size": 32, "lr": 0.001},
+        train_rounds=10,
+        target_accuracy=0.78,
+        # Central IMP trains 10 epochs per level on the pooled rows; a fleet level gets 3
+        # rounds of 4 local epochs.
+        search={"search-rounds-per-level": 3, "search-rate": 0.5, "local-epochs": 4},
+    ),
+    # 100 devices with 2 label-sorted shards each (McMahan et al. 2017), 10 per round.
+    "fed-mnist": Task(
+        dataset="mnist",
+        model="lenet-300-100",
+        nodes=_mnist_nodes,
+        sampling={"min-nodes": 10, "min-replies": 8, "fraction-train": 0.1},
+        training={"local-epochs": 1, "batch-size": 60, "lr": 0.0012},
+        train_rounds=30,
+        target_accuracy=0.85,
+        search={"search-rounds-per-level": 3, "search-rate": 0.5},
+    ),
+}
+
+
+class TimedClient:
+    """The ClientApp, with the CPU time it takes counted apart from the server's."""
+
+    def __init__(self) -> None:
+        self.cpu_s = 0.0
+
+    def __call__(self, message: Message, context: Context) -> Message:
+        start = time.process_time()
+        try:
+            return client_app.app(message, context)
+        finally:
+            self.cpu_s += time.process_time() - start
+
+
+def base_config(task: Task, ticket: Path, run_dir: Path, secagg: bool) -> dict[str, Any]:
+    return {
+        "ticket-path": str(ticket),
+        "run-dir": str(run_dir),
+        "allow-unsigned": True,
+        "fraction-evaluate": 0.0,
+        "secagg": secagg,
+        **task.sampling,
+        **task.training,
+    }
+
+
+def search(  # noqa: PLR0917  # one bench cell's coordinates
+    task: Task, dense: Path, work: Path, method: str, density: float, seed: int, secagg: bool
+) -> tuple[Ticket, dict[str, Any]]:
+    out = work / f"{method}-{density}.ticket"
+    config = {
+        **base_config(task, dense, work / f"search-{method}-{density}", secagg),
+        "mode": "find",
+        "seed": seed,
+        "search-method": method,
+        "search-target-density": density,
+        "search-out": str(out),
+        "search-push-ticket": False,  # in-process nodes read ticket-path
+        **task.search,
+    }
+    client = TimedClient()
+    grid = InProcessGrid(client, task.nodes(dense))
+    random.seed(seed)
+    start = time.process_time()
+    with server_identity():
+        found = run_search(grid, FindSettings.from_run(runconfig.parse(config)))
+    server_cpu = time.process_time() - start - client.cpu_s
+    fleet = found.manifest.fleet
+    assert fleet is not None
+    return found, {
+        "search_rounds": fleet.rounds,
+        "search_levels": fleet.levels,
+        "search_bytes_up": fleet.bytes_up,
+        "search_bytes_down": fleet.bytes_down,
+        "server_cpu_s": server_cpu,
+        "density": found.manifest.density.overall,
+    }
+
+
+def train(task: Task, ticket: Path, run_dir: Path, seed: int, secagg: bool) -> dict[str, Any]:
+    """Federated training of `ticket` from its weights; the last round's scores and the uplink
+    spent until the target accuracy was first reached (None: never)."""
+    config = {
+        **base_config(task, ticket, run_dir, secagg),
+        "num-rounds": task.train_rounds,
+        "server-eval": task.dataset,
+        "seed": seed,
+    }
+    grid = InProcessGrid(client_app.app, task.nodes(ticket))
+    random.seed(seed)
+    with server_identity():
+        run_training(grid, ServerSettings.from_run_config(config))
+    lines = RunLog(run_dir / "rounds.jsonl").read()
+    spent, reached = 0, None
+    for line in lines:
+        spent += int(line["bytes"]["up_total"])
+        if reached is None and line["server_eval"]["accuracy"] >= task.target_accuracy:
+            reached = spent
+    final = lines[-1]["server_eval"]
+    return {
+        "accuracy": final["accuracy"],
+        "auc": final.get("auc"),
+        "train_bytes_up": spent,
+        "bytes_to_target": reached,
+    }
+
+
+def central_ticket(task: Task, work: Path, density: float, seed: int, rate: float) -> Path:
+    out = work / f"central-{density}.ticket"
+    args = ["find", "--model", task.model, "--data", task.dataset, "--method", "imp",
+            "--rate", str(rate), "--target-density", str(density), "--seed", str(seed),
+            "--controls", "none", "--quiet", "--force", "--out", str(out)]  # fmt: skip
+    if ticket_main(args) != 0:
+        raise RuntimeError(f"ticket find failed for density {density}")
+    return out
+
+
+def random_control(central: Path, dense: Ticket, out: Path, seed: int) -> Path:
+    """A random mask with central IMP's per-layer densities, on the dense ticket's W_0."""
+    ticket = read_ticket(central, allow_unsigned=True)
+    generator = torch.Generator().manual_seed(seed)
+    masks = {n: torch.from_numpy(np.array(m)) for n, m in ticket.masks.items()}
+    chosen = {n: m.numpy() for n, m in random_mask_like(masks, generator).items()}
+    weights = {n: w * chosen[n] if n in chosen else w for n, w in dense.weights.items()}
+    manifest = replace(
+        ticket.manifest,
+        density=Density.from_json(measure_density(chosen), at="density"),
+        parent=dense.content_id,
+    )
+    write_ticket(out, build_ticket(manifest, chosen, weights))
+    return out
+
+
+def run_seed(  # noqa: PLR0917  # one bench cell's coordinates
+    task: Task,
+    work: Path,
+    seed: int,
+    densities: Sequence[float],
+    methods: Sequence[str],
+    secagg: bool,
+) -> list[dict[str, Any]]:
+    shutil.rmtree(work, ignore_errors=True)  # every run from scratch: nothing resumed
+    work.mkdir(parents=True)
+    dense_path = work / "dense.ticket"
+    init = ["init", "--model", task.model, "--data", task.dataset, "--seed", str(seed),
+            "--out", str(dense_path), "--force"]  # fmt: skip
+    if ticket_main(init) != 0:
+        raise RuntimeError("ticket init failed")
+    dense = read_ticket(dense_path, allow_unsigned=True)
+    rows = [
+        {"arm": DENSE, "target": 1.0, "density": 1.0, "seed": seed,
+         **train(task, dense_path, work / "train-dense", seed, secagg)},
+    ]  # fmt: skip
+    rate = float(task.search.get("search-rate", 0.2))
+    for density in densities:
+        central = central_ticket(task, work, density, seed, rate)
+        rows.append(
+            {"arm": CENTRAL, "target": density, "seed": seed,
+             **train(task, central, work / f"train-central-{density}", seed, secagg)}
+        )  # fmt: skip
+        control = random_control(central, dense, work / f"random-{density}.ticket", seed)
+        rows.append(
+            {"arm": RANDOM, "target": density, "seed": seed,
+             **train(task, control, work / f"train-random-{density}", seed, secagg)}
+        )  # fmt: skip
+        for method in methods:
+            began = time.monotonic()
+            _, cost = search(task, dense_path, work, method, density, seed, secagg)
+            path = work / f"{method}-{density}.ticket"
+            scores = train(task, path, work / f"train-{method}-{density}", seed, secagg)
+            rows.append({"arm": method, "target": density, "seed": seed, **cost, **scores})
+            print(
+                f"  seed {seed} density {density} {method}: acc {scores['accuracy']:.3f} "
+                f"search up {cost['search_bytes_up']:,} B in {cost['search_rounds']} rounds "
+                f"({time.monotonic() - began:.0f} s)",
+                flush=True,
+            )
+    return rows
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and spread (population std) over seeds, per (arm, target density)."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for row in rows:  # by target density: a found ticket's own is the target up to rounding
+        groups.setdefault((row["arm"], row["target"]), []).append(row)
+    table = []
+    for (arm, density), group in groups.items():
+        entry: dict[str, Any] = {"arm": arm, "target_density": density, "seeds": len(group)}
+        for key in ("accuracy", "auc", "search_bytes_up", "search_bytes_down", "search_rounds",
+                    "server_cpu_s", "train_bytes_up", "bytes_to_target"):  # fmt: skip
+            values = [row[key] for row in group if row.get(key) is not None]
+            if values:
+                entry[key] = statistics.fmean(values)
+                entry[key + "_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+            entry[key + "_n"] = len(values)
+        table.append(entry)
+    return table
+
+
+def write_markdown(document: dict[str, Any], path: Path) -> None:
+    task = document["task"]
+    lines = [
+        f"# Fleet ticket search: {task}",
+        "",
+        f"Command: `{document['command']}`  ",
+        f"Run {document['finished_at']} on {document['machine']}; {document['seeds']} seed(s); "
+        f"secure aggregation {'on' if document['secagg'] else 'off'} for search and training; "
+        f"{document['train_rounds']} federated training rounds per found ticket; target "
+        f"accuracy {document['target_accuracy']}.",
+        "",
+        "Mean ± spread (population std) over seeds. Search bytes are over all devices and "
+        "rounds of the search; `to target` is the training uplink until the server's pooled "
+        "test accuracy first reached the target (n/a: not within the rounds; the count says "
+        "in how many seeds it was reached).",
+        "",
+        "| density | arm | search rounds | search up (B) | search down (B) | server CPU (s) | "
+        "accuracy | ROC-AUC | to target (B) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    arms = [DENSE, CENTRAL, RANDOM, *METHODS]
+    for entry in sorted(
+        document["table"], key=lambda e: (-e["target_density"], arms.index(e["arm"]))
+    ):
+        cell = _cells(entry)
+        reached = entry.get("bytes_to_target_n", 0)
+        to_target = cell("bytes_to_target") if reached else "n/a"
+        if reached and reached < entry["seeds"]:
+            to_target += f" ({reached}/{entry['seeds']})"
+        lines.append(
+            f"| {entry['target_density']:g} | {entry['arm']} | {cell('search_rounds', '{:.0f}')} | "
+            f"{cell('search_bytes_up')} | {cell('search_bytes_down')} | "
+            f"{cell('server_cpu_s', '{:.2f}')} | {cell('accuracy', '{:.3f}')} | "
+            f"{cell('auc', '{:.3f}')} | {to_target} |"
+        )
+    lines += ["", *document.get("notes", [])]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _cells(entry: dict[str, Any]) -> Callable[..., str]:
+    """`cell(key, fmt)`: the entry's mean of `key` with its spread, "-" when absent."""
+
+    def cell(key: str, fmt: str = "{:,.0f}") -> str:
+        if key not in entry:
+            return "-"
+        text = fmt.format(entry[key])
+        spread = entry.get(key + "_std")
+        return text + (f" ± {fmt.format(spread)}" if spread else "")
+
+    return cell
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", choices=sorted(TASKS), default="fed-heart")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--densities", default="0.2,0.1,0.05,0.02")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--plaintext", action="store_true", help="no secure aggregation")
+    parser.add_argument("--quick", action="store_true", help="1 seed, densities 0.2 and 0.05")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/ticketfleet-fleet-find"))
+    args = parser.parse_args(argv)
+    task = TASKS[args.task]
+    seeds = 1 if args.quick else args.seeds
+    densities = [0.2, 0.05] if args.quick else [float(d) for d in args.densities.split(",")]
+    methods = [m for m in args.methods.split(",") if m]
+    for method in methods:
+        if method not in METHODS:
+            parser.error(f"--methods: unknown method {method!r}")
+    torch.set_num_threads(1)  # in-process nodes train one at a time; no thread contention
+    rows: list[dict[str, Any]] = []
+    began = time.monotonic()
+    for seed in range(seeds):
+        rows += run_seed(task, args.work / args.task / f"seed-{seed}", seed, densities, methods,
+                         not args.plaintext)  # fmt: skip
+    document = {
+        "task": args.task,
+        "command": "python bench/fleet_find.py " + shlex.join(argv or sys.argv[1:]),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {platform.python_version()}, torch {torch.__version__}",
+        "seeds": seeds,
+        "secagg": not args.plaintext,
+        "train_rounds": task.train_rounds,
+        "target_accuracy": task.target_accuracy,
+        "wall_s": time.monotonic() - began,
+        "rows": rows,
+        "table": summarise(rows),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"fleet_find_{args.task}"
+    stem.with_suffix(".json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    write_markdown(document, stem.with_suffix(".md"))
+    print(f"wrote {stem}.md ({document['wall_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
