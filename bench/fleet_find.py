@@ -402,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "table": summarise(rows),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"fleet_find_{args.task}"
+    stem = RESULTS / f"fleet_find_{args.task}{'_plaintext' if args.plaintext else ''}"
     stem.with_suffix(".json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     write_markdown(document, stem.with_suffix(".md"))
     print(f"wrote {stem}.md ({document['wall_s']:.0f} s)")

@@ -1,34 +1,50 @@
-"""`python -m loopback.demo`: federated training of a heart ticket across real Flower processes.
+"""`python -m loopback.demo`: a heart ticket found on the fleet, rolled out and trained there.
 
-Makes a fleet signing key and finds a signed heart-uci ticket at density 0.1 with `ticket` (or
-reuses OUT/heart.ticket), then gives each hospital its own device: an `edge-daemon` with that
-hospital's readings ingested and the ticket installed (loopback.devices). It starts a SuperLink and
-the daemons on loopback (loopback.launcher); each daemon starts its SuperNode. It trains for a few
-rounds under secure aggregation (unless --no-secagg), prints a per-round table and what each
-device's owner sees, and stops every process it started. Exit status 0 only when the run
-completed every round with at least one participant.
+Makes a fleet signing key and the dense heart-uci ticket (`ticket init`, or reuses
+OUT/dense.ticket), then gives each hospital its own device: an `edge-daemon` with that
+hospital's readings ingested and no ticket (loopback.devices). It starts a SuperLink and the
+daemons on loopback (loopback.launcher); each daemon starts its SuperNode. Three Flower runs
+follow, as an operator would start them: a fleet search (fed-oneshot) that pushes the dense
+ticket and finds a ticket at density 0.1 from the hospitals' own rows; after the demo signs it
+with the fleet key (the ML engineer's step), a rollout that installs it on every device; and a
+few rounds of training it, all under secure aggregation (unless --no-secagg). It prints what
+each step did, a per-round table and what each device's owner sees, seeds a ticket hub
+(OUT/hub) with the ticket, and stops every process it started. Exit status 0 only when the
+training run completed every round with at least one participant.
 """
 
 import argparse
+import json
 import logging
 import math
 import shutil
 import signal
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hub.seed import seed_hub
 from loopback.devices import Device, DeviceSetupError, prepare_devices
 from loopback.enrolment import EnrolledLoopback
-from loopback.launcher import LoopbackError, RunOutcome, free_port
+from loopback.launcher import Loopback, LoopbackError, RunOutcome, free_port
 from ticket import wire
+from ticket.bundle import Ticket, read_ticket, sign_ticket, write_ticket
 from ticket.config_text import ConfigValue
 from ticket.data.heart import HEART_SITES
-from ticket.runconfig import RunConfig, RunPlacement, TrainingSettings, to_run_config
+from ticket.runconfig import (
+    RunConfig,
+    RunPlacement,
+    SearchSettings,
+    TrainingSettings,
+    to_run_config,
+)
 from ticket.tls import write_dev_pki
 
 HOSPITALS = len(HEART_SITES)  # heart-uci's natural partition: one partition per hospital
+SEARCH_ROUNDS = 2  # fed-oneshot's dense rounds before it prunes
+SEARCH_LOCAL_EPOCHS = 4  # per search round: the magnitudes it prunes by need training
 APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app: the project's pyproject.toml
 
 
@@ -81,27 +97,63 @@ def run_config(
     return to_run_config(RunConfig(placement=placement, training=settings))
 
 
-def find_ticket(out: Path, *, density: float) -> tuple[Path, Path]:
-    """OUT/heart.ticket signed by the demo fleet's key OUT/fleet.key; (ticket, public key).
-
-    Both are made with the `ticket` command unless already there.
-    """
+def dense_ticket(out: Path) -> tuple[Path, Path]:
+    """OUT/dense.ticket (`ticket init`: heart-mlp at W_0, every weight kept), signed by the demo
+    fleet's key OUT/fleet.key; (ticket, public key). Both are made unless already there."""
     from ticket_cli.cli import main
 
-    ticket, key = out / "heart.ticket", out / "fleet.key"
+    ticket, key = out / "dense.ticket", out / "fleet.key"
     public = key.with_suffix(".pub")
     if not key.exists():
         if main(["keygen", "--out", str(out / "fleet")]) != 0:
             raise LoopbackError("ticket keygen failed")
-        ticket.unlink(missing_ok=True)  # signed by an older key: find it again
+        ticket.unlink(missing_ok=True)  # signed by an older key: make it again
     if ticket.exists():
         print(f"reusing {ticket}")
         return ticket, public
-    args = ["find", "--model", "heart-mlp", "--data", "heart-uci", "--quiet", "--force"]
-    args += ["--sign-key", str(key), "--target-density", str(density), "--out", str(ticket)]
-    if main(args) != 0:
-        raise LoopbackError("ticket find failed")
+    args = ["init", "--model", "heart-mlp", "--data", "heart-uci", "--force"]
+    if main([*args, "--sign-key", str(key), "--out", str(ticket)]) != 0:
+        raise LoopbackError("ticket init failed")
     return ticket, public
+
+
+def search_config(
+    dense: Path, *, run_dir: Path, out: Path, fleet_key: Path, roster: Path, **settings: Any
+) -> dict[str, ConfigValue]:
+    """A fleet search (mode = "find") inside `dense`: fed-oneshot, `settings` the training and
+    search keys (TrainingSettings and SearchSettings field names)."""
+    search_keys = {name for name in settings if name.startswith("search_")}
+    placement = RunPlacement(
+        mode="find",
+        ticket_path=dense.resolve(),
+        run_dir=run_dir.resolve(),
+        fleet_key=fleet_key.resolve(),
+        roster=roster.resolve(),
+    )
+    search = SearchSettings(
+        **{"search_out": out.resolve(), **{k: settings[k] for k in search_keys}}
+    )
+    training = TrainingSettings(**{k: v for k, v in settings.items() if k not in search_keys})
+    return to_run_config(RunConfig(placement=placement, training=training, search=search))
+
+
+def deploy_config(
+    ticket: Path, *, run_dir: Path, fleet_key: Path, timeout_s: float
+) -> dict[str, ConfigValue]:
+    """A rollout (mode = "deploy") of `ticket` to every device at once, as `ticket deploy`."""
+    placement = RunPlacement(
+        mode="deploy", ticket_path=ticket.resolve(), run_dir=run_dir.resolve(),
+        fleet_key=fleet_key.resolve(),
+    )  # fmt: skip
+    training = TrainingSettings(round_timeout_s=timeout_s)
+    return to_run_config(RunConfig(placement=placement, training=training))
+
+
+def sign_found(found: Path, key: Path, out: Path) -> Ticket:
+    """The search's (unsigned) ticket, signed by the fleet key as the ML engineer would."""
+    ticket = sign_ticket(read_ticket(found, allow_unsigned=True), key.read_bytes())
+    write_ticket(out, ticket)
+    return ticket
 
 
 def round_rows(outcome: RunOutcome) -> list[dict[str, Any]]:
@@ -158,7 +210,7 @@ def all_rounds_completed(outcome: RunOutcome, rounds: int) -> bool:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m loopback.demo", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("demo-out"), help="default: demo-out")
     parser.add_argument("--rounds", type=int, default=3)
@@ -173,13 +225,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds for the run")
     parser.add_argument("--verbose", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
 
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     try:
-        ticket, fleet_key = find_ticket(out, density=args.density)
+        dense, fleet_key = dense_ticket(out)
     except LoopbackError as error:
         print(f"demo: {error}", file=sys.stderr)
         return 1
@@ -192,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         devices = prepare_devices(
             workdir / "devices",
             hospitals=hospitals,
-            ticket=ticket,
+            ticket=None,  # the search pushes the dense ticket, the rollout the found one
             fleet_key=fleet_key,
             superlink=f"127.0.0.1:{port}",
             ports=[free_port() for _ in hospitals],
@@ -202,16 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeviceSetupError as error:
         print(f"demo: {error}", file=sys.stderr)
         return 1
-    config = run_config(
-        ticket,
-        run_dir=workdir / "run",
-        fleet_key=fleet_key,
-        roster=workdir / "nodes.json",  # written as the launcher registers the node keys
-        num_rounds=args.rounds,
-        min_nodes=args.nodes,
-        local_epochs=args.local_epochs,
-        secagg=args.secagg,
-    )
+    roster = workdir / "nodes.json"  # written as the launcher registers the node keys
+    ticket = out / "heart.ticket"
+    runs = _demo_runs(args, dense, ticket, fleet_key, workdir, roster)
     updates = "masked by secure aggregation" if args.secagg else "in the clear (--no-secagg)"
     print(
         f"starting a SuperLink (TLS, node authentication) and {args.nodes} edge daemons on "
@@ -230,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             fleet_signing_key=out / "fleet.key",
             roster=workdir / "nodes.json",
         ) as fleet:
-            outcome = fleet.run(config, timeout_s=args.timeout)
+            outcome = find_deploy_train(fleet, runs, args, out / "fleet.key", ticket)
             statuses = [device.status() for device in devices]
     except (LoopbackError, DeviceSetupError) as error:
         print(f"demo: {error}", file=sys.stderr)
@@ -243,12 +292,107 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir = workdir / "run"
     print(f"round log {run_dir / 'rounds.jsonl'}  plot {run_dir / 'rounds.png'}")
     print(format_devices(devices, statuses))
+    seeded = seed_hub(out / "hub", [ticket], fleet_key, sign_key=out / "fleet.key")
+    print(
+        f"hub: {len(seeded)} ticket in {out / 'hub'}; browse it with "
+        f"`ticket hub serve --root {out / 'hub'}`"
+    )
     print("peak RSS (MB): " + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in fleet.peak_rss.items()))
     left = fleet.alive()
     if left:
         print(f"demo: processes still alive: {left}", file=sys.stderr)
         return 1
     return 0 if all_rounds_completed(outcome, args.rounds) else 1
+
+
+@dataclass(frozen=True)
+class DemoRuns:
+    """The run configs of the demo's three runs, and where their results land."""
+
+    find: dict[str, ConfigValue]
+    found: Path  # the search's (unsigned) ticket
+    deploy: dict[str, ConfigValue]
+    deploy_json: Path
+    train: dict[str, ConfigValue]
+
+
+def _demo_runs(  # noqa: PLR0917  # the demo's places, all needed
+    args: argparse.Namespace, dense: Path, ticket: Path, fleet_key: Path, workdir: Path,
+    roster: Path,
+) -> DemoRuns:  # fmt: skip
+    find = search_config(
+        dense,
+        run_dir=workdir / "search",
+        out=workdir / "found.ticket",
+        fleet_key=fleet_key,
+        roster=roster,
+        min_nodes=args.nodes,
+        min_replies=min(2, args.nodes),
+        fraction_evaluate=0.0,
+        local_epochs=SEARCH_LOCAL_EPOCHS,
+        secagg=args.secagg,
+        search_method="fed-oneshot",
+        search_rounds_per_level=SEARCH_ROUNDS,
+        search_target_density=args.density,
+    )
+    deploy = deploy_config(
+        ticket, run_dir=workdir / "deploy", fleet_key=fleet_key, timeout_s=args.timeout
+    )
+    train = run_config(
+        ticket,
+        run_dir=workdir / "run",
+        fleet_key=fleet_key,
+        roster=roster,
+        num_rounds=args.rounds,
+        min_nodes=args.nodes,
+        local_epochs=args.local_epochs,
+        secagg=args.secagg,
+    )
+    return DemoRuns(
+        find, workdir / "found.ticket", deploy, workdir / "deploy" / "deploy.json", train
+    )
+
+
+def find_deploy_train(
+    fleet: Loopback, runs: DemoRuns, args: argparse.Namespace, signing_key: Path, ticket: Path
+) -> RunOutcome:
+    """Search the fleet, sign what it found, roll it out, train it: the training run's outcome."""
+    print(
+        f"1/3 finding a ticket at density {args.density} on the fleet itself (fed-oneshot: "
+        f"{SEARCH_ROUNDS} dense rounds, then prune): no reading leaves its hospital"
+    )
+    searched = fleet.run(runs.find, timeout_s=args.timeout)
+    if not runs.found.exists():
+        raise LoopbackError(f"the search ended {searched.status} without a ticket")
+    print(format_search(sign_found(runs.found, signing_key, ticket)))
+    print(f"2/3 rolling {ticket.name} out to the devices")
+    rolled = fleet.run(runs.deploy, timeout_s=args.timeout)
+    print(format_rollout(runs.deploy_json, rolled.status))
+    print(f"3/3 training it for {args.rounds} rounds")
+    trained: RunOutcome = fleet.run(runs.train, timeout_s=args.timeout)
+    return trained
+
+
+def format_search(found: Ticket) -> str:
+    """Where the ticket was found and what the search cost, from its manifest."""
+    fleet = found.manifest.fleet
+    if fleet is None:  # run_search always writes it
+        return f"found {found.content_id[:12]}"
+    return (
+        f"found {found.content_id[:12]} at density {found.manifest.density.overall:.3f} on "
+        f"{fleet.devices} devices: {fleet.rounds} rounds, {fleet.bytes_up:,} bytes up, "
+        f"{fleet.bytes_down:,} bytes down"
+        f"{', secure aggregation' if fleet.secagg else ''}; signed by the fleet key"
+    )
+
+
+def format_rollout(path: Path, status: str) -> str:
+    """How many devices installed the ticket (the rollout's deploy.json)."""
+    if not path.exists():
+        raise LoopbackError(f"the rollout ended {status} without {path.name}")
+    acks = json.loads(path.read_text())["nodes"]
+    installed = sum(1 for ack in acks if ack["status"] == wire.INSTALLED)
+    return f"installed on {installed} of {len(acks)} devices"
 
 
 def format_devices(devices: Sequence[Device], statuses: Sequence[Mapping[str, Any]]) -> str:

@@ -27,7 +27,9 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         help="find a winning ticket by iterative magnitude pruning with rewinding",
         description="Train, prune and rewind until the target density; write the ticket, "
         "a JSON report and a PNG plot (ticket vs random reinit vs random pruning). "
-        "A killed search resumes from its work directory.",
+        "A killed search resumes from its work directory. This searches on rows held in one "
+        "place: use it for public or proxy data. To find a ticket on a fleet whose data may "
+        "not leave its devices, use `ticket init` and `fleet-server find`.",
     )
     parser.add_argument("--model", required=True, help="model registry name, e.g. heart-mlp")
     parser.add_argument("--data", required=True, help="dataset registry name, e.g. heart-uci")
