@@ -1,18 +1,22 @@
 """The same ServerApp and ClientApp under Flower's Simulation Engine (Ray, virtual nodes)."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from loopback.launcher import Loopback, LoopbackError
 from tests.inprocess import find_ticket
+from ticket.bundle import read_ticket
 from ticket.runconfig import (
     RunConfig,
     RunPlacement,
+    SearchSettings,
     SimulationSettings,
     TrainingSettings,
     to_run_config,
 )
+from ticket_cli.cli import main as ticket_main
 
 APP_DIR = Path(__file__).resolve().parents[2]
 
@@ -32,13 +36,34 @@ def test_virtual_hospitals_train_the_ticket_under_the_simulation_engine(tmp_path
         ),
     )
     config = to_run_config(run)
+    # The same virtual fleet then finds a ticket itself (fed-snip under secure aggregation),
+    # inside a dense ticket: the search's path through the Simulation Engine.
+    dense = tmp_path / "dense.ticket"
+    assert ticket_main(["init", "--model", "heart-mlp", "--data", "heart-uci",
+                        "--out", str(dense)]) == 0  # fmt: skip
+    search = RunConfig(
+        placement=RunPlacement(mode="find", ticket_path=dense, run_dir=tmp_path / "search"),
+        training=replace(run.training, secagg=True, min_replies=2, fraction_evaluate=0.0),
+        simulation=run.simulation,
+        search=SearchSettings(
+            search_method="fed-snip",
+            search_target_density=0.2,
+            search_out=tmp_path / "found.ticket",
+            search_push_ticket=False,  # virtual nodes read ticket-path
+        ),
+    )
+    federation = {"num-supernodes": 3, "client-resources-num-cpus": 1}
     fleet = Loopback(tmp_path / "sim", APP_DIR, [], simulation=True, grace_s=5.0)
     with fleet:
-        outcome = fleet.run(
-            config,
-            timeout_s=300.0,
-            federation_config={"num-supernodes": 3, "client-resources-num-cpus": 1},
-        )
+        outcome = fleet.run(config, timeout_s=300.0, federation_config=federation)
+        searched = fleet.run(to_run_config(search), timeout_s=300.0, federation_config=federation)
+
+    assert searched.completed, searched.status
+    found = read_ticket(tmp_path / "found.ticket", allow_unsigned=True)
+    assert found.manifest.density.overall == pytest.approx(0.2, abs=0.005)
+    assert found.manifest.fleet is not None
+    assert (found.manifest.fleet.devices, found.manifest.fleet.rounds) == (3, 1)
+    assert found.manifest.fleet.secagg and found.manifest.parent is not None
 
     assert outcome.completed, outcome.status
     assert [line["round"] for line in outcome.rounds] == [1, 2]

@@ -283,3 +283,31 @@ def test_synflow_refuses_a_ticket_that_is_already_sparse(tmp_path: Path) -> None
             find_config(sparse, tmp_path, **{"search-method": "synflow"}),
             InProcessGrid(client_app.app, []),
         )
+
+
+def test_a_device_whose_saliency_is_not_finite_is_counted_and_left_out(
+    dense_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One device's scores are NaN: its encoder refuses them, the round counts its failure,
+    and the other three devices' saliency decides the mask."""
+    real = client_app.connection_saliency
+    calls: list[int] = []
+
+    def poisoned(*args: Any, **kwargs: Any) -> Any:
+        scores, loss = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            scores = {name: score * float("nan") for name, score in scores.items()}
+        return scores, loss
+
+    monkeypatch.setattr(client_app, "connection_saliency", poisoned)
+    found = search(
+        find_config(
+            dense_path, tmp_path, **{"search-method": "fed-snip", "search-target-density": 0.2}
+        )
+    )
+    line = RunLog(tmp_path / "search" / "level-000" / "rounds.jsonl").read()[0]
+    assert len(line["failures"]) + len(line["rejected"]) == 1
+    assert len(line["participants"]) == 3
+    assert found.manifest.fleet is not None and found.manifest.fleet.devices == 3
+    assert all(np.isfinite(w).all() for w in found.weights.values())
