@@ -101,14 +101,16 @@ def read_csv(
     passes its limit, so an oversized file costs neither the memory nor the time to read it all.
     """
     source = path.name
+    too_large = f"larger than the limit of {limits.max_bytes} bytes (data.max_csv_bytes)"
     try:
         with path.open("rb") as handle:
-            data = handle.read(limits.max_bytes + 1)  # no more, whatever the file's size
+            if os.fstat(handle.fileno()).st_size > limits.max_bytes:
+                raise IngestError(source, too_large)  # refused before a byte is read
+            data = handle.read(limits.max_bytes + 1)  # a pipe has no size: read no more
     except OSError as error:
         raise IngestError(source, f"cannot read: {error.strerror}") from None
     if len(data) > limits.max_bytes:
-        rule = f"larger than the limit of {limits.max_bytes} bytes (data.max_csv_bytes)"
-        raise IngestError(source, rule)
+        raise IngestError(source, too_large)
     try:
         text = data.decode("utf-8-sig")  # a spreadsheet's byte-order mark is not part of a name
     except UnicodeDecodeError as error:

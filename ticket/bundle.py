@@ -12,6 +12,7 @@ id, so adding one leaves the id unchanged. Decoding authenticates before it pars
 
 import base64
 import hashlib
+import os
 import re
 import struct
 from collections.abc import Mapping, Sequence
@@ -191,10 +192,13 @@ def check_signatures(
 def read_ticket_bytes(path: Path, *, max_bytes: int = MAX_TICKET_BYTES) -> bytes:
     """A ticket file's bytes, no more than `max_bytes + 1` read; BundleError naming the file
     if it is larger (OSError as raised when it cannot be read)."""
+    too_large = f"{path}: over the {max_bytes}-byte limit for a ticket"
     with Path(path).open("rb") as handle:
-        data = handle.read(max_bytes + 1)
+        if os.fstat(handle.fileno()).st_size > max_bytes:
+            raise BundleError(too_large)  # refused before a byte is read
+        data = handle.read(max_bytes + 1)  # a pipe has no size: read no more
     if len(data) > max_bytes:
-        raise BundleError(f"{path}: over the {max_bytes}-byte limit for a ticket")
+        raise BundleError(too_large)
     return data
 
 
