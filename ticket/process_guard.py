@@ -72,11 +72,12 @@ def spawn(argv: Sequence[str], **popen_options: Any) -> "subprocess.Popen[bytes]
     return popen
 
 
-def watch(root: int) -> int:
-    """Start the watcher of `root`'s tree (`root`: a child of this process); the watcher's pid."""
+def watch(root: int) -> int | None:
+    """Start the watcher of `root`'s tree (`root`: a child of this process); the watcher's pid,
+    or None when `root` has already exited (a command that ends at once): nothing to watch."""
     started = start_time(root)
     if started is None:
-        raise GuardError(f"pid {root} is gone before its watcher started")
+        return None
     command = [sys.executable, "-I", "-S", str(_WATCHER), str(root), str(started), str(os.getpid())]
     helper = subprocess.Popen(
         command,

@@ -109,3 +109,9 @@ def test_a_zombie_counts_as_gone() -> None:
 
     assert process_guard.start_time(exited.pid) is None
     assert exited.wait(timeout=10) == 0
+
+
+def test_a_child_that_exits_at_once_is_no_error() -> None:
+    # `true` often exits before its watcher would start: then there is nothing to watch.
+    children = [process_guard.spawn(["true"]) for _ in range(20)]
+    assert [child.wait(timeout=10) for child in children] == [0] * 20
