@@ -69,6 +69,7 @@ bench-deploy: $(STAMP)
 
 bench-hardening: $(STAMP)
 	$(BIN)/python bench/hardening.py
+	$(BIN)/python bench/hardening_processes.py
 
 bench-hub: $(STAMP)
 	$(BIN)/python bench/hub.py

@@ -145,7 +145,7 @@ def _ingest(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     schema = SCHEMAS[config.data.schema]()
     for path in args.files:  # every file is checked before any is stored
-        read_csv(path, schema)
+        read_csv(path, schema, limits=config.data.csv_limits)
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = ReadingsStore(
         DaemonPaths(config.state_dir).readings_db,
@@ -155,7 +155,7 @@ def _ingest(args: argparse.Namespace) -> int:
     )
     with store:
         for path in args.files:
-            result = store.ingest_csv(path)
+            result = store.ingest_csv(path, limits=config.data.csv_limits)
             if result.is_duplicate:
                 at = datetime.fromtimestamp(result.ingested_at).astimezone()
                 print(f"{path}: duplicate of the file ingested {at:%Y-%m-%d %H:%M}, 0 rows added")

@@ -21,6 +21,8 @@ a daemon with a wrong path fails at once (exit 3) instead of a node failing late
       schema: heart-uci               # what one reading is (edge_daemon.readings.SCHEMAS)
       retention_rows: null            # keep at most this many readings, newest (>= 1)
       retention_days: null            # drop readings ingested longer ago than this (> 0)
+      max_csv_bytes: 67108864         # `ingest` refuses a larger CSV file whole (64 MiB)
+      max_csv_rows: 1000000           # ... or one with more rows than this
     eligibility:                      # when the device may train (edge_daemon.eligibility)
       battery_min_percent: 50         # on battery, train only at or above this; null: only on
                                       #   external power
@@ -57,7 +59,7 @@ from pathlib import Path
 import yaml
 
 from edge_daemon.eligibility import EligibilityPolicy, TimeWindow
-from edge_daemon.readings import SCHEMAS
+from edge_daemon.readings import SCHEMAS, CsvLimits
 from ticket.config_schema import (
     SchemaLoader,
     read_document,
@@ -83,6 +85,12 @@ class DataConfig:
     schema: str = field(default="heart-uci", metadata={"choices": tuple(SCHEMAS)})
     retention_rows: int | None = field(default=None, metadata={"ge": 1})
     retention_days: float | None = field(default=None, metadata={"gt": 0})
+    max_csv_bytes: int = field(default=CsvLimits.max_bytes, metadata={"ge": 1})
+    max_csv_rows: int = field(default=CsvLimits.max_rows, metadata={"ge": 1})
+
+    @property
+    def csv_limits(self) -> CsvLimits:
+        return CsvLimits(max_bytes=self.max_csv_bytes, max_rows=self.max_csv_rows)
 
 
 @dataclass(frozen=True)

@@ -82,29 +82,57 @@ def _heart_uci() -> RowSchema:
 SCHEMAS: Registry[Callable[[], RowSchema]] = Registry("readings schema", {"heart-uci": _heart_uci})
 
 
-def read_csv(path: Path, schema: RowSchema) -> tuple[list[Reading], str]:
+@dataclass(frozen=True)
+class CsvLimits:
+    """What one CSV file may hold; a file past a limit is refused whole (daemon.yaml data.*)."""
+
+    max_bytes: int = 64 * 1024 * 1024  # a heart-uci row is ~60 bytes: a million rows fit
+    max_rows: int = 1_000_000
+    max_record_chars: int = 64 * 1024  # one record (line), all its fields together
+
+
+def read_csv(
+    path: Path, schema: RowSchema, *, limits: CsvLimits = CsvLimits()
+) -> tuple[list[Reading], str]:
     """Every row of `path` parsed against `schema`, and the SHA-256 of the file's bytes.
 
-    Columns beyond the schema's (an id, a site name) are ignored and never stored.
+    Columns beyond the schema's (an id, a site name) are ignored and never stored. A file over
+    `limits` is refused before it is parsed (its size) or as soon as a record or the row count
+    passes its limit, so an oversized file costs neither the memory nor the time to read it all.
     """
     source = path.name
+    too_large = f"larger than the limit of {limits.max_bytes} bytes (data.max_csv_bytes)"
     try:
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            if os.fstat(handle.fileno()).st_size > limits.max_bytes:
+                raise IngestError(source, too_large)  # refused before a byte is read
+            data = handle.read(limits.max_bytes + 1)  # a pipe has no size: read no more
     except OSError as error:
         raise IngestError(source, f"cannot read: {error.strerror}") from None
+    if len(data) > limits.max_bytes:
+        raise IngestError(source, too_large)
     try:
         text = data.decode("utf-8-sig")  # a spreadsheet's byte-order mark is not part of a name
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
         raise IngestError(source, "not UTF-8 text", line=line) from None
-    return _parse_rows(_records(text, source), source, schema), hashlib.sha256(data).hexdigest()
+    records = _records(text, source, limits)
+    return _parse_rows(records, source, schema), hashlib.sha256(data).hexdigest()
 
 
-def _records(text: str, source: str) -> Iterator[tuple[int, list[str]]]:
+def _records(text: str, source: str, limits: CsvLimits) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of each CSV record; a quoted field may span lines."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # stray quotes are errors
+    rows = -1  # the header is no row
     try:
         for fields in reader:
+            if sum(map(len, fields)) + len(fields) > limits.max_record_chars:  # with commas
+                rule = f"a record longer than {limits.max_record_chars} characters"
+                raise IngestError(source, rule, line=reader.line_num)
+            rows += 1 if fields else 0
+            if rows > limits.max_rows:
+                rule = f"more than the limit of {limits.max_rows} rows (data.max_csv_rows)"
+                raise IngestError(source, rule, line=reader.line_num)
             yield reader.line_num, fields
     except csv.Error as error:
         raise IngestError(source, f"malformed CSV: {error}", line=reader.line_num) from None
@@ -241,9 +269,11 @@ class ReadingsStore:
             raise
         self._db.execute("COMMIT")
 
-    def ingest_csv(self, path: Path, *, now: float | None = None) -> IngestResult:
+    def ingest_csv(
+        self, path: Path, *, now: float | None = None, limits: CsvLimits = CsvLimits()
+    ) -> IngestResult:
         """Validate all of `path`, then store it in one transaction; IngestError stores nothing."""
-        readings, digest = read_csv(path, self._schema_loader())
+        readings, digest = read_csv(path, self._schema_loader(), limits=limits)
         at = time.time() if now is None else now
         with self._transaction():
             seen = self._db.execute(

@@ -7,10 +7,12 @@ of a wanted node, whatever its status (Flower exits 0 when the SuperLink forgets
 by a restart after a capped exponential backoff with jitter; a node that stayed up for
 `STABLE_S` resets the backoff.
 
-A daemon killed with SIGKILL cannot stop its node, which lives on in its own session. The node's
-pid and start time are recorded (status.json), and `stop_leftover` stops such a node when the
-daemon starts again, before it starts a second one on the same port. PR_SET_PDEATHSIG is no
-substitute: it reaches the node only, never the SuperExec or the ClientApp under it.
+A daemon killed with SIGKILL cannot stop its node itself: the node's watcher
+(ticket.process_guard) kills the node's whole tree once the daemon is gone. PR_SET_PDEATHSIG is
+no substitute: it reaches the node only, never the SuperExec or the ClientApp under it. As a
+second line (a platform without the watcher, a watcher killed too), the node's pid and start
+time are recorded (status.json), and `stop_leftover` stops such a node when the daemon starts
+again, before it starts a second one on the same port.
 """
 
 import contextlib
@@ -27,6 +29,7 @@ from typing import IO, Protocol
 import psutil
 
 from edge_daemon.config import SupervisorConfig
+from ticket import process_guard
 
 logger = logging.getLogger(__name__)
 
@@ -49,17 +52,18 @@ Launcher = Callable[[Sequence[str], Mapping[str, str], Path], Process]
 
 
 def launch(argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> Process:
-    """Start `argv` in its own session, appending its output to `log_path`."""
+    """Start `argv` in its own session, appending its output to `log_path`; watched."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log: IO[bytes] = log_path.open("ab")
     try:
-        return subprocess.Popen(
-            list(argv),
+        # A process group of its own, so SuperExec and apps go with it, and a watcher that kills
+        # the whole tree if the daemon dies, SIGKILL included.
+        return process_guard.spawn(
+            argv,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=dict(env),
-            start_new_session=True,  # a process group of its own: SuperExec and apps go with it
         )
     finally:
         log.close()  # the child holds its own descriptor

@@ -64,7 +64,7 @@ class TicketCache:
         if isinstance(source, Path):
             name = str(source)
             try:
-                data = source.read_bytes()
+                data = _read_bounded(source)
             except OSError as error:
                 raise TicketUnreadableError(f"{name}: cannot read: {error.strerror}") from None
         else:
@@ -79,7 +79,7 @@ class TicketCache:
         """The cached file of `ticket_id`, after verifying it again (see the module docstring)."""
         file = self._file(ticket_id)
         try:
-            data = file.read_bytes()
+            data = _read_bounded(file)
         except FileNotFoundError:
             raise TicketNotCachedError(
                 f"ticket {ticket_id} is not cached in {self.tickets_dir}"
@@ -141,3 +141,14 @@ def install_ticket(paths: DaemonPaths, fleet_key_path: Path, source: Path | byte
     ticket_id = TicketCache(paths.tickets_dir, fleet_key_path).add(source)
     update_state(paths.state_file, lambda state: state.with_ticket(ticket_id))
     return ticket_id
+
+
+def _read_bounded(path: Path) -> bytes:
+    """A ticket file's bytes, refused unread past ticket.bundle.MAX_TICKET_BYTES."""
+    from ticket.bundle import read_ticket_bytes
+    from ticket.errors import TicketError
+
+    try:
+        return read_ticket_bytes(path)
+    except TicketError as error:
+        raise TicketRefusedError(str(error)) from None

@@ -5,7 +5,9 @@ with its own FLWR_HOME under the work dir, telemetry and update checks off, and 
 `<workdir>/logs/`. The run is submitted with `flwr run` against a `[superlink.NAME]` connection
 written to the launcher's own `$FLWR_HOME/config.toml`. `Loopback` stops every process it started
 (SIGTERM to each group, SIGKILL after a grace period, then any straggling descendant by pid) when
-its `with` block ends, whether by return, exception or Ctrl-C.
+its `with` block ends, whether by return, exception or Ctrl-C; if the launcher itself is killed
+(SIGKILL, a CI timeout killing pytest), each process's watcher (ticket.process_guard) kills its
+tree.
 
 With `tls` the SuperLink serves TLS and every client (SuperNodes, daemons' nodes, the `flwr`
 CLI) verifies it against the CA; with `node_auth` as well, the SuperLink admits only nodes
@@ -44,7 +46,7 @@ from server.superlink import (
     superlink_command,
     wait_for_port,
 )
-from ticket import runconfig
+from ticket import process_guard, runconfig
 from ticket.config_text import ConfigValue, toml_values
 from ticket.tls import TlsFiles
 
@@ -401,14 +403,15 @@ class Loopback:
         executable = self.bin_dir / command[0]
         log = (self.workdir / "logs" / f"{label}.log").open("wb")
         try:
-            popen = subprocess.Popen(
+            # Its own process group, so superexec and apps stop with it, and a watcher that
+            # kills its tree if we die (SIGKILL included).
+            popen = process_guard.spawn(
                 [str(executable), *command[1:]],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self._env(home),
                 cwd=home,
-                start_new_session=True,  # its own process group: superexec and apps die with it
             )
         except BaseException:
             log.close()

@@ -4,6 +4,10 @@ server from the leftovers of one that was killed with SIGKILL, and stop the left
 state_dir/fleet-server.pid holds JSON: the fleet-server process and each process group it
 started (the SuperLink, with its superexec and ServerApp; `flwr run --stream`), every pid with
 its start time so that a recycled pid is never taken for ours.
+
+Each of those trees also has a watcher (ticket.process_guard) that kills it as soon as the
+fleet-server is gone, so after a kill -9 there are normally no leftovers to stop: the pid file
+is the second line, for a platform without the watcher or a watcher that was killed too.
 """
 
 import json

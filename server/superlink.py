@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ticket import process_guard
 from ticket.config_text import ConfigValue, toml_values
 from ticket.tls import TlsFiles
 
@@ -80,18 +81,19 @@ def superlink_command(
 def spawn(
     command: Sequence[str], *, log_path: Path, env: Mapping[str, str], cwd: Path
 ) -> subprocess.Popen[bytes]:
-    """Start `command` in a session (process group) of its own, output to `log_path`."""
+    """Start `command` in a session (process group) of its own, output to `log_path`; its tree
+    dies with this process (ticket.process_guard)."""
     cwd.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:  # the child keeps its own descriptor
-        return subprocess.Popen(
-            list(command),
+        # A group of its own, and a watcher that kills its tree (superexec, apps) if we die.
+        return process_guard.spawn(
+            command,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=dict(env),
             cwd=cwd,
-            start_new_session=True,  # its own process group: superexec and apps die with it
         )
 
 
@@ -228,14 +230,13 @@ class FlowerCli:
         ]
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("wb") as log:
-            return subprocess.Popen(
+            return process_guard.spawn(
                 command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self.env(),
                 cwd=app_dir,
-                start_new_session=True,
             )
 
     def wait_finished(

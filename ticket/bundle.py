@@ -12,6 +12,7 @@ id, so adding one leaves the id unchanged. Decoding authenticates before it pars
 
 import base64
 import hashlib
+import os
 import re
 import struct
 from collections.abc import Mapping, Sequence
@@ -49,6 +50,10 @@ _CORRUPT = "ticket file is corrupt or was modified"
 _CONTENT_ID = re.compile(r"[0-9a-f]{64}")
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
 _DENSITY_TOLERANCE = 1e-9
+# A ticket is refused before any parsing past these: no model of the registry comes near (the
+# largest, MNIST's LeNet-300-100 dense, is ~1 MiB), and the hub takes uploads of this size.
+MAX_TICKET_BYTES = 64 * 1024 * 1024
+MAX_TRAILER_BYTES = 64 * 1024  # parsed before authentication: a content id and a few signatures
 
 
 @dataclass(frozen=True)
@@ -121,13 +126,20 @@ def encode_ticket(ticket: Ticket) -> bytes:
 
 
 def decode_ticket(
-    data: bytes, *, trusted_keys: Sequence[bytes] = (), allow_unsigned: bool = False
+    data: bytes,
+    *,
+    trusted_keys: Sequence[bytes] = (),
+    allow_unsigned: bool = False,
+    max_bytes: int = MAX_TICKET_BYTES,
 ) -> Ticket:
-    """Check integrity, then signatures, then parse; see `check_signatures` for the trust rule.
+    """Check size, integrity, then signatures, then parse; see `check_signatures` for the trust
+    rule.
 
-    Raises BundleError (not a ticket, unsupported version, malformed content), IntegrityError
-    (modified bytes, bad or untrusted signature) or UnsignedTicketError.
+    Raises BundleError (over `max_bytes`, not a ticket, unsupported version, malformed content),
+    IntegrityError (modified bytes, bad or untrusted signature) or UnsignedTicketError.
     """
+    if len(data) > max_bytes:
+        raise BundleError(f"a ticket of {len(data)} bytes is over the {max_bytes}-byte limit")
     body, trailer = _split_frame(data)
     content_id, signatures = _parse_trailer(trailer)
     if _content_id(body) != content_id:
@@ -177,11 +189,29 @@ def check_signatures(
 # ---------------------------------------------------------------- files and models
 
 
+def read_ticket_bytes(path: Path, *, max_bytes: int = MAX_TICKET_BYTES) -> bytes:
+    """A ticket file's bytes, no more than `max_bytes + 1` read; BundleError naming the file
+    if it is larger (OSError as raised when it cannot be read)."""
+    too_large = f"{path}: over the {max_bytes}-byte limit for a ticket"
+    with Path(path).open("rb") as handle:
+        if os.fstat(handle.fileno()).st_size > max_bytes:
+            raise BundleError(too_large)  # refused before a byte is read
+        data = handle.read(max_bytes + 1)  # a pipe has no size: read no more
+    if len(data) > max_bytes:
+        raise BundleError(too_large)
+    return data
+
+
 def read_ticket(
-    path: Path, *, trusted_keys: Sequence[bytes] = (), allow_unsigned: bool = False
+    path: Path,
+    *,
+    trusted_keys: Sequence[bytes] = (),
+    allow_unsigned: bool = False,
+    max_bytes: int = MAX_TICKET_BYTES,
 ) -> Ticket:
+    data = read_ticket_bytes(path, max_bytes=max_bytes)
     return decode_ticket(
-        Path(path).read_bytes(), trusted_keys=trusted_keys, allow_unsigned=allow_unsigned
+        data, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned, max_bytes=max_bytes
     )
 
 
@@ -382,8 +412,11 @@ def _split_frame(data: bytes) -> tuple[bytes, bytes]:
     if len(data) < trailer_len_at + _U32.size:
         raise IntegrityError(_CORRUPT)
     trailer_at = trailer_len_at + _U32.size
-    if len(data) != trailer_at + _U32.unpack_from(data, trailer_len_at)[0]:
+    trailer_len = _U32.unpack_from(data, trailer_len_at)[0]
+    if len(data) != trailer_at + trailer_len:
         raise IntegrityError(_CORRUPT)  # truncated, or bytes after the trailer
+    if trailer_len > MAX_TRAILER_BYTES:
+        raise IntegrityError(_CORRUPT)  # as every unauthenticated trailer it cannot take
     return data[body_at:trailer_len_at], data[trailer_at:]
 
 

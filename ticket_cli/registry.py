@@ -27,7 +27,7 @@ import numpy as np
 
 from ticket import crypto
 from ticket.atomic import atomic_write_bytes
-from ticket.bundle import Ticket, decode_ticket
+from ticket.bundle import Ticket, decode_ticket, read_ticket_bytes
 from ticket.errors import IntegrityError, TicketError, UnknownNameError
 
 SCHEMA_VERSION = 1
@@ -182,7 +182,7 @@ class TicketRegistry:
         damaged, this verified copy replaces it and its row (REPAIRED).
         """
         keys = self.trusted_keys(trusted_keys)
-        data = Path(path).read_bytes()  # verified and stored from this one read
+        data = read_ticket_bytes(path)  # verified and stored from this one (bounded) read
         ticket = decode_ticket(data, trusted_keys=keys)
         published_at = _utc_text(self._clock().replace(microsecond=0))
         entry = _entry_of(ticket, data, keys, published_at=published_at)

@@ -1,7 +1,6 @@
 """The psutil probe: NetworkManager parsing, the CPU window, missing sensors reported as None."""
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from edge_daemon.probe import (
     read_network,
     run_command,
 )
+from ticket import process_guard
 
 
 class FakeCommands:
@@ -218,7 +218,8 @@ def test_cpu_busy_share_appears_after_one_window_on_this_machine() -> None:
 
 def test_the_nodes_process_tree_is_subtracted() -> None:
     # A child that burns CPU for the whole window: as "the node", its work is not load.
-    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    # Watched: a killed pytest must not leave it burning a core.
+    burner = process_guard.spawn([sys.executable, "-c", "while True: pass"])
     try:
         with_node = PsutilProbe(0.5, node_pid=lambda: burner.pid, run=FakeCommands())
         without_node = PsutilProbe(0.5, run=FakeCommands())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_daemon.readings import IngestError, ReadingsStore, StoreError
+from edge_daemon.readings import CsvLimits, IngestError, ReadingsStore, StoreError
 from ticket.data.heart_encoding import HeartPreprocessor
 from ticket.errors import UnknownNameError
 
@@ -31,9 +31,9 @@ def store(tmp_path: Path) -> ReadingsStore:
     return ReadingsStore(tmp_path / "readings.sqlite3")
 
 
-def _reject(store: ReadingsStore, path: Path) -> IngestError:
+def _reject(store: ReadingsStore, path: Path, limits: CsvLimits | None = None) -> IngestError:
     with pytest.raises(IngestError) as caught:
-        store.ingest_csv(path, now=0.0)
+        store.ingest_csv(path, now=0.0, limits=limits or CsvLimits())
     assert store.count() == 0 and store.ingests() == []  # nothing of the file was written
     return caught.value
 
@@ -219,3 +219,40 @@ def test_a_store_of_another_schema_or_version_is_refused(tmp_path: Path) -> None
 def test_an_unknown_schema_lists_the_valid_ones(tmp_path: Path) -> None:
     with pytest.raises(UnknownNameError, match="heart-uci"):
         ReadingsStore(tmp_path / "r.sqlite3", schema="mnist")
+
+
+def test_a_file_over_the_size_limit_is_refused_whole_and_left_as_it_was(
+    store: ReadingsStore, tmp_path: Path
+) -> None:
+    path = _csv(tmp_path, *ROWS)
+    before = path.read_bytes()
+    limits = CsvLimits(max_bytes=len(before) - 1)
+
+    error = _reject(store, path, limits)
+
+    assert str(error) == (
+        f"readings.csv: larger than the limit of {len(before) - 1} bytes (data.max_csv_bytes)"
+    )
+    assert path.read_bytes() == before  # nothing lost: the owner can split it and ingest again
+    assert store.ingest_csv(path, limits=CsvLimits(max_bytes=len(before))).rows_added == 3
+
+
+def test_a_file_over_the_row_limit_is_refused_at_the_first_row_past_it(
+    store: ReadingsStore, tmp_path: Path
+) -> None:
+    path = _csv(tmp_path, *ROWS, "")  # a blank line is no row
+
+    error = _reject(store, path, CsvLimits(max_rows=2))
+
+    assert error.line == 4 and "more than the limit of 2 rows (data.max_csv_rows)" in str(error)
+    assert store.ingest_csv(path, limits=CsvLimits(max_rows=3)).rows_added == 3
+
+
+def test_an_overlong_record_is_refused_naming_its_line(
+    store: ReadingsStore, tmp_path: Path
+) -> None:
+    path = _csv(tmp_path, ROWS[0], ROWS[1] + "," * 100)  # an extra column nobody reads
+
+    error = _reject(store, path, CsvLimits(max_record_chars=len(ROWS[0]) + 1))
+
+    assert error.line == 3 and "a record longer than" in str(error)

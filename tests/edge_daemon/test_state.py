@@ -5,7 +5,6 @@ import multiprocessing
 import os
 import signal
 import stat
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta, timezone
@@ -16,6 +15,7 @@ import pytest
 from edge_daemon import state as state_module
 from edge_daemon.paths import DaemonPaths
 from edge_daemon.state import DaemonState, StateError, load_state, save_state, update_state
+from ticket import process_guard
 
 ROOT = Path(__file__).resolve().parents[2]
 AT = datetime(2025, 6, 1, 23, 15, tzinfo=timezone(timedelta(hours=2)))
@@ -173,7 +173,7 @@ def test_state_survives_kill_9_of_a_writer_mid_stream(tmp_path: Path) -> None:
         f"    update_state(Path({str(path)!r}), lambda s: s.with_round(\n"
         "        at=datetime.now(UTC), bytes_sent=100, metrics={'train-loss': 0.5}))\n"
     )
-    process = subprocess.Popen([sys.executable, "-c", writer], cwd=ROOT)
+    process = process_guard.spawn([sys.executable, "-c", writer], cwd=ROOT)  # dies with us
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and (
         not path.exists() or load_state(path).rounds_joined < 20

@@ -13,6 +13,15 @@ import pytest
 
 from edge_daemon.config import SupervisorConfig
 from edge_daemon.supervisor import STABLE_S, NodeSupervisor, launch, signal_group
+from tests.process_tree import (
+    TREE_SIZE,
+    kill_all,
+    start_launcher,
+    survivors,
+    wait_for_pids,
+    watchers_of,
+    write_fake_tree,
+)
 
 CONFIG = SupervisorConfig(grace_s=2.0, backoff_initial_s=1.0, backoff_max_s=8.0, jitter=0.0)
 
@@ -266,3 +275,32 @@ def test_a_recycled_pid_or_another_program_is_left_alone(tmp_path: Path) -> None
         for process in (node, other):
             signal_group(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+
+def test_a_daemon_killed_with_sigkill_leaves_no_node_process(tmp_path: Path) -> None:
+    script, pids_file = write_fake_tree(tmp_path), tmp_path / "pids"
+    daemon = start_launcher(  # the daemon's loop, cut to what starts the node
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from edge_daemon.config import SupervisorConfig\n"
+        "from edge_daemon.supervisor import NodeSupervisor\n"
+        f"node = NodeSupervisor([sys.executable, {str(script)!r}, {str(pids_file)!r}], {{}},\n"
+        f"    Path({str(tmp_path / 'node.log')!r}), SupervisorConfig())\n"
+        "node.want(True)\n"
+        "node.tick(0.0)\n"
+        "time.sleep(600)\n",
+        tmp_path / "daemon.log",
+    )
+    tree: list[int] = []
+    try:
+        tree = wait_for_pids(pids_file, TREE_SIZE)
+        watchers = watchers_of(tree)
+        assert len(watchers) == 1
+
+        daemon.kill()
+        daemon.wait(timeout=10)
+
+        assert survivors([*tree, *watchers]) == []
+    finally:
+        daemon.kill()
+        kill_all(tree)

@@ -16,7 +16,7 @@ from edge_daemon.ticket_cache import (
     install_ticket,
 )
 from tests.inprocess import find_ticket
-from ticket.bundle import read_ticket
+from ticket.bundle import MAX_TICKET_BYTES, read_ticket
 from ticket_cli.cli import main as ticket_cli
 
 
@@ -118,6 +118,20 @@ def test_what_is_not_a_ticket_or_cannot_be_read_is_refused(
     assert "not a ticket file" in _refused(cache, tmp_path / "notes.txt")
     with pytest.raises(TicketUnreadableError, match=r"missing\.ticket: cannot read: No such file"):
         cache.add(tmp_path / "missing.ticket")  # a TicketRefusedError too, but the path's fault
+
+
+def test_a_ticket_file_over_the_size_limit_is_refused_unread(
+    cache: TicketCache, tickets: Path, tmp_path: Path
+) -> None:
+    big = tmp_path / "big.ticket"
+    big.write_bytes((tickets / "fleet.ticket").read_bytes())
+    with big.open("ab") as handle:  # sparse: no 64 MiB written
+        handle.truncate(MAX_TICKET_BYTES + 1)
+
+    message = _refused(cache, big)
+
+    assert message == f"{big}: over the {MAX_TICKET_BYTES}-byte limit for a ticket"
+    assert cache.ids() == ()
 
 
 def test_a_missing_or_wrong_fleet_key_is_a_key_error_not_a_refusal(

@@ -5,6 +5,7 @@ child that ignores SIGTERM, so stopping must reach whole process trees and escal
 """
 
 import math
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,16 @@ import pytest
 
 from loopback.demo import all_rounds_completed, format_table, round_rows
 from loopback.launcher import Loopback, LoopbackError, RunOutcome, _round_walls
+from tests.process_tree import (
+    TREE_SIZE,
+    env,
+    kill_all,
+    start_launcher,
+    survivors,
+    wait_for_pids,
+    watchers_of,
+    write_fake_tree,
+)
 from ticket.config_text import toml_values
 
 FAKE_SUPERLINK = """#!{python}
@@ -124,3 +135,102 @@ def test_a_process_that_dies_at_start_is_reported(tmp_path: Path) -> None:
         with pytest.raises(LoopbackError, match="supernode-0 exited with status 3"):
             fleet._check_alive()
     assert fleet.alive() == []
+
+
+# Fakes whose trees are those of tests/process_tree.py; every process appends its pid to $TREE_PIDS.
+TREE_SUPERLINK = """#!{python}
+import os, socket, subprocess, sys, time
+with open(os.environ["TREE_PIDS"], "a") as f:
+    f.write(f"{{os.getpid()}}\\n")
+port = int(sys.argv[sys.argv.index("--port") + 1])
+server = socket.socket()
+server.bind(("127.0.0.1", port))
+server.listen()
+subprocess.Popen([sys.executable, {tree!r}, os.environ["TREE_PIDS"]])
+time.sleep(600)
+"""
+TREE_SUPERNODE = """#!{python}
+import os, sys
+os.execv(sys.executable, [sys.executable, {tree!r}, os.environ["TREE_PIDS"]])
+"""
+TREE_PROCESSES = 1 + 3 * TREE_SIZE  # the SuperLink, its tree, and two SuperNodes' trees
+FLEET = """
+from pathlib import Path
+from loopback.launcher import Loopback
+fleet = Loopback(Path({work!r}), Path({work!r}), [{{}}, {{}}], bin_dir=Path({bin!r}))
+"""
+
+
+def _tree_bin(tmp_path: Path) -> Path:
+    tree = write_fake_tree(tmp_path)
+    bin_dir = tmp_path / "tree-bin"
+    bin_dir.mkdir()
+    for name, text in (("flower-superlink", TREE_SUPERLINK), ("flower-supernode", TREE_SUPERNODE)):
+        script = bin_dir / name
+        script.write_text(text.format(python=sys.executable, tree=str(tree)))
+        script.chmod(0o755)
+    return bin_dir
+
+
+def _fleet_code(tmp_path: Path) -> str:
+    return FLEET.format(work=str(tmp_path / "work"), bin=str(_tree_bin(tmp_path)))
+
+
+def test_a_launcher_killed_with_sigkill_leaves_no_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pids_file = tmp_path / "pids"
+    monkeypatch.setenv("TREE_PIDS", str(pids_file))
+    launcher = start_launcher(
+        _fleet_code(tmp_path) + "fleet.start()\nimport time; time.sleep(600)\n",
+        tmp_path / "launcher.log",
+    )
+    tree: list[int] = []
+    try:
+        tree = wait_for_pids(pids_file, TREE_PROCESSES, timeout_s=60)
+        watchers = watchers_of(tree)
+        assert len(watchers) == 3
+
+        launcher.kill()
+        launcher.wait(timeout=10)
+
+        assert survivors([*tree, *watchers]) == []
+    finally:
+        launcher.kill()
+        kill_all(tree)
+
+
+def test_a_fixtures_processes_die_with_a_killed_pytest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pids_file = tmp_path / "pids"
+    monkeypatch.setenv("TREE_PIDS", str(pids_file))
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "pytest.ini").write_text("[pytest]\n")
+    (suite / "test_fleet.py").write_text(
+        "import time\n"
+        "import pytest\n" + _fleet_code(tmp_path) + "@pytest.fixture\n"
+        "def running():\n"
+        "    with fleet:\n"
+        "        yield fleet\n"
+        "def test_held_up(running):\n"
+        "    time.sleep(600)  # as a hung round, until the CI kills pytest\n"
+    )
+    with (tmp_path / "pytest.log").open("wb") as log:
+        pytest_run = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(suite)],
+            cwd=suite, env=env(), stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    tree: list[int] = []
+    try:
+        tree = wait_for_pids(pids_file, TREE_PROCESSES, timeout_s=60)
+        watchers = watchers_of(tree)
+
+        pytest_run.kill()  # no fixture teardown runs
+        pytest_run.wait(timeout=10)
+
+        assert survivors([*tree, *watchers]) == []
+    finally:
+        pytest_run.kill()
+        kill_all(tree)

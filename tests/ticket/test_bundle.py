@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from ticket import crypto
+from ticket import bundle, crypto
 from ticket.bundle import (
     Signature,
     Ticket,
@@ -786,3 +786,42 @@ def _write_golden() -> None:
 
 if __name__ == "__main__":
     _write_golden()
+
+
+# ---------------------------------------------------------------- size limits
+
+
+def test_a_ticket_over_the_size_limit_is_refused_before_parsing(golden_bytes: bytes) -> None:
+    limit = len(golden_bytes) - 1
+
+    with pytest.raises(BundleError, match=f"over the {limit}-byte limit"):
+        decode_ticket(golden_bytes, trusted_keys=[SIGNER_PUB], max_bytes=limit)
+
+    assert decode_ticket(golden_bytes, trusted_keys=[SIGNER_PUB], max_bytes=limit + 1)
+
+
+def test_a_ticket_file_over_the_limit_is_named_and_read_no_further(
+    golden_bytes: bytes, tmp_path: Path
+) -> None:
+    path = tmp_path / "big.ticket"
+    path.write_bytes(golden_bytes)
+    with path.open("ab") as handle:  # a sparse tail past the default limit: costs no disk
+        handle.truncate(bundle.MAX_TICKET_BYTES + 1)
+
+    with pytest.raises(BundleError, match=f"{path}: over the {bundle.MAX_TICKET_BYTES}-byte"):
+        read_ticket(path, trusted_keys=[SIGNER_PUB])
+
+
+def test_an_oversized_trailer_is_refused_before_it_is_parsed(
+    golden_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, body, _ = _split(golden_bytes)
+    trailer = b" " * (bundle.MAX_TRAILER_BYTES + 1)  # parsed before authentication
+    framed = golden_bytes[:14] + body + struct.pack("<I", len(trailer)) + trailer
+
+    def parse_json(data: bytes) -> Any:
+        raise AssertionError("an oversized trailer was parsed")
+
+    monkeypatch.setattr(bundle, "parse_json", parse_json)
+    with pytest.raises(IntegrityError, match=CORRUPT):
+        decode_ticket(framed, trusted_keys=[SIGNER_PUB])

@@ -369,6 +369,16 @@ def test_decode_refuses_trailing_bytes(int8_message: bytes) -> None:
     refused(int8_message + b"\0\0", "message has 2 trailing byte")
 
 
+def test_a_payload_is_bounded_by_the_receivers_mask_not_by_its_header(
+    float32_message: bytes,
+) -> None:
+    # Wire payload bounds (issue 12): the receiver knows the length from its own ticket, so a
+    # sender can neither claim more values nor attach more bytes than that length implies.
+    huge = patched(float32_message, 12, (2**32 - 1).to_bytes(4, "little"))
+    refused(huge, "header length is 4294967295 values, expected 6")
+    refused(float32_message + bytes(1 << 20), f"message has {1 << 20} trailing byte")
+
+
 def test_decode_refuses_bad_expectations(float32_message: bytes) -> None:
     refused(float32_message, "ticket id must be 64 lowercase hex", ticket_id="abc")
     refused(float32_message, "round -1 is outside", round=-1)

@@ -414,8 +414,8 @@ OTHER_FORMATS: dict[str, tuple[set[str], str]] = {
     "ticket_cli/find_runner.py": ({"accuracy", "metrics", "ticket"}, "find report"),
     "ticket_cli/registry.py": ({"accuracy", "auc", "metrics", "ticket"}, "registry index"),
     "loopback/demo.py": (
-        {"accuracy", "auc", "loss", "rejected", "round", "train-loss"},
-        "the rounds.jsonl fields it prints",
+        {"accuracy", "auc", "loss", "rejected", "round", "status", "train-loss"},
+        "the rounds.jsonl and deploy.json fields it prints",
     ),
     "loopback/devices.py": ({"dataset", "status"}, "the UCI table's site column; a subcommand"),
     "loopback/launcher.py": ({"round"}, _RUN_LOG),

@@ -10,8 +10,8 @@ import pytest
 
 from tests.ticket_cli.registry_tickets import Tickets, add_twin_row, copy_registry, flip_byte
 from tests.ticket_cli.registry_tickets import make_tickets as _make_tickets
-from ticket.bundle import read_ticket
-from ticket.errors import IntegrityError, UnknownNameError, UnsignedTicketError
+from ticket.bundle import MAX_TICKET_BYTES, read_ticket
+from ticket.errors import BundleError, IntegrityError, UnknownNameError, UnsignedTicketError
 from ticket_cli.registry import (
     SCHEMA_VERSION,
     Entry,
@@ -388,3 +388,18 @@ def test_an_index_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(RegistryError, match=r"index\.sqlite3: file is not a database"):
         TicketRegistry(tmp_path)
+
+
+def test_publish_refuses_a_file_over_the_ticket_size_limit_and_keeps_nothing(
+    fresh: TicketRegistry, tickets: Tickets, tmp_path: Path
+) -> None:
+    big = tmp_path / "big.ticket"
+    big.write_bytes(tickets.dense.read_bytes())
+    with big.open("ab") as handle:  # sparse: the limit is checked without a 64 MiB write
+        handle.truncate(MAX_TICKET_BYTES + 1)
+
+    with pytest.raises(BundleError, match=f"{big}: over the {MAX_TICKET_BYTES}-byte limit"):
+        fresh.publish(big, _keys(tickets))
+
+    assert fresh.list() == []
+    assert _stored_files(fresh.root) == []
