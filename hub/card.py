@@ -128,11 +128,15 @@ def draft_card(ticket: Ticket, **prose: str) -> Card:
     """The card a ticket's manifest implies; `prose` overrides title, description, task, ..."""
     manifest = ticket.manifest
     method = manifest.method
-    how = (
-        f"found by {method.name}"
-        + (f" ({method.pruner})" if method.pruner else "")
-        + f" on {manifest.data.name}, rewound to step {manifest.rewind_step}"
+    fleet = manifest.fleet
+    where = (
+        f"on {manifest.data.name}, rewound to step {manifest.rewind_step}"
+        if fleet is None  # a fleet search's rewind point counts rounds
+        else f"on a fleet of {fleet.devices} devices ({fleet.rounds} rounds"
+        + (", secure aggregation" if fleet.secagg else "")
+        + f"; no reading left a device), rewound to round {manifest.rewind_step}"
     )
+    how = f"found by {method.name}" + (f" ({method.pruner})" if method.pruner else "") + f" {where}"
     card = Card(
         ticket=ticket.content_id,
         title=f"{manifest.model.name} on {manifest.data.name}",

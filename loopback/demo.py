@@ -9,7 +9,7 @@ ticket and finds a ticket at density 0.1 from the hospitals' own rows; after the
 with the fleet key (the ML engineer's step), a rollout that installs it on every device; and a
 few rounds of training it, all under secure aggregation (unless --no-secagg). It prints what
 each step did, a per-round table and what each device's owner sees, seeds a ticket hub
-(OUT/hub) with the ticket, and stops every process it started. Exit status 0 only when the
+(OUT/hub) with both tickets, and stops every process it started. Exit status 0 only when the
 training run completed every round with at least one participant.
 """
 
@@ -292,9 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir = workdir / "run"
     print(f"round log {run_dir / 'rounds.jsonl'}  plot {run_dir / 'rounds.png'}")
     print(format_devices(devices, statuses))
-    seeded = seed_hub(out / "hub", [ticket], fleet_key, sign_key=out / "fleet.key")
+    # The dense ticket and the one found inside it: the hub's page shows their lineage.
+    seeded = seed_hub(out / "hub", [dense, ticket], fleet_key, sign_key=out / "fleet.key")
     print(
-        f"hub: {len(seeded)} ticket in {out / 'hub'}; browse it with "
+        f"hub: {len(seeded)} tickets in {out / 'hub'}; browse them with "
         f"`ticket hub serve --root {out / 'hub'}`"
     )
     print("peak RSS (MB): " + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in fleet.peak_rss.items()))

@@ -151,3 +151,16 @@ def test_ticket_card_refuses_a_card_of_another_ticket(heart: Path, tmp_path: Pat
     out.write_bytes(encode_card(SignedCard(replace(draft_card(bundle), dataset="mnist"))))
 
     assert main(["card", str(heart), "--allow-unsigned", "--out", str(out)]) == 5
+
+
+def test_a_card_drafted_for_a_fleet_found_ticket_says_where(bundle: Ticket) -> None:
+    from ticket.bundle import build_ticket
+    from ticket.manifest import FleetSpec
+
+    fleet = FleetSpec(
+        run_id="find-heart", devices=4, rounds=2, levels=1, bytes_up=1, bytes_down=2, secagg=True
+    )
+    found = build_ticket(replace(bundle.manifest, fleet=fleet), bundle.masks, bundle.weights)
+    how = draft_card(found).data_how
+    assert "on a fleet of 4 devices (2 rounds, secure aggregation" in how
+    assert "rewound to round" in how
