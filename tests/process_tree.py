@@ -97,3 +97,20 @@ def kill_all(pids: Iterable[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
+
+
+def assert_tree_dies_with(launcher: "subprocess.Popen[bytes]", pids_file: Path) -> None:
+    """SIGKILL `launcher` once its fake tree (one watcher) runs; assert nothing survives it."""
+    tree: list[int] = []
+    try:
+        tree = wait_for_pids(pids_file, TREE_SIZE)
+        watchers = watchers_of(tree)
+        assert len(watchers) == 1
+
+        launcher.kill()
+        launcher.wait(timeout=10)
+
+        assert survivors([*tree, *watchers]) == []
+    finally:
+        launcher.kill()
+        kill_all(tree)

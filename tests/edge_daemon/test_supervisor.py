@@ -14,12 +14,8 @@ import pytest
 from edge_daemon.config import SupervisorConfig
 from edge_daemon.supervisor import STABLE_S, NodeSupervisor, launch, signal_group
 from tests.process_tree import (
-    TREE_SIZE,
-    kill_all,
+    assert_tree_dies_with,
     start_launcher,
-    survivors,
-    wait_for_pids,
-    watchers_of,
     write_fake_tree,
 )
 
@@ -291,16 +287,4 @@ def test_a_daemon_killed_with_sigkill_leaves_no_node_process(tmp_path: Path) -> 
         "time.sleep(600)\n",
         tmp_path / "daemon.log",
     )
-    tree: list[int] = []
-    try:
-        tree = wait_for_pids(pids_file, TREE_SIZE)
-        watchers = watchers_of(tree)
-        assert len(watchers) == 1
-
-        daemon.kill()
-        daemon.wait(timeout=10)
-
-        assert survivors([*tree, *watchers]) == []
-    finally:
-        daemon.kill()
-        kill_all(tree)
+    assert_tree_dies_with(daemon, pids_file)

@@ -5,12 +5,8 @@ from pathlib import Path
 import pytest
 
 from tests.process_tree import (
-    TREE_SIZE,
-    kill_all,
+    assert_tree_dies_with,
     start_launcher,
-    survivors,
-    wait_for_pids,
-    watchers_of,
     write_fake_tree,
 )
 from ticket import process_guard
@@ -29,16 +25,4 @@ def test_a_fleet_server_killed_with_sigkill_leaves_no_superlink_process(tmp_path
         "time.sleep(600)\n",
         tmp_path / "server.log",
     )
-    tree: list[int] = []
-    try:
-        tree = wait_for_pids(pids_file, TREE_SIZE)
-        watchers = watchers_of(tree)
-        assert len(watchers) == 1
-
-        server.kill()
-        server.wait(timeout=10)
-
-        assert survivors([*tree, *watchers]) == []
-    finally:
-        server.kill()
-        kill_all(tree)
+    assert_tree_dies_with(server, pids_file)

@@ -11,6 +11,7 @@ import pytest
 
 from tests.process_tree import (
     TREE_SIZE,
+    assert_tree_dies_with,
     kill_all,
     start_launcher,
     survivors,
@@ -32,19 +33,7 @@ def test_sigkill_of_the_launcher_kills_the_whole_tree_and_the_watcher(tmp_path: 
         "time.sleep(600)\n",
         tmp_path / "launcher.log",
     )
-    tree: list[int] = []
-    try:
-        tree = wait_for_pids(pids_file, TREE_SIZE)
-        watchers = watchers_of(tree)
-        assert len(watchers) == 1
-
-        launcher.kill()
-        launcher.wait(timeout=10)
-
-        assert survivors([*tree, *watchers]) == []
-    finally:
-        launcher.kill()
-        kill_all(tree)
+    assert_tree_dies_with(launcher, pids_file)
 
 
 def test_the_tree_dies_with_its_root_escaped_children_included(tmp_path: Path) -> None:

@@ -237,6 +237,23 @@ def test_wire_errors_are_ticket_errors() -> None:
 
 
 # A wire change is a conscious act: every message's records and keys, pinned.
+SEARCH_STEP_LAYOUT = {  # a fleet search's train instruction, whatever its objective
+    "arrays": {"arrays": ["packed", "search-mask"]},
+    "config": {
+        "config": [
+            "batch-size",
+            "dtype",
+            "local-epochs",
+            "lr",
+            "objective",
+            "optimizer",
+            "saliency-scale",
+            "seed",
+            "server-round",
+            "ticket-id",
+        ]
+    },
+}
 GOLDEN = {
     "TrainInstruction": {
         "arrays": {"arrays": ["packed"]},
@@ -253,40 +270,8 @@ GOLDEN = {
             ]
         },
     },
-    "TrainInstruction+search": {
-        "arrays": {"arrays": ["packed", "search-mask"]},
-        "config": {
-            "config": [
-                "batch-size",
-                "dtype",
-                "local-epochs",
-                "lr",
-                "objective",
-                "optimizer",
-                "saliency-scale",
-                "seed",
-                "server-round",
-                "ticket-id",
-            ]
-        },
-    },
-    "TrainInstruction+saliency": {
-        "arrays": {"arrays": ["packed", "search-mask"]},
-        "config": {
-            "config": [
-                "batch-size",
-                "dtype",
-                "local-epochs",
-                "lr",
-                "objective",
-                "optimizer",
-                "saliency-scale",
-                "seed",
-                "server-round",
-                "ticket-id",
-            ]
-        },
-    },
+    "TrainInstruction+search": SEARCH_STEP_LAYOUT,
+    "TrainInstruction+saliency": SEARCH_STEP_LAYOUT,
     "TrainReply": {
         "arrays": {"arrays": ["packed"]},
         "metrics": {"metrics": ["num-examples", "train-loss"]},
