@@ -166,8 +166,26 @@ def _metrics_section(metrics: Mapping[str, Any]) -> list[str]:
     levels = metrics.get("levels")
     if isinstance(levels, list) and levels and all(isinstance(row, dict) for row in levels):
         return ["", "metrics by pruning level", *_levels_table(levels)]
+    searched = metrics.get("search_levels")  # a fleet search's levels (fleet-server find)
+    if isinstance(searched, list) and searched and all(isinstance(r, dict) for r in searched):
+        return ["", "fleet search by level", *_search_table(searched)]
     shown = [f"  {key}  {text}" for key, value in metrics.items() if (text := _short(value))]
     return ["", "metrics" if shown else "metrics   none", *shown]
+
+
+def _search_table(levels: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One row per level of a fleet search: what it cost and the density it pruned to."""
+    headers = ["level", "density after", "rounds", "devices", "bytes up", "bytes down", "loss"]
+    keys = ("rounds", "devices", "bytes_up", "bytes_down", "train_loss")
+    rows = [
+        [
+            number_text(row.get("level", index)),
+            percent_text(row.get("density_after")),
+            *(number_text(row.get(key)) for key in keys),
+        ]
+        for index, row in enumerate(levels)
+    ]
+    return _table(headers, rows, numeric_from=1)
 
 
 def _levels_table(levels: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -258,3 +258,21 @@ def test_inspect_refuses_a_model_that_cannot_be_built(
 
     assert (code, out) == (ExitCode.BAD_TICKET, "")
     assert "the ticket's model cannot be built: unknown model 'resnet-9000'" in err
+
+
+def test_a_fleet_found_ticket_says_where_and_at_what_cost(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fleet = {"run_id": "find-heart", "devices": 4, "rounds": 2, "levels": 1,
+             "bytes_up": 82296, "bytes_down": 158664, "secagg": True}  # fmt: skip
+    level = {"level": 0, "density_after": 0.1, "rounds": 2, "devices": 4, "bytes_up": 82296,
+             "bytes_down": 158664, "train_loss": 0.47}  # fmt: skip
+    path = _rewrite(tmp_path / "f.ticket", fleet=fleet, metrics={"search_levels": [level]})
+    code, out, _ = _run(capsys, "inspect", str(path), "--allow-unsigned")
+    assert code == ExitCode.OK
+    assert "found on the fleet (run find-heart): 4 devices, 1 level(s), 2 rounds, secure" in out
+    assert "search cost 82,296 bytes up, 158,664 bytes down" in out
+    table = out[out.index("fleet search by level") :].splitlines()
+    assert table[1].split() == ["level", "density", "after", "rounds", "devices", "bytes", "up",
+                                "bytes", "down", "loss"]  # fmt: skip
+    assert table[2].split() == ["0", "10.00%", "2", "4", "82296", "158664", "0.4700"]
