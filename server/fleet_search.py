@@ -250,6 +250,8 @@ def _pruning_level(
         rounds=search.search_rounds_per_level,
         stop_early=stop_early,
     )
+    if not level.nodes:  # the aggregate would be W_k itself: pruning it finds nothing
+        raise SearchError(f"level {state.level}: no device's update was averaged in")
     layout = _layout(base, state.mask)
     aggregate = layout.unpack(level.vector)
     mask = next_mask(

@@ -311,3 +311,11 @@ def test_a_device_whose_saliency_is_not_finite_is_counted_and_left_out(
     assert len(line["participants"]) == 3
     assert found.manifest.fleet is not None and found.manifest.fleet.devices == 3
     assert all(np.isfinite(w).all() for w in found.weights.values())
+
+
+def test_a_level_no_device_could_train_stops_the_search(dense_path: Path, tmp_path: Path) -> None:
+    """Every device fails (no such partition): pruning W_k itself would find nothing."""
+    nodes = heart_nodes(dense_path, **{"partition-id": 9})
+    with pytest.raises(SearchError, match="level 0: no device's update was averaged in"):
+        search(find_config(dense_path, tmp_path), InProcessGrid(client_app.app, nodes))
+    assert latest_state(tmp_path / "search", {}) is None  # no level was recorded as done
