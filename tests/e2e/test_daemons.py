@@ -86,7 +86,7 @@ def test_daemons_restart_a_killed_node_and_stop_an_ineligible_one(tmp_path: Path
         ticket,
         run_dir=tmp_path / "run",
         fleet_key=tmp_path / "fleet.pub",
-        num_rounds=3,
+        num_rounds=4,
         min_nodes=2,
         round_timeout_s=30.0,
         # No federated evaluation: supervision is under test, and each evaluate message costs
@@ -128,19 +128,25 @@ def test_daemons_restart_a_killed_node_and_stop_an_ineligible_one(tmp_path: Path
     unplugged = events.pop("unplugged_node")
     assert events == {"restarted": True, "training": True, "stopped": True}
     assert outcome.completed, outcome.status
-    assert [line["round"] for line in outcome.rounds] == [1, 2, 3]
+    assert [line["round"] for line in outcome.rounds] == [1, 2, 3, 4]
     assert all(line["participants"] for line in outcome.rounds)
-    # The round the device was unplugged in: its node failed, and the round went on with the
-    # others (the undisturbed device 1 among them; device 0's node, killed in round 1, may be
-    # reported unavailable by the SuperLink in round 2 as well).
+    # The round the device was unplugged in went on with the others (the undisturbed device 1
+    # among them; device 0's node, killed in round 1, may be reported unavailable by the
+    # SuperLink in round 2 as well). The unplugged device's update either failed with its
+    # stopped node or, when its ClientApp finished before the stop reached it, counted once.
     round_2 = outcome.rounds[1]
-    assert isinstance(unplugged, int) and str(unplugged) in round_2["failures"], round_2
-    assert unplugged not in round_2["participants"]
+    assert isinstance(unplugged, int)
+    assert (str(unplugged) in round_2["failures"]) != (unplugged in round_2["participants"])
     assert _node_id(devices[1]) in round_2["participants"], round_2
     assert all(len(line["bytes"]["down"]) <= 3 for line in outcome.rounds)  # never Switzerland
     unenrolled = json.loads((devices[3].state_dir / "status.json").read_text())
     assert unenrolled["node_starts"] >= 1 and unenrolled["node_last_exit"] not in (None, 0)
-    assert len(outcome.rounds[2]["participants"]) == 2  # the unplugged device sat round 3 out
+    later = outcome.rounds[2:]
+    assert all(unplugged not in line["participants"] for line in later)  # it sat them out
+    # The killed node's restart rejoins training. The SuperLink holds the killed node's id
+    # "online" until its heartbeat lapses (2 x 30 s), so the restart can activate only after
+    # that: in round 3, or in round 4 on a loaded machine.
+    assert any(_node_id(devices[0]) in line["participants"] for line in later), later
     # What each owner sees: rounds joined; the unplugged device says why it is not training.
     assert all(status["rounds_joined"] >= 1 for status in statuses[:3])
     assert statuses[3]["rounds_joined"] == 0

@@ -46,7 +46,7 @@ def test_a_launcher_killed_mid_run_leaves_no_flower_process(tmp_path: Path) -> N
         wait_for_pids(tmp_path / "mark", 1, timeout_s=400)
         processes = psutil.Process(launcher.pid).children(recursive=True)
         tree = [process.pid for process in processes]
-        names = " ".join(" ".join(process.cmdline()[:2]) for process in processes)
+        names = " ".join(_command(process) for process in processes)
         assert "flower-superexec" in names and "flwr-serverapp" in names, names
         watchers = watchers_of(tree)
         assert len(watchers) >= 4  # SuperLink, 2 SuperNodes, flwr run
@@ -60,3 +60,11 @@ def test_a_launcher_killed_mid_run_leaves_no_flower_process(tmp_path: Path) -> N
         for pid in tree:
             with contextlib.suppress(psutil.NoSuchProcess):
                 psutil.Process(pid).kill()
+
+
+def _command(process: psutil.Process) -> str:
+    """A process's program and first argument; "" for one that has exited (a zombie too)."""
+    try:
+        return " ".join(process.cmdline()[:2])
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return ""
