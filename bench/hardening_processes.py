@@ -42,26 +42,17 @@ sys.path.insert(0, str(ROOT))  # `python bench/hardening_processes.py` from a ch
 from edge_daemon import config as daemon_config  # noqa: E402
 from edge_daemon.readings import SCHEMAS, CsvLimits, IngestError, read_csv  # noqa: E402
 from server import config as server_config  # noqa: E402
+from tests.process_tree import (  # noqa: E402  # the tests' fake node and its checks
+    FAKE_TREE,
+    TREE_SIZE,
+    is_alive,
+    wait_for_pids,
+    watchers_of,
+)
 from ticket import bundle, codec, process_guard  # noqa: E402
 from ticket.errors import TicketError  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "hardening_processes.md"
-TREE_SIZE = 4
-FAKE_TREE = """
-import os, signal, subprocess, sys, time
-out = sys.argv[1]
-with open(out, "a") as f:
-    f.write(f"{os.getpid()}\\n")
-role = sys.argv[2] if len(sys.argv) > 2 else "node"
-if role == "escaped":
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-elif role == "node":
-    subprocess.Popen([sys.executable, __file__, out, "escaped"], start_new_session=True)
-    subprocess.Popen([sys.executable, __file__, out, "grouped"])
-elif role == "grouped":
-    subprocess.Popen([sys.executable, __file__, out, "leaf"])
-time.sleep(600)
-"""
 FAKE_SUPERLINK = """#!{python}
 import os, socket, subprocess, sys, time
 port = int(sys.argv[sys.argv.index("--port") + 1])
@@ -147,33 +138,6 @@ def _launchers(work: Path) -> dict[str, tuple[list[str], int]]:
     }
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _watchers(pids: list[int]) -> list[int]:
-    wanted = {str(pid) for pid in pids}
-    return [
-        p.info["pid"]
-        for p in psutil.process_iter(["pid", "cmdline"])
-        if any(part.endswith("process_guard.py") for part in p.info["cmdline"] or [])
-        and wanted & set(p.info["cmdline"] or [])
-    ]
-
-
-def _wait_pids(path: Path, count: int, timeout_s: float = 60.0) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        pids = [int(line) for line in path.read_text().split()] if path.exists() else []
-        if len(pids) >= count:
-            return pids
-        time.sleep(0.05)
-    raise RuntimeError(f"{path}: fewer than {count} pids after {timeout_s:.0f} s")
-
-
 def kill_once(command: list[str], count: int, work: Path) -> tuple[int, float, int]:
     """(processes in the trees and watchers, seconds until all were gone, how many were left)."""
     pids_file = work / f"pids-{time.monotonic_ns()}"
@@ -183,21 +147,21 @@ def kill_once(command: list[str], count: int, work: Path) -> tuple[int, float, i
     )
     tree: list[int] = []
     try:
-        tree = _wait_pids(pids_file, count)
+        tree = wait_for_pids(pids_file, count, timeout_s=60.0)
         time.sleep(0.5)  # the watchers' first look at the trees
-        everything = [*tree, *_watchers(tree)]
+        everything = [*tree, *watchers_of(tree)]
         launcher.kill()
         killed_at = time.monotonic()
         launcher.wait()
         deadline = killed_at + 15.0
-        while any(_alive(pid) for pid in everything) and time.monotonic() < deadline:
+        while any(is_alive(pid) for pid in everything) and time.monotonic() < deadline:
             time.sleep(0.01)
         took = time.monotonic() - killed_at
-        return len(everything), took, sum(_alive(pid) for pid in everything)
+        return len(everything), took, sum(is_alive(pid) for pid in everything)
     finally:
         launcher.kill()
         for pid in tree:
-            if _alive(pid):
+            if is_alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -212,7 +176,7 @@ def watcher_cost(repeats: int) -> tuple[float, float]:
         watched = process_guard.spawn([sys.executable, "-S", "-c", "import time; time.sleep(5)"])
         watched_s = time.perf_counter() - began
         extra_ms.append(1000 * (watched_s - plain_s))
-        watcher = psutil.Process(_watchers([watched.pid])[0])
+        watcher = psutil.Process(watchers_of([watched.pid])[0])
         rss.append(watcher.memory_info().rss / 2**20)
         for popen in (plain, watched):
             popen.kill()

@@ -115,6 +115,7 @@ class _Level:
     lines: list[dict[str, Any]]
     checkpoints: RunCheckpoint  # the level's round checkpoints (late rewinding reads one)
     first: int  # rounds numbered before the level's first
+    layout: PackLayout  # how the level's vectors pack its mask
 
 
 def run_search(grid: Any, settings: FindSettings, *, now: datetime | None = None) -> Ticket:
@@ -223,7 +224,7 @@ def _saliency(
     level = _run_level(grid, settings, base, state, start=start, step=step, rounds=1)
     if not level.nodes:
         raise SearchError("no device's saliency arrived: nothing to prune by")
-    layout = _layout(base, state.mask)
+    layout = level.layout
     after, before = layout.unpack(level.vector), layout.unpack(layout.pack(start))
     # Under differential privacy the mean carries noise: a score below zero is noise alone.
     saliency = {name: np.maximum(after[name] - before[name], 0.0) for name in state.mask}
@@ -252,8 +253,7 @@ def _pruning_level(
     )
     if not level.nodes:  # the aggregate would be W_k itself: pruning it finds nothing
         raise SearchError(f"level {state.level}: no device's update was averaged in")
-    layout = _layout(base, state.mask)
-    aggregate = layout.unpack(level.vector)
+    aggregate = level.layout.unpack(level.vector)
     mask = next_mask(
         aggregate,
         state.mask,
@@ -265,7 +265,7 @@ def _pruning_level(
     )
     w_k = state.w_k
     if state.level == 0 and search.search_rewind_round > 0:  # late rewinding: W_k of level 0
-        w_k = _rewind_point(base, state, level, search.search_rewind_round)
+        w_k = _rewind_point(level, search.search_rewind_round)
     if mask is None:  # already at the target: the level's mask is the ticket's
         return _finished_level(state, level, dict(state.mask), w_k=w_k, is_done=True)
     torch_mask = {n: torch.from_numpy(np.array(m)) for n, m in mask.items()}
@@ -374,6 +374,7 @@ def _run_level(
         lines=lines,
         checkpoints=checkpoints,
         first=first,
+        layout=layout,
     )
 
 
@@ -386,10 +387,10 @@ def _checkpoints(strategy: PackedFedAvg, directory: Path) -> RunCheckpoint:
     )
 
 
-def _rewind_point(base: Ticket, state: SearchState, level: _Level, rewind_round: int) -> Arrays:
+def _rewind_point(level: _Level, rewind_round: int) -> Arrays:
     """W_k: level 0's global weights after `rewind_round` rounds (its checkpoint)."""
     vector = level.checkpoints.load(level.first + rewind_round).vector
-    return _layout(base, state.mask).unpack(vector)
+    return level.layout.unpack(vector)
 
 
 def _finished_level(

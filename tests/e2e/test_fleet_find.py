@@ -15,14 +15,13 @@ import json
 import signal
 import subprocess
 import sys
-from contextlib import suppress
 from pathlib import Path
 
 import pytest
 
 from loopback.devices import prepare_devices
 from server.superlink import free_port, is_listening
-from tests.e2e.test_fleet_server import _kill_group, _start, _wait_for
+from tests.e2e.test_fleet_server import _kill_group, _start, _stop_all, _wait_for
 from ticket.bundle import read_ticket
 
 BIN = Path(sys.executable).parent
@@ -100,12 +99,7 @@ def test_a_ticket_found_on_the_fleet_survives_a_kill_of_the_server(tmp_path: Pat
         started.append(second)
         assert second.wait(timeout=400) == 0, (tmp_path / "second.log").read_text()
     finally:
-        for popen in reversed(started):
-            _kill_group(popen, signal.SIGTERM)
-        for popen in started:
-            with suppress(subprocess.TimeoutExpired):
-                popen.wait(timeout=20)
-            _kill_group(popen, signal.SIGKILL)
+        _stop_all(started)
 
     second_log = (tmp_path / "second.log").read_text()
     assert "resuming the search" in second_log and "found ticket" in second_log

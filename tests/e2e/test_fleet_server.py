@@ -93,6 +93,16 @@ def _kill_group(popen: subprocess.Popen[bytes], sig: signal.Signals) -> None:
         os.killpg(popen.pid, sig)
 
 
+def _stop_all(started: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every group started (last first), then SIGKILL what is left after 20 s each."""
+    for popen in reversed(started):
+        _kill_group(popen, signal.SIGTERM)
+    for popen in started:
+        with suppress(subprocess.TimeoutExpired):
+            popen.wait(timeout=20)
+        _kill_group(popen, signal.SIGKILL)
+
+
 @pytest.mark.slow
 def test_a_killed_fleet_server_resumes_and_admits_only_enrolled_nodes(tmp_path: Path) -> None:
     port = free_port()
@@ -158,12 +168,7 @@ def test_a_killed_fleet_server_resumes_and_admits_only_enrolled_nodes(tmp_path: 
             metrics = response.read().decode()
         assert second.wait(timeout=240) == 0, (tmp_path / "second.log").read_text()
     finally:
-        for popen in reversed(started):
-            _kill_group(popen, signal.SIGTERM)
-        for popen in started:
-            with suppress(subprocess.TimeoutExpired):
-                popen.wait(timeout=20)
-            _kill_group(popen, signal.SIGKILL)
+        _stop_all(started)
 
     second_log = (tmp_path / "second.log").read_text()
     assert "resuming" in second_log
