@@ -113,9 +113,16 @@ def test_daemons_restart_a_killed_node_and_stop_an_ineligible_one(tmp_path: Path
         assert _wait_for(lambda: all(fleet.node_pids(i) for i in range(3)), 60.0)
         # The unenrolled device's node is turned away by the SuperLink (node authentication).
         status_file = devices[3].state_dir / "status.json"
-        assert _wait_for(lambda: '"node_last_exit": null' not in status_file.read_text(), 60.0)
+        assert _wait_for(  # its daemon writes status.json once it is up: it may not be yet
+            lambda: (
+                status_file.exists() and '"node_last_exit": null' not in status_file.read_text()
+            ),
+            60.0,
+        )
         outcome = fleet.run(config, timeout_s=400.0, on_round=inject)
         statuses = [device.status() for device in devices]
+        # Read while the fleet runs: stopping it ends the node's current attempt with 0.
+        unenrolled = json.loads(status_file.read_text())
         # SIGTERM to a daemon alone (not its group; the node has a session of its own): the
         # daemon itself must stop its node and everything under it before it exits.
         daemon = next(s.popen for s in fleet.started if s.label == "daemon-1")
@@ -139,7 +146,6 @@ def test_daemons_restart_a_killed_node_and_stop_an_ineligible_one(tmp_path: Path
     assert (str(unplugged) in round_2["failures"]) != (unplugged in round_2["participants"])
     assert _node_id(devices[1]) in round_2["participants"], round_2
     assert all(len(line["bytes"]["down"]) <= 3 for line in outcome.rounds)  # never Switzerland
-    unenrolled = json.loads((devices[3].state_dir / "status.json").read_text())
     assert unenrolled["node_starts"] >= 1 and unenrolled["node_last_exit"] not in (None, 0)
     later = outcome.rounds[2:]
     assert all(unplugged not in line["participants"] for line in later)  # it sat them out
