@@ -36,6 +36,7 @@ from server.fleet import (
     training_target,
 )
 from server.run_status import RunSummary, format_summary, read_summary
+from server.service_state import ServiceState, format_service, read_state
 from server.superlink import SuperLinkError, is_listening
 from ticket.atomic import AlreadyRunningError
 from ticket.errors import TicketError
@@ -212,8 +213,12 @@ def run_run(args: argparse.Namespace, config: FleetConfig) -> int:
     if args.metrics_port is not None:
         from server.metrics import serve_metrics
 
+        def scrape() -> RunSummary:
+            service = read_state(config.paths.service_file)
+            return _summary(config, _target(config, service), service)
+
         metrics = serve_metrics(
-            lambda: _summary(config, _target(config)),
+            scrape,
             port=args.metrics_port,
             host=args.metrics_host,
         )
@@ -357,14 +362,19 @@ def run_nodes(args: argparse.Namespace, config: FleetConfig) -> int:
 
 
 def run_status(args: argparse.Namespace, config: FleetConfig) -> int:
-    active = _target(config)
-    summary = _summary(config, active)
+    service = read_state(config.paths.service_file)
+    active = _target(config, service)
+    summary = _summary(config, active, service)
     if args.json:
         document = summary.as_dict()
         if config.run.ticket is None:
             document["active_ticket"] = None if active is None else active.ticket_id
+        document["service"] = (
+            None if service is None else {**service.as_dict(), "alive": service.alive}
+        )
         print(json.dumps(document, indent=2))
         return ExitCode.OK
+    print("\n".join(format_service(service)))
     if config.run.ticket is None:
         print(
             f"active ticket: {active.ticket_id}"
@@ -375,30 +385,36 @@ def run_status(args: argparse.Namespace, config: FleetConfig) -> int:
     return ExitCode.OK
 
 
-def _target(config: FleetConfig) -> TrainingTarget | None:
-    """What `run` trains; None while server.yaml names no ticket and none is active yet."""
+def _target(config: FleetConfig, service: ServiceState | None = None) -> TrainingTarget | None:
+    """The run to report: the one the running service trains, else what `run` would train;
+    None while server.yaml names no ticket and none is active yet."""
+    if service is not None and service.alive and service.run_dir is not None:
+        return TrainingTarget(Path(), Path(service.run_dir), service.ticket)
     try:
         return training_target(config)
     except NoActiveTicketError:
         return None
 
 
-def _summary(config: FleetConfig, target: TrainingTarget | None) -> RunSummary:
-    """The run of `target` (`_target(config)`): its rounds so far, and its state if the
-    SuperLink is up."""
+def _summary(
+    config: FleetConfig, target: TrainingTarget | None, service: ServiceState | None
+) -> RunSummary:
+    """The run of `target` (`_target(config)`): its rounds so far, and, while the service
+    runs, its Flower run and state as the service last saw them (no SuperLink query: that
+    would take the seconds the `flwr` CLI takes to start)."""
+    live = service is not None and service.alive
     run = read_run_file(config.paths.run_file)
     run_id = run.get("run_id") if isinstance(run.get("run_id"), int) else None
-    status = None
-    if run_id is not None and _superlink_up(config):
-        try:
-            status = flower_cli(config).run_status(run_id)
-        except SuperLinkError:
-            status = None
+    if live and service is not None and service.run_id is not None:
+        run_id = service.run_id
+    planned = config.run.num_rounds
+    if live and service is not None and service.rounds_planned is not None:
+        planned = service.rounds_planned
     return read_summary(
         config.run_dir() if target is None else target.run_dir,
-        rounds_planned=config.run.num_rounds,
+        rounds_planned=planned,
         run_id=run_id,
-        run_status=status,
+        run_status=service.run_status if live and service is not None else None,
     )
 
 

@@ -9,7 +9,7 @@ Paths left out (tls.*, fleet_key, fleet_signing_key) mean "the files `fleet-serv
 under state_dir"; paths given are the operator's own and must exist when they are used.
 """
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+WHEN_DONE = ("idle", "continue", "exit")  # run.when_done: see RunSection
 
 
 class ConfigError(Exception):
@@ -69,6 +70,10 @@ class RunSection(TrainingSettings):
     # `ticket deploy -c server.yaml` rolled out), in run directory state_dir/runs/NAME-<id12>
     ticket: Path | None = None
     name: str = "main"  # the run directory state_dir/runs/NAME; a new name starts afresh
+    # Once a run has trained num_rounds: "idle" (the SuperLink keeps serving the fleet and the
+    # next `ticket deploy` starts the next run), "continue" (train on, num_rounds at a time)
+    # or "exit" (`fleet-server run` ends: a batch job).
+    when_done: str = field(default="idle", metadata={"choices": WHEN_DONE})
 
     @property
     def training(self) -> TrainingSettings:
@@ -127,14 +132,20 @@ class FleetConfig:
         name = self.run.name if ticket_id is None else f"{self.run.name}-{ticket_id[:12]}"
         return self.paths.run_dir(name)
 
-    def run_config(self, ticket: Path, run_dir: Path) -> dict[str, ConfigValue]:
+    def run_config(
+        self, ticket: Path, run_dir: Path, *, num_rounds: int | None = None
+    ) -> dict[str, ConfigValue]:
         """The ServerApp's run config (`flwr run --run-config`) for `ticket` in `run_dir`; the
-        same every time, so a re-run resumes from the run directory's checkpoints."""
+        same every time, so a re-run resumes from the run directory's checkpoints.
+        `num_rounds`: where the run ends, if not at run.num_rounds (run.when_done: continue)."""
         fleet_key = None if self.run.allow_unsigned else self.fleet_public_key
         placement = RunPlacement(
             ticket_path=ticket, run_dir=run_dir, fleet_key=fleet_key, roster=self.paths.nodes_file
         )
-        return to_run_config(RunConfig(placement=placement, training=self.run.training))
+        training = self.run.training
+        if num_rounds is not None:
+            training = replace(training, num_rounds=num_rounds)
+        return to_run_config(RunConfig(placement=placement, training=training))
 
     def search_run_config(
         self, ticket: Path, run_dir: Path, search: SearchSettings

@@ -1,12 +1,13 @@
-"""`fleet-server init` and `fleet-server run`: the state directory, and the SuperLink with its
-training run as processes.
+"""`fleet-server init`, `run` and `find`: the state directory, and the SuperLink with the runs
+it serves as processes.
 
 `run` starts `flower-superlink` (TLS, node authentication, `--database` in the state directory,
 no run-time dependency installation, its own FLWR_HOME) in a process group of its own, records
-it in the pid file, submits the Flower app (state_dir/app, written from ticket/runconfig.py)
-with the run config server.yaml makes, and follows it until it is finished. Every submission of
-a configuration uses the same run directory and settings, so after a kill the ServerApp resumes
-from the last checkpointed round.
+it in the pid file, and hands over to the service loop (server/service.py), which submits the
+Flower app (state_dir/app, written from ticket/runconfig.py) with the run config server.yaml
+makes for the ticket to train, follows it, and moves on to the next. Every submission for a
+ticket uses the same run directory and settings, so after a kill the ServerApp resumes from the
+last checkpointed round.
 """
 
 import contextlib
@@ -30,7 +31,8 @@ from server.config import WILDCARD_HOSTS, FleetConfig
 from server.deployments import DeploymentLedger, LedgerError
 from server.processes import PidFile, Recorded, stop_groups
 from server.run_log import RunLog
-from server.run_status import read_summary, summarize_round
+from server.run_status import summarize_round
+from server.service_state import STOPPED, ServicePublisher
 from server.superlink import (
     COMPLETED,
     FINISHED_PREFIX,
@@ -223,7 +225,9 @@ class FleetServer:
         return flower_cli(self.config, self.bin_dir)
 
     def run(self) -> str:
-        """Start the SuperLink, submit (or resume) the run, follow it to the end; its status."""
+        """Start the SuperLink and serve the fleet: train what the ledger (or run.ticket) says,
+        switching when it changes (server/service.py); returns only under `when_done: exit`
+        (the last run's status), else runs until SIGTERM."""
         return self._serve(self._train, program="fleet-server run")
 
     def find(self, job: "SearchJob") -> str:
@@ -254,8 +258,13 @@ class FleetServer:
                     pid_file.remove()
 
     def _train(self) -> str:
-        self._wait_for_active_ticket()
-        return self._submit_and_follow()
+        from server.service import TrainingService
+
+        publisher = ServicePublisher(self.config.paths.service_file, os.getpid())
+        try:
+            return TrainingService(self, publisher).serve()
+        finally:
+            publisher.update(phase=STOPPED, detail="fleet-server run has stopped")
 
     def stop(self) -> None:
         """Stop every process group we started (SIGTERM, then SIGKILL after `grace_s`)."""
@@ -275,8 +284,16 @@ class FleetServer:
                 raise FleetError(f"{path}: missing; run `fleet-server init`")
         if config.run.ticket is not None and not config.run.ticket.is_file():
             raise FleetError(f"run.ticket: {config.run.ticket}: no such file")
-        if config.run.ticket is None:
-            active_ticket(self.config)  # a damaged ledger stops us before anything starts
+        if config.run.ticket is None and (active := active_ticket(config)) is not None:
+            # A damaged ledger, or one whose active ticket lost its bundle, stops us before
+            # anything starts (later, while serving, the service idles and says why instead).
+            bundle = DeploymentLedger(config.paths.deployments).bundle(active)
+            if not bundle.is_file():
+                raise FleetError(
+                    f"{DeploymentLedger(config.paths.deployments).file}: the active ticket "
+                    f"{active} has no bundle ({bundle} is missing); roll it out again with "
+                    "`ticket deploy FILE -c server.yaml`"
+                )
         if not config.run.allow_unsigned and not config.fleet_public_key.is_file():
             raise FleetError(f"{config.fleet_public_key}: no fleet key; run `fleet-server init`")
         write_app(config)  # before anything starts: a project that is not installed stops us
@@ -328,19 +345,6 @@ class FleetServer:
             f"{', node authentication' if config.node_auth else ''}); logs in {paths.logs_dir}"
         )
 
-    def _wait_for_active_ticket(self) -> None:
-        """With no run.ticket, serve the SuperLink (so devices connect and `ticket deploy` can
-        reach them) until a rollout makes a ticket active."""
-        if self.config.run.ticket is not None or active_ticket(self.config) is not None:
-            return
-        self.out(
-            "no ticket is active yet: the SuperLink serves the fleet until "
-            "`ticket deploy FILE -c server.yaml` rolls one out"
-        )
-        while active_ticket(self.config) is None:
-            self._check_superlink()
-            time.sleep(self.poll_s)
-
     def _stop_earlier_run(self) -> None:
         """A run submitted by a killed fleet-server is still "running" in the database: stop it
         so that no two ServerApps ever write the same run directory."""
@@ -356,25 +360,6 @@ class FleetServer:
         except SuperLinkError:
             pass  # not in this database (e.g. a fresh one): nothing to stop
 
-    def _submit_and_follow(self) -> str:
-        config = self.config
-        target = training_target(config)
-        run_dir = target.run_dir
-        if target.ticket_id is not None:
-            self.out(f"training the active ticket {target.ticket_id[:12]}")
-        log = RunLog(run_dir / "rounds.jsonl")
-        done = {line["round"] for line in log.read()}
-        if done:
-            self.out(f"resuming {run_dir} after round {max(done)} of {config.run.num_rounds}")
-        status = self._follow(
-            config.run_config(target.ticket, run_dir),
-            label=f"{config.run.num_rounds} rounds, {run_dir}",
-            on_poll=lambda: self._print_new_rounds(log, done),
-        )
-        summary = read_summary(run_dir, rounds_planned=config.run.num_rounds)
-        self.out(f"{status}; {summary.last_round}/{config.run.num_rounds} rounds")
-        return status
-
     def _search(self, job: "SearchJob") -> str:
         levels: set[str] = set()
         finished = sorted(job.run_dir.glob("level-*.state")) if job.run_dir.is_dir() else []
@@ -382,13 +367,13 @@ class FleetServer:
             self.out(f"resuming the search in {job.run_dir} after {len(finished)} level(s)")
         levels.update(path.name for path in finished)
 
-        def progress() -> None:
+        def progress(run_id: int | None) -> None:
             for path in sorted(job.run_dir.glob("level-*.state")):
                 if path.name not in levels:
                     levels.add(path.name)
                     self.out(f"search: {path.stem} finished")
 
-        status = self._follow(
+        status = self.follow(
             self.config.search_run_config(job.ticket, job.run_dir, job.settings),
             label=f"search {job.settings.search_method}, {job.run_dir}",
             on_poll=progress,
@@ -396,10 +381,15 @@ class FleetServer:
         self.out(f"search: {status}")
         return status
 
-    def _follow(
-        self, run_config: dict[str, Any], *, label: str, on_poll: Callable[[], None]
+    def follow(
+        self,
+        run_config: dict[str, Any],
+        *,
+        label: str,
+        on_poll: Callable[[int | None], None],
     ) -> str:
-        """Submit a run, follow it (calling `on_poll` every poll) to the end; its status."""
+        """Submit a run, follow it to the end, calling `on_poll(run id once known)` every poll;
+        its status."""
         config, paths = self.config, self.config.paths
         attempt = sum(1 for _ in paths.logs_dir.glob("flwr-run-*.log")) + 1
         stream_log = paths.logs_dir / f"flwr-run-{attempt}.log"
@@ -410,20 +400,21 @@ class FleetServer:
             if run_id is None and (run_id := run_id_from_log(stream_log)) is not None:
                 write_run_file(paths.run_file, run_id, config.run.name)
                 self.out(f"run {run_id} submitted ({label})")
-            on_poll()
-            self._check_superlink()
+            on_poll(run_id)
+            self.check_superlink()
             if stream.poll() is not None:
                 break
             time.sleep(self.poll_s)
         run_id = run_id if run_id is not None else run_id_from_log(stream_log)
         if run_id is None:
             raise FleetError(f"flwr run did not start a run; see {stream_log}")
-        status = self.cli.wait_finished(run_id, deadline=math.inf, check=self._check_superlink)
-        on_poll()
+        status = self.cli.wait_finished(run_id, deadline=math.inf, check=self.check_superlink)
+        on_poll(run_id)
         self.out(f"run {run_id}: {status}")
         return status
 
-    def _print_new_rounds(self, log: RunLog, done: set[int]) -> None:
+    def print_new_rounds(self, log: RunLog, done: set[int], planned: int) -> None:
+        """A line for each round of `log` not in `done` (which it adds them to)."""
         for line in log.read():
             if line["round"] in done:
                 continue
@@ -431,13 +422,14 @@ class FleetServer:
             summary = summarize_round(line)
             accuracy = "-" if summary.accuracy is None else f"{summary.accuracy:.3f}"
             self.out(
-                f"round {summary.round}/{self.config.run.num_rounds}: "
+                f"round {summary.round}/{planned}: "
                 f"{summary.participants} nodes, "
                 f"{summary.dropouts} dropped, accuracy {accuracy}, bytes up {summary.bytes_up} "
                 f"down {summary.bytes_down}"
             )
 
-    def _check_superlink(self) -> None:
+    def check_superlink(self) -> None:
+        """FleetError if the SuperLink we started has exited."""
         superlink = self._popens[0]
         if superlink.poll() is not None:
             raise FleetError(

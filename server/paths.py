@@ -69,6 +69,11 @@ class ServerPaths:
         return self.state_dir / "run.json"
 
     @property
+    def service_file(self) -> Path:
+        """What the running `fleet-server run` does (server/service_state.py; JSON)."""
+        return self.state_dir / "service.json"
+
+    @property
     def nodes_file(self) -> Path:
         """Enrolment records (JSON): name, key fingerprint, node id, enrolled_at per node."""
         return self.state_dir / "nodes.json"

@@ -1,9 +1,10 @@
 """The run log: one JSON line per finished round, appended line-atomically, and its plot.
 
 A line: {"round", "finished_at", "participants", "failures", "rejected", "bytes", "train",
-"federated_eval", "evaluate_failures", "evaluate_rejected", "server_eval"}, plus "round_trips"
-(message round trips by step) when counted and "secagg" under secure aggregation
-(server/secagg_round.py); node ids are JSON object keys (strings).
+"federated_eval", "evaluate_failures", "evaluate_rejected", "server_eval", "ticket"}, plus
+"round_trips" (message round trips by step) when counted and "secagg" under secure aggregation
+(server/secagg_round.py); node ids are JSON object keys (strings). "ticket" is the content id
+of the ticket the round trained (absent from lines of older versions).
 - "failures"/"rejected" (train) and "evaluate_failures"/"evaluate_rejected": node -> reason;
   a node may be in both stages' maps. Lines from older versions lack the evaluate_* keys
   and federated_eval's "auc": read them with .get.
@@ -126,6 +127,7 @@ def plot_run(jsonl_path: Path, png_path: Path, *, title: str = "") -> None:
 
     matplotlib.use("Agg")  # no display on servers and CI
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     lines = sorted(RunLog(jsonl_path).read(), key=lambda line: int(line["round"]))
     rounds = [int(line["round"]) for line in lines]
@@ -159,6 +161,8 @@ def plot_run(jsonl_path: Path, png_path: Path, *, title: str = "") -> None:
     uplink.set_xlabel("round")
     uplink.set_ylabel("cumulative uplink bytes (all nodes)")
     uplink.grid(True, alpha=0.3)
+    for axes in (quality, uplink):  # rounds are whole: no tick at round 1.5
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.suptitle(title or Path(jsonl_path).name)
     figure.tight_layout()
     buffer = io.BytesIO()

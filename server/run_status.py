@@ -23,6 +23,7 @@ class RoundSummary:
     federated_accuracy: float | None  # the nodes' own evaluation, example-weighted
     bytes_up: int
     bytes_down: int
+    ticket: str | None = None  # the content id the round trained (None: an older log line)
 
     @property
     def accuracy(self) -> float | None:
@@ -87,6 +88,7 @@ def summarize_round(line: Mapping[str, Any]) -> RoundSummary:
         federated_accuracy=_accuracy(line.get("federated_eval")),
         bytes_up=int(traffic.get("up_total", 0)),
         bytes_down=int(traffic.get("down_total", 0)),
+        ticket=line["ticket"] if isinstance(line.get("ticket"), str) else None,
     )
 
 
@@ -102,10 +104,13 @@ def read_summary(
     return RunSummary(run_dir, rounds_planned, rounds, run_id, run_status)
 
 
+SHOWN_ROUNDS = 10  # the rounds `fleet-server status` lists; --json has them all
+
+
 def format_summary(summary: RunSummary) -> str:
-    """The human-readable `fleet-server status`."""
+    """The human-readable `fleet-server status`: the run and its last rounds."""
     run = f"run {summary.run_id}" if summary.run_id is not None else "no run submitted yet"
-    status = summary.run_status or "unknown (SuperLink not running)"
+    status = summary.run_status or "unknown (fleet-server run is not running)"
     lines = [
         f"{run}: {status}; round {summary.last_round}/{summary.rounds_planned}",
         f"run dir {summary.run_dir}",
@@ -113,18 +118,22 @@ def format_summary(summary: RunSummary) -> str:
         f"dropouts {summary.dropouts_total}",
     ]
     if summary.rounds:
+        earlier = len(summary.rounds) - SHOWN_ROUNDS
+        if earlier > 0:
+            lines.append(f"({earlier} earlier rounds: --json lists them)")
         lines.append(
-            f"{'round':>5} {'nodes':>5} {'drop':>4} {'accuracy':>8} {'bytes up':>10} "
-            f"{'bytes down':>10}  finished"
+            f"{'round':>5} {'ticket':<12} {'nodes':>5} {'drop':>4} {'accuracy':>8} "
+            f"{'bytes up':>10} {'bytes down':>10}  finished"
         )
-        lines += [_row(s) for s in summary.rounds]
+        lines += [_row(s) for s in summary.rounds[-SHOWN_ROUNDS:]]
     return "\n".join(lines)
 
 
 def _row(summary: RoundSummary) -> str:
     accuracy = "-" if summary.accuracy is None else f"{summary.accuracy:.3f}"
     return (
-        f"{summary.round:>5} {summary.participants:>5} {summary.dropouts:>4} {accuracy:>8} "
+        f"{summary.round:>5} {(summary.ticket or '-')[:12]:<12} {summary.participants:>5} "
+        f"{summary.dropouts:>4} {accuracy:>8} "
         f"{summary.bytes_up:>10} {summary.bytes_down:>10}  {summary.finished_at or ''}"
     )
 

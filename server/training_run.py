@@ -4,6 +4,8 @@ Files under the run directory: `checkpoints/round-NNNNNN.ckpt` (server/checkpoin
 `rounds.jsonl` and `rounds.png` (server/run_log.py). Each round ends, in this order, with
 server-side evaluation, the checkpoint, then the log line; a restart resumes at the round after
 the last checkpoint with its vector, so no round's updates are averaged in twice or skipped.
+After that the run looks for a stop request (server/run_control.py): `fleet-server run` asks
+for one when the fleet's active ticket changes, and the run ends there, its round kept.
 """
 
 import hashlib
@@ -24,6 +26,7 @@ from server.checkpoint import RunCheckpoint
 from server.enrolment import load_roster
 from server.evaluation import ServerEvaluator
 from server.privacy import DpPlan
+from server.run_control import stop_reason
 from server.run_log import RunLog, plot_run, round_line
 from server.secagg_round import SecAggPlan, SecurePackedFedAvg
 from server.strategy import PAYLOAD_KEY, PackedFedAvg, RoundPlan, RoundRecord
@@ -52,6 +55,10 @@ class RunPaths:
     @property
     def plot(self) -> Path:
         return self.root / "rounds.png"
+
+
+class _StopRequestError(Exception):
+    """Raised at the end of a round to leave Flower's round loop when a stop was asked for."""
 
 
 def run_settings(strategy: PackedFedAvg, **extra: Any) -> dict[str, Any]:
@@ -150,7 +157,8 @@ def run_resumable(
     Flower's, `arrays` always holding the final global vector. Raises CheckpointError for a
     damaged checkpoint or one from another ticket or other settings. `start_round`: rounds
     numbered before this run directory's first (a fleet search's earlier levels); `plot`:
-    redraw rounds.png at the end.
+    redraw rounds.png after every round. A stop request in `run_dir` ends the run after the
+    round in flight (or before the first one), with that round checkpointed and logged.
     """
     paths = RunPaths(Path(run_dir))
     checkpoints = RunCheckpoint(
@@ -175,29 +183,42 @@ def run_resumable(
 
     def end_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round <= done:  # Flower's "round 0": the state we started from
+            _stop_if_requested(paths.root, server_round)
             return None
         values = arrays[PAYLOAD_KEY].numpy()  # float32 [n]
         server_eval = None if evaluator is None else evaluator(values)
         record = strategy.rounds.get(server_round, RoundRecord(server_round))
         line = round_line(record, server_eval, now())
+        line["ticket"] = strategy.plan.ticket_id  # which ticket the round trained
         checkpoints.save(server_round, values, line)  # before the log: see module docstring
         log.append(line)
+        if plot:  # every round, so an operator watching it sees the round that just ended
+            plot_run(paths.log, paths.plot, title=f"ticket {strategy.plan.ticket_id[:12]}")
+        _stop_if_requested(paths.root, server_round)
         if server_eval is None:
             return None
         return MetricRecord(
             {key: value for key, value in server_eval.as_dict().items() if value is not None}
         )
 
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord({PAYLOAD_KEY: Array(vector)}),
-        num_rounds=num_rounds,
-        timeout=timeout,
-        evaluate_fn=end_round,
-        first_round=done + 1,
-    )
+    try:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord({PAYLOAD_KEY: Array(vector)}),
+            num_rounds=num_rounds,
+            timeout=timeout,
+            evaluate_fn=end_round,
+            first_round=done + 1,
+        )
+    except _StopRequestError:
+        result = Result()
     final = checkpoints.latest()
     result.arrays = ArrayRecord({PAYLOAD_KEY: Array(vector if final is None else final.vector)})
-    if plot:
-        plot_run(paths.log, paths.plot, title=f"ticket {strategy.plan.ticket_id[:12]}")
     return result
+
+
+def _stop_if_requested(run_dir: Path, server_round: int) -> None:
+    reason = stop_reason(run_dir)
+    if reason is not None:
+        logger.info("stopping after round %d as asked: %s", server_round, reason)
+        raise _StopRequestError(reason)

@@ -44,6 +44,7 @@ def _yaml(state: Path, port: int) -> str:
             "  host: 127.0.0.1",
             f"  port: {port}",
             "run:",  # no ticket: the active one
+            "  when_done: exit",  # a batch job: `run` ends once the rounds are done
             f"  num_rounds: {ROUNDS}",
             "  fraction_evaluate: 0.0",  # server-side evaluation scores the rounds
             "  min_nodes: 2",

@@ -78,12 +78,17 @@ def test_run_config_keys_exist_in_the_apps_defaults() -> None:
     assert set(config.run_config(Path("t.ticket"), config.run_dir("ab" * 32))) <= known
 
 
-def test_the_run_section_is_the_run_configs_training_settings_plus_where_it_runs() -> None:
+def test_the_run_section_is_the_run_configs_training_settings_plus_where_and_how_long() -> None:
     # One set of names, types, ranges and defaults: ticket/runconfig.py's.
     from ticket.runconfig import TrainingSettings
 
     training = [spec.name for spec in dataclasses.fields(TrainingSettings)]
-    assert [spec.name for spec in dataclasses.fields(RunSection)] == [*training, "ticket", "name"]
+    assert [spec.name for spec in dataclasses.fields(RunSection)] == [
+        *training,
+        "ticket",
+        "name",
+        "when_done",
+    ]
     assert load_config(EXAMPLE).run.training == TrainingSettings()  # the example shows defaults
 
 

@@ -12,6 +12,7 @@ from flwr.serverapp.strategy import Result
 from edge_daemon import client_app
 from server.checkpoint import CheckpointError
 from server.evaluation import ServerEvaluator
+from server.run_control import clear_stop, request_stop
 from server.strategy import PAYLOAD_KEY, PackedFedAvg, RoundPlan
 from server.training_run import RunPaths, run_resumable
 from tests.inprocess import ClientCallable, InProcessGrid, heart_nodes, server_identity
@@ -224,3 +225,39 @@ def test_failed_nodes_are_logged_with_their_reason(
     assert line["participants"] == [101, 103, 104]
     assert list(line["failures"]) == ["102"] and "error 1002" in line["failures"]["102"]
     assert "102" in line["bytes"]["down"] and "102" not in line["bytes"]["up"]
+
+
+def _stopping_in_round(server_round: int, run_dir: Path) -> ClientCallable:
+    """A fleet whose service asks for a stop while round `server_round` is in flight."""
+
+    def client(message: Message, context: Context) -> Message:
+        if message.content.config_records["config"]["server-round"] == server_round:
+            request_stop(run_dir, "ticket bbbbbbbbbbbb is now active")
+        return client_app.app(message, context)
+
+    return client
+
+
+def test_a_stop_request_ends_the_run_after_the_round_in_flight_which_is_kept(
+    uninterrupted: Uninterrupted, ticket: Ticket, ticket_path: Path, tmp_path: Path
+) -> None:
+    _, expected, _ = uninterrupted
+    nodes = heart_nodes(ticket_path)
+
+    _, grid = _run(ticket, _stopping_in_round(2, tmp_path), nodes, tmp_path, 3)
+
+    assert _train_rounds(grid) == [1] * 4 + [2] * 4  # round 2 finished; round 3 not begun
+    assert _logged_rounds(tmp_path) == [1, 2]
+    lines = [json.loads(line) for line in RunPaths(tmp_path).log.read_text().splitlines()]
+    assert {line["ticket"] for line in lines} == {ticket.content_id}
+    assert RunPaths(tmp_path).plot.read_bytes().startswith(b"\x89PNG")  # drawn every round
+
+    _, again = _run(ticket, client_app.app, nodes, tmp_path, 3)  # not withdrawn: stops at once
+    assert _train_rounds(again) == []
+
+    clear_stop(tmp_path)  # as the service does before it trains this ticket again
+    result, resumed = _run(ticket, client_app.app, nodes, tmp_path, 3)
+    assert _train_rounds(resumed) == [3] * 4
+    np.testing.assert_array_equal(
+        result.arrays[PAYLOAD_KEY].numpy(), expected.arrays[PAYLOAD_KEY].numpy()
+    )

@@ -1,0 +1,233 @@
+"""`fleet-server run` as a service: the SuperLink stays up, and training follows the ledger.
+
+The service's loop, over the processes FleetServer (server/fleet.py) starts and follows:
+
+1. Work out what to train: run.ticket if server.yaml names one, else the active ticket of the
+   deployment ledger, in its own run directory (runs/NAME-<id12>). Nothing to train (no
+   ticket active yet, its rounds all done under `when_done: idle`, its bundle missing): the
+   service idles and says why, and the SuperLink keeps serving the fleet so that devices stay
+   connected and `ticket deploy` reaches them.
+2. Train it: submit (or resume) its Flower run and follow it, printing each round. When the
+   ledger's active ticket changes (`ticket deploy`, `ticket rollback`), ask the run to stop
+   after the round in flight (server/run_control.py), so that round is checkpointed and kept;
+   if it has not stopped a round timeout later, stop the Flower run (the round is then trained
+   again on resume, never skipped). Then back to 1: the new ticket trains in its own run
+   directory, and an old one resumes where it stopped if it becomes active again.
+3. When the run has trained num_rounds: `when_done: idle` waits for the next deploy,
+   `continue` trains another num_rounds in the same run directory, `exit` ends the service.
+   A run that fails is retried after a growing pause (BACKOFF_S), sooner if the ledger moves.
+
+Every change of what the service does is published to service.json (server/service_state.py)
+for `fleet-server status` and the metrics endpoint.
+"""
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from server.deployments import DeploymentLedger
+from server.run_control import clear_stop, request_stop
+from server.run_log import RunLog
+from server.service_state import BACKOFF, IDLE, SWITCHING, TRAINING, ServicePublisher
+from server.superlink import COMPLETED
+
+if TYPE_CHECKING:
+    from server.fleet import FleetServer, TrainingTarget
+
+BACKOFF_S = (15.0, 30.0, 60.0, 120.0, 300.0)  # waits after 1, 2, 3, ... failed runs in a row
+SWITCH_GRACE_S = 60.0  # beyond a round timeout, how long a stop request may take to land
+
+
+@dataclass(frozen=True)
+class Work:
+    """A run to train now: `target` up to round `planned`."""
+
+    target: "TrainingTarget"
+    planned: int
+
+
+@dataclass
+class _Switch:
+    """A stop asked of the run in progress, because another ticket became active."""
+
+    reason: str = ""
+    deadline: float = 0.0
+    forced: bool = False
+
+    @property
+    def asked(self) -> bool:
+        return bool(self.reason)
+
+
+class TrainingService:
+    """The loop of the module docstring; `serve()` returns only under `when_done: exit`."""
+
+    def __init__(self, fleet: "FleetServer", publisher: ServicePublisher) -> None:
+        self.fleet = fleet
+        self.config = fleet.config
+        self.publisher = publisher
+        self._failed_in_a_row = 0
+
+    def serve(self) -> str:
+        while True:
+            work = self._wait_for_work()
+            if work is None:  # when_done: exit, and nothing is left to train
+                return COMPLETED
+            status, switched = self._train(work)
+            if switched or status == COMPLETED:
+                self._failed_in_a_row = 0
+                continue
+            if self.config.run.when_done == "exit":
+                return status
+            self._back_off(work, status)
+
+    # -- what to train -------------------------------------------------------------------------
+
+    def _wait_for_work(self) -> Work | None:
+        said = None
+        while True:
+            self.fleet.check_superlink()
+            found = self.next_work()
+            if not isinstance(found, str):
+                return found
+            if found != said:
+                self.fleet.out(found)
+                self.publisher.update(phase=IDLE, detail=found, run_id=None, run_status=None)
+                said = found
+            time.sleep(self.fleet.poll_s)
+
+    def next_work(self) -> Work | str | None:
+        """The run to train now, or why there is none (a sentence), or None to exit."""
+        target = self._target()
+        if isinstance(target, str):
+            return target
+        done, rounds = last_round(target), self.config.run.num_rounds
+        if done < rounds:
+            return Work(target, rounds)
+        when_done = self.config.run.when_done
+        if when_done == "continue":
+            return Work(target, done - done % rounds + rounds)
+        if when_done == "exit":
+            return None
+        which = "run.ticket" if target.ticket_id is None else f"ticket {target.ticket_id[:12]}"
+        return (
+            f"{which} has trained its {rounds} rounds ({target.run_dir}); idle until "
+            "`ticket deploy` makes another ticket active"
+        )
+
+    def _target(self) -> "TrainingTarget | str":
+        """What the ledger (or run.ticket) says to train, or why it cannot be trained."""
+        from server.fleet import FleetError, NoActiveTicketError, training_target
+
+        try:
+            target = training_target(self.config)
+        except NoActiveTicketError:
+            return (
+                "no ticket is active yet: the SuperLink serves the fleet until "
+                "`ticket deploy FILE -c server.yaml` rolls one out"
+            )
+        except FleetError as error:  # a damaged ledger: say so and keep serving the fleet
+            return f"cannot train: {error}"
+        if not target.ticket.is_file():
+            return (
+                f"cannot train the active ticket {target.ticket_id}: its bundle {target.ticket} "
+                f"is missing from the deployment ledger ({self.config.paths.deployments}); "
+                "roll it out again with `ticket deploy FILE -c server.yaml`"
+            )
+        return target
+
+    # -- training ------------------------------------------------------------------------------
+
+    def _train(self, work: Work) -> tuple[str, bool]:
+        """Submit (or resume) `work`'s run and follow it; (its status, whether we switched)."""
+        fleet, target = self.fleet, work.target
+        run_dir = target.run_dir
+        clear_stop(run_dir)  # a request left by a service that switched, then was killed
+        log = RunLog(run_dir / "rounds.jsonl")
+        done = {line["round"] for line in log.read()}
+        first = max(done, default=0) + 1
+        if target.ticket_id is not None:
+            fleet.out(f"training the active ticket {target.ticket_id[:12]}")
+        if done:
+            fleet.out(f"resuming {run_dir} after round {max(done)} of {work.planned}")
+        which = "run.ticket" if target.ticket_id is None else target.ticket_id[:12]
+        self.publisher.begin_segment(target.ticket_id, run_dir, first)
+        self.publisher.update(
+            phase=TRAINING,
+            detail=f"training {which}: rounds {first}..{work.planned}",
+            ticket=target.ticket_id,
+            run_dir=str(run_dir),
+            rounds_planned=work.planned,
+            run_id=None,
+            run_status=None,
+        )
+        switch = _Switch()
+
+        def poll(run_id: int | None) -> None:
+            fleet.print_new_rounds(log, done, work.planned)
+            self.publisher.progress(run_id=run_id, last_round=max(done, default=0))
+            if run_id is not None:
+                self.publisher.update(run_id=run_id, run_status="running")
+            if target.ticket_id is not None and not switch.asked:
+                self._switch_if_moved(target, switch, max(done, default=0))
+            elif switch.asked and not switch.forced and time.monotonic() > switch.deadline:
+                switch.forced = True
+                if run_id is not None:
+                    fleet.out(f"run {run_id} did not stop after its round; stopping it")
+                    fleet.cli.stop_run(run_id)
+
+        status = fleet.follow(
+            self.config.run_config(target.ticket, run_dir, num_rounds=work.planned),
+            label=f"{work.planned} rounds, {run_dir}",
+            on_poll=poll,
+        )
+        last = max(done, default=0)
+        fleet.out(f"{status}; {last}/{work.planned} rounds")
+        outcome = f"switched: {switch.reason}" if switch.asked else status
+        self.publisher.progress(last_round=last)
+        self.publisher.update(run_status=status)
+        self.publisher.end_segment(outcome)
+        return status, switch.asked
+
+    def _switch_if_moved(self, target: "TrainingTarget", switch: _Switch, last: int) -> None:
+        """Ask the run to stop after its round if the ledger's active ticket is another."""
+        from server.deployments import LedgerError
+
+        try:
+            active = DeploymentLedger(self.config.paths.deployments).active()
+        except LedgerError:
+            return  # a ledger being damaged is reported once the run ends; keep training
+        if active == target.ticket_id:
+            return
+        switch.reason = (
+            f"ticket {active[:12]} is now active" if active else "no ticket is active any more"
+        )
+        switch.deadline = time.monotonic() + self.config.run.round_timeout_s + SWITCH_GRACE_S
+        request_stop(target.run_dir, switch.reason)
+        self.fleet.out(f"{switch.reason}: round {last + 1} finishes, then training switches")
+        detail = f"{switch.reason}; finishing round {last + 1}"
+        self.publisher.update(phase=SWITCHING, detail=detail)
+
+    def _back_off(self, work: Work, status: str) -> None:
+        """Wait before the next try after a failed run; cut short if the ledger moves."""
+        pause = BACKOFF_S[min(self._failed_in_a_row, len(BACKOFF_S) - 1)]
+        self._failed_in_a_row += 1
+        detail = (
+            f"the run in {work.target.run_dir} ended {status}; trying again in {pause:.0f} s "
+            f"(logs in {self.config.paths.logs_dir})"
+        )
+        self.fleet.out(detail)
+        self.publisher.update(phase=BACKOFF, detail=detail)
+        until = time.monotonic() + pause
+        while time.monotonic() < until:
+            self.fleet.check_superlink()
+            found = self.next_work()
+            if isinstance(found, Work) and found.target != work.target:
+                return
+            time.sleep(self.fleet.poll_s)
+
+
+def last_round(target: "TrainingTarget") -> int:
+    """The last round the run directory of `target` logged (0: none yet)."""
+    lines = RunLog(target.run_dir / "rounds.jsonl").read()
+    return max((line["round"] for line in lines), default=0)
