@@ -1,15 +1,17 @@
-"""fleet-server end to end: init, run, enroll, deploy, train, kill -9, run again, and resume.
+"""fleet-server end to end, as an operator runs it: the service follows the fleet's deployments.
 
-`fleet-server init` makes the state directory, a development CA and the fleet key; the ticket is
-signed with that key. server.yaml names no ticket: `fleet-server run` (a subprocess, as an
-operator starts it) serves TLS with node authentication and waits for one. Two devices are
-enrolled with `fleet-server enroll`, a third is not; none holds the ticket until
-`ticket deploy -c server.yaml` rolls it out, which makes it the active ticket, and the run
-trains it. Once round 1 is checkpointed the fleet-server's process group gets SIGKILL; its
-SuperLink, in a session of its own, dies with it (its watcher, ticket.process_guard); the second
-`fleet-server run` restarts the SuperLink on the same database and resumes: rounds 1..N each
-logged exactly once, and the unenrolled node never takes part. Every process here is started
-watched, so a killed pytest leaves none of them running.
+`fleet-server init` makes the state directory, a development CA and the fleet key; tickets A
+and B are signed with that key. server.yaml names no ticket: `fleet-server run` (a subprocess,
+as systemd starts it) serves TLS with node authentication and waits. Two devices are enrolled
+with `fleet-server enroll`, a third is not. `ticket deploy A` makes A active and the service
+starts training it by itself; `ticket deploy B` while A trains makes the service finish A's
+round and train B in a run directory of its own, the SuperLink never restarted. Once B's round
+1 is checkpointed the service's process group gets SIGKILL; its SuperLink, in a session of its
+own, dies with it (its watcher, ticket.process_guard); the second `fleet-server run` restarts
+the SuperLink on the same database and resumes B after its last round. `ticket rollback` makes
+A active again and A resumes where it stopped. Every round is logged exactly once, naming its
+ticket, and the unenrolled node never takes part. Every process here is started watched, so a
+killed pytest leaves none of them running.
 """
 
 import json
@@ -33,7 +35,7 @@ from ticket import process_guard
 from ticket.bundle import read_ticket
 
 BIN = Path(sys.executable).parent
-ROUNDS = 3
+ROUNDS = 40  # more than the test waits for: the service is still training when it ends
 
 
 def _yaml(state: Path, port: int) -> str:
@@ -44,7 +46,6 @@ def _yaml(state: Path, port: int) -> str:
             "  host: 127.0.0.1",
             f"  port: {port}",
             "run:",  # no ticket: the active one
-            "  when_done: exit",  # a batch job: `run` ends once the rounds are done
             f"  num_rounds: {ROUNDS}",
             "  fraction_evaluate: 0.0",  # server-side evaluation scores the rounds
             "  min_nodes: 2",
@@ -105,21 +106,28 @@ def _stop_all(started: list[subprocess.Popen[bytes]]) -> None:
 
 
 @pytest.mark.slow
-def test_a_killed_fleet_server_resumes_and_admits_only_enrolled_nodes(tmp_path: Path) -> None:
+def test_the_service_follows_deploys_and_rollbacks_and_resumes_after_kill_9(
+    tmp_path: Path,
+) -> None:
     port = free_port()
     state = tmp_path / "state"
-    ticket = tmp_path / "heart.ticket"
     config = tmp_path / "server.yaml"
     config.write_text(_yaml(state, port))
     init = _fleet_server("init", "-c", str(config))
     assert init.returncode == 0, init.stderr
-    find_ticket(ticket, density=0.1, sign_key=state / "keys" / "fleet.key")
-    content_id = read_ticket(ticket, allow_unsigned=True).content_id
-    run_dir = state / "runs" / f"main-{content_id[:12]}"
+    fleet_key = state / "keys" / "fleet.key"
+    tickets = {
+        name: find_ticket(tmp_path / f"{name}.ticket", density=density, sign_key=fleet_key)
+        for name, density in (("A", 0.1), ("B", 0.2))
+    }
+    ids = {
+        name: read_ticket(path, allow_unsigned=True).content_id for name, path in tickets.items()
+    }
+    run_dirs = {name: state / "runs" / f"main-{ids[name][:12]}" for name in ids}
     devices = prepare_devices(
         tmp_path / "devices",
         hospitals=("Cleveland", "Hungary", "Switzerland"),
-        ticket=None,  # it arrives with `ticket deploy`
+        ticket=None,  # tickets arrive with `ticket deploy`
         fleet_key=state / "keys" / "fleet.pub",
         superlink=f"127.0.0.1:{port}",
         ports=[free_port() for _ in range(3)],
@@ -128,10 +136,24 @@ def test_a_killed_fleet_server_resumes_and_admits_only_enrolled_nodes(tmp_path: 
     )
     run_command = [str(BIN / "fleet-server"), "run", "-c", str(config)]
     started: list[subprocess.Popen[bytes]] = []
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+
+    def deploy(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [str(BIN / "ticket"), *args, "-c", str(config), "--timeout", "60"],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    def checkpoint(name: str, server_round: int) -> Path:
+        return run_dirs[name] / "checkpoints" / f"round-{server_round:06d}.ckpt"
+
     try:
-        first = _start(run_command, tmp_path / "first.log")
+        first = _start(run_command, first_log)
         started.append(first)
         _wait_for(lambda: is_listening("127.0.0.1", port), 120, "the SuperLink")
+        superlink = _superlink_of(first)
         for device in devices[:2]:  # Switzerland is not enrolled
             enrolled = _fleet_server("enroll", str(device.public_key), "--name", device.name,
                                      "-c", str(config))  # fmt: skip
@@ -140,62 +162,89 @@ def test_a_killed_fleet_server_resumes_and_admits_only_enrolled_nodes(tmp_path: 
             daemon = [str(BIN / "edge-daemon"), "run", "-c", str(device.config)]
             started.append(_start(daemon, tmp_path / f"daemon-{index}.log"))
         _wait_for(lambda: _online(config) >= 2, 120, "two enrolled nodes online")
-        assert "no ticket is active yet" in (tmp_path / "first.log").read_text()
-        deploy = subprocess.run(
-            [str(BIN / "ticket"), "deploy", str(ticket), "-c", str(config), "--timeout", "60"],
-            capture_output=True, text=True, timeout=300, check=False,
-        )  # fmt: skip
-        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-        checkpoint = run_dir / "checkpoints" / "round-000001.ckpt"
-        _wait_for(checkpoint.exists, 150, "round 1's checkpoint")
-        superlinks = [
-            p for p in psutil.Process(first.pid).children(recursive=True)
-            if "flower-superlink" in " ".join(p.cmdline())
-        ]  # fmt: skip
-        assert superlinks
-        _kill_group(first, signal.SIGKILL)  # the SuperLink has its own session, yet dies too
+        assert "no ticket is active yet" in first_log.read_text()
+
+        deployed_a = deploy("deploy", str(tickets["A"]))
+        _wait_for(checkpoint("A", 1).exists, 150, "A's round 1, started by the service itself")
+        deploy("deploy", str(tickets["B"]))  # while A trains
+        _wait_for(checkpoint("B", 1).exists, 150, "B's round 1")
+        assert _superlink_of(first) == superlink  # one SuperLink all along
+        assert is_listening("127.0.0.1", port)
+        a_rounds = _logged(run_dirs["A"])
+        assert "is now active: round" in first_log.read_text()
+
+        _kill_group(first, signal.SIGKILL)  # mid-round of B; the SuperLink dies with it
         first.wait(timeout=10)
-        _wait_for(lambda: not any(_is_alive(p) for p in superlinks), 30, "the SuperLink's end")
+        _wait_for(lambda: not _is_alive(superlink), 30, "the SuperLink's end")
+        b_before = _logged(run_dirs["B"])
 
         metrics_port = free_port()
-        second = _start(
-            [*run_command, "--metrics-port", str(metrics_port)], tmp_path / "second.log"
-        )
+        second = _start([*run_command, "--metrics-port", str(metrics_port)], second_log)
         started.append(second)
-        _wait_for(lambda: "submitted" in (tmp_path / "second.log").read_text(), 120, "the rerun")
+        _wait_for(lambda: f"resuming {run_dirs['B']}" in second_log.read_text(), 120, "B resumed")
+        _wait_for(checkpoint("B", max(b_before) + 1).exists, 150, "B's round after the kill")
+        status = json.loads(_fleet_server("status", "--json", "-c", str(config)).stdout)
         nodes = _fleet_server("nodes", "--json", "-c", str(config))
         url = f"http://127.0.0.1:{metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as response:
             metrics = response.read().decode()
-        assert second.wait(timeout=240) == 0, (tmp_path / "second.log").read_text()
+
+        rollback = deploy("rollback")
+        next_a = max(_logged(run_dirs["A"])) + 1
+        _wait_for(checkpoint("A", next_a).exists, 150, "A's round after the rollback")
+        text_status = _fleet_server("status", "-c", str(config)).stdout
     finally:
         _stop_all(started)
 
-    second_log = (tmp_path / "second.log").read_text()
-    assert "resuming" in second_log
-    lines = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
-    assert [line["round"] for line in lines] == list(range(1, ROUNDS + 1))
+    lines = {name: _lines(run_dirs[name]) for name in run_dirs}
+    for name, logged in lines.items():  # each round exactly once, naming its ticket
+        assert [line["round"] for line in logged] == list(range(1, len(logged) + 1)), name
+        assert {line["ticket"] for line in logged} == {ids[name]}, name
+    assert a_rounds == list(range(1, len(a_rounds) + 1)) and len(lines["A"]) > len(a_rounds)
     records = json.loads((state / "nodes.json").read_text())["nodes"]
     enrolled_ids = {str(record["node_id"]) for record in records}
     assert {record["name"] for record in records} == {"Cleveland", "Hungary"}
-    for line in lines:
+    for line in [*lines["A"], *lines["B"]]:
         assert line["participants"], line
         assert {str(node) for node in line["participants"]} <= enrolled_ids
         assert set(line["bytes"]["down"]) <= enrolled_ids  # Switzerland never got a message
+
+    assert status["service"]["alive"] and status["service"]["phase"] == "training"
+    assert status["active_ticket"] == ids["B"] and status["run_dir"] == str(run_dirs["B"])
+    segments = [(seg["ticket"], seg["outcome"]) for seg in status["service"]["segments"]]
+    assert segments[:2] == [
+        (ids["A"], f"switched: ticket {ids['B'][:12]} is now active"),
+        (ids["B"], "interrupted: the service stopped"),
+    ]
+    assert segments[2] == (ids["B"], None)  # training B again after the restart
+    assert "service: training" in text_status and ids["A"][:12] in text_status
     listed = json.loads(nodes.stdout)
     assert listed["superlink_running"] is True
     assert {row["name"] for row in listed["nodes"]} >= {"Cleveland", "Hungary"}
-    assert "ticketfleet_rounds_planned 3.0" in metrics
+    assert f"ticketfleet_rounds_planned {float(ROUNDS)}" in metrics
     assert "ticketfleet_rounds_completed_total" in metrics
-    assert (
-        deploy.stdout.count("installed") >= 2
-        and f"active ticket: {content_id[:12]}" in deploy.stdout
-    )
-    assert "training the active ticket" in (tmp_path / "first.log").read_text()
+    assert deployed_a.stdout.count("installed") >= 2
+    assert f"active ticket: {ids['A'][:12]}" in deployed_a.stdout
+    assert ids["A"][:12] in rollback.stdout
     for device in devices[:2]:
-        assert (device.state_dir / "tickets" / f"{content_id}.ticket").exists()
-    status = json.loads(_fleet_server("status", "--json", "-c", str(config)).stdout)
-    assert status["run_dir"] == str(run_dir)
-    assert status["last_round"] == ROUNDS and status["bytes_up_total"] > 0
+        for content_id in ids.values():
+            assert (device.state_dir / "tickets" / f"{content_id}.ticket").exists()
     assert not (state / "fleet-server.pid").exists()
     assert not is_listening("127.0.0.1", port)
+
+
+def _superlink_of(service: subprocess.Popen[bytes]) -> psutil.Process:
+    (superlink,) = [
+        p for p in psutil.Process(service.pid).children(recursive=True)
+        if "flower-superlink" in " ".join(p.cmdline())
+    ]  # fmt: skip
+    return superlink
+
+
+def _lines(run_dir: Path) -> list[dict[str, Any]]:
+    log = run_dir / "rounds.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def _logged(run_dir: Path) -> list[int]:
+    return [line["round"] for line in _lines(run_dir)]
