@@ -6,8 +6,8 @@ import json
 import re
 import signal
 import sys
+import time
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -36,13 +36,15 @@ from server.fleet import (
     training_target,
 )
 from server.run_status import RunSummary, format_summary, read_summary
-from server.service_state import ServiceState, format_service, read_state
+from server.search_jobs import DONE, FINISHED, SearchQueue, SearchRequest
+from server.service_state import STOPPED, ServiceState, format_service, read_state
 from server.superlink import SuperLinkError, is_listening
 from ticket.atomic import AlreadyRunningError
 from ticket.errors import TicketError
 from ticket.runconfig import SEARCH_METHODS, SEARCH_SCOPES, RunConfigError, SearchSettings
 
 DEFAULT_CONFIG = Path("/etc/fleet-server/server.yaml")
+FOLLOW_POLL_S = 1.0  # how often `find` looks at a search the service runs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,13 +254,16 @@ def run_find(args: argparse.Namespace, config: FleetConfig) -> int:
         raise BadArgumentError(_as_option(str(error))) from None
     if settings.search_rewind_round > settings.search_rounds_per_level:
         raise BadArgumentError("--rewind-round must be at most --rounds-per-level")
-    if not args.plaintext and not config.run.secagg:
-        # A search's updates are as private as training's: secure aggregation unless asked.
-        config = replace(config, run=replace(config.run, secagg=True))
     name = args.run_name or f"find-{out.stem}"
-    job = SearchJob(args.searched.absolute(), config.paths.run_dir(name), out, settings)
+    job = SearchJob(
+        args.searched.absolute(), config.paths.run_dir(name), out, settings, args.plaintext
+    )
     signal.signal(signal.SIGTERM, _interrupt)
-    status = FleetServer(config).find(job)
+    service = read_state(config.paths.service_file)
+    if service is not None and service.alive and service.phase != STOPPED:
+        status = _find_through_service(config, job, name, service)
+    else:
+        status = FleetServer(config).find(job)
     if status != COMPLETED_STATUS or not out.is_file():
         print(
             f"fleet-server find: the search did not finish ({status}); see {config.paths.logs_dir}",
@@ -286,6 +291,46 @@ def run_find(args: argparse.Namespace, config: FleetConfig) -> int:
             + ("" if fleet.dp_epsilon is None else f", epsilon {fleet.dp_epsilon:.2f}")
         )
     return ExitCode.OK
+
+
+def _find_through_service(
+    config: FleetConfig, job: SearchJob, name: str, service: ServiceState
+) -> str:
+    """The running service holds the SuperLink: queue the search for it, follow the job, and
+    return the search's status as `FleetServer.find` would."""
+    if not job.ticket.is_file():
+        raise BadArgumentError(f"{job.ticket}: no such ticket to search in")
+    queue = SearchQueue(config.paths.jobs_dir)
+    status = queue.status(name)
+    if status is None or status.state in FINISHED:
+        queue.submit(SearchRequest(name, job.ticket, job.out, job.settings, job.plaintext))
+        print(
+            f"queued fleet search {name} for the running service (pid {service.pid}): it starts "
+            "once the round in progress is done",
+            flush=True,
+        )
+    said: tuple[str, str] | None = None
+    try:
+        while True:
+            status = queue.status(name)
+            if status is not None and (status.state, status.detail) != said:
+                said = (status.state, status.detail)
+                print(f"search {name}: {status.state}: {status.detail}", flush=True)
+            if status is not None and status.state in FINISHED:
+                return COMPLETED_STATUS if status.state == DONE else status.detail
+            current = read_state(config.paths.service_file)
+            if current is None or not current.alive or current.phase == STOPPED:
+                raise FleetError(
+                    f"fleet-server run stopped before search {name} finished; start it again "
+                    "and it resumes the search, then run this command again to follow it"
+                )
+            time.sleep(FOLLOW_POLL_S)
+    except KeyboardInterrupt:
+        print(
+            f"search {name} goes on in the service; run the same command again to follow it",
+            file=sys.stderr,
+        )
+        raise
 
 
 def _as_option(message: str) -> str:

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -205,6 +205,9 @@ class SearchJob:
     run_dir: Path  # the search's checkpoints; the same directory resumes it
     out: Path  # where the ServerApp writes the found ticket
     settings: SearchSettings
+    # Let the server see each device's update; by default a search is under secure
+    # aggregation whatever run.secagg says, its updates as private as training's.
+    plaintext: bool = False
 
 
 @dataclass
@@ -235,7 +238,7 @@ class FleetServer:
         end; its status. The found ticket is at `job.out` (unsigned: the caller signs it)."""
         if not job.ticket.is_file():
             raise BadArgumentError(f"{job.ticket}: no such ticket to search in")
-        return self._serve(lambda: self._search(job), program="fleet-server find")
+        return self._serve(lambda: self.search(job), program="fleet-server find")
 
     def _serve(self, work: Callable[[], str], *, program: str) -> str:
         paths = self.config.paths
@@ -360,7 +363,9 @@ class FleetServer:
         except SuperLinkError:
             pass  # not in this database (e.g. a fresh one): nothing to stop
 
-    def _search(self, job: "SearchJob") -> str:
+    def search(self, job: "SearchJob", on_level: Callable[[str], None] = lambda level: None) -> str:
+        """Submit (or resume) the fleet search `job` on our SuperLink and follow it; its status.
+        `on_level` is called with the name of each level as it finishes."""
         levels: set[str] = set()
         finished = sorted(job.run_dir.glob("level-*.state")) if job.run_dir.is_dir() else []
         if finished:
@@ -372,9 +377,13 @@ class FleetServer:
                 if path.name not in levels:
                     levels.add(path.name)
                     self.out(f"search: {path.stem} finished")
+                    on_level(path.stem)
 
+        config = self.config
+        if not job.plaintext and not config.run.secagg:
+            config = replace(config, run=replace(config.run, secagg=True))
         status = self.follow(
-            self.config.search_run_config(job.ticket, job.run_dir, job.settings),
+            config.search_run_config(job.ticket, job.run_dir, job.settings),
             label=f"search {job.settings.search_method}, {job.run_dir}",
             on_poll=progress,
         )

@@ -69,6 +69,11 @@ class ServerPaths:
         return self.state_dir / "run.json"
 
     @property
+    def jobs_dir(self) -> Path:
+        """Fleet searches queued for the running service (server/search_jobs.py)."""
+        return self.state_dir / "jobs"
+
+    @property
     def service_file(self) -> Path:
         """What the running `fleet-server run` does (server/service_state.py; JSON)."""
         return self.state_dir / "service.json"

@@ -79,7 +79,7 @@ class SearchRequest:
         unknown = sorted(set(raw) - set(known))
         if unknown:
             raise JobError(f"{where}: unknown search settings {unknown}")
-        values = {
+        values: dict[str, Any] = {
             key: Path(value) if key == "search_out" and isinstance(value, str) else value
             for key, value in raw.items()
         }

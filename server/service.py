@@ -13,7 +13,10 @@ The service's loop, over the processes FleetServer (server/fleet.py) starts and 
    if it has not stopped a round timeout later, stop the Flower run (the round is then trained
    again on resume, never skipped). Then back to 1: the new ticket trains in its own run
    directory, and an old one resumes where it stopped if it becomes active again.
-3. When the run has trained num_rounds: `when_done: idle` waits for the next deploy,
+3. A fleet search that `fleet-server find` queued (server/search_jobs.py) comes before
+   training: the run in progress is asked to stop after its round as for a switch, the search
+   runs on the same SuperLink, and training then resumes.
+4. When the run has trained num_rounds: `when_done: idle` waits for the next deploy,
    `continue` trains another num_rounds in the same run directory, `exit` ends the service.
    A run that fails is retried after a growing pause (BACKOFF_S), sooner if the ledger moves.
 
@@ -28,7 +31,15 @@ from typing import TYPE_CHECKING
 from server.deployments import DeploymentLedger
 from server.run_control import clear_stop, request_stop
 from server.run_log import RunLog
-from server.service_state import BACKOFF, IDLE, SWITCHING, TRAINING, ServicePublisher
+from server.search_jobs import DONE, FAILED, RUNNING, JobError, SearchQueue
+from server.service_state import (
+    BACKOFF,
+    IDLE,
+    SEARCHING,
+    SWITCHING,
+    TRAINING,
+    ServicePublisher,
+)
 from server.superlink import COMPLETED
 
 if TYPE_CHECKING:
@@ -44,6 +55,13 @@ class Work:
 
     target: "TrainingTarget"
     planned: int
+
+
+@dataclass(frozen=True)
+class Search:
+    """A queued fleet search to run now."""
+
+    name: str
 
 
 @dataclass
@@ -67,12 +85,16 @@ class TrainingService:
         self.config = fleet.config
         self.publisher = publisher
         self._failed_in_a_row = 0
+        self.queue = SearchQueue(self.config.paths.jobs_dir)
 
     def serve(self) -> str:
         while True:
             work = self._wait_for_work()
             if work is None:  # when_done: exit, and nothing is left to train
                 return COMPLETED
+            if isinstance(work, Search):
+                self._search(work)
+                continue
             status, switched = self._train(work)
             if switched or status == COMPLETED:
                 self._failed_in_a_row = 0
@@ -83,7 +105,7 @@ class TrainingService:
 
     # -- what to train -------------------------------------------------------------------------
 
-    def _wait_for_work(self) -> Work | None:
+    def _wait_for_work(self) -> Work | Search | None:
         said = None
         while True:
             self.fleet.check_superlink()
@@ -96,8 +118,10 @@ class TrainingService:
                 said = found
             time.sleep(self.fleet.poll_s)
 
-    def next_work(self) -> Work | str | None:
-        """The run to train now, or why there is none (a sentence), or None to exit."""
+    def next_work(self) -> Work | Search | str | None:
+        """The search or run to do now, or why there is none (a sentence), or None to exit."""
+        if pending := self.queue.pending():
+            return Search(pending[0])
         target = self._target()
         if isinstance(target, str):
             return target
@@ -168,7 +192,7 @@ class TrainingService:
             self.publisher.progress(run_id=run_id, last_round=max(done, default=0))
             if run_id is not None:
                 self.publisher.update(run_id=run_id, run_status="running")
-            if target.ticket_id is not None and not switch.asked:
+            if not switch.asked:
                 self._switch_if_moved(target, switch, max(done, default=0))
             elif switch.asked and not switch.forced and time.monotonic() > switch.deadline:
                 switch.forced = True
@@ -190,23 +214,60 @@ class TrainingService:
         return status, switch.asked
 
     def _switch_if_moved(self, target: "TrainingTarget", switch: _Switch, last: int) -> None:
-        """Ask the run to stop after its round if the ledger's active ticket is another."""
+        """Ask the run to stop after its round if a search is queued or the ledger's active
+        ticket is another."""
         from server.deployments import LedgerError
 
-        try:
-            active = DeploymentLedger(self.config.paths.deployments).active()
-        except LedgerError:
-            return  # a ledger being damaged is reported once the run ends; keep training
-        if active == target.ticket_id:
-            return
-        switch.reason = (
-            f"ticket {active[:12]} is now active" if active else "no ticket is active any more"
-        )
+        if pending := self.queue.pending():
+            switch.reason = f"fleet search {pending[0]} is queued"
+        elif target.ticket_id is None:
+            return  # run.ticket: what the ledger says does not concern this run
+        else:
+            try:
+                active = DeploymentLedger(self.config.paths.deployments).active()
+            except LedgerError:
+                return  # a damaged ledger is reported once the run ends; keep training
+            if active == target.ticket_id:
+                return
+            switch.reason = (
+                f"ticket {active[:12]} is now active" if active else "no ticket is active any more"
+            )
         switch.deadline = time.monotonic() + self.config.run.round_timeout_s + SWITCH_GRACE_S
         request_stop(target.run_dir, switch.reason)
         self.fleet.out(f"{switch.reason}: round {last + 1} finishes, then training switches")
         detail = f"{switch.reason}; finishing round {last + 1}"
         self.publisher.update(phase=SWITCHING, detail=detail)
+
+    def _search(self, search: Search) -> None:
+        """Run the queued fleet search `search`, recording where it got to in its job status."""
+        from server.fleet import SearchJob
+
+        queue, name = self.queue, search.name
+        try:
+            request = queue.request(name)
+        except JobError as error:
+            self.fleet.out(f"fleet search {name}: {error}")
+            queue.set_status(name, FAILED, str(error))
+            return
+        run_dir = self.config.paths.run_dir(name)
+        job = SearchJob(request.ticket, run_dir, request.out, request.settings, request.plaintext)
+        detail = f"fleet search {name}: {request.settings.search_method} in {run_dir}"
+        self.fleet.out(detail)
+        self.publisher.update(
+            phase=SEARCHING, detail=detail, ticket=None, run_dir=str(run_dir), run_id=None
+        )
+        queue.set_status(name, RUNNING, "submitted")
+        try:
+            status = self.fleet.search(
+                job, on_level=lambda level: queue.set_status(name, RUNNING, f"{level} finished")
+            )
+        except Exception as error:  # recorded for `find` to report, then the service stops
+            queue.set_status(name, FAILED, f"{type(error).__name__}: {error}")
+            raise
+        if status == COMPLETED and request.out.is_file():
+            queue.set_status(name, DONE, status)
+        else:
+            queue.set_status(name, FAILED, f"{status}; see {self.config.paths.logs_dir}")
 
     def _back_off(self, work: Work, status: str) -> None:
         """Wait before the next try after a failed run; cut short if the ledger moves."""
@@ -222,7 +283,9 @@ class TrainingService:
         while time.monotonic() < until:
             self.fleet.check_superlink()
             found = self.next_work()
-            if isinstance(found, Work) and found.target != work.target:
+            if isinstance(found, Search) or (
+                isinstance(found, Work) and found.target != work.target
+            ):
                 return
             time.sleep(self.fleet.poll_s)
 

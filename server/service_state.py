@@ -22,6 +22,7 @@ KEPT_SEGMENTS = 100  # the most recent work segments the file keeps
 STARTING = "starting"
 IDLE = "idle"  # the SuperLink serves the fleet; nothing to train
 TRAINING = "training"
+SEARCHING = "searching"  # a fleet search queued by `fleet-server find`
 SWITCHING = "switching"  # asked the run to stop after its round: another ticket is active
 BACKOFF = "backoff"  # a run failed; the next try waits
 STOPPED = "stopped"  # fleet-server run has ended

@@ -275,3 +275,70 @@ def test_enroll_certifies_the_node_key_as_its_secure_aggregation_identity(
     records.add(dataclasses.replace(entry, secagg_certificate=""))
     assert main(["enroll", str(key), "--name", "a", "-c", str(config)]) == ExitCode.OK
     assert load_roster(nodes) == roster and flower.registered == ["a"]
+
+
+def test_find_while_the_service_runs_queues_the_search_for_it_and_signs_the_result(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    ticket_path: Path,
+) -> None:
+    import os
+
+    from server.search_jobs import DONE, RUNNING, SearchQueue
+    from server.service_state import TRAINING, ServicePublisher
+    from ticket.bundle import read_ticket
+
+    config_path = _config(tmp_path)
+    assert main(["init", "-c", str(config_path)]) == ExitCode.OK
+    config = load_config(config_path)
+    ServicePublisher(config.paths.service_file, os.getpid()).update(phase=TRAINING)
+    dense, out = tmp_path / "dense.ticket", tmp_path / "found.ticket"
+    dense.write_bytes(ticket_path.read_bytes())
+    queue = SearchQueue(config.paths.jobs_dir)
+    polls: list[str] = []
+
+    def service_at_work(seconds: float) -> None:  # what the service does between two polls
+        request = queue.request("find-found")
+        polls.append(request.settings.search_method)
+        if len(polls) == 1:
+            queue.set_status("find-found", RUNNING, "level-001 finished")
+        else:
+            request.out.write_bytes(ticket_path.read_bytes())
+            queue.set_status("find-found", DONE, "finished:completed")
+
+    monkeypatch.setattr("server.cli.time.sleep", service_at_work)
+    capsys.readouterr()
+    code = main(["find", str(dense), "--out", str(out), "-c", str(config_path),
+                 "--method", "fed-snip", "--plaintext"])  # fmt: skip
+
+    printed = capsys.readouterr().out
+    assert code == ExitCode.OK, printed
+    assert polls == ["fed-snip", "fed-snip"]
+    assert queue.request("find-found").plaintext is True
+    assert f"queued fleet search find-found for the running service (pid {os.getpid()})" in printed
+    assert "search find-found: running: level-001 finished" in printed
+    assert "signed with" in printed
+    read_ticket(out, trusted_keys=[config.fleet_public_key.read_bytes()])  # the fleet key's
+    assert not config.paths.pid_file.exists()  # no SuperLink of its own was started
+
+
+def test_find_fails_clearly_when_the_service_stops_before_the_search_ends(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from server.service_state import STOPPED, TRAINING, ServicePublisher
+
+    config_path = _config(tmp_path)
+    assert main(["init", "-c", str(config_path)]) == ExitCode.OK
+    config = load_config(config_path)
+    publisher = ServicePublisher(config.paths.service_file, os.getpid())
+    publisher.update(phase=TRAINING)
+    (tmp_path / "dense.ticket").write_bytes(b"a dense ticket")
+    monkeypatch.setattr("server.cli.time.sleep", lambda s: publisher.update(phase=STOPPED))
+    code = main(["find", str(tmp_path / "dense.ticket"), "--out", str(tmp_path / "f.ticket"),
+                 "-c", str(config_path)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == ExitCode.FAILURE, err
+    assert "fleet-server run stopped before search find-f finished; start it again" in err

@@ -21,9 +21,11 @@ from server.deployments import DeploymentLedger
 from server.fleet import FleetError
 from server.run_control import STOP_REQUEST, request_stop, stop_reason
 from server.run_log import RunLog
+from server.search_jobs import DONE, FAILED, SearchQueue, SearchRequest
 from server.service import TrainingService, Work
 from server.service_state import IDLE, STOPPED, ServicePublisher, read_state
 from server.superlink import COMPLETED
+from ticket.runconfig import SearchSettings
 
 A, B = "a" * 64, "b" * 64
 
@@ -64,6 +66,12 @@ class FakeFleet:
         self.polls_left -= 1
         if self.polls_left <= 0:
             raise _EndLoopError("the loop did not end")
+
+    def search(self, job: Any, on_level: Callable[[str], None]) -> str:
+        self.submitted.append((job.run_dir.name, 0))
+        on_level("level-001")
+        job.out.write_bytes(b"a found ticket")
+        return COMPLETED
 
     def print_new_rounds(self, log: RunLog, done: set[int], planned: int) -> None:
         for line in log.read():
@@ -315,3 +323,50 @@ def test_a_missing_active_bundle_stops_fleet_server_run_before_it_starts(tmp_pat
     bundle.unlink()
     with pytest.raises(FleetError, match=f"has no bundle \\({bundle} is missing\\)"):
         FleetServer(config).run()
+
+
+def _queue_search(config: FleetConfig, tmp_path: Path, name: str = "find-heart") -> SearchQueue:
+    queue = SearchQueue(config.paths.jobs_dir)
+    out = tmp_path / f"{name}.ticket"
+    settings = SearchSettings(search_method="fed-oneshot", search_out=out)
+    queue.submit(SearchRequest(name, tmp_path / "dense.ticket", out, settings))
+    return queue
+
+
+def test_a_queued_search_runs_after_the_round_in_progress_then_training_resumes(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path, num_rounds=4, when_done="exit")
+    _deploy(config, A)
+    queue: SearchQueue | None = None
+
+    def after_round(fleet: FakeFleet, server_round: int) -> None:
+        nonlocal queue
+        if server_round == 2 and queue is None:
+            queue = _queue_search(config, tmp_path)
+
+    fleet = FakeFleet(config, after_round=after_round)
+    _service(fleet).serve()
+
+    a_dir = config.run_dir(A).name
+    assert fleet.submitted == [(a_dir, 4), ("find-heart", 0), (a_dir, 4)]
+    assert _rounds(config, A) == [1, 2, 3, 4]
+    assert queue is not None
+    status = queue.status("find-heart")
+    assert status is not None and (status.state, status.detail) == (DONE, COMPLETED)
+    assert (tmp_path / "find-heart.ticket").read_bytes() == b"a found ticket"
+    assert any("fleet search find-heart is queued: round 3 finishes" in x for x in fleet.lines)
+
+
+def test_a_damaged_search_job_fails_that_job_and_the_service_goes_on(tmp_path: Path) -> None:
+    config = _config(tmp_path, when_done="exit")
+    _deploy(config, A)
+    queue = _queue_search(config, tmp_path)
+    (config.paths.jobs_dir / "find-heart.json").write_text("{damaged")
+
+    fleet = FakeFleet(config)
+    assert _service(fleet).serve() == COMPLETED
+
+    status = queue.status("find-heart")
+    assert status is not None and status.state == FAILED and "not JSON" in status.detail
+    assert _rounds(config, A) == [1, 2, 3]
