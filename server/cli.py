@@ -21,13 +21,11 @@ from server.enrolment import (
     read_node_key,
     secagg_certificate,
 )
+from server.errors import BadArgumentError, FleetError, NoActiveTicketError
 from server.exit_codes import HELP, ExitCode, exit_code_for
 from server.fleet import (
     COMPLETED_STATUS,
-    BadArgumentError,
-    FleetError,
     FleetServer,
-    NoActiveTicketError,
     SearchJob,
     TrainingTarget,
     flower_cli,

@@ -4,7 +4,7 @@ from enum import IntEnum
 
 from server.config import ConfigError
 from server.enrolment import EnrolmentError
-from server.fleet import BadArgumentError, FleetError
+from server.errors import BadArgumentError, FleetError
 from server.superlink import SuperLinkError
 from ticket.atomic import AlreadyRunningError
 from ticket.errors import TicketError
