@@ -474,7 +474,11 @@ def test_keygen_prints_the_public_key_and_how_to_enroll(
 
 @pytest.mark.parametrize(
     ("comment", "name"),
-    [("edge-daemon@pi-7.lan", "pi-7.lan"), ("clinic 3's box", "clinic-3-s-box"), ("x@---", "device")],
+    [
+        ("edge-daemon@pi-7.lan", "pi-7.lan"),
+        ("clinic 3's box", "clinic-3-s-box"),
+        ("x@---", "device"),
+    ],
 )
 def test_keygen_enroll_hint_is_a_command_fleet_server_accepts(comment: str, name: str) -> None:
     # The operator pastes the printed line: it must parse as `fleet-server enroll` (the

@@ -275,3 +275,64 @@ def test_enroll_certifies_the_node_key_as_its_secure_aggregation_identity(
     records.add(dataclasses.replace(entry, secagg_certificate=""))
     assert main(["enroll", str(key), "--name", "a", "-c", str(config)]) == ExitCode.OK
     assert load_roster(nodes) == roster and flower.registered == ["a"]
+
+
+# ---------------------------------------------------------------- a missing server.yaml
+
+
+def test_a_missing_config_says_how_to_write_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "server.yaml"
+
+    assert main(["status", "-c", str(missing)]) == ExitCode.BAD_INPUT
+
+    err = capsys.readouterr().err
+    assert f"{missing}: no such file" in err
+    assert f"fleet-server init --write-config {missing}" in err
+    assert str(EXAMPLE) in err  # found from the installed package, which is this source tree
+
+
+def test_init_write_config_writes_the_example_with_the_chosen_state_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "etc" / "server.yaml"
+    path.parent.mkdir()
+
+    argv = ["init", "--write-config", str(path), "--state-dir", str(tmp_path / "st")]
+    assert main(argv) == ExitCode.OK
+
+    assert f"fleet-server init -c {path}" in capsys.readouterr().out
+    assert load_config(path).state_dir == tmp_path / "st"
+    written, example = path.read_text().splitlines(), EXAMPLE.read_text().splitlines()
+    differing = [pair for pair in zip(written, example, strict=True) if pair[0] != pair[1]]
+    assert len(differing) == 1 and differing[0][0].startswith("state_dir: ")
+    # Then the usual next step works on it.
+    assert main(["init", "-c", str(path), "--hosts", "127.0.0.1"]) == ExitCode.OK
+
+
+def test_init_write_config_defaults_to_the_examples_state_dir(tmp_path: Path) -> None:
+    path = tmp_path / "server.yaml"
+
+    assert main(["init", "--write-config", str(path)]) == ExitCode.OK
+
+    assert path.read_text() == EXAMPLE.read_text()
+    assert load_config(path).state_dir == Path("/var/lib/fleet-server")
+
+
+def test_init_write_config_never_overwrites(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "server.yaml"
+    path.write_text("state_dir: mine\n")
+
+    assert main(["init", "--write-config", str(path)]) == ExitCode.BAD_INPUT
+
+    assert path.read_text() == "state_dir: mine\n"
+    assert f"{path} already exists; it is left as it is" in capsys.readouterr().err
+
+
+def test_state_dir_without_write_config_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["init", "--state-dir", "x"])
+    assert exited.value.code == ExitCode.USAGE
