@@ -375,6 +375,7 @@ OTHER_FORMATS: dict[str, tuple[set[str], str]] = {
     "edge_daemon/cli.py": ({"status"}, "a subcommand"),
     "server/checkpoint.py": ({"packed", "round"}, "the checkpoint file's fields"),
     "server/cli.py": ({"status"}, "a subcommand"),
+    "server/deployments.py": ({"reason"}, "the ledger event's field"),
     "server/enrolment.py": ({"status"}, "a subcommand"),
     "server/fleet.py": ({"round"}, _RUN_LOG),
     "server/fleet_search.py": ({"loss", "round"}, _RUN_LOG),
