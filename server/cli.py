@@ -234,7 +234,7 @@ def run_run(args: argparse.Namespace, config: FleetConfig) -> int:
         from server.metrics import serve_metrics
 
         metrics = serve_metrics(
-            lambda: _summary(config, _target(config)),
+            lambda: _summary(config, _target(config), superlink=False),
             port=args.metrics_port,
             host=args.metrics_host,
         )
@@ -404,13 +404,16 @@ def _target(config: FleetConfig) -> TrainingTarget | None:
         return None
 
 
-def _summary(config: FleetConfig, target: TrainingTarget | None) -> RunSummary:
+def _summary(
+    config: FleetConfig, target: TrainingTarget | None, *, superlink: bool = True
+) -> RunSummary:
     """The run of `target` (`_target(config)`): its rounds so far, and its state if the
-    SuperLink is up."""
+    SuperLink is up and `superlink` asks for it. The metrics scrape does not: none of its
+    figures is the run's state, and asking costs a `flwr` CLI process per scrape."""
     run = read_run_file(config.paths.run_file)
     run_id = run.get("run_id") if isinstance(run.get("run_id"), int) else None
     status = None
-    if run_id is not None and _superlink_up(config):
+    if run_id is not None and superlink and _superlink_up(config):
         try:
             status = flower_cli(config).run_status(run_id)
         except SuperLinkError:

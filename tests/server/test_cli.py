@@ -336,3 +336,48 @@ def test_state_dir_without_write_config_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as exited:
         main(["init", "--state-dir", "x"])
     assert exited.value.code == ExitCode.USAGE
+
+
+def test_a_metrics_scrape_never_runs_the_flwr_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `run --metrics-port`'s scrapes read the run log only: with the SuperLink up and a run
+    # submitted, a scrape that asked the `flwr` CLI for the run's state would fail here.
+    import urllib.request
+
+    from server import cli, metrics
+
+    config = _config(tmp_path)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "run.json").write_text('{"run_id": 7}')
+    served: list[int] = []
+    scraped: list[str] = []
+    real_serve = metrics.serve_metrics
+
+    def serve(*args: object, **kwargs: object) -> object:
+        server = real_serve(*args, **kwargs)  # type: ignore[arg-type]
+        served.append(server.server_port)
+        return server
+
+    class FakeFleet:
+        def __init__(self, config: object) -> None:
+            pass
+
+        def run(self) -> str:  # while the run goes on, Prometheus scrapes
+            url = f"http://127.0.0.1:{served[0]}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                scraped.append(response.read().decode())
+            return cli.COMPLETED_STATUS
+
+    def no_flwr(config: object) -> object:
+        raise AssertionError("a scrape ran the flwr CLI")
+
+    monkeypatch.setattr(metrics, "serve_metrics", serve)
+    monkeypatch.setattr(cli, "FleetServer", FakeFleet)
+    monkeypatch.setattr(cli, "flower_cli", no_flwr)
+    monkeypatch.setattr(cli, "_superlink_up", lambda config: True)
+    monkeypatch.setattr(cli.signal, "signal", lambda *args: None)
+
+    assert main(["run", "-c", str(config), "--metrics-port", "0"]) == ExitCode.OK
+
+    assert "ticketfleet_rounds_planned" in scraped[0]
