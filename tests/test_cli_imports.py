@@ -35,10 +35,22 @@ def test_importing_a_command_loads_neither_torch_nor_flower(module: str) -> None
     assert _heavy_loaded(f"import {module}") == {"torch": False, "flwr": False}
 
 
-@pytest.mark.parametrize("module", ["server.cli", "edge_daemon.cli"])
-def test_building_the_parser_loads_neither(module: str) -> None:
-    # `--help` and a usage error end in the parser.
-    assert _heavy_loaded(f"import {module}\n{module}.build_parser()") == {
-        "torch": False,
-        "flwr": False,
-    }
+@pytest.mark.parametrize("module", ["server.cli", "ticket_cli.cli", "edge_daemon.cli"])
+@pytest.mark.parametrize("argv", [["--help"], [], ["no-such-command"]])
+def test_help_and_usage_errors_load_neither(module: str, argv: list[str]) -> None:
+    code = f"import {module}\ntry:\n    {module}.main({argv!r})\nexcept SystemExit:\n    pass"
+    assert _heavy_loaded(code) == {"torch": False, "flwr": False}
+
+
+@pytest.mark.parametrize("command", ["init", "status", "nodes", "missing"])
+def test_fleet_servers_light_commands_load_neither(command: str, tmp_path: Path) -> None:
+    config = tmp_path / "server.yaml"
+    # Port 9 (discard) on loopback: no SuperLink answers, as on a stopped server.
+    config.write_text("state_dir: state\nlisten: {host: 127.0.0.1, port: 9}\nrun: {ticket: t}\n")
+    from server.cli import main
+
+    assert main(["init", "-c", str(config)]) == 0  # its state: keys, certificates
+    argv = ["status", "-c", str(tmp_path / "none.yaml")] if command == "missing" else [command]
+    argv += [] if command == "missing" else ["-c", str(config)]
+    code = f"import server.cli\nassert server.cli.main({argv!r}) in (0, 3)"
+    assert _heavy_loaded(code) == {"torch": False, "flwr": False}

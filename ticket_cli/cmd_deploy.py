@@ -41,6 +41,7 @@ from ticket.bundle import read_ticket
 from ticket.config_schema import describe_bounds
 from ticket.config_text import toml_values
 from ticket.errors import TicketError
+from ticket_cli.commands import HELP
 from ticket_cli.exit_codes import ExitCode
 
 if TYPE_CHECKING:  # server.api is loaded only by the commands that use a ledger or server.yaml
@@ -74,7 +75,7 @@ class Fleet:
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     deploy = subparsers.add_parser(
         "deploy",
-        help="push a signed ticket to the fleet's devices",
+        help=HELP["deploy"],
         description="Push a signed ticket to the fleet's connected devices and report each one.",
     )
     deploy.add_argument("source", metavar="FILE|ID", help="a .ticket file or a registry id")
@@ -99,7 +100,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
     rollback = subparsers.add_parser(
         "rollback",
-        help="make the ticket before the active one active again",
+        help=HELP["rollback"],
         description="Roll the ticket before the active one out again and make it active.",
     )
     _fleet_options(rollback)
@@ -107,7 +108,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
     listing = subparsers.add_parser(
         "deployments",
-        help="the active ticket and every rollout",
+        help=HELP["deployments"],
         description="Show the deployment ledger: the active ticket and every rollout.",
     )
     listing.add_argument("-c", "--server-config", type=Path, help="fleet-server's server.yaml")
