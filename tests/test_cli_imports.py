@@ -54,3 +54,10 @@ def test_fleet_servers_light_commands_load_neither(command: str, tmp_path: Path)
     argv += [] if command == "missing" else ["-c", str(config)]
     code = f"import server.cli\nassert server.cli.main({argv!r}) in (0, 3)"
     assert _heavy_loaded(code) == {"torch": False, "flwr": False}
+
+
+def test_ticket_deployments_loads_neither(tmp_path: Path) -> None:
+    # It reads the ledger only; deploying (the ticket format) is what needs torch.
+    argv = ["deployments", "--ledger", str(tmp_path)]
+    code = f"import ticket_cli.cli\nassert ticket_cli.cli.main({argv!r}) == 0"
+    assert _heavy_loaded(code) == {"torch": False, "flwr": False}
