@@ -251,10 +251,12 @@ def write_results(
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "`fleet-server nodes` with the SuperLink up runs the `flwr` CLI (`flwr supernode list`) "
-        "as a subprocess: that process's own start-up is most of its time. `status` and the "
-        "scrape ask the SuperLink for the run's state (`flwr run` status) only where the tree "
-        "does so.",
+        "With the SuperLink up, `nodes` runs the `flwr` CLI (`flwr supernode list`) and "
+        "`status` asks it for the run's state (`flwr` run status), each as a subprocess whose "
+        "own start-up (it imports Flower) is nearly all of the time, in both trees and noisy "
+        "with the machine's load; a status file the running service publishes would remove "
+        "it. The scrape starts no `flwr` process in `after` (its figures come from the run "
+        "log); in `before` every scrape ran one.",
         "",
     ]
     RESULTS.mkdir(parents=True, exist_ok=True)
