@@ -16,6 +16,9 @@ traceback. Only `run` loads the daemon's loop; no subcommand but `tickets add` l
 import argparse
 import json
 import logging
+import re
+import shlex
+import socket
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -32,6 +35,8 @@ from edge_daemon.ticket_cache import TicketCache, TicketCacheError, install_tick
 from ticket.atomic import AlreadyRunningError
 
 DEFAULT_CONFIG = Path("/etc/edge-daemon/daemon.yaml")
+# fleet-server's own default -c (server/cli.py; the device never imports the server's code)
+SERVER_DEFAULT_CONFIG = "/etc/fleet-server/server.yaml"
 _EXPECTED = (
     AlreadyRunningError,
     ConfigError,
@@ -185,8 +190,19 @@ def _keygen(args: argparse.Namespace) -> int:
     print(f"private      {key.private_path}  (keep it secret; daemon.yaml server.auth_key)")
     print(f"public       {key.public_path}")
     print(f"enroll this node: give {key.public_path.name} to the fleet operator, who runs")
-    print(f"  fleet-server enroll {key.public_path.name}")
+    print(f"  {enroll_command(key.public_path.name, comment)}")
     return ExitCode.OK
+
+
+def enroll_command(public_file: str, comment: str) -> str:
+    """The `fleet-server enroll` line for a key, ready to paste: its --name is the device's
+    name from the key's comment (edge-daemon@HOST -> HOST), and -c names the server's default
+    config path, which the operator replaces if theirs lives elsewhere."""
+    name = comment.rpartition("@")[2].strip() or socket.gethostname()
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "device"
+    return shlex.join(
+        ["fleet-server", "enroll", public_file, "--name", name, "-c", SERVER_DEFAULT_CONFIG]
+    )
 
 
 def _tickets_add(args: argparse.Namespace) -> int:

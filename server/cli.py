@@ -21,13 +21,12 @@ from server.enrolment import (
     read_node_key,
     secagg_certificate,
 )
+from server.errors import BadArgumentError, FleetError, NoActiveTicketError
+from server.example_config import DEFAULT_STATE_DIR, ExampleConfigError, write_example_config
 from server.exit_codes import HELP, ExitCode, exit_code_for
 from server.fleet import (
     COMPLETED_STATUS,
-    BadArgumentError,
-    FleetError,
     FleetServer,
-    NoActiveTicketError,
     SearchJob,
     TrainingTarget,
     flower_cli,
@@ -77,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--hosts",
         help="comma-separated names/addresses the server certificate covers "
         "(default: tls.hosts from server.yaml)",
+    )
+    init.add_argument(
+        "--write-config",
+        type=Path,
+        metavar="PATH",
+        help="instead: write the annotated example server.yaml to PATH (never over an "
+        "existing file), to edit and pass with -c",
+    )
+    init.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"with --write-config: the state_dir it names (default: {DEFAULT_STATE_DIR})",
     )
     run = command(
         "run",
@@ -204,6 +216,15 @@ def run_init(args: argparse.Namespace, config: FleetConfig) -> int:
         print(f"kept     {path}")
     print(f"fleet key {config.fleet_public_key}: give it to every device (daemon.yaml fleet_key)")
     print(f"CA        {config.tls_files.ca_cert}: devices trust it (server.root_certificates)")
+    return ExitCode.OK
+
+
+def write_config(args: argparse.Namespace) -> int:
+    """`init --write-config PATH`: the example server.yaml, for an operator who has none."""
+    path = write_example_config(args.write_config, args.state_dir)
+    load_config(path)  # what is written is a config `init -c PATH` accepts
+    print(f"wrote    {path}: edit it (the run: section names the ticket to train), then")
+    print(f"  fleet-server init -c {path}")
     return ExitCode.OK
 
 
@@ -487,13 +508,19 @@ _EXPECTED = (
     FleetError,
     SuperLinkError,
     TicketError,
+    ExampleConfigError,
     OSError,
 )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "state_dir", None) is not None and args.write_config is None:
+        parser.error("--state-dir goes with --write-config")
     try:
+        if getattr(args, "write_config", None) is not None:
+            return write_config(args)
         config = load_config(args.config)
         return int(args.handler(args, config))
     except KeyboardInterrupt:

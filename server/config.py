@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from server.example_config import missing_config_hint
 from server.paths import ServerPaths
 from ticket.config_schema import SchemaLoader, read_document, rejecting_duplicate_keys
 from ticket.runconfig import (
@@ -169,6 +170,8 @@ _YAML_LOADER = rejecting_duplicate_keys(yaml.SafeLoader)  # a key given twice is
 
 def load_config(path: Path | str) -> FleetConfig:
     path = Path(path)
+    if not path.exists():  # the one error an operator meets first: say how to get a file
+        raise ConfigError(f"{path}: no such file; {missing_config_hint(path)}")
     data = read_document(
         path,
         parse=lambda text: yaml.load(text, Loader=_YAML_LOADER),  # a SafeLoader: no objects

@@ -44,6 +44,9 @@ class Deployment:
     canary: dict[str, Any] | None = None  # the canary's evaluation, when there was one
     # Every device's answer (node id, status, reason, canary): who installed it, who did not.
     nodes: list[dict[str, Any]] = field(default_factory=list)
+    # Why a failed rollout failed ("no device connected: 2 enrolled, 0 online"); "" otherwise
+    # and in events recorded before the field existed.
+    reason: str = ""
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any], where: str) -> "Deployment":
@@ -56,6 +59,7 @@ class Deployment:
                 counts={str(k): int(v) for k, v in dict(document.get("counts", {})).items()},
                 canary=document.get("canary"),
                 nodes=list(document.get("nodes", [])),
+                reason=str(document.get("reason", "")),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise LedgerError(f"{where}: not a deployment event ({error!r})") from None
@@ -124,6 +128,7 @@ class DeploymentLedger:
         counts: Mapping[str, int] | None = None,
         canary: Mapping[str, Any] | None = None,
         nodes: Sequence[Mapping[str, Any]] = (),
+        reason: str = "",
     ) -> Deployment:
         """Append one rollout's outcome; a successful rollback must undo the active ticket."""
         if action not in ACTIONS:
@@ -136,6 +141,7 @@ class DeploymentLedger:
             dict(counts or {}),
             None if canary is None else dict(canary),
             [dict(node) for node in nodes],
+            reason,
         )
         self.root.mkdir(parents=True, exist_ok=True)
         with locked(self.file):

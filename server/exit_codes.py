@@ -4,7 +4,8 @@ from enum import IntEnum
 
 from server.config import ConfigError
 from server.enrolment import EnrolmentError
-from server.fleet import BadArgumentError, FleetError
+from server.errors import BadArgumentError, FleetError
+from server.example_config import ExampleConfigError
 from server.superlink import SuperLinkError
 from ticket.atomic import AlreadyRunningError
 from ticket.errors import TicketError
@@ -33,6 +34,7 @@ def exit_code_for(error: BaseException) -> ExitCode:
         (AlreadyRunningError, ExitCode.ALREADY_RUNNING),
         (ConfigError, ExitCode.BAD_INPUT),
         (EnrolmentError, ExitCode.BAD_INPUT),
+        (ExampleConfigError, ExitCode.BAD_INPUT),
         (TicketError, ExitCode.BAD_INPUT),  # a malformed key file
         (BadArgumentError, ExitCode.BAD_INPUT),
         (FleetError, ExitCode.FAILURE),

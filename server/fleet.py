@@ -29,6 +29,7 @@ from typing import Any
 from server.api import CONNECTION
 from server.config import WILDCARD_HOSTS, FleetConfig
 from server.deployments import DeploymentLedger, LedgerError
+from server.errors import BadArgumentError, FleetError, NoActiveTicketError
 from server.processes import PidFile, Recorded, stop_groups
 from server.run_log import RunLog
 from server.run_status import summarize_round
@@ -52,18 +53,6 @@ from ticket.tls import write_dev_pki
 
 COMPLETED_STATUS = COMPLETED
 STARTUP_TIMEOUT_S = 120.0
-
-
-class FleetError(RuntimeError):
-    """fleet-server cannot start or follow the SuperLink or its run."""
-
-
-class BadArgumentError(FleetError):
-    """A command-line argument is out of range or names a file that is not there."""
-
-
-class NoActiveTicketError(FleetError):
-    """server.yaml names no ticket and no rollout has made one active yet."""
 
 
 def flower_cli(config: FleetConfig, bin_dir: Path | None = None) -> FlowerCli:

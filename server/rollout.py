@@ -3,11 +3,16 @@
 A rollout is one Flower run (ServerApp with run config `mode = "deploy"`): a "query" message to
 every connected node carrying the bundle (ticket/wire.py's InstallPush and InstallAck). Each
 device verifies it against its own fleet key and answers installed or rejected-with-reason;
-a node that does not answer before the timeout counts as offline. With a canary fraction,
+a node that does not answer before the timeout counts as offline. The push and its pulls are
+separate (`grid.push_messages`, then `grid.pull_messages` until every node answered or the
+timeout), so each ack is reported (`on_ack`) as it arrives: the ServerApp appends it to the run
+directory's progress file (server/rollout_progress.py), which `ticket deploy` follows. With a
+canary fraction,
 a seeded sample goes first, and the rest only if the canary installed it cleanly (every device,
 or the `min_installed` fraction the rollout must reach anyway) and, when a
 `CanaryCheck` is given, the canary's evaluation does not regress (below). The outcome is
-written atomically to `<run-dir>/deploy.json`, which `ticket deploy` prints as a table.
+written atomically to `<run-dir>/deploy.json`, which `ticket deploy` prints as a table; a
+failed rollout's `reason` says why (no device connected, the canary, too few installed).
 
 The canary's evaluation asks a question about tickets, not about a trained model: does the new
 ticket learn on our devices' data as well as the active one? A ticket is (mask, W_k), whose
@@ -22,7 +27,8 @@ one's minus `max_regression`, over the devices that scored both.
 import json
 import math
 import random
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,6 +37,7 @@ from flwr.common import MessageType
 from flwr.serverapp import Grid
 
 from flower_wire import from_flower, to_flower
+from server.rollout_progress import NO_DEVICE
 from ticket.atomic import atomic_write_text
 from ticket.bundle import Ticket
 from ticket.codec import Kind, encode_vector
@@ -49,6 +56,7 @@ from ticket.wire import (
     WireError,
 )
 
+POLL_S = 1.0  # between pulls while acks are outstanding (Flower's send_and_receive: 3 s)
 OFFLINE = "offline"
 SKIPPED = "skipped"  # not pushed: the canary did not install cleanly, or it regressed
 CANDIDATE = "candidate"
@@ -61,6 +69,13 @@ class Ack:
     status: str  # installed, rejected, offline or skipped
     reason: str = ""
     canary: bool = False
+
+
+AckSink = Callable[[Ack], None]  # told of each ack as it arrives
+
+
+def _ignore(ack: Ack) -> None:
+    pass
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,10 +155,28 @@ class Rollout:
         enough = bool(self.acks) and self.installed_fraction >= self.min_installed
         return enough and (self.canary is None or self.canary.passed)
 
+    @property
+    def reason(self) -> str:
+        """Why the rollout did not succeed ("" if it did)."""
+        if self.succeeded:
+            return ""
+        if not self.acks:
+            return NO_DEVICE
+        if self.canary is not None and not self.canary.passed:
+            return f"canary evaluation failed: {self.canary.reason}"
+        skipped = [ack for ack in self.acks if ack.status == SKIPPED]
+        if skipped:
+            return skipped[0].reason
+        installed = sum(ack.status == INSTALLED for ack in self.acks)
+        return (
+            f"{installed} of {len(self.acks)} devices installed it; {self.min_installed:.0%} had to"
+        )
+
     def to_json(self) -> dict[str, object]:
         return {
             "ticket_id": self.ticket_id,
             "succeeded": self.succeeded,
+            "reason": self.reason,
             "min_installed": self.min_installed,
             "nodes": [asdict(ack) for ack in sorted(self.acks, key=lambda a: a.node_id)],
             "canary": None if self.canary is None else self.canary.to_json(),
@@ -160,9 +193,11 @@ def roll_out(
     seed: int = TrainingSettings.seed,
     check: CanaryCheck | None = None,
     min_installed: float = RolloutSettings.min_installed,
+    on_ack: AckSink = _ignore,
 ) -> Rollout:
     """Push `bundle` to every connected node (canary first when `canary_fraction` > 0, then,
-    with `check`, the canary's evaluation before the rest)."""
+    with `check`, the canary's evaluation before the rest); `on_ack` hears of every ack, the
+    skipped nodes' included, as it is known."""
     if not 0.0 <= canary_fraction <= 1.0:
         raise ValueError(f"canary fraction must be in [0, 1], got {canary_fraction}")
     if not 0.0 < min_installed <= 1.0:
@@ -175,7 +210,9 @@ def roll_out(
     if canary_fraction > 0:
         size = max(1, math.ceil(canary_fraction * len(nodes)))
         canary = sorted(random.Random(f"ticketfleet.canary:{seed}").sample(nodes, size))
-        rollout.acks += push(grid, bundle, ticket_id, canary, timeout=timeout, canary=True)
+        rollout.acks += push(
+            grid, bundle, ticket_id, canary, timeout=timeout, canary=True, on_ack=on_ack
+        )
         why_not = None if rollout.succeeded else "the canary did not install cleanly"
         if why_not is None and check is not None:  # scored where it is installed
             installed = [ack.node_id for ack in rollout.acks if ack.status == INSTALLED]
@@ -183,10 +220,13 @@ def roll_out(
             why_not = None if rollout.canary.passed else rollout.canary.reason
         if why_not is not None:
             rest = [node for node in nodes if node not in canary]
-            rollout.acks += [Ack(node, SKIPPED, why_not) for node in rest]
+            skipped = [Ack(node, SKIPPED, why_not) for node in rest]
+            for ack in skipped:
+                on_ack(ack)
+            rollout.acks += skipped
             return rollout
     rest = [node for node in nodes if node not in canary]
-    rollout.acks += push(grid, bundle, ticket_id, rest, timeout=timeout)
+    rollout.acks += push(grid, bundle, ticket_id, rest, timeout=timeout, on_ack=on_ack)
     return rollout
 
 
@@ -198,19 +238,44 @@ def push(
     *,
     timeout: float,
     canary: bool = False,
+    on_ack: AckSink = _ignore,
+    poll_s: float | None = None,
 ) -> list[Ack]:
-    """One query round trip to `nodes`; an ack per node (offline for the silent ones)."""
+    """Push the bundle to `nodes` and pull their acks until all answered or `timeout` passed;
+    an ack per node (offline for the silent ones), each given to `on_ack` as it arrives."""
     if not nodes:
         return []
     content = to_flower(InstallPush(ticket_id, bundle).to_record())
     messages = [
         Message(content=content, dst_node_id=node, message_type=MessageType.QUERY) for node in nodes
     ]
-    replies = grid.send_and_receive(messages, timeout=timeout)
-    acks = {node: Ack(node, OFFLINE, "no answer before the timeout", canary) for node in nodes}
-    for reply in _replies_from(replies, nodes):
-        node = reply.metadata.src_node_id
-        acks[node] = _read_ack(reply, node, ticket_id, canary)
+    deadline = time.monotonic() + timeout
+    acks: dict[int, Ack] = {}
+
+    def known(ack: Ack) -> None:
+        acks[ack.node_id] = ack
+        on_ack(ack)
+
+    pending: dict[str, int] = {}  # message id -> node
+    # The SuperLink's ids come back in the messages' order; None for one it did not take.
+    for node, message_id in zip(nodes, grid.push_messages(messages), strict=True):
+        if message_id:
+            pending[message_id] = node
+        else:
+            known(Ack(node, REJECTED, "the SuperLink did not accept the message", canary))
+    while pending:
+        for reply in grid.pull_messages(list(pending)):
+            answered = reply.metadata.reply_to_message_id
+            if answered in pending:  # a second reply to one instruction counts once
+                node = pending.pop(answered)
+                known(_read_ack(reply, node, ticket_id, canary))
+        left = deadline - time.monotonic()
+        if not pending or left <= 0:
+            break
+        time.sleep(min(POLL_S if poll_s is None else poll_s, left))
+    for node in nodes:
+        if node not in acks:
+            known(Ack(node, OFFLINE, "no answer before the timeout", canary))
     return [acks[node] for node in nodes]
 
 

@@ -22,11 +22,13 @@ import os
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from server.strategy import RoundRecord
 from ticket.atomic import atomic_write_bytes, atomic_write_text
-from ticket.train import EvalResult
+
+if TYPE_CHECKING:  # both import torch (and flwr); `fleet-server status` reads logs without them
+    from server.strategy import RoundRecord
+    from ticket.train import EvalResult
 
 
 class RunLogError(Exception):
@@ -34,7 +36,7 @@ class RunLogError(Exception):
 
 
 def round_line(
-    record: RoundRecord, server_eval: EvalResult | None, finished_at: datetime
+    record: "RoundRecord", server_eval: "EvalResult | None", finished_at: datetime
 ) -> dict[str, Any]:
     """The JSON-able log line of one finished round."""
     line = {

@@ -4,6 +4,7 @@ when `dp-noise-multiplier` > 0); with `mode = "deploy"`, roll the ticket out; wi
 `mode = "find"`, search the fleet for a ticket inside it (server/fleet_search.py)."""
 
 import logging
+from dataclasses import asdict
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -12,6 +13,7 @@ from flwr.serverapp.strategy import Result
 from server.evaluation import ServerEvaluator
 from server.fleet_search import FindSettings, run_search
 from server.rollout import CanaryCheck, Rollout, roll_out, write_outcome
+from server.rollout_progress import ProgressLog
 from server.run_settings import DeploySettings, ServerSettings
 from server.strategy import RoundPlan
 from server.training_run import make_strategy, run_resumable
@@ -47,7 +49,8 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def run_deploy(grid: Grid, settings: DeploySettings) -> Rollout:
-    """Verify the bundle against the fleet key, push it, write `deploy.json`."""
+    """Verify the bundle against the fleet key, push it (each ack appended to the progress
+    file as it arrives), write `deploy.json`."""
     bundle = settings.ticket_path.read_bytes()
     keys = [settings.fleet_key.read_bytes()]
     ticket = read_ticket(settings.ticket_path, trusted_keys=keys)
@@ -61,6 +64,8 @@ def run_deploy(grid: Grid, settings: DeploySettings) -> Rollout:
             max_regression=settings.max_regression,
             seed=settings.seed,
         )
+    progress = ProgressLog(settings.run_dir)
+    progress.start()
     rollout = roll_out(
         grid,
         bundle,
@@ -70,6 +75,7 @@ def run_deploy(grid: Grid, settings: DeploySettings) -> Rollout:
         seed=settings.seed,
         check=check,
         min_installed=settings.min_installed,
+        on_ack=lambda ack: progress.append(asdict(ack)),
     )
     write_outcome(rollout, settings.run_dir)
     return rollout

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from server.deployments import DeploymentLedger
+from server.errors import FleetError, NoActiveTicketError
 from server.run_control import clear_stop, request_stop
 from server.run_log import RunLog
 from server.search_jobs import DONE, FAILED, RUNNING, JobError, SearchQueue
@@ -141,7 +142,7 @@ class TrainingService:
 
     def _target(self) -> "TrainingTarget | str":
         """What the ledger (or run.ticket) says to train, or why it cannot be trained."""
-        from server.fleet import FleetError, NoActiveTicketError, training_target
+        from server.fleet import training_target
 
         try:
             target = training_target(self.config)

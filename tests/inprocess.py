@@ -41,6 +41,7 @@ class InProcessGrid(Grid):
             for node_id, config in zip(itertools.count(first_node_id), node_configs)
         }
         self.sent: list[Message] = []  # every instruction, as delivered
+        self.waiting: dict[str, Message] = {}  # pushed instruction id -> its reply, not pulled
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -63,22 +64,24 @@ class InProcessGrid(Grid):
         return list(self.contexts)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError("InProcessGrid delivers synchronously: use send_and_receive")
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError("InProcessGrid delivers synchronously: use send_and_receive")
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        replies = []
+        """Deliver each message now; its reply waits for `pull_messages`."""
+        ids = []
         for message in messages:
             delivered = copy.deepcopy(message)
             # The SuperLink assigns message ids; Metadata has no public setter for it.
             delivered.metadata.__dict__["_message_id"] = uuid4().hex
             self.sent.append(delivered)
-            replies.append(copy.deepcopy(self._call(delivered)))
-        return replies
+            self.waiting[delivered.metadata.message_id] = copy.deepcopy(self._call(delivered))
+            ids.append(delivered.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self.waiting.pop(i) for i in list(message_ids) if i in self.waiting]
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self.pull_messages(self.push_messages(messages))
 
     def _call(self, message: Message) -> Message:
         context = self.contexts[message.metadata.dst_node_id]
@@ -96,10 +99,8 @@ class SilentNodeGrid(InProcessGrid):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.silent = silent
 
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        replies = super().send_and_receive(messages, timeout=timeout)
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = super().pull_messages(message_ids)
         return [reply for reply in replies if reply.metadata.src_node_id != self.silent]
 
 

@@ -1,45 +1,52 @@
 """`ticket`: the ML engineer's command: find, inspect, sign, verify and publish winning tickets."""
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
-from types import ModuleType
 
 from ticket.errors import TicketError
+from ticket_cli.commands import COMMANDS
 from ticket_cli.exit_codes import HELP, ExitCode, exit_code_for
 
 
-def _command_modules() -> list[ModuleType]:
-    # Imported here, not at module level, so `ticket --help` stays fast and a broken
-    # subcommand cannot stop the others from loading their own help.
-    from ticket_cli import (
-        cmd_card,
-        cmd_deploy,
-        cmd_find,
-        cmd_hub,
-        cmd_init,
-        cmd_inspect,
-        cmd_keys,
-        cmd_registry,
-    )
-
-    return [cmd_find, cmd_init, cmd_inspect, cmd_keys, cmd_registry, cmd_card, cmd_hub, cmd_deploy]
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `ticket` parser. Only the module registering `command` is loaded: every other
+    command is listed by its name and help (ticket_cli/commands.py), so `ticket --help` and a
+    usage error stay fast and a broken module cannot stop the others' commands from running.
+    `full_parser` loads them all."""
+    return _parser({entry.module for entry in COMMANDS if entry.name == command})
 
 
-def build_parser() -> argparse.ArgumentParser:
+def full_parser() -> argparse.ArgumentParser:
+    """The parser with every command's own options (every module loaded)."""
+    return _parser({entry.module for entry in COMMANDS})
+
+
+def _parser(load: set[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ticket",
         description="Find, inspect, sign, verify and publish lottery-ticket sparse networks.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in _command_modules():
-        module.register(subparsers)
+    registered: set[str] = set()
+    for entry in COMMANDS:
+        if entry.module not in load:
+            subparsers.add_parser(entry.name, help=entry.help)  # a name in the listing only
+        elif entry.module not in registered:  # its register adds all of its commands
+            importlib.import_module(f"ticket_cli.{entry.module}").register(subparsers)
+            registered.add(entry.module)
     return parser
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand argv names: its first word (`ticket` itself takes only -h)."""
+    return argv[0] if argv and not argv[0].startswith("-") else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_command(argv)).parse_args(argv)
     try:
         return int(args.handler(args))
     except KeyboardInterrupt:

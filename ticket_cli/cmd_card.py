@@ -16,6 +16,7 @@ from hub.card import (
 from ticket.atomic import atomic_write_bytes
 from ticket.bundle import read_ticket
 from ticket_cli.cmd_keys import read_private_key, read_public_key
+from ticket_cli.commands import HELP
 
 _PROSE = ("title", "description", "task", "intended_use", "data_how", "license")
 
@@ -23,7 +24,7 @@ _PROSE = ("title", "description", "task", "intended_use", "data_how", "license")
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     card = subparsers.add_parser(
         "card",
-        help="write, edit or sign the card that says what a ticket is good for",
+        help=HELP["card"],
         description="Write FILE.card: the facts of FILE's manifest (data, metrics per density "
         "with the controls, parent) plus the prose given here. An existing card keeps its "
         "prose (edit the JSON by hand or pass options); its facts are checked against FILE. "

@@ -9,9 +9,11 @@ fleet's connected devices, report each one, and keep the fleet's record of what 
 A rollout is a Flower run of this project's app with run config `mode = "deploy"`
 (server/rollout.py): every connected device verifies the bundle against the fleet key in its
 own daemon.yaml, caches it and answers installed or rejected-with-reason; a silent one is
-offline. The command prints one row per device and exits 0 only if every device installed the
-ticket (and, with `--canary`, the canary's evaluation did not regress). The run's
-`deploy.json` is read from its run directory, so run it on the SuperLink's machine (where
+offline. The command prints a line per device as its ack arrives (it follows the run's
+progress file), then a table of every device, by node id and, with `-c server.yaml`, the name
+it was enrolled under; it exits 0 only if every device installed the ticket (and, with
+`--canary`, the canary's evaluation did not regress). The run's `deploy.json` and progress
+file are read from its run directory, so run it on the SuperLink's machine (where
 `fleet-server run` runs).
 
 With a ledger (server/api.py's DeploymentLedger; `-c server.yaml` uses fleet-server's), a successful
@@ -27,16 +29,18 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ticket import runconfig
-from ticket.bundle import read_ticket
 from ticket.config_schema import describe_bounds
 from ticket.config_text import toml_values
 from ticket.errors import TicketError
+from ticket_cli.commands import HELP
 from ticket_cli.exit_codes import ExitCode
 
 if TYPE_CHECKING:  # server.api is loaded only by the commands that use a ledger or server.yaml
@@ -64,12 +68,13 @@ class Fleet:
     flwr_home: Path | None
     fleet_key: Path
     ledger: Path | None  # the deployment ledger's directory; None: nothing is recorded
+    nodes_file: Path | None = None  # fleet-server's enrolment records: the devices' names
 
 
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     deploy = subparsers.add_parser(
         "deploy",
-        help="push a signed ticket to the fleet's devices",
+        help=HELP["deploy"],
         description="Push a signed ticket to the fleet's connected devices and report each one.",
     )
     deploy.add_argument("source", metavar="FILE|ID", help="a .ticket file or a registry id")
@@ -94,7 +99,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
     rollback = subparsers.add_parser(
         "rollback",
-        help="make the ticket before the active one active again",
+        help=HELP["rollback"],
         description="Roll the ticket before the active one out again and make it active.",
     )
     _fleet_options(rollback)
@@ -102,7 +107,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
     listing = subparsers.add_parser(
         "deployments",
-        help="the active ticket and every rollout",
+        help=HELP["deployments"],
         description="Show the deployment ledger: the active ticket and every rollout.",
     )
     listing.add_argument("-c", "--server-config", type=Path, help="fleet-server's server.yaml")
@@ -149,9 +154,13 @@ def run_deploy(args: argparse.Namespace) -> int:
         if args.canary > 0 and active is not None and active != ticket_id:
             baseline = ledger.bundle(active).resolve()
             rollout = replace(rollout, baseline_ticket_path=baseline)
+    names = _names(fleet)
     print(f"deploying {ticket_id[:12]} through {fleet.connection} ...", flush=True)
-    document = roll_out(fleet, ticket_path, run_dir, args.timeout, rollout)
-    print(format_acks(document))
+    document = roll_out(
+        fleet, ticket_path, run_dir, args.timeout, rollout, on_ack=_print_ack(names)
+    )
+    document["reason"] = failure_reason(document, names)
+    print(format_acks(document, names))
     _record(ledger, "deploy", ticket_id, document)
     if ledger is not None and document["succeeded"]:
         print(f"active ticket: {ticket_id[:12]}")
@@ -175,8 +184,12 @@ def run_rollback(args: argparse.Namespace) -> int:
     _verified_id(bundle, fleet.fleet_key)
     print(f"rolling back {active[:12]} -> {previous[:12]} through {fleet.connection} ...")
     rollout = _rollout(args, "--min-installed")
-    document = roll_out(fleet, bundle, _run_dir(args), args.timeout, rollout)
-    print(format_acks(document))
+    names = _names(fleet)
+    document = roll_out(
+        fleet, bundle, _run_dir(args), args.timeout, rollout, on_ack=_print_ack(names)
+    )
+    document["reason"] = failure_reason(document, names)
+    print(format_acks(document, names))
     _record(ledger, "rollback", previous, document)
     if not document["succeeded"]:
         print(f"the active ticket is still {active[:12]}")
@@ -209,7 +222,8 @@ def run_deployments(args: argparse.Namespace) -> int:
     for event in events:
         outcome = "succeeded" if event.succeeded else "FAILED"
         counts = ", ".join(f"{n} {status}" for status, n in sorted(event.counts.items()))
-        print(f"{event.at}  {event.action:<8} {event.ticket_id[:12]}  {outcome}  {counts}")
+        why = f"  ({event.reason})" if event.reason else ""
+        print(f"{event.at}  {event.action:<8} {event.ticket_id[:12]}  {outcome}  {counts}{why}")
     return ExitCode.OK
 
 
@@ -222,11 +236,17 @@ def roll_out(
     run_dir: Path,
     timeout_s: float,
     rollout: runconfig.RolloutSettings,
+    *,
+    on_ack: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Submit the rollout run (the Flower app written into `run_dir`), wait for it, and return
-    its `deploy.json`."""
+    """Submit the rollout run (the Flower app written into `run_dir`), give `on_ack` each
+    device's ack as the run's progress file shows it, and return the run's `deploy.json`."""
+    from server.api import PROGRESS_FILE
+
     outcome = run_dir / "deploy.json"
     outcome.unlink(missing_ok=True)
+    progress = run_dir / PROGRESS_FILE
+    progress.unlink(missing_ok=True)
     placement = runconfig.RunPlacement(
         mode="deploy",
         ticket_path=ticket_path.resolve(),
@@ -245,27 +265,107 @@ def roll_out(
     flwr = Path(sys.executable).parent / "flwr"
     command = [str(flwr), "run", str(app), fleet.connection, "--stream"]
     command += ["--run-config", toml_values(runconfig.to_run_config(config))]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    # Its output goes to a file, not a pipe: nobody reads a pipe while the progress is followed.
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, text=True, env=env
+        )
+        try:
+            follow_progress(progress, on_ack or _ignore, done=lambda: process.poll() is not None)
+        finally:
+            if process.poll() is None:  # interrupted: stop the submission, as subprocess.run did
+                process.kill()
+                process.wait()
+        log.seek(0)
+        said = log.read()
     if not outcome.exists():
-        tail = (result.stdout + result.stderr)[-800:]
+        tail = said[-800:]
         raise DeployError(f"the rollout run left no {outcome.name}; flwr run said:\n{tail}")
     document: dict[str, Any] = json.loads(outcome.read_text())
     return document
 
 
-def format_acks(document: dict[str, Any]) -> str:
-    lines = [f"{'node':>20}  {'status':<9} reason"]
+POLL_S = 0.5  # how often the progress file is read while the rollout runs
+
+
+def follow_progress(
+    path: Path,
+    on_ack: Callable[[dict[str, Any]], None],
+    *,
+    done: Callable[[], bool],
+    poll_s: float = POLL_S,
+) -> None:
+    """Give `on_ack` each ack the progress file gains, until `done()` (then the last ones)."""
+    from server.api import read_progress
+
+    offset = 0
+    while True:
+        finished = done()  # asked first: what was written before it ended is read below
+        acks, offset = read_progress(path, offset)
+        for ack in acks:
+            on_ack(ack)
+        if finished:
+            return
+        time.sleep(poll_s)
+
+
+def failure_reason(document: Mapping[str, Any], names: Mapping[int, str] | None) -> str:
+    """Why the rollout failed, for the ledger and the last line ("" if it succeeded): the run's
+    own reason, with the enrolled count when no device was connected."""
+    if document["succeeded"]:
+        return ""
+    reason = str(document.get("reason") or "")
+    if not document["nodes"]:
+        enrolled = "" if names is None else f": {len(names)} enrolled, 0 online"
+        return f"{reason or 'no device connected'}{enrolled}"
+    return reason
+
+
+def format_acks(document: Mapping[str, Any], names: Mapping[int, str] | None = None) -> str:
+    """The table of every device's answer, its enrolled name beside its node id."""
+    lines = [f"{'node':>20}  {'device':<16} {'status':<9} reason"]
     for node in document["nodes"]:
         mark = " (canary)" if node["canary"] else ""
-        lines.append(f"{node['node_id']:>20}  {node['status']:<9} {node['reason']}{mark}")
+        name = _name(node["node_id"], names)
+        lines.append(
+            f"{node['node_id']:>20}  {name:<16} {node['status']:<9} {node['reason']}{mark}"
+        )
     counts = _counts(document)
     summary = ", ".join(f"{count} {status}" for status, count in sorted(counts.items()))
     canary = document.get("canary")
     if canary:
         verdict = "passed" if canary["passed"] else "FAILED"
         lines.append(f"canary evaluation {verdict}: {canary['reason']}")
-    verdict = "rollout succeeded" if document["succeeded"] else "rollout did NOT succeed"
-    return "\n".join([*lines, f"{verdict}: {summary or 'no device connected'}"])
+    if document["succeeded"]:
+        return "\n".join([*lines, f"rollout succeeded: {summary}"])
+    reason = str(document.get("reason") or "")
+    if not summary:
+        return "\n".join([*lines, f"rollout did NOT succeed: {reason or 'no device connected'}"])
+    why = f" ({reason})" if reason else ""
+    return "\n".join([*lines, f"rollout did NOT succeed: {summary}{why}"])
+
+
+def _print_ack(names: Mapping[int, str] | None) -> Callable[[dict[str, Any]], None]:
+    """One line per device as its ack arrives."""
+
+    def show(ack: dict[str, Any]) -> None:
+        node = ack.get("node_id")
+        name = _name(node, names) if isinstance(node, int) else "-"
+        reason = f": {ack['reason']}" if ack.get("reason") else ""
+        mark = " (canary)" if ack.get("canary") else ""
+        print(f"  {name} (node {node}) {ack.get('status')}{reason}{mark}", flush=True)
+
+    return show
+
+
+def _name(node_id: int, names: Mapping[int, str] | None) -> str:
+    if names is None:
+        return "-"  # no enrolment records: --connection without -c
+    return names.get(node_id, "(not enrolled)")
+
+
+def _ignore(ack: dict[str, Any]) -> None:
+    pass
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -318,7 +418,19 @@ def _fleet(args: argparse.Namespace) -> Fleet:
 def _server_fleet(server_yaml: Path) -> Fleet:
     """fleet-server's own: its `flwr` CLI home and connection, fleet key and ledger."""
     state = _operator(server_yaml)
-    return Fleet(state.connection, state.flwr_home, state.fleet_key, state.ledger_dir)
+    return Fleet(
+        state.connection, state.flwr_home, state.fleet_key, state.ledger_dir, state.nodes_file
+    )
+
+
+def _names(fleet: Fleet) -> dict[int, str] | None:
+    """Node id -> enrolled name, from fleet-server's records; None without them."""
+    if fleet.nodes_file is None:
+        return None
+    from server.api import device_names
+
+    names: dict[int, str] = _guard(lambda: device_names(fleet.nodes_file))
+    return names
 
 
 def _operator(server_yaml: Path) -> "OperatorState":
@@ -355,6 +467,7 @@ def _record(
             counts=_counts(document),
             canary=document.get("canary"),
             nodes=document["nodes"],
+            reason=str(document.get("reason") or ""),
         )
     )
 
@@ -369,7 +482,7 @@ def _guard(call: Any) -> Any:
         raise DeployError(str(error)) from None
 
 
-def _counts(document: dict[str, Any]) -> dict[str, int]:
+def _counts(document: Mapping[str, Any]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for node in document["nodes"]:
         counts[node["status"]] = counts.get(node["status"], 0) + 1
@@ -377,6 +490,8 @@ def _counts(document: dict[str, Any]) -> dict[str, int]:
 
 
 def _verified_id(path: Path, fleet_key: Path) -> str:
+    from ticket.bundle import read_ticket  # torch: `ticket deployments` reads no ticket
+
     return read_ticket(path, trusted_keys=[fleet_key.read_bytes()]).content_id
 
 

@@ -15,6 +15,7 @@ from ticket.prune import CONTROLS, METHODS, PruningRates
 from ticket.recipes import DEFAULT_TRAINING
 from ticket.train import OPTIMIZERS
 from ticket_cli.cmd_keys import read_private_key
+from ticket_cli.commands import HELP
 from ticket_cli.find_report import build_manifest, build_report, plot_levels, write_json
 from ticket_cli.find_runner import SearchRunner
 
@@ -24,7 +25,7 @@ SCOPES = {"layerwise": "magnitude-layerwise", "global": "magnitude-global"}
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     parser = subparsers.add_parser(
         "find",
-        help="find a winning ticket by iterative magnitude pruning with rewinding",
+        help=HELP["find"],
         description="Train, prune and rewind until the target density; write the ticket, "
         "a JSON report and a PNG plot (ticket vs random reinit vs random pruning). "
         "A killed search resumes from its work directory. This searches on rows held in one "

@@ -4,12 +4,13 @@ import argparse
 from pathlib import Path
 
 from ticket.errors import TicketError
+from ticket_cli.commands import HELP
 
 DEFAULT_PORT = 8470
 
 
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    hub = subparsers.add_parser("hub", help="serve a ticket hub")
+    hub = subparsers.add_parser("hub", help=HELP["hub"])
     commands = hub.add_subparsers(dest="hub_command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
         "serve",

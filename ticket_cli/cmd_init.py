@@ -24,6 +24,7 @@ from ticket.models import build_model
 from ticket.prune import derive_seed
 from ticket.train import snapshot
 from ticket_cli.cmd_keys import read_private_key
+from ticket_cli.commands import HELP
 from ticket_cli.find_runner import merged_model_args
 
 METHOD = "init"  # the manifest's method name of a dense starting ticket
@@ -32,7 +33,7 @@ METHOD = "init"  # the manifest's method name of a dense starting ticket
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     parser = subparsers.add_parser(
         "init",
-        help="write the dense ticket a fleet search starts from",
+        help=HELP["init"],
         description="Build the model at its initial weights W_0 with every weight kept, and the "
         "encoding of readings fitted on the rows of --data (public or proxy rows: the fleet's "
         "own never leave it). `fleet-server find` prunes it on the fleet.",

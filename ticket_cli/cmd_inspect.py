@@ -12,6 +12,7 @@ from ticket import crypto
 from ticket.bundle import FORMAT_VERSION, Ticket
 from ticket.manifest import FleetSpec, MethodSpec
 from ticket_cli.cmd_keys import read_model_ticket, read_public_key
+from ticket_cli.commands import HELP
 
 INSPECT_SCHEMA = "ticketfleet.inspect.v1"  # docs/ticket-format.md; bump on any breaking change
 _MAX_DENSE_NAMES = 4
@@ -21,7 +22,7 @@ _MAX_INLINE_CHARS = 60
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     parser = subparsers.add_parser(
         "inspect",
-        help="show a ticket's model, data, method, density, metrics and signatures",
+        help=HELP["inspect"],
         description="Check the ticket's integrity and describe it. Without --key, signatures "
         "are listed but not checked against a trusted key; with --key, one of the given keys "
         "must have signed it.",

@@ -12,6 +12,7 @@ from ticket.atomic import atomic_write_bytes
 from ticket.bundle import Ticket, check_against_model, read_ticket, sign_ticket, write_ticket
 from ticket.errors import BundleError, TicketError
 from ticket.models import build_model
+from ticket_cli.commands import HELP
 
 PRIVATE_SUFFIX = ".key"
 PUBLIC_SUFFIX = ".pub"
@@ -20,7 +21,7 @@ PUBLIC_SUFFIX = ".pub"
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     keygen = subparsers.add_parser(
         "keygen",
-        help="create an Ed25519 key pair for signing tickets",
+        help=HELP["keygen"],
         description="Write PREFIX.key (the private key, mode 0600: keep it secret) and "
         "PREFIX.pub (the public key: give it to whoever verifies your tickets).",
     )
@@ -32,7 +33,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
     sign = subparsers.add_parser(
         "sign",
-        help="add your signature to a ticket",
+        help=HELP["sign"],
         description="Check the ticket's integrity, then add (or replace) the signature of KEY. "
         "The content id does not change; other signatures are kept.",
     )
@@ -43,7 +44,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
     verify = subparsers.add_parser(
         "verify",
-        help="check a ticket's integrity and that a trusted key signed it",
+        help=HELP["verify"],
         description="Exit 0 when the ticket is intact and signed by at least one of the given "
         "public keys, non-zero with the reason otherwise.",
     )

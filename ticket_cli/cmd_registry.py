@@ -18,6 +18,7 @@ from ticket_cli.cmd_remote import (
     run_pull_from_hub,
     search_hub,
 )
+from ticket_cli.commands import HELP
 from ticket_cli.registry import ORDERS, TRUSTED_DIR, Entry, Outcome, TicketRegistry
 
 LIST_SCHEMA = "ticketfleet.registry.list.v1"  # docs/ticket-format.md; bump on a breaking change
@@ -38,7 +39,7 @@ _KEY_HELP = (
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     publish = subparsers.add_parser(
         "publish",
-        help="check a ticket's signature and add it to the registry",
+        help=HELP["publish"],
         description="Verify FILE against the trusted keys (unsigned, modified or untrusted "
         "tickets are refused), store it under its content id and index what it is good "
         "for. Publishing a ticket that is already there changes nothing.",
@@ -50,7 +51,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
     listing = subparsers.add_parser(
         "list",
-        help="search the registry by task, model, density and accuracy",
+        help=HELP["list"],
         description="List the registry's tickets that match every filter given.",
     )
     listing.add_argument("--task", help="the dataset the ticket was found on, e.g. heart-uci")
@@ -73,7 +74,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
     show = subparsers.add_parser(
         "show",
-        help="describe one ticket of the registry",
+        help=HELP["show"],
         description="Show the registry's entry for ID: its content id or a prefix of at least "
         "8 hex characters that names exactly one ticket.",
     )
@@ -84,7 +85,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
     pull = subparsers.add_parser(
         "pull",
-        help="copy a ticket out of the registry, checked again",
+        help=HELP["pull"],
         description="Write ticket ID (content id or unique prefix) to FILE, byte for byte as "
         "published, after checking that the stored bytes are the ones published and that a "
         "trusted key signed them. Nothing is written when a check fails.",
@@ -101,7 +102,7 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
     search = subparsers.add_parser(
         "search",
-        help="search a ticket hub, or the local registry, by dataset, model, density, signer",
+        help=HELP["search"],
         description="List the tickets that match every filter given: from the hub at --hub "
         "(GET /api/v1/tickets, docs/hub.md; at most its first 1000) or, without --hub, from "
         "the local registry.",

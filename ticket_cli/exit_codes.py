@@ -11,7 +11,7 @@ from ticket.errors import (
     UnknownNameError,
     UnsignedTicketError,
 )
-from ticket_cli.hub_client import HubError
+from ticket_cli.hub_errors import HubError
 
 
 class ExitCode(IntEnum):

@@ -22,6 +22,7 @@ from hub.card import CARD_SUFFIX, check_card_matches, decode_card, verify_card
 from ticket.atomic import atomic_write_bytes
 from ticket.bundle import Ticket, decode_ticket
 from ticket.errors import IntegrityError, TicketError
+from ticket_cli.hub_errors import HubAddressError, HubError
 from ticket_cli.registry import Entry
 
 API = "/api/v1/tickets"
@@ -32,18 +33,6 @@ MAX_BUNDLE_BYTES = 512 * 1024 * 1024  # a download: far above any ticket, far be
 _ID = re.compile(r"[0-9a-f]{8,64}")
 _CONTENT_ID = re.compile(r"[0-9a-f]{64}")
 _ENTRY_FIELDS = frozenset(field.name for field in fields(Entry))
-
-
-class HubError(TicketError):
-    """The hub could not be reached, or answered with an error (`status`, its text verbatim)."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class HubAddressError(TicketError):
-    """A --hub value that is not an http(s)://HOST[:PORT][/PATH] address."""
 
 
 @dataclass(frozen=True)

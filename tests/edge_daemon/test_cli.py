@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_daemon.cli import main
+from edge_daemon.cli import enroll_command, main
 from edge_daemon.exit_codes import ExitCode
 from edge_daemon.paths import DaemonPaths
 from edge_daemon.readings import ReadingsStore
@@ -465,8 +466,32 @@ def test_keygen_prints_the_public_key_and_how_to_enroll(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == (tmp_path / "node.key.pub").read_text().strip()
     assert lines[0].startswith("ecdsa-sha2-nistp384 AAAA") and lines[0].endswith(" clinic-3")
-    assert lines[-1] == "  fleet-server enroll node.key.pub"
+    assert lines[-1] == (
+        "  fleet-server enroll node.key.pub --name clinic-3 -c /etc/fleet-server/server.yaml"
+    )
     assert oct(out.stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize(
+    ("comment", "name"),
+    [
+        ("edge-daemon@pi-7.lan", "pi-7.lan"),
+        ("clinic 3's box", "clinic-3-s-box"),
+        ("x@---", "device"),
+    ],
+)
+def test_keygen_enroll_hint_is_a_command_fleet_server_accepts(comment: str, name: str) -> None:
+    # The operator pastes the printed line: it must parse as `fleet-server enroll` (the
+    # server's own parser) with the key file, a valid --name and the config.
+    from server.cli import build_parser as server_parser
+    from server.cli import run_enroll
+
+    argv = shlex.split(enroll_command("node.key.pub", comment))
+
+    assert argv[:2] == ["fleet-server", "enroll"]
+    args = server_parser().parse_args(argv[1:])
+    assert args.handler is run_enroll and args.key == Path("node.key.pub")
+    assert args.name == name and args.config == Path("/etc/fleet-server/server.yaml")
 
 
 def test_keygen_refuses_to_overwrite_without_force(

@@ -342,3 +342,109 @@ def test_find_fails_clearly_when_the_service_stops_before_the_search_ends(
     err = capsys.readouterr().err
     assert code == ExitCode.FAILURE, err
     assert "fleet-server run stopped before search find-f finished; start it again" in err
+
+
+# ---------------------------------------------------------------- a missing server.yaml
+
+
+def test_a_missing_config_says_how_to_write_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "server.yaml"
+
+    assert main(["status", "-c", str(missing)]) == ExitCode.BAD_INPUT
+
+    err = capsys.readouterr().err
+    assert f"{missing}: no such file" in err
+    assert f"fleet-server init --write-config {missing}" in err
+    assert str(EXAMPLE) in err  # found from the installed package, which is this source tree
+
+
+def test_init_write_config_writes_the_example_with_the_chosen_state_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "etc" / "server.yaml"
+    path.parent.mkdir()
+
+    argv = ["init", "--write-config", str(path), "--state-dir", str(tmp_path / "st")]
+    assert main(argv) == ExitCode.OK
+
+    assert f"fleet-server init -c {path}" in capsys.readouterr().out
+    assert load_config(path).state_dir == tmp_path / "st"
+    written, example = path.read_text().splitlines(), EXAMPLE.read_text().splitlines()
+    differing = [pair for pair in zip(written, example, strict=True) if pair[0] != pair[1]]
+    assert len(differing) == 1 and differing[0][0].startswith("state_dir: ")
+    # Then the usual next step works on it.
+    assert main(["init", "-c", str(path), "--hosts", "127.0.0.1"]) == ExitCode.OK
+
+
+def test_init_write_config_defaults_to_the_examples_state_dir(tmp_path: Path) -> None:
+    path = tmp_path / "server.yaml"
+
+    assert main(["init", "--write-config", str(path)]) == ExitCode.OK
+
+    assert path.read_text() == EXAMPLE.read_text()
+    assert load_config(path).state_dir == Path("/var/lib/fleet-server")
+
+
+def test_init_write_config_never_overwrites(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "server.yaml"
+    path.write_text("state_dir: mine\n")
+
+    assert main(["init", "--write-config", str(path)]) == ExitCode.BAD_INPUT
+
+    assert path.read_text() == "state_dir: mine\n"
+    assert f"{path} already exists; it is left as it is" in capsys.readouterr().err
+
+
+def test_state_dir_without_write_config_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["init", "--state-dir", "x"])
+    assert exited.value.code == ExitCode.USAGE
+
+
+def test_a_metrics_scrape_never_runs_the_flwr_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `run --metrics-port`'s scrapes read the run log only: with the SuperLink up and a run
+    # submitted, a scrape that asked the `flwr` CLI for the run's state would fail here.
+    import urllib.request
+
+    from server import cli, metrics
+
+    config = _config(tmp_path)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "run.json").write_text('{"run_id": 7}')
+    served: list[int] = []
+    scraped: list[str] = []
+    real_serve = metrics.serve_metrics
+
+    def serve(*args: object, **kwargs: object) -> object:
+        server = real_serve(*args, **kwargs)  # type: ignore[arg-type]
+        served.append(server.server_port)
+        return server
+
+    class FakeFleet:
+        def __init__(self, config: object) -> None:
+            pass
+
+        def run(self) -> str:  # while the run goes on, Prometheus scrapes
+            url = f"http://127.0.0.1:{served[0]}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                scraped.append(response.read().decode())
+            return cli.COMPLETED_STATUS
+
+    def no_flwr(config: object) -> object:
+        raise AssertionError("a scrape ran the flwr CLI")
+
+    monkeypatch.setattr(metrics, "serve_metrics", serve)
+    monkeypatch.setattr(cli, "FleetServer", FakeFleet)
+    monkeypatch.setattr(cli, "flower_cli", no_flwr)
+    monkeypatch.setattr(cli, "_superlink_up", lambda config: True)
+    monkeypatch.setattr(cli.signal, "signal", lambda *args: None)
+
+    assert main(["run", "-c", str(config), "--metrics-port", "0"]) == ExitCode.OK
+
+    assert "ticketfleet_rounds_planned" in scraped[0]

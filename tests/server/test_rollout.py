@@ -1,9 +1,13 @@
 """Rolling a signed ticket out to devices in-process: installed, rejected with why, offline."""
 
+import json
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from flwr.app import Message
 
 from edge_daemon import client_app
 from edge_daemon.state import load_state
@@ -18,6 +22,7 @@ from server.rollout import (
     write_outcome,
 )
 from server.rollout import _verdict as verdict
+from server.rollout_progress import NO_DEVICE, PROGRESS_FILE, read_progress
 from tests.inprocess import InProcessGrid, SilentNodeGrid, find_ticket, server_identity
 from ticket.bundle import build_ticket, read_ticket, sign_ticket, write_ticket
 from ticket.train import TrainConfig
@@ -59,7 +64,8 @@ def test_each_device_installs_or_says_why_not(fleet: Path, tmp_path: Path) -> No
     grid = SilentNodeGrid(103, client_app.app, nodes)
 
     with server_identity():
-        rollout = roll_out(grid, (fleet / "t.ticket").read_bytes(), ticket.content_id, timeout=30)
+        # 1 s: how long the silent node is waited for
+        rollout = roll_out(grid, (fleet / "t.ticket").read_bytes(), ticket.content_id, timeout=1)
 
     by_node = {ack.node_id: ack for ack in rollout.acks}
     assert by_node[101].status == INSTALLED
@@ -253,3 +259,107 @@ def test_a_rollout_succeeds_once_enough_devices_installed(
     assert rollout.installed_fraction == pytest.approx(2 / 3)
     assert rollout.succeeded is succeeded
     assert rollout.to_json()["min_installed"] == min_installed
+
+
+# ---------------------------------------------------------------- progress as acks arrive
+
+
+class OneReplyPerPull(InProcessGrid):
+    """Releases one waiting reply per pull, and notes how many acks the progress file held
+    at each pull: what the SuperLink looks like while devices answer one by one."""
+
+    def __init__(self, progress: Path, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+        self.lines_at_pull: list[int] = []
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        self.lines_at_pull.append(len(read_progress(self.progress)[0]))
+        first = [i for i in message_ids if i in self.waiting][:1]
+        return super().pull_messages(first)
+
+
+def _deploy_config(fleet: Path, run_dir: Path) -> dict[str, bool | float | int | str]:
+    return {
+        "mode": "deploy",
+        "ticket-path": str(fleet / "t.ticket"),
+        "run-dir": str(run_dir),
+        "fleet-key": str(fleet / "fleet.pub"),
+        "round-timeout-s": 30.0,
+    }
+
+
+def test_each_ack_reaches_the_progress_file_as_it_arrives(
+    fleet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from server import rollout as rollout_module
+    from server.server_app import DeploySettings, run_deploy
+
+    monkeypatch.setattr(rollout_module, "POLL_S", 0.0)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / PROGRESS_FILE).write_text('{"node_id": 1, "status": "stale"}\n')  # a rerun's
+    nodes = [_device(tmp_path, name, fleet / "fleet.pub") for name in "abc"]
+    grid = OneReplyPerPull(run_dir / PROGRESS_FILE, client_app.app, nodes)
+
+    with server_identity():
+        rollout = run_deploy(grid, DeploySettings.from_run_config(_deploy_config(fleet, run_dir)))
+
+    assert rollout.succeeded
+    assert grid.lines_at_pull == [0, 1, 2]  # ack k was written before pull k + 1
+    acks, _ = read_progress(run_dir / PROGRESS_FILE)
+    assert [(ack["node_id"], ack["status"]) for ack in acks] == [
+        (101, INSTALLED),
+        (102, INSTALLED),
+        (103, INSTALLED),
+    ]
+
+
+def test_the_silent_and_the_skipped_devices_are_reported_too(fleet: Path, tmp_path: Path) -> None:
+    ticket = read_ticket(fleet / "t.ticket", allow_unsigned=True)
+    nodes = [_device(tmp_path, name, fleet / "other.pub") for name in "abcd"]  # all refuse
+    heard: list[tuple[int, str]] = []
+
+    with server_identity():
+        rollout = roll_out(
+            InProcessGrid(client_app.app, nodes),
+            (fleet / "t.ticket").read_bytes(),
+            ticket.content_id,
+            timeout=1,
+            canary_fraction=0.25,
+            on_ack=lambda ack: heard.append((ack.node_id, ack.status)),
+        )
+
+    assert sorted(heard) == sorted((ack.node_id, ack.status) for ack in rollout.acks)
+    assert rollout.reason == "the canary did not install cleanly"
+    assert "the canary did not install cleanly" in write_outcome(rollout, tmp_path).read_text()
+
+
+def test_a_rollout_with_no_device_connected_says_so(fleet: Path, tmp_path: Path) -> None:
+    ticket = read_ticket(fleet / "t.ticket", allow_unsigned=True)
+
+    with server_identity():
+        rollout = roll_out(InProcessGrid(client_app.app, []), b"", ticket.content_id, timeout=1)
+
+    assert not rollout.succeeded and rollout.reason == NO_DEVICE == "no device connected"
+    document = json.loads(write_outcome(rollout, tmp_path).read_text())
+    assert document["reason"] == "no device connected" and document["nodes"] == []
+
+
+def test_too_few_installs_is_the_reason(fleet: Path, tmp_path: Path) -> None:
+    ticket = read_ticket(fleet / "t.ticket", allow_unsigned=True)
+    nodes = [
+        _device(tmp_path, "a", fleet / "fleet.pub"),
+        _device(tmp_path, "b", fleet / "other.pub"),
+    ]
+
+    with server_identity():
+        rollout = roll_out(
+            InProcessGrid(client_app.app, nodes),
+            (fleet / "t.ticket").read_bytes(),
+            ticket.content_id,
+            timeout=1,
+            min_installed=0.75,
+        )
+
+    assert rollout.reason == "1 of 2 devices installed it; 75% had to"
