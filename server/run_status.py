@@ -23,6 +23,11 @@ class RoundSummary:
     federated_accuracy: float | None  # the nodes' own evaluation, example-weighted
     bytes_up: int
     bytes_down: int
+    # Round management (older lines lack them): how the round closed, its wall time, and the
+    # late replies (for closed rounds) discarded during it.
+    closed: str | None = None
+    wall_s: float | None = None
+    late: int = 0
 
     @property
     def accuracy(self) -> float | None:
@@ -87,6 +92,9 @@ def summarize_round(line: Mapping[str, Any]) -> RoundSummary:
         federated_accuracy=_accuracy(line.get("federated_eval")),
         bytes_up=int(traffic.get("up_total", 0)),
         bytes_down=int(traffic.get("down_total", 0)),
+        closed=line.get("closed"),
+        wall_s=line.get("wall_s"),
+        late=len(line.get("late") or ()),
     )
 
 
@@ -114,8 +122,8 @@ def format_summary(summary: RunSummary) -> str:
     ]
     if summary.rounds:
         lines.append(
-            f"{'round':>5} {'nodes':>5} {'drop':>4} {'accuracy':>8} {'bytes up':>10} "
-            f"{'bytes down':>10}  finished"
+            f"{'round':>5} {'nodes':>5} {'drop':>4} {'late':>4} {'closed':>8} {'accuracy':>8} "
+            f"{'bytes up':>10} {'bytes down':>10}  finished"
         )
         lines += [_row(s) for s in summary.rounds]
     return "\n".join(lines)
@@ -124,7 +132,8 @@ def format_summary(summary: RunSummary) -> str:
 def _row(summary: RoundSummary) -> str:
     accuracy = "-" if summary.accuracy is None else f"{summary.accuracy:.3f}"
     return (
-        f"{summary.round:>5} {summary.participants:>5} {summary.dropouts:>4} {accuracy:>8} "
+        f"{summary.round:>5} {summary.participants:>5} {summary.dropouts:>4} {summary.late:>4} "
+        f"{summary.closed or '-':>8} {accuracy:>8} "
         f"{summary.bytes_up:>10} {summary.bytes_down:>10}  {summary.finished_at or ''}"
     )
 
