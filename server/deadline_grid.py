@@ -13,10 +13,12 @@ of (server/round_policy.py's closings):
 
 The messages still unanswered when a call closes are kept as outstanding and pulled along with
 every later call's; a reply to one is discarded and reported as a `LateReply` (the node, the
-round and stage it was for) in the trip that drained it. An outstanding message is forgotten
-`keep_s` after its call closed (the SuperLink expires it by its TTL anyway). A call without an
-expectation that has no deadline and no goal, while nothing is outstanding, is the inner grid's
-own send_and_receive, so goal 0 is exactly Flower's behaviour. Every call is recorded as a
+round and stage it was for) in the trip that drained it; an error in its place (the SuperLink
+answers for a node gone offline, or a message expired) only ends the wait for it. An
+outstanding message is forgotten `keep_s` after its call closed (the SuperLink expires it by
+its TTL anyway). A call without an expectation that has no deadline and no goal, while nothing
+is outstanding, is the inner grid's own send_and_receive, so goal 0 is exactly Flower's
+behaviour. Every call is recorded as a
 `Trip` (how it closed, its wall time); the strategy takes them with `take_trips()`.
 
 The clock and sleep are injectable so tests script reply times without waiting.
@@ -197,6 +199,8 @@ class DeadlineGrid(Grid):
                         ok.add(node)
                 elif reply_to in self._outstanding:
                     was = self._outstanding.pop(reply_to)
+                    if reply.has_error():  # the SuperLink's "unavailable" (node gone, expired)
+                        continue
                     late.append(LateReply(was.node, was.round, was.stage))
                     logger.info(
                         "round %d: discarded node %d's late %s reply for round %d",

@@ -160,3 +160,14 @@ def test_outstanding_messages_are_forgotten_after_keep_s() -> None:
     _send(grid, [101], Expect(2, "train", goal=1, deadline_s=5))
 
     assert grid.outstanding == 0
+
+
+def test_an_error_for_a_closed_rounds_message_is_not_a_late_reply() -> None:
+    grid, inner, _ = _grid({101: 1, 105: 40})  # 105 answers with an error, after the close
+    _send(grid, [101, 105], Expect(1, "train", goal=1, deadline_s=30))
+    grid.take_trips()
+    inner.delay = lambda message: 60.0
+
+    _send(grid, [101], Expect(2, "evaluate", deadline_s=100), timeout=100)
+
+    assert grid.take_trips()[0].late == [] and grid.outstanding == 0
