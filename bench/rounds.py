@@ -1,10 +1,12 @@
 """Round management on a real deployment: a round goal and deadline against waiting for all.
 
 Loopback (loopback/launcher.py): a real SuperLink and 6 SuperNodes, heart-uci's pooled rows
-split iid across the 6 devices, secure aggregation on, server-side evaluation on the pooled
-held-out rows. Two faults, real and outside the product code: device 1 is frozen (SIGSTOP of
-its SuperNode's whole process tree, SIGCONT `--stall-s` later) at the start of every round,
-and device 5 is SIGKILLed a few seconds into round 2 (it stays dead). The same seed, ticket
+split iid across the 6 devices (bare SuperNodes, not edge daemons: a daemon would restart the
+killed node, and the SuperNodes are the processes the faults act on either way), secure
+aggregation on, server-side evaluation on the pooled held-out rows. Two faults, real and
+outside the product code: device 1 is frozen (SIGSTOP of its SuperNode's whole process tree,
+SIGCONT `--stall-s` later) at the start of every round, and device 5 is SIGKILLed a few
+seconds into round 2 (it stays dead). The same seed, ticket
 and faults run twice:
 
 - "wait for all": round-goal 0, every sampled node waited for, up to round-timeout-s;
@@ -13,8 +15,12 @@ and faults run twice:
 Per round: wall time (as the run's log stream shows it), how the round closed, late replies
 discarded, participants; after the last round, the server's held-out accuracy.
 
-    python bench/rounds.py                 # ~6 min on 2 cores
-    python bench/rounds.py --rounds 3 --deadline-s 20
+    python bench/rounds.py --deadline-s 45   # ~11 min on 2 cores
+    python bench/rounds.py --rounds 3 --name rounds_short
+
+The deadline must exceed the devices' usual reply time (on a loaded 2-core machine a trip to 6
+SuperNodes, each starting a ClientApp process that imports torch, takes ~20-30 s): below it a
+secure round closes with too few members to unmask and aborts.
 
 Results: bench/results/rounds.{json,md}, with the command that made them.
 """
@@ -37,8 +43,7 @@ from typing import Any
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # `python bench/rounds.py` from a checkout
 
 from loopback.demo import heart_node_configs, run_config  # noqa: E402
 from loopback.launcher import Loopback  # noqa: E402
@@ -130,6 +135,8 @@ def run_arm(work: Path, ticket: Path, arm: str, args: argparse.Namespace) -> dic
         round_deadline_s=args.deadline_s,
         seed=args.seed,
         secagg=True,
+        local_epochs=args.local_epochs,
+        lr=args.lr,
         **goal,
     )
     began = time.monotonic()
@@ -175,7 +182,8 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
         f"{document['wall_s']:.0f} s).",
         "",
         f"Loopback: a SuperLink and {DEVICES} SuperNodes, heart-uci split iid across them, "
-        f"secure aggregation on, {args['rounds']} rounds, round-timeout-s {args['timeout_s']:g}. "
+        f"secure aggregation on, {args['rounds']} rounds, round-timeout-s {args['timeout_s']:g}, "
+        f"{args.get('local_epochs', 1)} local epochs at lr {args.get('lr', 0.001):g}. "
         f"Device {SLOW} is frozen (SIGSTOP of its process tree) for {args['stall_s']:g} s at "
         f"the start of every round; device {KILLED} is SIGKILLed {args['kill_after_s']:g} s "
         "into round 2. Goal arm: round-goal 4, round-overselect 1.5 (6 sampled), "
@@ -240,13 +248,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--stall-s", type=float, default=35.0)
     parser.add_argument("--kill-after-s", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--local-epochs", type=int, default=5)
+    parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--work", type=Path, default=Path("/tmp/ticketfleet-bench-rounds"))
+    parser.add_argument("--name", default="rounds", help="results: bench/results/NAME.{json,md}")
     args = parser.parse_args(argv)
     from tests.inprocess import find_ticket
 
     began = time.monotonic()
     args.work.mkdir(parents=True, exist_ok=True)
-    ticket = find_ticket(args.work / "heart.ticket", density=0.2)
+    ticket = args.work / "heart.ticket"
+    if not ticket.exists():  # the same ticket for every run of the bench
+        find_ticket(ticket, density=0.2)
     arms = {arm: run_arm(args.work, ticket, arm, args) for arm in ("all", "goal")}
     summary = {}
     for arm, result in arms.items():
@@ -266,8 +279,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "summary": summary,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "rounds.json").write_text(json.dumps(document, indent=2) + "\n")
-    write_markdown(document, RESULTS / "rounds.md")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(document, indent=2) + "\n")
+    write_markdown(document, RESULTS / f"{args.name}.md")
     print(json.dumps(summary, indent=2))
 
 
