@@ -335,6 +335,7 @@ def _run_level(
         secagg=training.secagg,
         dp=training.dp,
         roster=training.roster,
+        rounds=training.rounds,
     )
     directory = training.run_dir / f"level-{state.level:03d}"
     first = state.rounds  # round numbers run on across levels

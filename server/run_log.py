@@ -3,8 +3,12 @@
 A line: {"round", "finished_at", "participants", "failures", "rejected", "bytes", "train",
 "federated_eval", "evaluate_failures", "evaluate_rejected", "server_eval", "ticket"}, plus
 "round_trips" (message round trips by step) when counted and "secagg" under secure aggregation
-(server/secagg_round.py); node ids are JSON object keys (strings). "ticket" is the content id
-of the ticket the round trained (absent from lines of older versions).
+(server/secagg_round.py), and round management's "closed" (how the train trip closed:
+"goal", "deadline", "all", "timeout"), "wall_s" (seconds its message trips took) and "late"
+(replies drained in this round for closed rounds' messages and discarded: a list of {"node",
+"round" it was for, "stage"}); node ids are JSON object keys (strings). "ticket" is the content
+id of the ticket the round trained. Lines from older versions lack "ticket" and the round
+management keys: read them with .get.
 - "failures"/"rejected" (train) and "evaluate_failures"/"evaluate_rejected": node -> reason;
   a node may be in both stages' maps. Lines from older versions lack the evaluate_* keys
   and federated_eval's "auc": read them with .get.
@@ -68,6 +72,9 @@ def round_line(
         }
     if record.secagg is not None:  # members, survivors, who dropped at which stage, abort
         line["secagg"] = record.secagg
+    line["closed"] = record.closed
+    line["wall_s"] = round(record.wall_s, 3)
+    line["late"] = list(record.late)
     return line
 
 

@@ -2,10 +2,11 @@
 and a rollout (`DeploySettings`), from ticket/runconfig.py's keys."""
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.privacy import DpPlan
+from server.round_policy import RoundPolicy
 from server.secagg_round import SecAggPlan
 from server.strategy import RoundPlan
 from ticket import runconfig
@@ -41,6 +42,7 @@ class ServerSettings:
     # secagg. None: off
     dp: DpPlan | None = None
     roster: Path | None = None  # nodes.json: certified node keys for secure aggregation
+    rounds: RoundPolicy = field(default_factory=RoundPolicy)  # goal, over-selection, deadline
 
     @classmethod
     def from_run_config(cls, config: Mapping[str, ConfigValue]) -> "ServerSettings":
@@ -76,6 +78,7 @@ class ServerSettings:
             secagg=_secagg_plan(train),
             dp=_dp_plan(train),
             roster=where.roster,
+            rounds=RoundPolicy.of(train),
         )
 
     def __post_init__(self) -> None:

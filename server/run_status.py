@@ -24,6 +24,11 @@ class RoundSummary:
     bytes_up: int
     bytes_down: int
     ticket: str | None = None  # the content id the round trained (None: an older log line)
+    # Round management (older lines lack them): how the round closed, its wall time, and the
+    # late replies (for closed rounds) discarded during it.
+    closed: str | None = None
+    wall_s: float | None = None
+    late: int = 0
 
     @property
     def accuracy(self) -> float | None:
@@ -89,6 +94,9 @@ def summarize_round(line: Mapping[str, Any]) -> RoundSummary:
         bytes_up=int(traffic.get("up_total", 0)),
         bytes_down=int(traffic.get("down_total", 0)),
         ticket=line["ticket"] if isinstance(line.get("ticket"), str) else None,
+        closed=line.get("closed"),
+        wall_s=line.get("wall_s"),
+        late=len(line.get("late") or ()),
     )
 
 
@@ -122,7 +130,8 @@ def format_summary(summary: RunSummary) -> str:
         if earlier > 0:
             lines.append(f"({earlier} earlier rounds: --json lists them)")
         lines.append(
-            f"{'round':>5} {'ticket':<12} {'nodes':>5} {'drop':>4} {'accuracy':>8} "
+            f"{'round':>5} {'ticket':<12} {'nodes':>5} {'drop':>4} {'late':>4} {'closed':>8} "
+            f"{'accuracy':>8} "
             f"{'bytes up':>10} {'bytes down':>10}  finished"
         )
         lines += [_row(s) for s in summary.rounds[-SHOWN_ROUNDS:]]
@@ -133,7 +142,7 @@ def _row(summary: RoundSummary) -> str:
     accuracy = "-" if summary.accuracy is None else f"{summary.accuracy:.3f}"
     return (
         f"{summary.round:>5} {(summary.ticket or '-')[:12]:<12} {summary.participants:>5} "
-        f"{summary.dropouts:>4} {accuracy:>8} "
+        f"{summary.dropouts:>4} {summary.late:>4} {summary.closed or '-':>8} {accuracy:>8} "
         f"{summary.bytes_up:>10} {summary.bytes_down:>10}  {summary.finished_at or ''}"
     )
 

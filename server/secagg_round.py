@@ -25,6 +25,23 @@ nodes' adverts signed by their enrolled keys are taken, and every key bundle rel
 certificates, which the devices check themselves (ticket/secagg/identity.py). Without one (a
 development fleet) signatures are still checked, certificates are not: the devices must allow
 uncertified neighbours.
+
+Round management (server/round_policy.py, with a round goal): every trip goes through
+server/deadline_grid.py, bounded by the reporting deadline and then the round timeout, but
+each stage waits for what it needs, not for the same thing:
+
+- The masked-input stage (trip A) is the round's goal: it closes once `goal` members' masked
+  vectors are in, or at the deadline with at least max(2, min-replies). A member cut off there
+  is a dropout like any other: the unmask trip asks the survivors for its mask key's shares, so
+  the sum is the survivors' exact sum. A late masked vector is discarded (the ServerRound
+  refuses one after unmask_requests anyway). Next round's adverts ride on this trip; a node
+  whose advert the close cut off is left out of that round's cohort.
+- Key adverts and share bundles (the setup trips, and trip B's bundles for r + 1) have no goal:
+  an over-selected cohort is only as useful as the nodes that join it, so these wait for every
+  asked node, and after the deadline close once max(2, min-replies) answered.
+- The unmask stage (trip B) waits for every survivor, and after the deadline closes as soon as
+  the responses hold a threshold of shares of every secret the sum needs
+  (ServerRound.can_rebuild): closing earlier could only abort a round that can still finish.
 """
 
 import dataclasses
@@ -42,11 +59,11 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flower_wire import from_flower, to_flower
 from server.privacy import DpPlan, charged_rounds, epsilon
 from server.strategy import (
-    NO_REPLY,
     PAYLOAD_KEY,
     PackedFedAvg,
     RoundPlan,
     RoundRecord,
+    no_reply,
     refuse_extra_config,
     seeded_sampling,
 )
@@ -115,7 +132,6 @@ class SecurePackedFedAvg(PackedFedAvg):
         self._timeout = 3600.0
         self._last_round = 0  # run-wide
         self._run_id = 0
-        self._grid: Grid | None = None
         self._current: _Pending | None = None  # round r, in phase MASK once set up
         self._next: _Pending | None = None  # round r + 1, collecting keys during round r
         self._requests: dict[int, bytes] = {}  # MaskRequest(r) by member
@@ -137,7 +153,7 @@ class SecurePackedFedAvg(PackedFedAvg):
         first_round: int = 1,
     ) -> Result:
         """PackedFedAvg.start; round `first_round` begins with a key setup exchange."""
-        self._grid, self._run_id = grid, grid.run.run_id
+        self._run_id = grid.run.run_id
         self._timeout, self._last_round = float(timeout), num_rounds
         self._current = self._next = None
         self._requests, self._failure = {}, None
@@ -200,6 +216,14 @@ class SecurePackedFedAvg(PackedFedAvg):
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
             record.bytes_down[node] = record.bytes_down.get(node, 0) + down
         self._sent_train = {message.metadata.dst_node_id for message in messages}
+        members = frozenset(self._requests)
+        self.expect(
+            r,
+            "train",
+            goal=self.policy.goal if members else None,  # the goal counts masked inputs
+            minimum=self.min_survivors,
+            counted=members or None,
+        )
         if messages:
             record.round_trips["train"] = 1
         return messages
@@ -208,8 +232,9 @@ class SecurePackedFedAvg(PackedFedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         r = server_round + self._offset
+        self.account_trips()
         record = self.rounds.setdefault(r, RoundRecord(r))
-        got = self._receive(replies, self._sent_train, record, "train")
+        got = self._receive(replies, self._sent_train, record, "train", record.closed)
         current, pending = self._current, self._next
         for node, parts in got.items():
             if current is not None and node in self._requests:
@@ -223,6 +248,7 @@ class SecurePackedFedAvg(PackedFedAvg):
         if pending is not None:
             pending.dropped["advert"] = sorted(pending.asked - set(pending.round.keys))
         result, reason = self._unmask_and_share(r, record)
+        self.history.observe(record.failures)
         return self._finish(r, record, result, reason)
 
     # ------------------------------------------------------------ trip B
@@ -242,7 +268,14 @@ class SecurePackedFedAvg(PackedFedAvg):
         for node, bundle in bundles.items():
             ask = outgoing.get(node, self._request(r))
             outgoing[node] = dataclasses.replace(ask, key_bundle=bundle, bundle_round=r + 1)
-        for node, parts in self._exchange(outgoing, record, "unmask").items():
+        asked, bundled = set(unmask), set(bundles)
+        survivors = None if current is None or not unmask else current.round
+
+        def enough(ok: frozenset[int]) -> bool:
+            unmasked = survivors is None or survivors.can_rebuild(ok & asked)
+            return unmasked and (not bundled or len(ok & bundled) >= self.min_survivors)
+
+        for node, parts in self._exchange(outgoing, record, "unmask", enough=enough).items():
             if current is not None and node in unmask:
                 add = current.round.add_unmask_response
                 self._apply(record, node, "unmask response", parts.unmask_response, add)
@@ -358,7 +391,10 @@ class SecurePackedFedAvg(PackedFedAvg):
         )
 
     def _sample(self, r: int, grid: Grid) -> list[int]:
-        """The cohort of round r: FedAvg's sample, seeded by (seed, r) like the plain path."""
+        """The cohort of round r: FedAvg's sample, seeded by (seed, r) like the plain path;
+        under a round goal, the over-selected failure-weighted one (PackedFedAvg.sample)."""
+        if self.policy.managed:
+            return self.sample(r, grid)
         with seeded_sampling(self.plan.seed, r, "train"):
             size = max(
                 int(len(list(grid.get_node_ids())) * self.fraction_train), self.min_train_nodes
@@ -387,9 +423,15 @@ class SecurePackedFedAvg(PackedFedAvg):
         )
 
     def _exchange(
-        self, outgoing: Mapping[int, SecAggRequest], record: RoundRecord, step: str
+        self,
+        outgoing: Mapping[int, SecAggRequest],
+        record: RoundRecord,
+        step: str,
+        *,
+        enough: Callable[[frozenset[int]], bool] | None = None,
     ) -> dict[int, SecAggReply]:
-        """One query round trip of protocol bytes, bounded by the round timeout."""
+        """One query round trip of protocol bytes, bounded by the round timeout (with a round
+        goal: closed after the deadline once max(2, min-replies) answered, or `enough`)."""
         if not outgoing:
             return {}
         messages = []
@@ -399,13 +441,23 @@ class SecurePackedFedAvg(PackedFedAvg):
             record.bytes_down[node] = record.bytes_down.get(node, 0) + size
             messages.append(Message(content, dst_node_id=node, message_type=MessageType.QUERY))
         record.round_trips[step] = record.round_trips.get(step, 0) + 1
-        if self._grid is None:
+        grid = self._deadline_grid
+        if grid is None:
             raise RuntimeError("secure aggregation needs start(): no grid to send on")
-        replies = self._grid.send_and_receive(messages, timeout=self._timeout)
-        return self._receive(replies, set(outgoing), record, step)
+        self.expect(record.server_round, step, minimum=self.min_survivors, enough=enough)
+        replies = grid.send_and_receive(messages, timeout=self._timeout)
+        trip = self.account_trips()
+        return self._receive(
+            replies, set(outgoing), record, step, trip.closed if trip is not None else None
+        )
 
     def _receive(
-        self, replies: Iterable[Message], sent: set[int], record: RoundRecord, step: str
+        self,
+        replies: Iterable[Message],
+        sent: set[int],
+        record: RoundRecord,
+        step: str,
+        closed: str | None,
     ) -> dict[int, SecAggReply]:
         """{node: its secagg reply} of the usable replies; errors and silence are failures."""
         got: dict[int, SecAggReply] = {}
@@ -429,7 +481,7 @@ class SecurePackedFedAvg(PackedFedAvg):
                 record.rejected[node] = f"{step}: {error}"
                 failed.add(node)
         for node in sorted(sent - got.keys() - failed):
-            self._fail(record, node, f"{NO_REPLY} ({step})")
+            self._fail(record, node, f"{no_reply(closed)} ({step})")
         return got
 
     def _apply(self, record: RoundRecord, node: int, what: str, data: Any, add: Any) -> None:

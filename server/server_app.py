@@ -97,6 +97,7 @@ def run_training(grid: Grid, settings: ServerSettings) -> Result:
         secagg=settings.secagg,
         dp=settings.dp,
         roster=settings.roster,
+        rounds=settings.rounds,
     )
     evaluator = (
         ServerEvaluator.held_out(ticket, layout, settings.server_eval)

@@ -7,6 +7,11 @@ ticket.fedavg's. Round numbers
 are run-wide: `start(first_round=k)` continues a run after a restart (server/training_run.py).
 Every reply is checked on its own, train and evaluate alike; a malformed one is counted with
 its reason in the RoundRecord and left out, so one bad node never stops the run.
+
+Round management (server/round_policy.py): with a round goal, a round samples ceil(goal x
+overselect) nodes, weighted against those that keep failing, and closes at its goal or
+reporting deadline through server/deadline_grid.py, which every message trip goes through;
+replies that come after their round closed are discarded and counted (RoundRecord.late).
 """
 
 import logging
@@ -17,11 +22,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from flower_wire import from_flower, to_flower
+from server.deadline_grid import DeadlineGrid, Expect, Trip
+from server.round_policy import CLOSED_TIMEOUT, FailureHistory, RoundPolicy, weighted_sample
 from ticket.codec import DTYPES, Kind, decode_vector, encode_vector
 from ticket.errors import CodecError
 from ticket.fedavg import weighted_mean, weighted_metrics
@@ -33,6 +49,7 @@ from ticket.wire import (
     CONFIG,
     OPTIONAL_SCORES,
     PACKED,
+    SERVER_ROUND,
     EvaluateInstruction,
     EvaluateReply,
     Schedule,
@@ -46,6 +63,13 @@ logger = logging.getLogger(__name__)
 
 PAYLOAD_KEY = PACKED  # the global ArrayRecord's one array: float32 [n]
 NO_REPLY = "no reply before the round timeout"
+
+
+def no_reply(closed: str | None) -> str:
+    """A silent node's failure reason, by how its round (or trip) closed."""
+    if closed is None or closed == CLOSED_TIMEOUT:
+        return NO_REPLY
+    return f"no reply before the round closed ({closed})"
 
 
 class ReplyError(Exception):
@@ -94,6 +118,13 @@ class RoundRecord:
     evaluate_rejected: dict[int, str] = field(default_factory=dict)  # node id -> why refused
     round_trips: dict[str, int] = field(default_factory=dict)  # step -> message round trips
     secagg: dict[str, Any] | None = None  # secure aggregation's account (server/secagg_round.py)
+    # How the train trip (under secure aggregation: the masked inputs') closed: round_policy's
+    # "goal", "deadline", "all" or "timeout"; None before it was sent.
+    closed: str | None = None
+    wall_s: float = 0.0  # seconds its message trips took, all stages together
+    # Replies drained during this round for a closed round's messages, discarded:
+    # {"node", "round" (the one it was for), "stage"}.
+    late: list[dict[str, int | str]] = field(default_factory=list)
 
     def metrics(self) -> dict[str, int | float]:
         """The train stage's counts (Flower's train MetricRecord: before any evaluation)."""
@@ -117,11 +148,21 @@ class _Update:
 class PackedFedAvg(FedAvg):
     """FedAvg whose messages carry codec bytes over the ticket's mask instead of dense arrays."""
 
-    def __init__(self, layout: PackLayout, plan: RoundPlan, **fedavg_options: Any) -> None:
+    def __init__(
+        self,
+        layout: PackLayout,
+        plan: RoundPlan,
+        *,
+        rounds: RoundPolicy | None = None,
+        **fedavg_options: Any,
+    ) -> None:
         # FedAvg assembles the instructions from the two records of ticket/wire.py's messages.
         super().__init__(arrayrecord_key=ARRAYS, configrecord_key=CONFIG, **fedavg_options)
         self.layout = layout
         self.plan = plan
+        self.policy = rounds if rounds is not None else RoundPolicy()
+        self.history = FailureHistory()  # who failed how recently: weights managed sampling
+        self._deadline_grid: DeadlineGrid | None = None  # set by start()
         self.rounds: dict[int, RoundRecord] = {}  # by run-wide round number
         self._evaluate_sent: set[int] = set()  # nodes sent this round's evaluate instruction
         self._offset = 0  # rounds finished before this start() (a resumed run)
@@ -158,9 +199,11 @@ class PackedFedAvg(FedAvg):
                 return hook(local_round + offset, arrays)
 
         self._offset = offset
+        deadline_grid = grid if isinstance(grid, DeadlineGrid) else DeadlineGrid(grid)
+        self._deadline_grid = deadline_grid
         try:
             result = super().start(
-                grid,
+                deadline_grid,
                 initial_arrays,
                 num_rounds - offset,
                 timeout,
@@ -182,14 +225,79 @@ class PackedFedAvg(FedAvg):
         content = to_flower(instruction.to_record())
         wire, wire_config = content.array_records[ARRAYS], content.config_records[CONFIG]
         size = instruction.size
-        with seeded_sampling(self.plan.seed, server_round, "train"):
-            messages = list(super().configure_train(server_round, wire, wire_config, grid))
+        if self.policy.managed:
+            nodes = self.sample(server_round, grid)
+            wire_config[SERVER_ROUND] = server_round  # as FedAvg.configure_train does
+            record_dict = RecordDict({ARRAYS: wire, CONFIG: wire_config})
+            messages = list(self._construct_messages(record_dict, nodes, MessageType.TRAIN))
+        else:
+            with seeded_sampling(self.plan.seed, server_round, "train"):
+                messages = list(super().configure_train(server_round, wire, wire_config, grid))
+        self.expect(server_round, "train", goal=self.policy.goal, minimum=self.plan.min_replies)
         record = self.rounds.setdefault(server_round, RoundRecord(server_round))
         for message in messages:
             record.bytes_down[message.metadata.dst_node_id] = size
         if messages:
             record.round_trips["train"] = 1
         return messages
+
+    def sample(self, server_round: int, grid: Grid) -> list[int]:
+        """A managed round's cohort: once min-nodes are online, ceil(goal x overselect) of
+        them, failure-weighted (server/round_policy.py); sorted."""
+        _, online = sample_nodes(grid, self.min_available_nodes, 0)  # waits for min-nodes
+        size = self.policy.sample_size(len(online), self.min_train_nodes)
+        return weighted_sample(
+            online,
+            size,
+            self.history,
+            seed=self.plan.seed,
+            server_round=server_round,
+            stage="train",
+        )
+
+    def expect(
+        self,
+        server_round: int,
+        stage: str,
+        *,
+        goal: int | None = None,
+        minimum: int = 1,
+        counted: frozenset[int] | None = None,
+        enough: Callable[[frozenset[int]], bool] | None = None,
+    ) -> None:
+        """Announce how the next message trip may close: under a round goal, at `goal` or
+        at the deadline with `minimum` (or `enough`); without one, when all replied."""
+        if self._deadline_grid is None:
+            return  # not started: nothing will be sent
+        if not self.policy.managed:
+            self._deadline_grid.expect(Expect(server_round, stage))
+            return
+        self._deadline_grid.expect(
+            Expect(
+                server_round,
+                stage,
+                goal=goal,
+                minimum=minimum,
+                deadline_s=self.policy.deadline_s,
+                counted=counted,
+                enough=enough,
+            )
+        )
+
+    def account_trips(self) -> Trip | None:
+        """Book the finished message trips into their rounds' records; the last one."""
+        if self._deadline_grid is None:
+            return None
+        trips = self._deadline_grid.take_trips()
+        for trip in trips:
+            if trip.round < 1:
+                continue
+            record = self.rounds.setdefault(trip.round, RoundRecord(trip.round))
+            record.wall_s += trip.wall_s
+            record.late.extend(late.to_json() for late in trip.late)
+            if trip.stage == "train":
+                record.closed = trip.closed
+        return trips[-1] if trips else None
 
     def _train_instruction(self, server_round: int, payload: bytes) -> TrainInstruction:
         """What every sampled node is told in a round: the round plan and the global values."""
@@ -208,6 +316,7 @@ class PackedFedAvg(FedAvg):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         server_round += self._offset
+        self.account_trips()
         record = self.rounds.setdefault(server_round, RoundRecord(server_round))
         updates: list[_Update] = []
         for message in replies:
@@ -225,10 +334,13 @@ class PackedFedAvg(FedAvg):
                 logger.warning("round %d: rejected node %d: %s", server_round, node, error)
         answered = record.bytes_up.keys() | record.failures.keys() | record.rejected.keys()
         for node in sorted(record.bytes_down.keys() - answered):
-            # Sent, never answered: the node went away mid-round, or the round timed out first.
-            record.failures[node] = NO_REPLY
-            logger.warning("round %d: node %d failed: %s", server_round, node, NO_REPLY)
+            # Sent, never answered: the node went away mid-round, or the round closed first.
+            record.failures[node] = no_reply(record.closed)
+            logger.warning(
+                "round %d: node %d failed: %s", server_round, node, record.failures[node]
+            )
         record.accepted = [update.node_id for update in updates]
+        self.history.observe(record.failures)
         record.train_metrics = weighted_metrics(
             [u.metrics for u in updates], [u.examples for u in updates]
         )
@@ -257,6 +369,7 @@ class PackedFedAvg(FedAvg):
         with seeded_sampling(self.plan.seed, server_round, "evaluate"):
             messages = list(super().configure_evaluate(server_round, wire, wire_config, grid))
         self._evaluate_sent = {message.metadata.dst_node_id for message in messages}
+        self.expect(server_round, "evaluate")  # every asked node, or the deadline with one
         if messages:
             record = self.rounds.setdefault(server_round, RoundRecord(server_round))
             for node in self._evaluate_sent:
@@ -275,6 +388,7 @@ class PackedFedAvg(FedAvg):
         here each is checked on its own and a bad one is only counted.
         """
         server_round += self._offset
+        trip = self.account_trips()
         record = self.rounds.setdefault(server_round, RoundRecord(server_round))
         sent, self._evaluate_sent = self._evaluate_sent, set()
         reports: dict[int, tuple[int, dict[str, float]]] = {}  # node -> (examples, metrics)
@@ -303,9 +417,10 @@ class PackedFedAvg(FedAvg):
         answered = (
             reports.keys() | record.evaluate_failures.keys() | record.evaluate_rejected.keys()
         )
+        silent = no_reply(trip.closed if trip is not None else None)
         for node in sorted(sent - answered):
-            record.evaluate_failures[node] = NO_REPLY
-            logger.warning("round %d: node %d failed to evaluate: %s", server_round, node, NO_REPLY)
+            record.evaluate_failures[node] = silent
+            logger.warning("round %d: node %d failed to evaluate: %s", server_round, node, silent)
         record.evaluated = sorted(reports)
         if not reports:
             return None

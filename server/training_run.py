@@ -26,6 +26,7 @@ from server.checkpoint import RunCheckpoint
 from server.enrolment import load_roster
 from server.evaluation import ServerEvaluator
 from server.privacy import DpPlan
+from server.round_policy import FailureHistory, RoundPolicy
 from server.run_control import stop_reason
 from server.run_log import RunLog, plot_run, round_line
 from server.secagg_round import SecAggPlan, SecurePackedFedAvg
@@ -64,7 +65,10 @@ class _StopRequestError(Exception):
 def run_settings(strategy: PackedFedAvg, **extra: Any) -> dict[str, Any]:
     """What must stay the same across a resume: the round plan, node sampling, and `extra`.
 
-    The number of rounds and the timeout are left out: a resumed run may run longer.
+    The number of rounds and the timeout are left out: a resumed run may run longer. So are
+    the round keys (round-goal, round-overselect, round-deadline-s, strategy.policy): they
+    decide when a round closes and who is asked, not what is averaged or how, so an operator
+    may resume a run with a tighter deadline or another goal after seeing slow rounds.
     """
     plan = asdict(strategy.plan)
     del plan["ticket_id"]  # checked on its own, with its own error message
@@ -102,9 +106,11 @@ def make_strategy(
     secagg: SecAggPlan | None,
     dp: DpPlan | None,
     roster: Path | None = None,
+    rounds: RoundPolicy | None = None,
 ) -> PackedFedAvg:
     """PackedFedAvg, or SecurePackedFedAvg (with distributed DP) under secure aggregation;
-    `roster` (nodes.json) holds the certified node keys that secure rounds admit."""
+    `roster` (nodes.json) holds the certified node keys that secure rounds admit; `rounds`:
+    the round goal, over-selection and deadline (None: goal 0, wait for every node)."""
     sampling: dict[str, Any] = {
         "fraction_train": fraction_train,
         "fraction_evaluate": fraction_evaluate,
@@ -113,11 +119,12 @@ def make_strategy(
         "min_available_nodes": min_nodes,
     }
     if secagg is None:
-        return PackedFedAvg(layout, plan, **sampling)
+        return PackedFedAvg(layout, plan, rounds=rounds, **sampling)
     strategy = SecurePackedFedAvg(
         layout,
         plan,
         secagg,
+        rounds=rounds,
         dp=dp,
         roster=load_roster(roster) if roster is not None else None,
         **sampling,
@@ -171,6 +178,8 @@ def run_resumable(
     latest = checkpoints.latest()
     done = start_round if latest is None else latest.server_round
     log.reconcile(done, None if latest is None else latest.record)
+    # Who failed how recently (weights a managed round's sampling), from the kept rounds.
+    strategy.history = FailureHistory.from_lines(log.read())
     if isinstance(strategy, SecurePackedFedAvg):  # privacy already spent by earlier rounds
         strategy.restore_privacy(log.read())
     vector = initial if latest is None else latest.vector

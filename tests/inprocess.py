@@ -7,6 +7,7 @@ Messages are deep-copied both ways, so neither side can see the other's objects.
 
 import copy
 import itertools
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -146,3 +147,64 @@ def heart_nodes(ticket: Path, **extra: bool | float | int | str) -> list[NodeCon
         }
         for index in range(4)
     ]
+
+
+class FakeClock:
+    """Time that moves only when something sleeps: scripted reply times, no real waiting."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 1e-3)  # a zero sleep still moves on: no busy loop
+
+
+Delay = Callable[[Message], float | None]  # seconds until its reply arrives; None: never
+
+
+class ScheduledGrid(InProcessGrid):
+    """Push/pull on a FakeClock: each instruction is answered by the ClientApp when pushed, and
+    its reply becomes pullable `delay(instruction)` seconds later (None: never, a lost node)."""
+
+    def __init__(self, clock: FakeClock, delay: Delay, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.clock, self.delay = clock, delay
+        self._due: dict[str, tuple[float, Message]] = {}  # instruction id -> (arrival, reply)
+        self.pulled: list[str] = []  # every id asked for, in order
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for message in messages:
+            delivered = copy.deepcopy(message)
+            delivered.metadata.__dict__["_message_id"] = uuid4().hex
+            self.sent.append(delivered)
+            wait = self.delay(delivered)
+            reply = copy.deepcopy(self._call(delivered))
+            if wait is not None:
+                self._due[delivered.metadata.message_id] = (self.clock.now + wait, reply)
+            ids.append(delivered.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        ready = []
+        for message_id in message_ids:
+            self.pulled.append(message_id)
+            due = self._due.get(message_id)
+            if due is not None and due[0] <= self.clock.now:
+                ready.append(self._due.pop(message_id)[1])
+        return ready
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Flower's semantics on the fake clock: wait for every reply, up to `timeout`."""
+        start = self.clock.now
+        ids = list(self.push_messages(messages))
+        arrivals = [self._due[i][0] for i in ids if i in self._due]
+        lost = len(arrivals) < len(ids)
+        end = math.inf if lost else max(arrivals, default=start)
+        self.clock.now = min(end, start + (math.inf if timeout is None else timeout))
+        return list(self.pull_messages(ids))

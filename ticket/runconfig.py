@@ -121,6 +121,25 @@ class TrainingSettings:
     min_replies: int = field(
         default=1, metadata=_rules("a round with fewer accepted updates keeps the model", ge=1)
     )
+    round_goal: int = field(
+        default=0,
+        metadata=_rules(
+            "updates a round closes at; 0 = every sampled node (fraction-train), no deadline",
+            ge=0,
+        ),
+    )
+    round_overselect: float = field(
+        default=1.3,
+        metadata=_rules("with round-goal: sample ceil(goal x this) of the online nodes", ge=1),
+    )
+    round_deadline_s: float = field(
+        default=120.0,
+        metadata=_rules(
+            "with round-goal: close with what arrived (>= min-replies) after this long; "
+            "<= round-timeout-s",
+            gt=0,
+        ),
+    )
     local_epochs: int = field(default=1, metadata=_rules("each device's epochs per round", ge=1))
     batch_size: int = field(default=32, metadata=_rules("local batch size", ge=1))
     lr: float = field(default=0.001, metadata=_rules("local learning rate", gt=0))
@@ -177,6 +196,12 @@ class TrainingSettings:
 
     def __post_init__(self) -> None:
         _check(self)
+        # Only a round with a goal has a deadline, so only then must it come before the timeout.
+        if self.round_goal > 0 and self.round_deadline_s > self.round_timeout_s:
+            raise RunConfigError(
+                f"run config: round-deadline-s ({self.round_deadline_s:g}) must be <= "
+                f"round-timeout-s ({self.round_timeout_s:g}) when round-goal > 0"
+            )
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,9 @@ def _record(server_round: int) -> RoundRecord:
         rejected={103: "truncated"},
         train_metrics={"train-loss": 0.5},
         evaluate_metrics={"loss": 0.6, "accuracy": 0.75},
+        closed="deadline",
+        wall_s=12.34567,
+        late=[{"node": 105, "round": server_round - 1, "stage": "train"}],
     )
 
 
@@ -48,6 +51,9 @@ def test_a_round_line_has_every_field_keyed_by_node() -> None:
         "evaluate_failures": {},
         "evaluate_rejected": {},
         "server_eval": {"loss": 0.4, "accuracy": 0.8, "auc": 0.9, "examples": 277},
+        "closed": "deadline",
+        "wall_s": 12.346,
+        "late": [{"node": 105, "round": 2, "stage": "train"}],
     }
     json.dumps(line, allow_nan=False)  # plain JSON
 

@@ -30,7 +30,12 @@ def _line(server_round: int, **changes: Any) -> dict[str, Any]:
 def _run_dir(tmp_path: Path) -> Path:
     run_dir = tmp_path / "runs" / "main"
     run_dir.mkdir(parents=True)
-    lines = [_line(1), _line(2, failures={}, server_eval=None), _line(3, participants=[7])]
+    late = [{"node": 9, "round": 2, "stage": "train"}]
+    lines = [  # round 1 from before round management: no closed, wall_s, late
+        _line(1),
+        _line(2, failures={}, server_eval=None, closed="goal", wall_s=3.5, late=[]),
+        _line(3, participants=[7], closed="deadline", wall_s=30.1, late=late),
+    ]
     text = "".join(json.dumps(line) + "\n" for line in lines)
     (run_dir / "rounds.jsonl").write_text(text + '{"round": 4, "torn')  # a torn last line
     return run_dir
@@ -42,6 +47,7 @@ def test_status_sums_the_run_log(tmp_path: Path) -> None:
     assert summary.last_round == 3
     assert [s.participants for s in summary.rounds] == [2, 2, 1]
     assert [s.dropouts for s in summary.rounds] == [1, 0, 1]
+    assert [(s.closed, s.late) for s in summary.rounds] == [(None, 0), ("goal", 0), ("deadline", 1)]
     # Server accuracy where the server evaluated, the nodes' own where it did not.
     assert [s.accuracy for s in summary.rounds] == [0.81, 0.7, 0.83]
     assert (summary.bytes_up_total, summary.bytes_down_total) == (600, 2700)

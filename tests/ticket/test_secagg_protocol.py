@@ -423,3 +423,34 @@ def test_node_state_survives_a_restart_mid_round(masked: Simulation) -> None:
 def test_malformed_node_state_is_rejected(data: bytes) -> None:
     with pytest.raises(MessageError):
         NodeRound.from_bytes(data)
+
+
+def _masked_without_15() -> tuple[Simulation, dict[int, bytes]]:
+    """A 5-node round whose node 15 dropped before masking, and the survivors' reveals."""
+    sim = Simulation(nodes=(11, 12, 13, 14, 15), length=33)
+    sim.setup(Drops())
+    sim.mask(Drops(before_mask=(15,)))
+    responses = {}
+    for node, request in sim.server.unmask_requests().items():
+        responses[node], sim.states[node] = secagg.reveal_shares(request, sim.states[node])
+    return sim, responses
+
+
+def test_can_rebuild_says_exactly_which_unmask_responses_let_the_round_finish() -> None:
+    import itertools
+
+    survivors = sorted(_masked_without_15()[1])
+    for size in range(len(survivors) + 1):
+        for responders in itertools.combinations(survivors, size):
+            sim, responses = _masked_without_15()  # result() ends a round: a fresh one each
+            predicted = sim.server.can_rebuild(responders)
+            for node in responders:
+                sim.server.add_unmask_response(node, responses[node])
+            try:
+                sim.server.result()
+            except secagg.RoundAbortedError:
+                finished = False
+            else:
+                finished = True
+            assert predicted is finished, responders
+    assert predicted and size == len(survivors)  # every survivor answering always finishes

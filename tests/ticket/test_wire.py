@@ -377,11 +377,13 @@ OTHER_FORMATS: dict[str, tuple[set[str], str]] = {
     "server/cli.py": ({"status"}, "a subcommand"),
     "server/deployments.py": ({"reason"}, "the ledger event's field"),
     "server/enrolment.py": ({"status"}, "a subcommand"),
+    "server/deadline_grid.py": ({"round"}, _RUN_LOG + ": a late reply's entry"),
     "server/fleet.py": ({"round"}, _RUN_LOG),
     "server/fleet_search.py": ({"loss", "round"}, _RUN_LOG),
     "server/metrics.py": ({"accuracy"}, "server-side evaluation scores"),
     "server/privacy.py": ({"round", "secagg"}, _RUN_LOG),
     "server/rollout.py": ({"accuracy", "reason"}, _RUN_LOG),
+    "server/round_policy.py": ({"round"}, _RUN_LOG),
     "server/run_log.py": (
         {"accuracy", "auc", "loss", "rejected", "round", "secagg", "train-loss"},
         _RUN_LOG,

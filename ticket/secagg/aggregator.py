@@ -8,6 +8,7 @@ An add_* call that raises (MessageError, RoundStateError, IntegrityError, Authen
 leaves the round as it was: the glue logs it and goes on without that node's message.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import Enum
 from typing import TypeVar
@@ -237,6 +238,19 @@ class ServerRound:
                 self.run_id, self.round, SERVER, node, seeds, keys, sealed
             ).to_bytes()
         return requests
+
+    def can_rebuild(self, responders: Iterable[int]) -> bool:
+        """Whether unmask responses from `responders` would hold a threshold of shares of
+        every secret `result` needs (phase UNMASK): how long an unmask trip must wait."""
+        self._expect(Phase.UNMASK)
+        answered = set(responders) & set(self.asked)
+        needed: dict[int, int] = {}  # owner -> share holders among the responders
+        for responder in self.asked:
+            for owner in self.asked[responder]:
+                needed.setdefault(owner, 0)
+                if responder in answered:
+                    needed[owner] += 1
+        return all(count >= self._threshold(owner) for owner, count in needed.items())
 
     # ------------------------------------------------------------ unmask -> result
 
