@@ -34,6 +34,7 @@ from server.fleet import (
     read_run_file,
     training_target,
 )
+from server.round_progress import read_progress
 from server.run_status import RunSummary, format_summary, read_summary
 from server.search_jobs import DONE, FINISHED, SearchQueue, SearchRequest
 from server.service_state import STOPPED, ServiceState, format_service, read_state
@@ -431,6 +432,9 @@ def run_status(args: argparse.Namespace, config: FleetConfig) -> int:
     service = read_state(config.paths.service_file)
     active = _target(config, service)
     summary = _summary(config, active, service)
+    progress = None  # the round in flight, while the service trains
+    if service is not None and service.alive and service.run_dir and service.phase != STOPPED:
+        progress = read_progress(Path(service.run_dir))
     if args.json:
         document = summary.as_dict()
         if config.run.ticket is None:
@@ -438,9 +442,12 @@ def run_status(args: argparse.Namespace, config: FleetConfig) -> int:
         document["service"] = (
             None if service is None else {**service.as_dict(), "alive": service.alive}
         )
+        document["round_in_progress"] = None if progress is None else dataclasses.asdict(progress)
         print(json.dumps(document, indent=2))
         return ExitCode.OK
     print("\n".join(format_service(service)))
+    if progress is not None:
+        print(f"  {progress.describe()}")
     if config.run.ticket is None:
         print(
             f"active ticket: {active.ticket_id}"

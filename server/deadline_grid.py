@@ -18,8 +18,9 @@ answers for a node gone offline, or a message expired) only ends the wait for it
 outstanding message is forgotten `keep_s` after its call closed (the SuperLink expires it by
 its TTL anyway). A call without an expectation that has no deadline and no goal, while nothing
 is outstanding, is the inner grid's own send_and_receive, so goal 0 is exactly Flower's
-behaviour. Every call is recorded as a
-`Trip` (how it closed, its wall time); the strategy takes them with `take_trips()`.
+behaviour. Every call is recorded as a `Trip` (how it closed, its wall time); the strategy
+takes them with `take_trips()`. `progress` is told where each call stands (server/round_progress.py:
+`fleet-server status` shows it): at its start, after every pull, and at its close.
 
 The clock and sleep are injectable so tests script reply times without waiting.
 """
@@ -36,6 +37,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 from server.round_policy import CLOSED_ALL, CLOSED_DEADLINE, CLOSED_GOAL, CLOSED_TIMEOUT
+from server.round_progress import RoundProgress
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +104,10 @@ class DeadlineGrid(Grid):
         sleep: Callable[[float], None] = time.sleep,
         pull_interval_s: float = PULL_INTERVAL_S,
         keep_s: float = 3600.0,
+        progress: Callable[[RoundProgress], None] = lambda progress: None,
     ) -> None:
         self.inner = inner
+        self._progress = progress  # told when a trip starts, on each reply, and at its close
         self._clock, self._sleep = clock, sleep
         self._interval, self._keep = pull_interval_s, keep_s
         self._next: Expect | None = None
@@ -143,6 +147,10 @@ class DeadlineGrid(Grid):
 
     # ------------------------------------------------------------ rounds
 
+    def report_to(self, progress: Callable[[RoundProgress], None]) -> None:
+        """Tell `progress` where each call stands from now on."""
+        self._progress = progress
+
     def expect(self, expectation: Expect) -> None:
         """How the next send_and_receive may close (used once)."""
         self._next = expectation
@@ -166,10 +174,13 @@ class DeadlineGrid(Grid):
         messages = list(messages)
         start = self._clock()
         if expectation.plain and not self._outstanding:
+            self._tell(expectation, start, len(messages), [], 0)
             replies = list(self.inner.send_and_receive(messages, timeout=timeout))
             answered = {reply.metadata.src_node_id for reply in replies}
             everyone = {message.metadata.dst_node_id for message in messages} <= answered
             closed = CLOSED_ALL if everyone else CLOSED_TIMEOUT
+            usable = sum(not reply.has_error() for reply in replies)
+            self._tell(expectation, start, len(messages), replies, usable, closed)
             self._record(expectation, closed, start, len(messages), replies, [])
             return replies
         return self._push_and_pull(messages, expectation, timeout, start)
@@ -211,6 +222,7 @@ class DeadlineGrid(Grid):
                     )
             elapsed = self._clock() - start
             closed = self._closing(expect, waiting, frozenset(ok), elapsed, limit)
+            self._tell(expect, start, len(messages), replies, len(ok), closed)
             if closed is not None:
                 break
             self._sleep(max(0.0, min(self._interval, limit - elapsed)))
@@ -224,6 +236,32 @@ class DeadlineGrid(Grid):
         }
         self._record(expect, closed, start, len(messages), replies, late)
         return replies
+
+    def _tell(  # noqa: PLR0917
+        self,
+        expect: Expect,
+        start: float,
+        sent: int,
+        replies: list[Message],
+        usable: int,
+        closed: str | None = None,
+    ) -> None:
+        try:
+            self._progress(
+                RoundProgress(
+                    expect.round,
+                    expect.stage,
+                    sent,
+                    len(replies),
+                    usable,
+                    round(self._clock() - start, 1),
+                    expect.goal,
+                    expect.deadline_s,
+                    closed,
+                )
+            )
+        except OSError as error:  # a full disk must not stop the round: status is a courtesy
+            logger.warning("round %d: cannot write its progress: %s", expect.round, error)
 
     @staticmethod
     def _closing(

@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from server.deployments import DeploymentLedger
+from server.enrolment import EnrolmentError, EnrolmentRecords
 from server.errors import FleetError, NoActiveTicketError
+from server.round_policy import check_goal_fits_fleet
 from server.run_control import clear_stop, request_stop
 from server.run_log import RunLog
 from server.search_jobs import DONE, FAILED, RUNNING, JobError, SearchQueue
@@ -140,8 +142,19 @@ class TrainingService:
             "`ticket deploy` makes another ticket active"
         )
 
+    def _fleet_too_small(self) -> str | None:
+        """Why run.round_goal cannot be met by the enrolled fleet (None: it can, or no
+        enrolment is kept). Waiting says so; the next `fleet-server enroll` can lift it."""
+        if not self.config.node_auth or self.config.run.round_goal == 0:
+            return None
+        try:
+            enrolled = len(EnrolmentRecords(self.config.paths.nodes_file).read())
+        except EnrolmentError as error:
+            return f"cannot count the enrolled nodes: {error}"
+        return check_goal_fits_fleet(self.config.run.round_goal, enrolled)
+
     def _target(self) -> "TrainingTarget | str":
-        """What the ledger (or run.ticket) says to train, or why it cannot be trained."""
+        """What the ledger (or run.ticket) says to train, or why it cannot be trained now."""
         from server.fleet import training_target
 
         try:
@@ -159,7 +172,7 @@ class TrainingService:
                 f"is missing from the deployment ledger ({self.config.paths.deployments}); "
                 "roll it out again with `ticket deploy FILE -c server.yaml`"
             )
-        return target
+        return self._fleet_too_small() or target
 
     # -- training ------------------------------------------------------------------------------
 

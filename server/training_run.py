@@ -23,10 +23,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
 from server.checkpoint import RunCheckpoint
+from server.deadline_grid import DeadlineGrid
 from server.enrolment import load_roster
 from server.evaluation import ServerEvaluator
 from server.privacy import DpPlan
 from server.round_policy import FailureHistory, RoundPolicy
+from server.round_progress import ProgressFile
 from server.run_control import stop_reason
 from server.run_log import RunLog, plot_run, round_line
 from server.secagg_round import SecAggPlan, SecurePackedFedAvg
@@ -210,6 +212,10 @@ def run_resumable(
             {key: value for key, value in server_eval.as_dict().items() if value is not None}
         )
 
+    # The round in flight, for `fleet-server status` (the grid tells it each reply).
+    if not isinstance(grid, DeadlineGrid):
+        grid = DeadlineGrid(grid)
+    grid.report_to(ProgressFile(paths.root))
     try:
         result = strategy.start(
             grid=grid,

@@ -1,11 +1,13 @@
 """DeadlineGrid on a fake clock: replies arrive at scripted times, nothing really waits."""
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from flwr.app import Context, Error, Message, MessageType, RecordDict
 
 from server.deadline_grid import DeadlineGrid, Expect
+from server.round_progress import ProgressFile, RoundProgress, read_progress
 from tests.inprocess import FakeClock, InProcessGrid, ScheduledGrid, server_identity
 
 NODES = [101, 102, 103, 104, 105]
@@ -171,3 +173,39 @@ def test_an_error_for_a_closed_rounds_message_is_not_a_late_reply() -> None:
     _send(grid, [101], Expect(2, "evaluate", deadline_s=100), timeout=100)
 
     assert grid.take_trips()[0].late == [] and grid.outstanding == 0
+
+
+def test_progress_is_told_at_the_start_on_each_reply_and_at_the_close(tmp_path: Path) -> None:
+    grid, _, _ = _grid({101: 1, 102: 2, 103: 3, 104: 50})
+    told: list[RoundProgress] = []
+    written = ProgressFile(tmp_path)
+
+    def both(progress: RoundProgress) -> None:
+        told.append(progress)
+        written(progress)
+
+    grid.report_to(both)
+    _send(grid, [101, 102, 103, 104], Expect(4, "train", goal=3, deadline_s=30))
+
+    assert [(p.replied, p.usable, p.closed) for p in told][-1] == (3, 3, "goal")
+    assert {(p.replied, p.closed) for p in told} >= {(0, None), (1, None), (2, None)}
+    assert told[1].describe() == (
+        "round 4 in progress: train, 1 of 4 replies in (1 usable), 1 s; "
+        "closes at goal 3 or deadline 30 s"
+    )
+    last = read_progress(tmp_path)
+    assert last == told[-1] and last.describe().startswith("round 4 closed (goal): train, 3 of 4")
+
+
+def test_a_plain_call_tells_its_start_and_close_and_an_unreadable_file_is_no_progress(
+    tmp_path: Path,
+) -> None:
+    grid = DeadlineGrid(InProcessGrid(_echo, [{} for _ in NODES]))
+    told: list[RoundProgress] = []
+    grid.report_to(told.append)
+    grid.send_and_receive(_messages([101, 102]), timeout=5)
+    assert [(p.replied, p.closed) for p in told] == [(0, None), (2, "all")]
+    assert told[0].describe().endswith("closes at every reply or timeout")
+
+    (tmp_path / "round.json").write_text("{torn")
+    assert read_progress(tmp_path) is None

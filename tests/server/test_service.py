@@ -370,3 +370,20 @@ def test_a_damaged_search_job_fails_that_job_and_the_service_goes_on(tmp_path: P
     status = queue.status("find-heart")
     assert status is not None and status.state == FAILED and "not JSON" in status.detail
     assert _rounds(config, A) == [1, 2, 3]
+
+
+def test_a_round_goal_above_the_enrolled_fleet_waits_naming_the_key(tmp_path: Path) -> None:
+    from server.enrolment import Enrolment, EnrolmentRecords
+
+    config = _config(tmp_path, round_goal=2, round_deadline_s=1)
+    _deploy(config, A)
+    service = _service(FakeFleet(config))
+    reason = str(service.next_work())
+    assert "run.round_goal is 2, but only 0 node(s) are enrolled" in reason
+
+    records = EnrolmentRecords(config.paths.nodes_file)
+    for node in (1, 2):
+        records.add(
+            Enrolment(node, f"clinic-{node}", f"SHA256:{node}", "ecdsa-sha2-nistp384 x", "")
+        )
+    assert isinstance(service.next_work(), Work)
