@@ -9,6 +9,7 @@ Paths left out (tls.*, fleet_key, fleet_signing_key) mean "the files `fleet-serv
 under state_dir"; paths given are the operator's own and must exist when they are used.
 """
 
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from ticket.runconfig import (
     OPTIMIZERS,
     ConfigValue,
     RunConfig,
+    RunConfigError,
     RunPlacement,
     SearchSettings,
     TrainingSettings,
@@ -165,6 +167,11 @@ class FleetConfig:
         return to_run_config(run)
 
 
+def _as_run_key(match: "re.Match[str]") -> str:
+    """A run-config key of a message as server.yaml spells it: round-goal -> run.round_goal."""
+    return "run." + match.group(1).replace("-", "_")
+
+
 _YAML_LOADER = rejecting_duplicate_keys(yaml.SafeLoader)  # a key given twice is an error
 
 
@@ -182,7 +189,12 @@ def load_config(path: Path | str) -> FleetConfig:
     run = data.get("run") if isinstance(data, dict) else None
     if isinstance(run, dict) and "rounds" in run:
         raise loader.error("run.rounds", "renamed: use run.num_rounds (the run-config key's name)")
-    config: FleetConfig = loader.build(FleetConfig, {} if data is None else data, "")
+    try:
+        config: FleetConfig = loader.build(FleetConfig, {} if data is None else data, "")
+    except RunConfigError as error:  # keys valid one by one, not together: say them as run.*
+        message = str(error).removeprefix("run config: ")
+        message = re.sub(r"\b([a-z]+(?:-[a-z]+)+)\b", _as_run_key, message)
+        raise loader.error("run", message) from None
     given = [name for name in ("ca_cert", "server_cert", "server_key") if getattr(config.tls, name)]
     if given and len(given) != 3:
         raise loader.error(

@@ -1,4 +1,9 @@
-"""Secure aggregation in a real deployment: 4 SuperNodes on loopback, one killed mid-round."""
+"""Secure aggregation in a real deployment: 4 SuperNodes on loopback, one killed mid-round.
+
+Round management is on (goal 4, reporting deadline 40 s, timeout 90 s): round 1 closes when
+all four masked inputs are in; round 2, short of its killed member, closes at its deadline
+with the three survivors instead of waiting out the timeout, and their sum is exact.
+"""
 
 from pathlib import Path
 
@@ -6,7 +11,6 @@ import pytest
 
 from loopback.demo import heart_node_configs, run_config
 from loopback.launcher import Loopback
-from server.strategy import NO_REPLY
 from tests.inprocess import find_ticket
 
 APP_DIR = Path(__file__).resolve().parents[2]
@@ -22,7 +26,9 @@ def test_a_node_killed_mid_round_leaves_the_survivors_sum(tmp_path: Path) -> Non
         num_rounds=2,
         min_nodes=4,  # round 1's key setup waits for all four
         secagg=True,
-        round_timeout_s=30.0,
+        round_timeout_s=90.0,
+        round_goal=4,
+        round_deadline_s=40.0,
         fraction_evaluate=0.0,
     )
 
@@ -40,7 +46,9 @@ def test_a_node_killed_mid_round_leaves_the_survivors_sum(tmp_path: Path) -> Non
     assert one["secagg"]["aborted"] is None
     # Round 2: the lost node's pairwise masks were removed with its key's shares.
     [(lost, reason)] = two["failures"].items()
-    assert reason.startswith(NO_REPLY) and len(two["participants"]) == 3
+    assert reason.startswith("no reply before the round closed (deadline)"), reason
+    assert len(two["participants"]) == 3
+    assert one["closed"] in {"goal", "all"} and two["closed"] == "deadline"
     assert int(lost) not in two["participants"]
     assert two["secagg"]["aborted"] is None
     assert two["secagg"]["dropped"] == {"mask": [int(lost)]}

@@ -139,3 +139,16 @@ def test_a_key_given_twice_is_an_error_naming_the_file_key_and_lines(tmp_path: P
     with pytest.raises(ConfigError) as error:
         load_config(path)
     assert str(error.value) == f"{path}: run.num_rounds: duplicate key at line 4 (first at line 3)"
+
+
+def test_keys_that_conflict_with_each_other_are_named_as_server_yaml_spells_them(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "server.yaml"
+    path.write_text("state_dir: s\nrun:\n  round_goal: 2\n  round_deadline_s: 700\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert str(raised.value) == (
+        f"{path}: run: run.round_deadline_s (700) must be <= run.round_timeout_s (600) "
+        "when run.round_goal > 0"
+    )
