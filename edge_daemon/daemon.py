@@ -55,6 +55,7 @@ def node_config(config: DaemonConfig, paths: DaemonPaths) -> dict[str, bool | fl
         wire.NODE_READINGS_DB: str(paths.readings_db),
         wire.NODE_READINGS_SCHEMA: config.data.schema,
         wire.NODE_STATE_PATH: str(paths.state_file),
+        wire.NODE_MODEL_PATH: str(paths.model_file),
     }
     # The ClientApp applies retention again before it reads: nothing expired is trained on,
     # even between two of the daemon's hourly purges.
