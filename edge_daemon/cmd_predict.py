@@ -79,34 +79,12 @@ def predict_command(args: argparse.Namespace) -> int:
         print(f"  hint: {HELP[ExitCode.BAD_INPUT]}", file=sys.stderr)
         return ExitCode.BAD_INPUT
     predictions = core.predict(predictor, rows)
-    header = predictor.header
     if predictor.note is not None:
         print(f"edge-daemon predict: note: {predictor.note}", file=sys.stderr)
+    if not predictions:
+        print(f"edge-daemon predict: note: no readings to predict ({source})", file=sys.stderr)
     if args.json:
-        model = (
-            None
-            if header is None
-            else {
-                "run_id": header.run_id,
-                "server_round": header.server_round,
-                "received_at": header.received_at.isoformat(),
-            }
-        )
-        document = {
-            "ticket_id": predictor.ticket.content_id,
-            "model": model,
-            "note": predictor.note,
-            "source": source,
-            "predictions": [
-                {
-                    "row": p.row,
-                    "class": p.label,
-                    "probability": p.probability,
-                    "probabilities": list(p.probabilities),
-                }
-                for p in predictions
-            ],
-        }
+        document = {**core.to_json(predictor, predictions), "source": source}
         print(json.dumps(document, indent=2))
         return ExitCode.OK
     writer = csv.writer(sys.stdout, lineterminator="\n")

@@ -15,7 +15,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edge_daemon.model_store import ModelHeader, ModelOfAnotherTicketError, load_model, read_header
 from edge_daemon.paths import DaemonPaths
@@ -139,6 +139,32 @@ def predict(predictor: Predictor, rows: Sequence[Reading]) -> list[Prediction]:
         Prediction(i, int(best[i]), float(probabilities[i, best[i]]), tuple(map(float, row)))
         for i, row in enumerate(probabilities.tolist())
     ]
+
+
+def to_json(predictor: Predictor, predictions: Sequence[Prediction]) -> dict[str, Any]:
+    """`predict --json`'s document (and the local endpoint's response), less its `source`."""
+    header = predictor.header
+    model = None
+    if header is not None:
+        model = {
+            "run_id": header.run_id,
+            "server_round": header.server_round,
+            "received_at": header.received_at.isoformat(),
+        }
+    return {
+        "ticket_id": predictor.ticket.content_id,
+        "model": model,
+        "note": predictor.note,
+        "predictions": [
+            {
+                "row": p.row,
+                "class": p.label,
+                "probability": p.probability,
+                "probabilities": list(p.probabilities),
+            }
+            for p in predictions
+        ],
+    }
 
 
 def read_rows(
