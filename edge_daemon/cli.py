@@ -12,7 +12,8 @@
 `-c` defaults to /etc/edge-daemon/daemon.yaml, the path the systemd unit uses. Exit statuses are
 `edge_daemon.exit_codes.ExitCode`; `status --json` is documented in `edge_daemon.status_report`.
 Expected failures print one line naming the file (and its line or key) and a hint, never a
-traceback. Only `run` loads the daemon's loop; no subcommand but `tickets add` loads torch.
+traceback. Only `run` loads the daemon's loop; no subcommand but `tickets add` and `predict` loads
+torch.
 """
 
 import argparse
