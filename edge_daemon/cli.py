@@ -6,11 +6,14 @@
     edge-daemon keygen   --out PATH [--force]         the node's key pair for the operator to enroll
     edge-daemon tickets add  -c daemon.yaml FILE      cache a ticket signed by the fleet key
     edge-daemon tickets list -c daemon.yaml           content ids of the cached tickets
+    edge-daemon predict  -c daemon.yaml FILE|-|--stored  class and probability per reading
+    edge-daemon schema   -c daemon.yaml [--json]      the columns readings must have
 
 `-c` defaults to /etc/edge-daemon/daemon.yaml, the path the systemd unit uses. Exit statuses are
 `edge_daemon.exit_codes.ExitCode`; `status --json` is documented in `edge_daemon.status_report`.
 Expected failures print one line naming the file (and its line or key) and a hint, never a
-traceback. Only `run` loads the daemon's loop; no subcommand but `tickets add` loads torch.
+traceback. Only `run` loads the daemon's loop; no subcommand but `tickets add` and `predict` loads
+torch.
 """
 
 import argparse
@@ -24,6 +27,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+from edge_daemon import cmd_predict, cmd_schema
 from edge_daemon.config import ConfigError, load_config
 from edge_daemon.exit_codes import HELP, ExitCode, exit_code_for
 from edge_daemon.keys import default_comment, write_node_key
@@ -118,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.set_defaults(handler=_tickets_add, name="tickets add")
     listing = actions.add_parser("list", parents=[config], help="content ids of cached tickets")
     listing.set_defaults(handler=_tickets_list, name="tickets list")
+    cmd_predict.register(commands, config)
+    cmd_schema.register(commands, config)
     return parser
 
 
@@ -165,8 +171,10 @@ def _ingest(args: argparse.Namespace) -> int:
                 at = datetime.fromtimestamp(result.ingested_at).astimezone()
                 print(f"{path}: duplicate of the file ingested {at:%Y-%m-%d %H:%M}, 0 rows added")
             else:
+                unlabelled = f" ({result.rows_unlabelled} unlabelled: for predict only)"
                 print(
-                    f"{path}: {result.rows_added} rows added, "
+                    f"{path}: {result.rows_added} rows added"
+                    f"{unlabelled if result.rows_unlabelled else ''}, "
                     f"{result.rows_expired} expired by retention"
                 )
         print(f"{store.count()} readings stored")

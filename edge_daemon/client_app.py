@@ -7,6 +7,7 @@ canary) trains from the values first. A round this node cannot take part in gets
 """
 
 import hashlib
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,6 +51,7 @@ from ticket.wire import (  # ErrorCode: the codes the server reads, part of the 
 from ticket.wire import TRAIN_LOSS as TRAIN_LOSS_METRIC
 
 ConfigValue = bool | float | int | str
+_log = logging.getLogger(__name__)
 
 
 class NodeConfigError(Exception):
@@ -76,6 +78,7 @@ class NodeSettings:
     allow_unsigned: bool  # [allow-unsigned] explicit opt-out of signature checks (tests, demos)
     data: LocalDataSpec | StoreSpec  # [readings-db] the device's readings, else [dataset] ...
     state_path: Path | None = None  # [state-path] the daemon's durable state: rounds joined
+    model_path: Path | None = None  # [model-path] where the latest global model is kept
 
     def ticket_file(self, ticket_id: str) -> Path:
         if self.ticket_path is not None:
@@ -118,6 +121,7 @@ class NodeSettings:
             allow_unsigned=allow,
             data=data,
             state_path=_path(config, wire.NODE_STATE_PATH),
+            model_path=_path(config, wire.NODE_MODEL_PATH),
         )
 
 
@@ -321,6 +325,11 @@ def prepare(
         segment_sizes=layout.segment_sizes,
     )
     load_weights(model, layout.unpack_torch(values))
+    # Kept before the local data is read: a device without labelled readings still gets a
+    # model to predict with. A search round's candidate and a canary's probe are not the
+    # fleet's model, so they are not kept.
+    if node.model_path is not None and task.search is None and (is_train or task.train is None):
+        keep_model(node.model_path, values, task, run_id=message.metadata.run_id)
     preprocessing = ticket.manifest.data.preprocessing
     data = (
         load_store_data(node.data, preprocessing)
@@ -328,6 +337,25 @@ def prepare(
         else load_local_data(node.data, preprocessing)
     )
     return task, Workspace(ticket, model, layout, data, node)
+
+
+def keep_model(
+    path: Path, values: npt.NDArray[np.float32], task: Instructions, *, run_id: int
+) -> None:
+    """Store the global model for `edge-daemon predict`; a failed write costs no round."""
+    from edge_daemon.model_store import save_model
+
+    try:
+        save_model(
+            path,
+            values,
+            ticket_id=task.ticket_id,
+            run_id=run_id,
+            server_round=task.server_round,
+            received_at=datetime.now(UTC),
+        )
+    except OSError as error:
+        _log.warning("cannot keep the global model for predict: %s", error.strerror)
 
 
 def train_and_pack(task: Instructions, work: Workspace, *, node_id: int) -> tuple[bytes, float]:

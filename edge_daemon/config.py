@@ -50,6 +50,9 @@ a daemon with a wrong path fails at once (exit 3) instead of a node failing late
     probe_file: null                  # tests and demos only: read the device's conditions from
                                       #   this JSON file (edge_daemon.probe.FileProbe) instead
                                       #   of its sensors
+    predict_socket: false             # true: `run` serves predictions on state_dir/predict.sock
+                                      #   (HTTP, mode 0600, this device only;
+                                      #   edge_daemon/predict_server.py)
 """
 
 import typing
@@ -111,6 +114,7 @@ class DaemonConfig:
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     node_port: int = field(default=9094, metadata={"ge": 1, "le": 65535})
     probe_file: Path | None = None
+    predict_socket: bool = False  # serve POST /predict on state_dir/predict.sock (0600)
 
 
 _YAML_LOADER = rejecting_duplicate_keys(yaml.SafeLoader)

@@ -55,6 +55,7 @@ def node_config(config: DaemonConfig, paths: DaemonPaths) -> dict[str, bool | fl
         wire.NODE_READINGS_DB: str(paths.readings_db),
         wire.NODE_READINGS_SCHEMA: config.data.schema,
         wire.NODE_STATE_PATH: str(paths.state_file),
+        wire.NODE_MODEL_PATH: str(paths.model_file),
     }
     # The ClientApp applies retention again before it reads: nothing expired is trained on,
     # even between two of the daemon's hourly purges.
@@ -264,12 +265,23 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
         logger.info(
             "edge daemon up: state in %s, server %s", config.state_dir, config.server.address
         )
+        predictions = None
+        if config.predict_socket:
+            # Imported only when asked for; the endpoint's worker, not this process, loads torch.
+            from edge_daemon.predict_server import start_predict_server
+
+            predictions = start_predict_server(
+                config.state_dir, config.fleet_key, config.data.schema
+            )
+            logger.info("predictions served on %s", predictions.socket_path)
         try:
             daemon.stop_leftover_node()  # before a second node is started on the same port
             while not stop.is_set():
                 daemon.step()
                 stop.wait(TICK_S)
         finally:
+            if predictions is not None:
+                predictions.close()
             daemon.shutdown()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +20,9 @@ from ticket.data import Dataset, load_dataset
 from ticket.data.encode import encode_with
 from ticket.data.partition import IndexArray, partition
 from ticket.errors import TicketError
+
+if TYPE_CHECKING:
+    from ticket.data.heart_encoding import HeartPreprocessor
 
 ConfigValue = bool | float | int | str
 
@@ -156,12 +159,8 @@ def load_store_data(spec: StoreSpec, preprocessing: Mapping[str, Any] | None) ->
     up in an Error reply the server sees.
     """
     from edge_daemon.readings import ReadingsStore, StoreError
-    from ticket.data.heart_encoding import HeartPreprocessor
 
-    if spec.schema != "heart-uci":
-        raise LocalDataError(f"readings schema {spec.schema!r} has no encoder")
-    if preprocessing is None:
-        raise LocalDataError("the ticket carries no preprocessing to encode device readings with")
+    encoder = readings_encoder(spec.schema, preprocessing)
     if not spec.path.exists():
         raise LocalDataError("no readings on this device yet (edge-daemon ingest)")
     try:
@@ -175,7 +174,6 @@ def load_store_data(spec: StoreSpec, preprocessing: Mapping[str, Any] | None) ->
             if spec.retention_rows is not None or spec.retention_days is not None:
                 store.apply_retention()  # takes the write lock: only when there are limits
             rows = store.rows()
-        encoder = HeartPreprocessor.from_json(preprocessing)
         features = torch.from_numpy(encoder.transform(rows)) if rows else None
         labels = torch.from_numpy(encoder.labels(rows)) if rows else None
     except (StoreError, TicketError, sqlite3.Error) as error:
@@ -189,6 +187,23 @@ def load_store_data(spec: StoreSpec, preprocessing: Mapping[str, Any] | None) ->
         x_test=features[held_out],
         y_test=labels[held_out],
     )
+
+
+def readings_encoder(schema: str, preprocessing: Mapping[str, Any] | None) -> "HeartPreprocessor":
+    """The encoder that turns a device's readings of `schema` into the ticket's features.
+
+    LocalDataError when the schema has none, or the ticket carries no (valid) preprocessing.
+    """
+    from ticket.data.heart_encoding import HeartPreprocessor
+
+    if schema != "heart-uci":
+        raise LocalDataError(f"readings schema {schema!r} has no encoder")
+    if preprocessing is None:
+        raise LocalDataError("the ticket carries no preprocessing to encode device readings with")
+    try:
+        return HeartPreprocessor.from_json(preprocessing)
+    except TicketError as error:
+        raise LocalDataError(f"the ticket's preprocessing is unusable: {error}") from None
 
 
 # One dataset per process: a Simulation Engine worker serves many virtual nodes of one run, and

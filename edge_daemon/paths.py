@@ -22,6 +22,11 @@ class DaemonPaths:
         return self.state_dir / "readings.sqlite3"
 
     @property
+    def model_file(self) -> Path:
+        """The latest global model the server sent (edge_daemon/model_store.py)."""
+        return self.state_dir / "model" / "latest.model"
+
+    @property
     def tickets_dir(self) -> Path:
         return self.state_dir / "tickets"
 

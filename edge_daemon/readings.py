@@ -8,6 +8,10 @@ Retention is applied in the same transaction as each ingest and whenever `apply_
 called (the daemon calls it on a timer, as age limits lapse with no ingest): the oldest rows go
 beyond `retention_rows`, and rows ingested more than `retention_days` ago. A reading carries no
 time of its own in the heart-uci schema, so its age is the time since it was ingested.
+
+A reading whose label cell is empty is stored apart from the training rows (`labelled = 0`):
+the owner wants a prediction for it, and training and evaluation (`rows`) never see it.
+`unlabelled_rows` is what `edge-daemon predict --stored` reads. Retention covers both.
 """
 
 import csv
@@ -22,10 +26,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from ticket.registry import Registry
 
-STORE_VERSION = 1  # PRAGMA user_version of a store this module writes
+# PRAGMA user_version of a store this module writes. Version 2 added readings.labelled; a
+# version 1 store is migrated in place (every row it holds was labelled) when opened.
+STORE_VERSION = 2
 _SECONDS_PER_DAY = 86_400.0
 
 Cell = float | str | None  # a parsed cell; None = not recorded
@@ -36,15 +43,23 @@ class IngestError(Exception):
     """A CSV file was rejected; nothing of it was stored."""
 
     def __init__(
-        self, source: str, rule: str, *, line: int | None = None, column: str = ""
+        self,
+        source: str,
+        rule: str,
+        *,
+        line: int | None = None,
+        column: str = "",
+        row: int | None = None,  # 0-based data row, when the reader counts them (predict)
     ) -> None:
         where = [f"line {line}"] if line else []
+        where += [f"row {row}"] if row is not None else []
         where += [f"column {column}"] if column else []
         super().__init__(": ".join([source, ", ".join(where), rule] if where else [source, rule]))
         self.source = source
         self.line = line
         self.column = column
         self.rule = rule
+        self.row = row
 
 
 class StoreError(Exception):
@@ -55,8 +70,10 @@ class StoreError(Exception):
 class RowSchema:
     name: str
     columns: tuple[str, ...]  # every column a file must have (features, then the label)
+    label: str  # the label column: an empty cell is an unlabelled reading (parsed as None)
     # (column, raw text) -> value; ValueError whose message states the rule, never the value.
     parse_cell: Callable[[str, str], Cell]
+    describe: Callable[[], dict[str, Any]]  # columns, types and ranges as JSON
 
 
 def _heart_uci() -> RowSchema:
@@ -72,11 +89,11 @@ def _heart_uci() -> RowSchema:
             value = heart.parse_cell(column, raw)
         except heart.ReadingError as error:
             raise ValueError(str(error).removeprefix(f"{name}: ")) from None
-        if value is None and column is heart.HEART_TARGET:
-            raise ValueError("not recorded; training needs a label on every reading")
         return value
 
-    return RowSchema("heart-uci", tuple(columns), parse_cell)
+    return RowSchema(
+        "heart-uci", tuple(columns), heart.HEART_TARGET.name, parse_cell, heart.describe_schema
+    )
 
 
 SCHEMAS: Registry[Callable[[], RowSchema]] = Registry("readings schema", {"heart-uci": _heart_uci})
@@ -92,14 +109,25 @@ class CsvLimits:
 
 
 def read_csv(
-    path: Path, schema: RowSchema, *, limits: CsvLimits = CsvLimits()
+    path: Path,
+    schema: RowSchema,
+    *,
+    limits: CsvLimits = CsvLimits(),
+    label_optional: bool = False,
 ) -> tuple[list[Reading], str]:
     """Every row of `path` parsed against `schema`, and the SHA-256 of the file's bytes.
 
     Columns beyond the schema's (an id, a site name) are ignored and never stored. A file over
     `limits` is refused before it is parsed (its size) or as soon as a record or the row count
     passes its limit, so an oversized file costs neither the memory nor the time to read it all.
+    `label_optional`: the header may lack the label column (rows to predict, never stored).
     """
+    data = read_bounded(path, limits)
+    return parse_csv(data, path.name, schema, limits=limits, label_optional=label_optional)
+
+
+def read_bounded(path: Path, limits: CsvLimits) -> bytes:
+    """The bytes of `path` (a file or a pipe), refused past `limits.max_bytes`."""
     source = path.name
     too_large = f"larger than the limit of {limits.max_bytes} bytes (data.max_csv_bytes)"
     try:
@@ -111,13 +139,28 @@ def read_csv(
         raise IngestError(source, f"cannot read: {error.strerror}") from None
     if len(data) > limits.max_bytes:
         raise IngestError(source, too_large)
+    return data
+
+
+def parse_csv(
+    data: bytes,
+    source: str,
+    schema: RowSchema,
+    *,
+    limits: CsvLimits = CsvLimits(),
+    label_optional: bool = False,
+) -> tuple[list[Reading], str]:
+    """`read_csv` of bytes already read (e.g. standard input), named `source` in errors."""
+    if len(data) > limits.max_bytes:
+        raise IngestError(source, f"larger than the limit of {limits.max_bytes} bytes")
     try:
         text = data.decode("utf-8-sig")  # a spreadsheet's byte-order mark is not part of a name
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
         raise IngestError(source, "not UTF-8 text", line=line) from None
     records = _records(text, source, limits)
-    return _parse_rows(records, source, schema), hashlib.sha256(data).hexdigest()
+    readings = _parse_rows(records, source, schema, label_optional=label_optional)
+    return readings, hashlib.sha256(data).hexdigest()
 
 
 def _records(text: str, source: str, limits: CsvLimits) -> Iterator[tuple[int, list[str]]]:
@@ -139,7 +182,11 @@ def _records(text: str, source: str, limits: CsvLimits) -> Iterator[tuple[int, l
 
 
 def _parse_rows(
-    records: Iterator[tuple[int, list[str]]], source: str, schema: RowSchema
+    records: Iterator[tuple[int, list[str]]],
+    source: str,
+    schema: RowSchema,
+    *,
+    label_optional: bool = False,
 ) -> list[Reading]:
     header = [name.strip() for name in next(records, (1, []))[1]]
     if not header:
@@ -147,23 +194,30 @@ def _parse_rows(
     for name in header:
         if header.count(name) > 1:
             raise IngestError(source, "appears twice in the header", line=1, column=name)
-    missing = [name for name in schema.columns if name not in header]
+    columns = [
+        name
+        for name in schema.columns
+        if not (label_optional and name == schema.label and name not in header)
+    ]
+    missing = [name for name in columns if name not in header]
     if missing:
         raise IngestError(source, f"header lacks column(s): {', '.join(missing)}", line=1)
-    positions = {name: header.index(name) for name in schema.columns}
-    readings = []
+    positions = {name: header.index(name) for name in columns}
+    readings: list[Reading] = []
     for line, fields in records:
         if not fields:
             continue  # a blank line, e.g. at the end of the file
+        # Rows to predict (label optional) are named by index too, as predict's output names them.
+        row = len(readings) if label_optional else None
         if len(fields) != len(header):
             rule = f"expected {len(header)} fields, got {len(fields)}"
-            raise IngestError(source, rule, line=line)
-        reading: Reading = {}
+            raise IngestError(source, rule, line=line, row=row)
+        reading: Reading = {schema.label: None}  # a label column left out: unlabelled
         for name, position in positions.items():
             try:
                 reading[name] = schema.parse_cell(name, fields[position])
             except ValueError as error:
-                raise IngestError(source, str(error), line=line, column=name) from None
+                raise IngestError(source, str(error), line=line, column=name, row=row) from None
         readings.append(reading)
     return readings
 
@@ -175,6 +229,7 @@ class IngestResult:
     is_duplicate: bool  # these exact bytes were ingested before: nothing added
     content_sha256: str
     ingested_at: float  # Unix seconds
+    rows_unlabelled: int = 0  # of rows_added: no label, kept for `predict --stored` only
 
 
 @dataclass(frozen=True)
@@ -197,7 +252,8 @@ _TABLES = (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         ingest_id INTEGER NOT NULL REFERENCES ingests(id),
         ingested_at REAL NOT NULL,
-        reading TEXT NOT NULL -- JSON object: column -> parsed value
+        reading TEXT NOT NULL, -- JSON object: column -> parsed value
+        labelled INTEGER NOT NULL DEFAULT 1 -- 0: no label; never trained or evaluated on
     )""",
     "CREATE INDEX IF NOT EXISTS readings_by_age ON readings (ingested_at)",
 )
@@ -230,13 +286,18 @@ class ReadingsStore:
 
     def _prepare(self, path: Path) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, STORE_VERSION):
+        if version not in (0, 1, STORE_VERSION):
             raise StoreError(f"{path}: store version {version}, this daemon reads {STORE_VERSION}")
         self._db.execute("PRAGMA journal_mode=WAL")  # the ClientApp reads while an ingest writes
         self._db.execute("PRAGMA synchronous=FULL")  # an acknowledged ingest survives power loss
         with self._transaction():
             for statement in _TABLES:  # not executescript: it would COMMIT our transaction
                 self._db.execute(statement)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(readings)")}
+            if "labelled" not in columns:  # a version 1 store: all its rows carry a label
+                self._db.execute(
+                    "ALTER TABLE readings ADD COLUMN labelled INTEGER NOT NULL DEFAULT 1"
+                )
             self._db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (self._schema_name,)
             )
@@ -273,7 +334,8 @@ class ReadingsStore:
         self, path: Path, *, now: float | None = None, limits: CsvLimits = CsvLimits()
     ) -> IngestResult:
         """Validate all of `path`, then store it in one transaction; IngestError stores nothing."""
-        readings, digest = read_csv(path, self._schema_loader(), limits=limits)
+        schema = self._schema_loader()
+        readings, digest = read_csv(path, schema, limits=limits)
         at = time.time() if now is None else now
         with self._transaction():
             seen = self._db.execute(
@@ -286,11 +348,16 @@ class ReadingsStore:
                 (digest, at, len(readings)),
             ).lastrowid
             self._db.executemany(
-                "INSERT INTO readings (ingest_id, ingested_at, reading) VALUES (?, ?, ?)",
-                ((ingest_id, at, json.dumps(reading)) for reading in readings),
+                "INSERT INTO readings (ingest_id, ingested_at, reading, labelled) "
+                "VALUES (?, ?, ?, ?)",
+                (
+                    (ingest_id, at, json.dumps(reading), reading[schema.label] is not None)
+                    for reading in readings
+                ),
             )
             expired = self._expire(at)
-        return IngestResult(len(readings), expired, False, digest, at)
+        unlabelled = sum(reading[schema.label] is None for reading in readings)
+        return IngestResult(len(readings), expired, False, digest, at, unlabelled)
 
     def apply_retention(self, *, now: float | None = None) -> int:
         """Delete readings beyond the retention limits; the number deleted."""
@@ -313,12 +380,26 @@ class ReadingsStore:
         return deleted
 
     def count(self) -> int:
-        count: int = self._db.execute("SELECT count(*) FROM readings").fetchone()[0]
+        """Labelled readings: the ones training uses."""
+        count: int = self._db.execute(
+            "SELECT count(*) FROM readings WHERE labelled = 1"
+        ).fetchone()[0]
+        return count
+
+    def count_unlabelled(self) -> int:
+        count: int = self._db.execute(
+            "SELECT count(*) FROM readings WHERE labelled = 0"
+        ).fetchone()[0]
         return count
 
     def rows(self) -> list[Reading]:
-        """Every stored reading, oldest first, as column -> parsed value."""
-        cursor = self._db.execute("SELECT reading FROM readings ORDER BY id")
+        """Every labelled reading, oldest first, as column -> parsed value: training's rows."""
+        cursor = self._db.execute("SELECT reading FROM readings WHERE labelled = 1 ORDER BY id")
+        return [json.loads(text) for (text,) in cursor]
+
+    def unlabelled_rows(self) -> list[Reading]:
+        """The readings stored without a label, oldest first: for prediction only."""
+        cursor = self._db.execute("SELECT reading FROM readings WHERE labelled = 0 ORDER BY id")
         return [json.loads(text) for (text,) in cursor]
 
     def ingests(self) -> list[IngestRecord]:

@@ -151,14 +151,20 @@ def train_masked(
 
 
 @torch.no_grad()
+def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+    """`model`'s logits [N, classes] for rows `x` [N, F], in eval mode, in batches."""
+    model.eval()
+    return torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+
+
+@torch.no_grad()
 def evaluate(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048
 ) -> EvalResult:
     """Mean cross-entropy, accuracy and (for two classes) ROC-AUC of `model` on (x, y)."""
     if x.shape[0] == 0:
         raise TicketError("no evaluation examples")
-    model.eval()
-    logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    logits = logits_of(model, x, batch_size)
     loss = float(nn.functional.cross_entropy(logits, y))
     accuracy = float((logits.argmax(dim=1) == y).float().mean())
     auc = None

@@ -649,6 +649,9 @@ NODE_TICKET_DIR = "ticket-dir"  # the daemon's cache: <dir>/<content id>.ticket
 NODE_FLEET_KEY = "fleet-key"  # PEM public key a ticket must be signed by
 NODE_ALLOW_UNSIGNED = "allow-unsigned"
 NODE_STATE_PATH = "state-path"  # the daemon's durable state file
+# Where the ClientApp keeps the latest global model it was sent (edge_daemon/model_store.py), for
+# `edge-daemon predict`; unset: nothing is kept.
+NODE_MODEL_PATH = "model-path"
 # Secure aggregation's identity (ticket/secagg/identity.py): the node-auth private key (OpenSSH,
 # P-384) that signs this node's key adverts; without one a fresh key signs, which only peers
 # that allow uncertified neighbours accept. Neighbours must carry a certificate by fleet-key

@@ -77,3 +77,17 @@ def test_systemd_unit_is_hardened_and_outlasts_the_supervisor_grace() -> None:
     assert unit["RestrictAddressFamilies"].split() == ["AF_INET", "AF_INET6", "AF_UNIX"]
     assert unit["KillMode"] == "control-group" and unit["Restart"] == "on-failure"
     assert float(unit["TimeoutStopSec"]) > load_config(EXAMPLE).supervisor.grace_s
+
+
+def test_example_readings_ingest_as_documented(tmp_path: Path) -> None:
+    from edge_daemon.readings import ReadingsStore
+
+    example = DEPLOY / "examples" / "readings.csv"
+    with ReadingsStore(tmp_path / "r.sqlite3") as store:
+        result = store.ingest_csv(example)
+        assert (result.rows_added, result.rows_unlabelled) == (4, 1)
+        assert store.count() == 3 and store.count_unlabelled() == 1
+    # The excerpt in docs/device-owner.md is lines of the file, not a second copy that drifts.
+    doc = (DEPLOY.parent / "docs" / "device-owner.md").read_text()
+    excerpt = doc.split("```csv\n", 1)[1].split("```", 1)[0].splitlines()
+    assert set(excerpt) <= set(example.read_text().splitlines()) and len(excerpt) == 4

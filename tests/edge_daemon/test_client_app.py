@@ -295,3 +295,61 @@ def test_a_real_node_ignores_the_run_configs_sim_keys(signed_path: Path, keys: P
     reply = client_app.app(_instruction(ticket, "train"), context)
 
     assert _number(reply.content.metric_records[wire.METRICS][wire.NUM_EXAMPLES]) == 226
+
+
+# ---------------------------------------------------------------- the kept global model
+
+
+def _plain_evaluate(ticket: Ticket, values: np.ndarray, server_round: int) -> Message:
+    payload = encode_vector(
+        values, kind=Kind.MODEL, ticket_id=ticket.content_id, round=server_round
+    )
+    content = to_flower(
+        wire.EvaluateInstruction(ticket.content_id, server_round, payload).to_record()
+    )
+    with server_identity():
+        message = Message(content, 101, "evaluate")
+    message.metadata.__dict__["_message_id"] = uuid4().hex
+    return message
+
+
+def test_a_train_instruction_keeps_the_global_model_it_carried(
+    signed_path: Path, keys: Path, tmp_path: Path
+) -> None:
+    from edge_daemon.model_store import load_model
+
+    ticket = read_ticket(signed_path, allow_unsigned=True)
+    layout = PackLayout.from_ticket(ticket)
+    kept = tmp_path / "model" / "latest.model"
+    node = _node(signed_path, keys, **{wire.NODE_MODEL_PATH: str(kept)})
+    message = _instruction(ticket, "train", server_round=4)
+
+    reply = client_app.app(message, _context(node))
+
+    assert not reply.has_error()
+    header, values = load_model(kept, ticket_id=ticket.content_id, count=layout.size)
+    np.testing.assert_array_equal(values, layout.pack(ticket.weights))  # before local training
+    assert (header.run_id, header.server_round) == (message.metadata.run_id, 4)
+
+    # A plain evaluate of a later round carries a newer global model: it replaces this one.
+    newer = layout.pack(ticket.weights) * 2
+    assert not client_app.app(_plain_evaluate(ticket, newer, 5), _context(node)).has_error()
+    header, values = load_model(kept, ticket_id=ticket.content_id, count=layout.size)
+    assert header.server_round == 5
+    np.testing.assert_array_equal(values, newer)
+
+
+def test_a_canary_probe_is_not_kept_and_a_node_without_model_path_keeps_nothing(
+    signed_path: Path, keys: Path, tmp_path: Path
+) -> None:
+    ticket = read_ticket(signed_path, allow_unsigned=True)
+    kept = tmp_path / "latest.model"
+    node = _node(signed_path, keys, **{wire.NODE_MODEL_PATH: str(kept)})
+
+    probe = _instruction(ticket, "evaluate")  # carries a schedule: a rollout's canary
+    assert not client_app.app(probe, _context(node)).has_error()
+    assert not kept.exists()
+    assert not client_app.app(
+        _instruction(ticket, "train"), _context(_node(signed_path, keys))
+    ).has_error()
+    assert list(tmp_path.iterdir()) == []

@@ -293,3 +293,38 @@ def test_a_node_left_running_by_a_daemon_killed_with_sigkill_is_stopped_at_start
     finally:
         signal_group(leftover.pid, signal.SIGKILL)
         leftover.wait(timeout=10)
+
+
+def test_the_node_config_names_where_the_global_model_is_kept(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    paths = DaemonPaths(config.state_dir)
+    assert node_config(config, paths)["model-path"] == str(paths.model_file)
+
+
+def test_predict_socket_is_served_while_the_daemon_runs_and_removed_after(
+    tmp_path: Path,
+) -> None:
+    import shutil
+    import tempfile
+
+    short = Path(tempfile.mkdtemp(prefix="tf-", dir="/tmp"))  # a Unix socket path is short
+    try:
+        probe_file = tmp_path / "conditions.json"
+        probe_file.write_text(json.dumps({"on_power": True, "network": "offline"}))
+        config = _config(short, probe_file=probe_file, predict_socket=True)
+        socket_path = config.state_dir / "predict.sock"
+        seen: list[bool] = []
+        stop = threading.Event()
+
+        def look_then_stop() -> None:
+            seen.append(socket_path.is_socket())
+            stop.set()
+
+        timer = threading.Timer(1.5, look_then_stop)
+        timer.start()
+        assert run_daemon(config, stop=stop) == 0
+        timer.join()
+        assert seen == [True] and not socket_path.exists()
+        assert _config(short).predict_socket is False  # off unless daemon.yaml asks
+    finally:
+        shutil.rmtree(short)

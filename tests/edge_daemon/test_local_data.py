@@ -59,3 +59,18 @@ def test_the_retention_keys_of_the_node_config_are_typed() -> None:
     for bad in ({"retention-rows": 0}, {"retention-days": -1.0}, {"retention-rows": "many"}):
         with pytest.raises(LocalDataError):
             StoreSpec.from_node_config({"readings-db": "/r", **bad})
+
+
+def test_unlabelled_readings_are_never_trained_or_evaluated_on(tmp_path: Path) -> None:
+    db = tmp_path / "readings.sqlite3"
+    unlabelled = [row.rsplit(",", 1)[0] + "," for row in ROWS]  # label cells emptied
+    with ReadingsStore(db) as store:
+        _ingest(store, tmp_path / "r.csv", [*ROWS, *unlabelled, *unlabelled], at=time.time())
+        labelled = store.rows()
+    spec = StoreSpec(db, test_every=2)
+
+    data = load_store_data(spec, HeartPreprocessor.fit(labelled).to_json())
+
+    assert data.y_train.shape[0] + data.y_test.shape[0] == len(ROWS)
+    expected = HeartPreprocessor.fit(labelled).transform(labelled)
+    assert data.x_train.numpy().tolist() == expected[[0, 2]].tolist()

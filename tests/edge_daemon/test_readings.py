@@ -102,11 +102,6 @@ def test_an_empty_file_is_rejected(store: ReadingsStore, tmp_path: Path) -> None
         ((",63,", ",63.5,"), "age", "expected a whole number"),
         ((",Male,", ",M,"), "sex", "not one of Female, Male"),
         ((",fixed defect,0", ",fixed defect,7"), "num", "outside 0..4 diagnosis grade"),
-        (
-            (",fixed defect,0", ",fixed defect,"),
-            "num",
-            "not recorded; training needs a label on every reading",
-        ),
     ],
 )
 def test_a_bad_cell_rejects_the_whole_file_naming_line_and_column_not_the_value(
@@ -256,3 +251,60 @@ def test_an_overlong_record_is_refused_naming_its_line(
     error = _reject(store, path, CsvLimits(max_record_chars=len(ROWS[0]) + 1))
 
     assert error.line == 3 and "a record longer than" in str(error)
+
+
+# ---------------------------------------------------------------- unlabelled readings
+
+UNLABELLED = ROWS[1].removesuffix(",2") + ","  # the same reading, its label cell left empty
+
+
+def test_unlabelled_readings_are_kept_apart_from_training_rows(
+    store: ReadingsStore, tmp_path: Path
+) -> None:
+    result = store.ingest_csv(_csv(tmp_path, ROWS[0], UNLABELLED, ROWS[2]), now=0.0)
+
+    assert (result.rows_added, result.rows_unlabelled) == (3, 1)
+    assert store.count() == 2 and store.count_unlabelled() == 1
+    assert all(row["num"] is not None for row in store.rows())  # what training reads
+    (kept,) = store.unlabelled_rows()
+    assert kept["num"] is None and kept["age"] == 67.0
+
+
+def test_the_ingest_header_must_still_name_the_label_column(
+    store: ReadingsStore, tmp_path: Path
+) -> None:
+    header = HEADER.removesuffix(",num")
+    error = _reject(store, _csv(tmp_path, UNLABELLED.removesuffix(","), header=header))
+    assert str(error) == "readings.csv: line 1: header lacks column(s): num"
+
+
+def test_retention_covers_unlabelled_readings_too(tmp_path: Path) -> None:
+    store = ReadingsStore(tmp_path / "r.sqlite3", retention_rows=2)
+    store.ingest_csv(_csv(tmp_path, UNLABELLED, ROWS[0], ROWS[2]), now=0.0)
+    assert (store.count(), store.count_unlabelled()) == (2, 0)  # the oldest row went
+
+
+def test_a_version_1_store_is_migrated_without_losing_a_row(tmp_path: Path) -> None:
+    path = tmp_path / "r.sqlite3"
+    with sqlite3.connect(path) as db:  # the tables exactly as version 1 created them
+        db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute(
+            "CREATE TABLE ingests (id INTEGER PRIMARY KEY, content_sha256 TEXT NOT NULL "
+            "UNIQUE, ingested_at REAL NOT NULL, rows INTEGER NOT NULL)"
+        )
+        db.execute(
+            "CREATE TABLE readings (id INTEGER PRIMARY KEY AUTOINCREMENT, ingest_id INTEGER "
+            "NOT NULL REFERENCES ingests(id), ingested_at REAL NOT NULL, reading TEXT NOT NULL)"
+        )
+        db.execute("INSERT INTO meta VALUES ('schema', 'heart-uci')")
+        db.execute("INSERT INTO ingests VALUES (1, 'ab', 0.0, 2)")
+        for age in (50, 60):
+            reading = f'{{"age": {age}, "num": 1.0}}'
+            db.execute("INSERT INTO readings VALUES (NULL, 1, 0.0, ?)", (reading,))
+        db.execute("PRAGMA user_version = 1")
+
+    with ReadingsStore(path) as store:
+        assert [row["age"] for row in store.rows()] == [50, 60]
+        assert store.count_unlabelled() == 0
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2

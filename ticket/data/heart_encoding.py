@@ -84,6 +84,31 @@ HEART_TARGET = NumericColumn("num", "diagnosis grade", 0, 4, is_integer=True)
 _TARGET_JSON = {"column": "num", "positive_if_above": 0}
 
 
+def describe_schema() -> dict[str, Any]:
+    """The raw readings' columns as JSON: what a device's CSV must hold (`edge-daemon schema`)."""
+
+    def column_json(column: Column) -> dict[str, Any]:
+        if isinstance(column, CategoricalColumn):
+            return {"name": column.name, "type": "category", "values": list(column.categories)}
+        return {
+            "name": column.name,
+            "type": "integer" if column.is_integer else "number",
+            "unit": column.unit,
+            "minimum": column.minimum,
+            "maximum": column.maximum,
+            "means_not_recorded": list(column.missing_codes),
+        }
+
+    return {
+        "columns": [column_json(column) for column in HEART_SCHEMA],
+        "label": {
+            **column_json(HEART_TARGET),
+            "classes": {"0": "no heart disease (num = 0)", "1": "heart disease (num > 0)"},
+        },
+        "empty_cell": "not recorded (allowed in every column; an empty label: unlabelled)",
+    }
+
+
 def parse_cell(column: Column, raw: object) -> _Value:
     """One cell of a raw reading -> a float, a category, or None (not recorded)."""
     if raw is None or (isinstance(raw, str) and not raw.strip()):
