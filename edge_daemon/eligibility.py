@@ -149,7 +149,12 @@ def _cpu(snapshot: DeviceSnapshot, policy: EligibilityPolicy, strict: bool) -> C
     limit = policy.cpu_busy_max_percent - (policy.cpu_margin_percent if strict else 0.0)
     is_ok = snapshot.cpu_busy_percent <= limit
     busy = _show(snapshot.cpu_busy_percent)
-    return Check("cpu", is_ok, f"{busy}% busy {'<=' if is_ok else '>'} {_show(limit)}%")
+    return Check(
+        "cpu",
+        is_ok,
+        f"other processes {busy}% busy {'<=' if is_ok else '>'} {_show(limit)}% over "
+        f"{_show(policy.cpu_window_s)} s",
+    )
 
 
 def _memory(snapshot: DeviceSnapshot, policy: EligibilityPolicy, strict: bool) -> Check:

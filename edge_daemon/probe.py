@@ -139,14 +139,14 @@ class CpuSample:
     at_s: float  # monotonic clock
     busy_s: float  # CPU-seconds busy since boot, all cores
     total_s: float  # CPU-seconds elapsed since boot, all cores
-    own_s: float  # CPU-seconds used so far by the node's process tree (a running total)
+    own_s: float  # CPU-seconds used so far by the daemon's and the node's trees (running total)
 
 
 class CpuWindow:
-    """Busy share of all CPUs over the last `window_s` seconds, not counting the node's own work.
+    """Busy share of all CPUs over the last `window_s` seconds, not counting our own work.
 
-    The node's training must not count as load, or the daemon would stop the very round that made
-    the device busy.
+    The node's training (and the daemon's own processes) must not count as load, or the daemon
+    would stop the very round that made the device busy.
     """
 
     def __init__(self, window_s: float) -> None:
@@ -207,12 +207,14 @@ class PsutilProbe:
         cpu_window_s: float,
         *,
         node_pid: Callable[[], int | None] = lambda: None,
+        own_pid: int | None = None,  # the tree not counted besides the node's; None: ours
         run: CommandRunner = run_command,
         monotonic: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = _local_now,
     ) -> None:
         self._cpu = CpuWindow(cpu_window_s)
         self._node_pid = node_pid
+        self._own_pid = os.getpid() if own_pid is None else own_pid
         self._run = run
         self._monotonic = monotonic
         self._now = now
@@ -233,8 +235,12 @@ class PsutilProbe:
 
     def _cpu_sample(self) -> CpuSample:
         busy_s, total_s = _system_cpu_seconds()
+        # The daemon's own tree (itself, its prediction workers) and the node's: neither is the
+        # owner's load. The node runs in a session of its own, so it is listed apart.
+        current = _tree_cpu_seconds(self._own_pid)
         pid = self._node_pid()
-        current = _tree_cpu_seconds(pid) if pid is not None else {}
+        if pid is not None:
+            current.update(_tree_cpu_seconds(pid))
         # A running total survives node restarts and children exiting (a new pid starts at 0).
         for process_pid, seconds in current.items():
             self._own_total_s += max(0.0, seconds - self._own_last.get(process_pid, 0.0))

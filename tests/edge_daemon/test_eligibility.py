@@ -129,7 +129,7 @@ def test_busy_cpu_low_memory_and_heat_each_fail_with_their_values() -> None:
     snapshot = replace(GOOD, cpu_busy_percent=80.0, free_memory_mb=100.0, temperature_c=75.5)
 
     assert _failed(evaluate(snapshot, POLICY)) == {
-        "cpu": "80% busy > 25%",
+        "cpu": "other processes 80% busy > 25% over 60 s",
         "memory": "100 MB free < 640 MB",
         "temperature": "75.5 C > 65 C",
     }

@@ -220,19 +220,46 @@ def test_the_nodes_process_tree_is_subtracted() -> None:
     # A child that burns CPU for the whole window: as "the node", its work is not load.
     # Watched: a killed pytest must not leave it burning a core.
     burner = process_guard.spawn([sys.executable, "-c", "while True: pass"])
+    idle = process_guard.spawn([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        with_node = PsutilProbe(0.5, node_pid=lambda: burner.pid, run=FakeCommands())
-        without_node = PsutilProbe(0.5, run=FakeCommands())
+        # This test process is the burner's parent: as "the daemon" its tree would hide the
+        # burner from both probes, so they stand for a daemon whose tree is the idle init.
+        with_node = PsutilProbe(0.5, node_pid=lambda: burner.pid, own_pid=idle.pid,
+                                run=FakeCommands())  # fmt: skip
+        without_node = PsutilProbe(0.5, own_pid=idle.pid, run=FakeCommands())
         with_node.snapshot(), without_node.snapshot()
         before_s = probe._tree_cpu_seconds(burner.pid)[burner.pid]
         time.sleep(1.0)
         after_s = probe._tree_cpu_seconds(burner.pid)[burner.pid]
         excluded, total = with_node.snapshot(), without_node.snapshot()
     finally:
-        burner.kill()
-        burner.wait()
+        for child in (burner, idle):
+            child.kill()
+            child.wait()
     assert excluded.cpu_busy_percent is not None and total.cpu_busy_percent is not None
     burned_share = 100.0 * (after_s - before_s) / (1.0 * (os.cpu_count() or 1))
     assert burned_share > 10.0  # the burner really ran
     # Both probes saw the same window; only one of them counted the burner as load.
     assert total.cpu_busy_percent - excluded.cpu_busy_percent > 0.5 * burned_share
+
+
+def test_the_daemons_own_tree_is_not_load_either() -> None:
+    # A child of "the daemon" (this process) burning CPU, with no node running: not counted.
+    burner = process_guard.spawn([sys.executable, "-c", "while True: pass"])
+    idle = process_guard.spawn([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ours = PsutilProbe(0.5, run=FakeCommands())
+        elsewhere = PsutilProbe(0.5, own_pid=idle.pid, run=FakeCommands())
+        ours.snapshot(), elsewhere.snapshot()
+        before_s = probe._tree_cpu_seconds(burner.pid)[burner.pid]
+        time.sleep(1.0)
+        after_s = probe._tree_cpu_seconds(burner.pid)[burner.pid]
+        excluded, counted = ours.snapshot(), elsewhere.snapshot()
+    finally:
+        for child in (burner, idle):
+            child.kill()
+            child.wait()
+    assert excluded.cpu_busy_percent is not None and counted.cpu_busy_percent is not None
+    burned_share = 100.0 * (after_s - before_s) / (1.0 * (os.cpu_count() or 1))
+    assert burned_share > 10.0
+    assert counted.cpu_busy_percent - excluded.cpu_busy_percent > 0.5 * burned_share
