@@ -178,6 +178,12 @@ class Instructions:
     seed: int
     search: SearchStep | None = None  # a fleet search's round (edge_daemon/search_step.py)
 
+    @property
+    def size(self) -> int:
+        """Payload bytes received: the global values and a search's mask, as the server's
+        downlink counts them (ticket/wire.py TrainInstruction.size)."""
+        return len(self.payload) + (0 if self.search is None else len(self.search.mask))
+
     @classmethod
     def from_message(cls, message: Message, *, is_train: bool) -> "Instructions":
         """The typed instruction; a malformed one raises WireError (a TicketError)."""
@@ -239,28 +245,40 @@ def train(message: Message, context: Context) -> Message:
         return error_reply(message, error)
     examples = int(work.data.y_train.shape[0])
     if work.node.state_path is not None:
-        record_round(work.node.state_path, bytes_sent=len(payload), loss=loss)
+        record_round(
+            work.node.state_path,
+            bytes_sent=len(payload),
+            loss=loss,
+            task=task,
+            run_id=message.metadata.run_id,
+        )
     return wire_reply(message, TrainReply(payload, examples, loss).to_record())
 
 
 def train_secure(message: Message, context: Context) -> Message:
     """Trip A of secure aggregation: train (if a member this round), mask, advertise keys."""
-    trained: list[tuple[NodeSettings, float]] = []
+    trained: list[tuple[NodeSettings, float, Instructions]] = []
 
     def trainer() -> LocalUpdate:
         task, work = prepare(message, context, is_train=True)
         start = work.layout.pack(snapshot(work.model))  # float32 [k]: the global as decoded
         values, loss, seed = train_local(task, work, node_id=context.node_id)
-        trained.append((work.node, loss))
+        trained.append((work.node, loss, task))
         return LocalUpdate(values - start, int(work.data.y_train.shape[0]), loss, seed)
 
     try:
         answer, sent = secagg_client.train_step(message, context, trainer)
     except SKIP_ROUND as error:
         return error_reply(message, error)
-    for node, loss in trained:
+    for node, loss, task in trained:
         if node.state_path is not None and sent:
-            record_round(node.state_path, bytes_sent=sent, loss=loss)
+            record_round(
+                node.state_path,
+                bytes_sent=sent,
+                loss=loss,
+                task=task,
+                run_id=message.metadata.run_id,
+            )
     return answer
 
 
@@ -277,15 +295,24 @@ def query(message: Message, context: Context) -> Message:
         return error_reply(message, error)
 
 
-def record_round(state_path: Path, *, bytes_sent: int, loss: float) -> None:
-    """Count the round in the daemon's durable state (`edge-daemon status` shows it)."""
+def record_round(
+    state_path: Path, *, bytes_sent: int, loss: float, task: Instructions, run_id: int
+) -> None:
+    """Count the round in the daemon's durable state (`edge-daemon status` shows it): bytes
+    both ways, and which run, round and ticket it was."""
     from edge_daemon.state import update_state
 
     at = datetime.now(UTC)
     update_state(
         state_path,
         lambda state: state.with_round(
-            at=at, bytes_sent=bytes_sent, metrics={TRAIN_LOSS_METRIC: loss}
+            at=at,
+            bytes_sent=bytes_sent,
+            metrics={TRAIN_LOSS_METRIC: loss},
+            bytes_received=task.size,
+            run_id=run_id,
+            server_round=task.server_round,
+            ticket_id=task.ticket_id,
         ),
     )
 

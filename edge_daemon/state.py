@@ -17,9 +17,11 @@ from typing import Any
 from ticket.atomic import atomic_write_text, locked
 
 FORMAT = "ticketfleet/edge-daemon-state"
-VERSION = 1
-_KEYS = {"format", "version", "rounds_joined", "last_participation", "bytes_sent"}
-_KEYS |= {"last_metrics", "ticket_ids"}
+VERSION = 2  # 2 added bytes_received and last_round; a version-1 file is read as it was
+_KEYS_V1 = {"format", "version", "rounds_joined", "last_participation", "bytes_sent"}
+_KEYS_V1 |= {"last_metrics", "ticket_ids"}
+_KEYS = _KEYS_V1 | {"bytes_received", "last_round"}
+_ROUND_KEYS = ("run_id", "round", "ticket_id")
 
 
 class StateError(Exception):
@@ -33,20 +35,36 @@ class DaemonState:
     bytes_sent: int = 0  # all rounds, payload bytes uploaded
     last_metrics: Mapping[str, float | None] = field(default_factory=dict)  # None: not finite
     ticket_ids: tuple[str, ...] = ()  # content ids of the cached, verified tickets
+    bytes_received: int = 0  # all rounds, payload bytes of the instructions trained on
+    # The last round taken part in: {"run_id", "round", "ticket_id"}; None: none yet.
+    last_round: Mapping[str, int | str] | None = None
 
-    def with_round(
-        self, *, at: datetime, bytes_sent: int, metrics: Mapping[str, float]
+    def with_round(  # one round's whole account
+        self,
+        *,
+        at: datetime,
+        bytes_sent: int,
+        metrics: Mapping[str, float],
+        bytes_received: int = 0,
+        run_id: int | None = None,
+        server_round: int | None = None,
+        ticket_id: str | None = None,
     ) -> "DaemonState":
-        """This state plus one completed round."""
+        """This state plus one completed round (of Flower run `run_id`, training `ticket_id`)."""
         if at.tzinfo is None:
             raise ValueError("a round's time must be timezone-aware")
-        if bytes_sent < 0:
-            raise ValueError("bytes_sent must be >= 0")
+        if bytes_sent < 0 or bytes_received < 0:
+            raise ValueError("bytes_sent and bytes_received must be >= 0")
+        last_round = self.last_round
+        if run_id is not None and server_round is not None and ticket_id is not None:
+            last_round = {"run_id": run_id, "round": server_round, "ticket_id": ticket_id}
         return replace(
             self,
             rounds_joined=self.rounds_joined + 1,
             last_participation=at,
             bytes_sent=self.bytes_sent + bytes_sent,
+            bytes_received=self.bytes_received + bytes_received,
+            last_round=last_round,
             # JSON has no NaN: a diverged loss is recorded as null, not as a crash.
             last_metrics={k: float(v) if math.isfinite(v) else None for k, v in metrics.items()},
         )
@@ -66,17 +84,24 @@ class DaemonState:
             "bytes_sent": self.bytes_sent,
             "last_metrics": dict(self.last_metrics),
             "ticket_ids": list(self.ticket_ids),
+            "bytes_received": self.bytes_received,
+            "last_round": None if self.last_round is None else dict(self.last_round),
         }
 
     @classmethod
     def from_json(cls, data: object) -> "DaemonState":
         """Strict inverse of `to_json`; ValueError names the first key that does not fit."""
-        if not isinstance(data, dict) or set(data) != _KEYS:
+        if not isinstance(data, dict):
             raise ValueError(f"expected an object with exactly the keys {sorted(_KEYS)}")
-        if data["format"] != FORMAT or type(data["version"]) is not int:
+        if data.get("format") != FORMAT or type(data.get("version")) is not int:
             raise ValueError(f"format: expected {FORMAT!r} with an integer version")
-        if data["version"] != VERSION:
-            raise ValueError(f"version: this daemon reads {VERSION}, got {data['version']}")
+        if data["version"] not in (1, VERSION):
+            raise ValueError(f"version: this daemon reads 1 and {VERSION}, got {data['version']}")
+        keys = _KEYS_V1 if data["version"] == 1 else _KEYS
+        if set(data) != keys:
+            raise ValueError(f"expected an object with exactly the keys {sorted(keys)}")
+        if data["version"] == 1:  # written before bytes_received and last_round
+            data = {**data, "bytes_received": 0, "last_round": None}
         metrics = data["last_metrics"]
         if not isinstance(metrics, dict) or not all(
             value is None or (type(value) in (int, float) and math.isfinite(value))
@@ -92,6 +117,8 @@ class DaemonState:
             bytes_sent=_count(data, "bytes_sent"),
             last_metrics={str(k): None if v is None else float(v) for k, v in metrics.items()},
             ticket_ids=tuple(tickets),
+            bytes_received=_count(data, "bytes_received"),
+            last_round=_last_round(data["last_round"]),
         )
 
 
@@ -100,6 +127,20 @@ def _count(data: Mapping[str, object], key: str) -> int:
     if type(value) is not int or value < 0:
         raise ValueError(f"{key}: expected a whole number >= 0")
     return value
+
+
+def _last_round(value: object) -> dict[str, int | str] | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, dict)
+        or set(value) != set(_ROUND_KEYS)
+        or type(value["run_id"]) is not int
+        or type(value["round"]) is not int
+        or not isinstance(value["ticket_id"], str)
+    ):
+        raise ValueError("last_round: expected {run_id, round, ticket_id} or null")
+    return {key: value[key] for key in _ROUND_KEYS}
 
 
 def _moment(value: object) -> datetime | None:

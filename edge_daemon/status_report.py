@@ -10,12 +10,13 @@ limits apply, as they would for a daemon whose node is stopped. A recorded node 
 longer alive is reported as "not running" with a warning: the daemon was stopped without
 cleaning up.
 
-`edge-daemon status --json` prints `StatusReport.to_json()`, version 2 (version 1 lacked
-`node_starts` and `node_last_exit`); later versions only add keys:
+`edge-daemon status --json` prints `StatusReport.to_json()`, version 3 (version 1 lacked
+`node_starts` and `node_last_exit`, version 2 `bytes_received` and `last_round`); later
+versions only add keys:
 
     {
       "format": "ticketfleet/edge-daemon-status",
-      "version": 2,
+      "version": 3,
       "eligible": false,                  # may the device train now
       "reasons": ["power: on battery 40% < 55%"],  # why not, one per failed check; [] if eligible
       "verdict_source": "daemon",         # "daemon": status.json; "probe": measured just now
@@ -29,6 +30,8 @@ cleaning up.
       "last_participation": "2025-06-01T11:58:10+00:00",  # null: never took part
       "last_metrics": {"loss": 0.41, "accuracy": 0.8},    # the last round's; null: not finite
       "bytes_sent": 48213,                # payload bytes uploaded, all rounds
+      "bytes_received": 48213,            # payload bytes of the instructions trained on
+      "last_round": {"run_id": 7, "round": 3, "ticket_id": "<64 hex digits>"},  # or null
       "cached_tickets": ["<64 hex digits>"],  # content ids, sorted
       "readings": 303                     # rows in the local readings store
     }
@@ -53,7 +56,7 @@ from edge_daemon.state import load_state
 from edge_daemon.ticket_cache import TicketCache
 
 FORMAT = "ticketfleet/edge-daemon-status"
-VERSION = 2
+VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,8 @@ class StatusReport:
     bytes_sent: int
     cached_tickets: tuple[str, ...]
     readings: int
+    bytes_received: int = 0
+    last_round: Mapping[str, int | str] | None = None
     warnings: tuple[str, ...] = ()  # for stderr; not part of the JSON
 
     def to_json(self) -> dict[str, Any]:
@@ -104,6 +109,8 @@ class StatusReport:
             "last_participation": None if last is None else last.isoformat(timespec="seconds"),
             "last_metrics": dict(self.last_metrics),
             "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "last_round": None if self.last_round is None else dict(self.last_round),
             "cached_tickets": list(self.cached_tickets),
             "readings": self.readings,
         }
@@ -164,6 +171,8 @@ def collect_status(
         last_participation=state.last_participation,
         last_metrics=state.last_metrics,
         bytes_sent=state.bytes_sent,
+        bytes_received=state.bytes_received,
+        last_round=state.last_round,
         cached_tickets=TicketCache(paths.tickets_dir, config.fleet_key).ids(),
         readings=_count_readings(config, paths),
         warnings=tuple(warnings),
@@ -258,7 +267,14 @@ def format_status(report: StatusReport) -> str:
             for name, value in sorted(report.last_metrics.items())
         )
         lines.append(f"last metrics    {metrics}")
+    if report.last_round is not None:
+        last_round = report.last_round
+        lines.append(
+            f"last round      {last_round['round']} of run {last_round['run_id']}, "
+            f"ticket {str(last_round['ticket_id'])[:12]}"
+        )
     lines.append(f"bytes sent      {report.bytes_sent}")
+    lines.append(f"bytes received  {report.bytes_received}")
     tickets = ", ".join(ticket_id[:12] for ticket_id in report.cached_tickets) or "none"
     lines.append(f"cached tickets  {tickets}")
     lines.append(f"readings        {report.readings}")

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 STATUS_KEYS = {
     "format", "version", "eligible", "reasons", "verdict_source", "verdict_at", "node_running",
     "node_pid", "node_starts", "node_last_exit", "rounds_joined", "last_participation",
-    "last_metrics", "bytes_sent", "cached_tickets", "readings",
+    "last_metrics", "bytes_sent", "bytes_received", "last_round", "cached_tickets", "readings",
 }  # fmt: skip
 
 
@@ -201,7 +201,7 @@ def test_status_json_probes_when_no_daemon_has_reported(
     report = _status_json(capsys, "-c", str(config))
 
     assert set(report) == STATUS_KEYS
-    assert report["format"] == "ticketfleet/edge-daemon-status" and report["version"] == 2
+    assert report["format"] == "ticketfleet/edge-daemon-status" and report["version"] == 3
     assert report["eligible"] is False
     assert report["reasons"] == ["power: on battery 20% < 55%"]  # turn-on limit: 50 + margin 5
     assert report["verdict_source"] == "probe"
@@ -244,7 +244,7 @@ def test_status_json_shows_the_daemons_verdict_state_tickets_and_readings(
 
     assert report == {
         "format": "ticketfleet/edge-daemon-status",
-        "version": 2,
+        "version": 3,
         "eligible": True,
         "reasons": [],
         "verdict_source": "daemon",
@@ -257,6 +257,8 @@ def test_status_json_shows_the_daemons_verdict_state_tickets_and_readings(
         "last_participation": "2025-06-01T11:58:10+00:00",
         "last_metrics": {"loss": 0.5, "acc": None},
         "bytes_sent": 1234,
+        "bytes_received": 0,
+        "last_round": None,
         "cached_tickets": [ticket_id],
         "readings": 3,
     }

@@ -52,6 +52,9 @@ def test_a_device_trains_on_its_readings_and_counts_the_round(
     state = load_state(tmp_path / "state.json")
     assert state.rounds_joined == 1 and state.bytes_sent > 0
     assert state.last_metrics["train-loss"] > 0
+    sent = _instruction(ticket, "train").content.array_records["arrays"]["packed"]
+    assert state.bytes_received == len(sent.data)  # the codec bytes of the global values
+    assert state.last_round is not None and state.last_round["ticket_id"] == ticket.content_id
 
 
 def test_a_device_evaluates_on_its_held_out_readings(tmp_path: Path, ticket_path: Path) -> None:

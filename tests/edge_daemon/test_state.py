@@ -88,7 +88,9 @@ def test_a_corrupt_file_is_reported_with_its_path(tmp_path: Path, text: str, rea
 @pytest.mark.parametrize(
     ("key", "value", "reason"),
     [
-        ("version", 2, "this daemon reads 1"),
+        ("version", 3, "this daemon reads 1 and 2"),
+        ("bytes_received", -5, "bytes_received"),
+        ("last_round", {"run_id": 1, "round": "3", "ticket_id": "x"}, "last_round"),
         ("format", "other", "format"),
         ("rounds_joined", -1, "rounds_joined"),
         ("bytes_sent", 1.5, "bytes_sent"),
@@ -186,3 +188,28 @@ def test_state_survives_kill_9_of_a_writer_mid_stream(tmp_path: Path) -> None:
 
     assert state.rounds_joined >= 20
     assert state.bytes_sent == 100 * state.rounds_joined
+
+
+def test_a_round_records_bytes_both_ways_and_which_run_round_and_ticket(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    state = DaemonState().with_round(
+        at=AT, bytes_sent=10, metrics={}, bytes_received=30, run_id=7, server_round=3,
+        ticket_id="a" * 64,
+    )  # fmt: skip
+    save_state(path, state.with_round(at=AT, bytes_sent=5, metrics={}, bytes_received=6))
+
+    loaded = load_state(path)
+    assert (loaded.bytes_sent, loaded.bytes_received) == (15, 36)
+    assert loaded.last_round == {"run_id": 7, "round": 3, "ticket_id": "a" * 64}
+
+
+def test_a_version_1_state_file_is_read_with_nothing_received_yet(tmp_path: Path) -> None:
+    data = DaemonState().with_round(at=AT, bytes_sent=9, metrics={}).to_json()
+    del data["bytes_received"], data["last_round"]
+    data["version"] = 1
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(data))
+
+    loaded = load_state(path)
+    assert (loaded.rounds_joined, loaded.bytes_sent, loaded.bytes_received) == (1, 9, 0)
+    assert loaded.last_round is None

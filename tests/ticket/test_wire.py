@@ -373,6 +373,8 @@ OTHER_FORMATS: dict[str, tuple[set[str], str]] = {
     "ticket/tensorfile.py": ({"dtype"}, "the tensor file's JSON header"),
     "ticket/train.py": ({"accuracy", "auc", "loss"}, "EvalResult.as_dict: server-side scores"),
     "edge_daemon/cli.py": ({"status"}, "a subcommand"),
+    "edge_daemon/state.py": ({"round"}, "the daemon state file's last_round"),
+    "edge_daemon/status_report.py": ({"round"}, "the daemon state file's last_round"),
     "server/checkpoint.py": ({"packed", "round"}, "the checkpoint file's fields"),
     "server/cli.py": ({"status"}, "a subcommand"),
     "server/deployments.py": ({"reason"}, "the ledger event's field"),
