@@ -117,8 +117,11 @@ def test_a_ticket_found_on_the_fleet_survives_a_kill_of_the_server(tmp_path: Pat
         rounds = [json.loads(line)["round"] for line in lines]
         assert rounds == ([1] if name == "level-000" else [2])  # each round once
     # Only counts reach the server's disk: no per-device vector in the search's files.
-    stored = {p.suffix for p in run_dir.rglob("*") if p.is_file()}
+    stored = {p.suffix for p in run_dir.rglob("*") if p.is_file() and p.name != "round.json"}
     assert stored <= {".state", ".ckpt", ".jsonl", ".png"}
+    progress = json.loads((run_dir / "level-001" / "round.json").read_text())
+    assert set(progress) == {"round", "stage", "sent", "replied", "usable", "elapsed_s", "goal",
+                             "deadline_s", "closed"}  # counts only  # fmt: skip
     inspect = subprocess.run(
         [str(BIN / "ticket"), "inspect", str(out), "--key", str(state / "keys" / "fleet.pub")],
         capture_output=True, text=True, timeout=120, check=False,
