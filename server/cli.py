@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from server.config import ConfigError, FleetConfig, load_config
 from server.enrolment import (
@@ -34,6 +35,7 @@ from server.fleet import (
     read_run_file,
     training_target,
 )
+from server.node_snapshot import FRESH_S, NodeSnapshot, read_snapshot
 from server.round_progress import read_progress
 from server.run_status import RunSummary, format_summary, read_summary
 from server.search_jobs import DONE, FINISHED, SearchQueue, SearchRequest
@@ -189,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Enrolled nodes and their state on the running SuperLink: online, offline, last seen.",
     )
     nodes.add_argument("--json", action="store_true", help="print JSON")
+    nodes.add_argument(
+        "--live",
+        action="store_true",
+        help="ask the SuperLink now (default: the running service's list, if under "
+        f"{FRESH_S:.0f} s old; asking takes seconds)",
+    )
     status = command(
         "status",
         "show the training run's progress",
@@ -412,13 +420,25 @@ def _report_certificate(node_id: int, certificate: str) -> None:
 
 def run_nodes(args: argparse.Namespace, config: FleetConfig) -> int:
     records = EnrolmentRecords(config.paths.nodes_file).read()
-    listed = flower_cli(config).list_nodes() if _superlink_up(config) else None
+    snapshot = None if args.live else _fresh_snapshot(config)
+    if snapshot is not None:
+        listed: list[dict[str, Any]] | None = snapshot.nodes
+    else:
+        listed = flower_cli(config).list_nodes() if _superlink_up(config) else None
+    as_of = None if snapshot is None else snapshot.at.isoformat(timespec="seconds")
     rows = merge_nodes(records, listed)
     if args.json:
-        print(json.dumps({"superlink_running": listed is not None, "nodes": rows}, indent=2))
+        document = {"superlink_running": listed is not None, "as_of": as_of, "nodes": rows}
+        print(json.dumps(document, indent=2))
         return ExitCode.OK
     if listed is None:
         print("the SuperLink is not running: online state unknown", file=sys.stderr)
+    if snapshot is not None:
+        print(
+            f"online state as of {as_of} ({snapshot.age_s():.0f} s ago, listed by the running "
+            "service); --live asks the SuperLink now",
+            file=sys.stderr,
+        )
     print(f"{'name':<16} {'node id':>20} {'status':<10} {'last seen':<25} fingerprint")
     for row in rows:
         print(
@@ -426,6 +446,15 @@ def run_nodes(args: argparse.Namespace, config: FleetConfig) -> int:
             f"{row['last_seen'] or '-':<25} {row['fingerprint'] or '-'}"
         )
     return ExitCode.OK
+
+
+def _fresh_snapshot(config: FleetConfig) -> NodeSnapshot | None:
+    """The running service's node list, if it is fresh."""
+    service = read_state(config.paths.service_file)
+    if service is None or not service.alive or service.phase == STOPPED:
+        return None
+    snapshot = read_snapshot(config.paths.nodes_snapshot)
+    return snapshot if snapshot is not None and snapshot.age_s() <= FRESH_S else None
 
 
 def run_status(args: argparse.Namespace, config: FleetConfig) -> int:

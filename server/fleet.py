@@ -30,6 +30,7 @@ from server.api import CONNECTION
 from server.config import WILDCARD_HOSTS, FleetConfig
 from server.deployments import DeploymentLedger, LedgerError
 from server.errors import BadArgumentError, FleetError, NoActiveTicketError
+from server.node_snapshot import NodeRefresher
 from server.processes import PidFile, Recorded, stop_groups
 from server.run_log import RunLog
 from server.run_status import summarize_round
@@ -253,8 +254,10 @@ class FleetServer:
         from server.service import TrainingService
 
         publisher = ServicePublisher(self.config.paths.service_file, os.getpid())
+        refresher = NodeRefresher(self.config.paths.nodes_snapshot, self.cli.list_nodes)
         try:
-            return TrainingService(self, publisher).serve()
+            with refresher:
+                return TrainingService(self, publisher).serve()
         finally:
             publisher.update(phase=STOPPED, detail="fleet-server run has stopped")
 

@@ -74,6 +74,11 @@ class ServerPaths:
         return self.state_dir / "jobs"
 
     @property
+    def nodes_snapshot(self) -> Path:
+        """The nodes as the running service last listed them (server/node_snapshot.py)."""
+        return self.state_dir / "nodes-online.json"
+
+    @property
     def service_file(self) -> Path:
         """What the running `fleet-server run` does (server/service_state.py; JSON)."""
         return self.state_dir / "service.json"

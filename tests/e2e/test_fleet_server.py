@@ -78,7 +78,7 @@ def _wait_for(condition: Any, timeout_s: float, what: str) -> None:
 
 
 def _online(config: Path) -> int:
-    nodes = _fleet_server("nodes", "--json", "-c", str(config))
+    nodes = _fleet_server("nodes", "--json", "--live", "-c", str(config))
     if nodes.returncode != 0:
         return 0
     return sum(row["status"] == "online" for row in json.loads(nodes.stdout)["nodes"])
@@ -244,6 +244,7 @@ def test_the_service_follows_deploys_and_rollbacks_and_resumes_after_kill_9(
     assert "service: training" in text_status and ids["A"][:12] in text_status
     listed = json.loads(nodes.stdout)
     assert listed["superlink_running"] is True
+    assert listed["as_of"] is not None  # the running service's list: no flwr CLI started
     assert {row["name"] for row in listed["nodes"]} >= {"Cleveland", "Hungary"}
     assert f"ticketfleet_rounds_planned {float(ROUNDS)}" in metrics
     assert "ticketfleet_rounds_completed_total" in metrics

@@ -87,7 +87,7 @@ def test_nodes_and_status_work_while_the_server_is_down(
     assert main(["status", "--json", "-c", str(config)]) == ExitCode.OK
     status = json.loads(capsys.readouterr().out)
 
-    assert nodes == {"superlink_running": False, "nodes": []}
+    assert nodes == {"superlink_running": False, "as_of": None, "nodes": []}
     assert status["last_round"] == 0 and status["run_id"] is None
     assert status["run_dir"] == str(tmp_path / "state" / "runs" / "main")
 
@@ -448,3 +448,36 @@ def test_a_metrics_scrape_never_runs_the_flwr_cli(
     assert main(["run", "-c", str(config), "--metrics-port", "0"]) == ExitCode.OK
 
     assert "ticketfleet_rounds_planned" in scraped[0]
+
+
+def test_nodes_shows_the_running_services_fresh_list_without_asking_the_superlink(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    from datetime import UTC, datetime, timedelta
+
+    from server import cli
+    from server.node_snapshot import write_snapshot
+    from server.service_state import TRAINING, ServicePublisher
+
+    config_path = _config(tmp_path)
+    config = load_config(config_path)
+    config.state_dir.mkdir()
+    ServicePublisher(config.paths.service_file, os.getpid()).update(phase=TRAINING)
+    node = {"node-id": 7, "status": "online", "online-at": "2026-12-03T06:00:00+00:00"}
+    write_snapshot(config.paths.nodes_snapshot, [node], datetime.now(UTC))
+
+    def no_flwr(config: object) -> object:
+        raise AssertionError("nodes asked the SuperLink")
+
+    monkeypatch.setattr(cli, "flower_cli", no_flwr)
+    assert main(["nodes", "--json", "-c", str(config_path)]) == ExitCode.OK
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["as_of"] is not None and listed["superlink_running"] is True
+    assert [(row["node_id"], row["status"]) for row in listed["nodes"]] == [(7, "online")]
+
+    stale = datetime.now(UTC) - timedelta(seconds=600)
+    write_snapshot(config.paths.nodes_snapshot, [node], stale)
+    monkeypatch.setattr(cli, "_superlink_up", lambda config: False)
+    assert main(["nodes", "--json", "-c", str(config_path)]) == ExitCode.OK
+    assert json.loads(capsys.readouterr().out)["superlink_running"] is False  # stale: not used

@@ -387,3 +387,29 @@ def test_a_round_goal_above_the_enrolled_fleet_waits_naming_the_key(tmp_path: Pa
             Enrolment(node, f"clinic-{node}", f"SHA256:{node}", "ecdsa-sha2-nistp384 x", "")
         )
     assert isinstance(service.next_work(), Work)
+
+
+def test_the_node_refresher_writes_what_the_superlink_lists_and_removes_it_at_the_end(
+    tmp_path: Path,
+) -> None:
+    from server.node_snapshot import NodeRefresher, read_snapshot
+
+    path = tmp_path / "nodes-online.json"
+    calls: list[int] = []
+
+    def list_nodes() -> list[dict[str, Any]]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the SuperLink is restarting")
+        return [{"node-id": len(calls), "status": "online"}]
+
+    refresher = NodeRefresher(path, list_nodes, interval_s=3600)
+    refresher.refresh()
+    refresher.refresh()  # fails: the last snapshot stays
+    snapshot = read_snapshot(path)
+    assert snapshot is not None and snapshot.nodes == [{"node-id": 1, "status": "online"}]
+    with refresher:  # the thread refreshes at once, then waits
+        pass
+    assert not path.exists()
+    path.write_text("{torn")
+    assert read_snapshot(path) is None
