@@ -3,7 +3,7 @@
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
@@ -216,50 +216,51 @@ def test_cpu_busy_share_appears_after_one_window_on_this_machine() -> None:
     assert busy is not None and 0.0 <= busy <= 100.0
 
 
-def test_the_nodes_process_tree_is_subtracted() -> None:
-    # A child that burns CPU for the whole window: as "the node", its work is not load.
-    # Watched: a killed pytest must not leave it burning a core.
+def _busy_seen(
+    probes: "Callable[[int, int], tuple[PsutilProbe, PsutilProbe]]",
+) -> tuple[float, float, float]:
+    """(CPU busy seen by the first probe, by the second, the share the burner burned) over one
+    second in which a child of this process burns a core. `probes(burner, idle)` makes them;
+    `idle` is a sleeping process whose tree can stand for a daemon that is not this one.
+    Watched: a killed pytest must not leave the burner burning a core."""
     burner = process_guard.spawn([sys.executable, "-c", "while True: pass"])
     idle = process_guard.spawn([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        # This test process is the burner's parent: as "the daemon" its tree would hide the
-        # burner from both probes, so they stand for a daemon whose tree is the idle init.
-        with_node = PsutilProbe(0.5, node_pid=lambda: burner.pid, own_pid=idle.pid,
-                                run=FakeCommands())  # fmt: skip
-        without_node = PsutilProbe(0.5, own_pid=idle.pid, run=FakeCommands())
-        with_node.snapshot(), without_node.snapshot()
+        first, second = probes(burner.pid, idle.pid)
+        first.snapshot(), second.snapshot()
         before_s = probe._tree_cpu_seconds(burner.pid)[burner.pid]
         time.sleep(1.0)
         after_s = probe._tree_cpu_seconds(burner.pid)[burner.pid]
-        excluded, total = with_node.snapshot(), without_node.snapshot()
+        one, two = first.snapshot(), second.snapshot()
     finally:
         for child in (burner, idle):
             child.kill()
             child.wait()
-    assert excluded.cpu_busy_percent is not None and total.cpu_busy_percent is not None
+    assert one.cpu_busy_percent is not None and two.cpu_busy_percent is not None
     burned_share = 100.0 * (after_s - before_s) / (1.0 * (os.cpu_count() or 1))
     assert burned_share > 10.0  # the burner really ran
+    return one.cpu_busy_percent, two.cpu_busy_percent, burned_share
+
+
+def test_the_nodes_process_tree_is_subtracted() -> None:
+    # The burner as "the node": its work is not load. This test process is the burner's
+    # parent, so both probes stand for a daemon whose own tree is the idle process.
+    excluded, total, burned = _busy_seen(
+        lambda burner, idle: (
+            PsutilProbe(0.5, node_pid=lambda: burner, own_pid=idle, run=FakeCommands()),
+            PsutilProbe(0.5, own_pid=idle, run=FakeCommands()),
+        )
+    )
     # Both probes saw the same window; only one of them counted the burner as load.
-    assert total.cpu_busy_percent - excluded.cpu_busy_percent > 0.5 * burned_share
+    assert total - excluded > 0.5 * burned
 
 
 def test_the_daemons_own_tree_is_not_load_either() -> None:
-    # A child of "the daemon" (this process) burning CPU, with no node running: not counted.
-    burner = process_guard.spawn([sys.executable, "-c", "while True: pass"])
-    idle = process_guard.spawn([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        ours = PsutilProbe(0.5, run=FakeCommands())
-        elsewhere = PsutilProbe(0.5, own_pid=idle.pid, run=FakeCommands())
-        ours.snapshot(), elsewhere.snapshot()
-        before_s = probe._tree_cpu_seconds(burner.pid)[burner.pid]
-        time.sleep(1.0)
-        after_s = probe._tree_cpu_seconds(burner.pid)[burner.pid]
-        excluded, counted = ours.snapshot(), elsewhere.snapshot()
-    finally:
-        for child in (burner, idle):
-            child.kill()
-            child.wait()
-    assert excluded.cpu_busy_percent is not None and counted.cpu_busy_percent is not None
-    burned_share = 100.0 * (after_s - before_s) / (1.0 * (os.cpu_count() or 1))
-    assert burned_share > 10.0
-    assert counted.cpu_busy_percent - excluded.cpu_busy_percent > 0.5 * burned_share
+    # The burner as a child of "the daemon" (this process), no node running: not counted.
+    excluded, counted, burned = _busy_seen(
+        lambda burner, idle: (
+            PsutilProbe(0.5, run=FakeCommands()),
+            PsutilProbe(0.5, own_pid=idle, run=FakeCommands()),
+        )
+    )
+    assert counted - excluded > 0.5 * burned
