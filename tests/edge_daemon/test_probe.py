@@ -217,7 +217,7 @@ def test_cpu_busy_share_appears_after_one_window_on_this_machine() -> None:
 
 
 def _busy_seen(
-    probes: "Callable[[int, int], tuple[PsutilProbe, PsutilProbe]]",
+    probes: Callable[[int, int], tuple[PsutilProbe, PsutilProbe]],
 ) -> tuple[float, float, float]:
     """(CPU busy seen by the first probe, by the second, the share the burner burned) over one
     second in which a child of this process burns a core. `probes(burner, idle)` makes them;
