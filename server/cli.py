@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the aggregation server of a ticketfleet fleet: a Flower SuperLink with "
         "TLS and node authentication, and the training run of a signed ticket.",
     )
-    commands = parser.add_subparsers(dest="name", required=True, metavar="COMMAND")
+    # dest "command", not "name": enroll's --name would overwrite it in the error lines.
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=description)
@@ -560,11 +561,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config)
         return int(args.handler(args, config))
     except KeyboardInterrupt:
-        print(f"fleet-server {args.name}: interrupted; stopped what it started", file=sys.stderr)
+        print(f"fleet-server {args.command}: interrupted; stopped what it started", file=sys.stderr)
         return ExitCode.INTERRUPTED
     except _EXPECTED as error:
         code = exit_code_for(error)
-        print(f"fleet-server {args.name}: error: {error}", file=sys.stderr)
+        print(f"fleet-server {args.command}: error: {error}", file=sys.stderr)
         if code in HELP:
             print(f"  hint: {HELP[code]}", file=sys.stderr)
         return code

@@ -58,7 +58,9 @@ def test_enroll_refuses_a_malformed_key_before_asking_the_superlink(
     key.write_text("-----BEGIN PRIVATE KEY-----\n")
 
     assert main(["enroll", str(key), "--name", "a", "-c", str(config)]) == ExitCode.BAD_INPUT
-    assert "not an OpenSSH public key line" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("fleet-server enroll: error: ")  # the command, not --name's value
+    assert "not an OpenSSH public key line" in err
 
 
 def test_enroll_needs_a_running_superlink(
@@ -131,7 +133,7 @@ def test_the_systemd_unit_runs_fleet_server_hardened() -> None:
         argv = shlex.split(unit[key])
         assert argv[:2] == ["/usr/bin/env", "fleet-server"]
         args = build_parser().parse_args(argv[2:])
-        assert args.name == command and args.config == Path("/etc/fleet-server/server.yaml")
+        assert args.command == command and args.config == Path("/etc/fleet-server/server.yaml")
     assert unit["StateDirectory"] == "fleet-server" and unit["StateDirectoryMode"] == "0700"
     assert unit["ProtectSystem"] == "strict" and unit["NoNewPrivileges"] == "yes"
     assert unit["CapabilityBoundingSet"] == "" and unit["Restart"] == "on-failure"
