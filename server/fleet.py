@@ -282,10 +282,11 @@ class FleetServer:
         if config.run.ticket is None and (active := active_ticket(config)) is not None:
             # A damaged ledger, or one whose active ticket lost its bundle, stops us before
             # anything starts (later, while serving, the service idles and says why instead).
-            bundle = DeploymentLedger(config.paths.deployments).bundle(active)
+            ledger = DeploymentLedger(config.paths.deployments)
+            bundle = ledger.bundle(active)
             if not bundle.is_file():
                 raise FleetError(
-                    f"{DeploymentLedger(config.paths.deployments).file}: the active ticket "
+                    f"{ledger.file}: the active ticket "
                     f"{active} has no bundle ({bundle} is missing); roll it out again with "
                     "`ticket deploy FILE -c server.yaml`"
                 )

@@ -68,13 +68,18 @@ class InProcessGrid(Grid):
         """Deliver each message now; its reply waits for `pull_messages`."""
         ids = []
         for message in messages:
-            delivered = copy.deepcopy(message)
-            # The SuperLink assigns message ids; Metadata has no public setter for it.
-            delivered.metadata.__dict__["_message_id"] = uuid4().hex
-            self.sent.append(delivered)
-            self.waiting[delivered.metadata.message_id] = copy.deepcopy(self._call(delivered))
+            delivered, reply = self._deliver(message)
+            self.waiting[delivered.metadata.message_id] = reply
             ids.append(delivered.metadata.message_id)
         return ids
+
+    def _deliver(self, message: Message) -> tuple[Message, Message]:
+        """(the message as the node got it, with its id and recorded in `sent`; its reply)."""
+        delivered = copy.deepcopy(message)
+        # The SuperLink assigns message ids; Metadata has no public setter for it.
+        delivered.metadata.__dict__["_message_id"] = uuid4().hex
+        self.sent.append(delivered)
+        return delivered, copy.deepcopy(self._call(delivered))
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self.waiting.pop(i) for i in list(message_ids) if i in self.waiting]
@@ -178,11 +183,8 @@ class ScheduledGrid(InProcessGrid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
         for message in messages:
-            delivered = copy.deepcopy(message)
-            delivered.metadata.__dict__["_message_id"] = uuid4().hex
-            self.sent.append(delivered)
+            delivered, reply = self._deliver(message)
             wait = self.delay(delivered)
-            reply = copy.deepcopy(self._call(delivered))
             if wait is not None:
                 self._due[delivered.metadata.message_id] = (self.clock.now + wait, reply)
             ids.append(delivered.metadata.message_id)

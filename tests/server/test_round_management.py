@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.app import Array, ArrayRecord, Message
 from flwr.serverapp.strategy import FedAvg, Result
 
 from edge_daemon import client_app
@@ -22,13 +22,13 @@ from server.secagg_round import SecAggPlan, SecurePackedFedAvg
 from server.strategy import PAYLOAD_KEY, PackedFedAvg, RoundPlan
 from server.training_run import run_resumable
 from tests.inprocess import (
-    ClientCallable,
     FakeClock,
     InProcessGrid,
     ScheduledGrid,
     heart_nodes,
     server_identity,
 )
+from tests.server.test_secagg_round import _dropping, _final
 from ticket import wire
 from ticket.bundle import Ticket
 from ticket.packing import PackLayout
@@ -66,19 +66,6 @@ def _run(strategy: FedAvg, grid: object, ticket: Ticket, rounds: int) -> Result:
             num_rounds=rounds,
             timeout=TIMEOUT,
         )
-
-
-def _without(node_id: int) -> ClientCallable:
-    def client(message: Message, context: Context) -> Message:
-        if context.node_id == node_id:
-            raise RuntimeError("cut off")
-        return client_app.app(message, context)
-
-    return client
-
-
-def _final(result: Result) -> np.ndarray:
-    return result.arrays[PAYLOAD_KEY].numpy()
 
 
 def _round_of(message: Message) -> int:
@@ -137,7 +124,7 @@ def test_a_round_closes_at_its_goal_and_counts_the_slow_reply_as_late(
 
     expected = _run(
         PackedFedAvg(layout, _plan(ticket), fraction_evaluate=0.0),
-        InProcessGrid(_without(104), heart_nodes(ticket_path)),
+        InProcessGrid(_dropping(104), heart_nodes(ticket_path)),
         ticket,
         rounds=1,
     )
@@ -219,7 +206,7 @@ def test_a_secure_round_closed_by_its_deadline_sums_the_survivors_exactly(
 
     oracle = _run(
         PackedFedAvg(layout, _plan(ticket), fraction_evaluate=0.0),
-        InProcessGrid(_without(103), heart_nodes(ticket_path)),
+        InProcessGrid(_dropping(103), heart_nodes(ticket_path)),
         ticket,
         rounds=1,
     )
