@@ -175,7 +175,7 @@ def glue_round_trips(work: Path) -> dict[str, Any]:
     from tests.inprocess import InProcessGrid, find_ticket, heart_nodes, server_identity
     from ticket.bundle import read_ticket
     from ticket.packing import PackLayout
-    from ticket.train import TrainConfig
+    from ticket.train_config import TrainConfig
 
     path = find_ticket(work / "glue.ticket", density=0.1)
     ticket = read_ticket(path, allow_unsigned=True)

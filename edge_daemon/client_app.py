@@ -37,7 +37,8 @@ from ticket.codec import Kind, decode_vector, encode_vector
 from ticket.errors import TicketError
 from ticket.fleet_search.snip import connection_saliency
 from ticket.packing import PackLayout
-from ticket.train import TrainConfig, evaluate, load_weights, snapshot, train_masked
+from ticket.train import evaluate, load_weights, snapshot, train_masked
+from ticket.train_config import TrainConfig
 from ticket.wire import (  # ErrorCode: the codes the server reads, part of the wire contract
     SALIENCY,
     ErrorCode,

@@ -9,7 +9,8 @@ from ticket.data.encode import load_encoded
 from ticket.errors import TicketError
 from ticket.models import build_model
 from ticket.packing import PackLayout
-from ticket.train import EvalResult, evaluate, load_weights
+from ticket.train import evaluate, load_weights
+from ticket.train_config import EvalResult
 
 
 class ServerEvaluator:

@@ -43,7 +43,7 @@ from ticket.bundle import Ticket
 from ticket.codec import Kind, encode_vector
 from ticket.packing import PackLayout
 from ticket.runconfig import RolloutSettings, TrainingSettings
-from ticket.train import TrainConfig
+from ticket.train_config import TrainConfig
 from ticket.wire import (
     INSTALLED,
     REJECTED,

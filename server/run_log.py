@@ -32,7 +32,7 @@ from ticket.atomic import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:  # both import torch (and flwr); `fleet-server status` reads logs without them
     from server.strategy import RoundRecord
-    from ticket.train import EvalResult
+    from ticket.train_config import EvalResult
 
 
 class RunLogError(Exception):

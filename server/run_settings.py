@@ -18,7 +18,7 @@ from ticket.runconfig import (
     RunPlacement,
     TrainingSettings,
 )
-from ticket.train import TrainConfig
+from ticket.train_config import TrainConfig
 
 
 @dataclass(frozen=True)

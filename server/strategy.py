@@ -43,7 +43,7 @@ from ticket.errors import CodecError
 from ticket.fedavg import weighted_mean, weighted_metrics
 from ticket.packing import PackLayout
 from ticket.runconfig import TrainingSettings
-from ticket.train import TrainConfig
+from ticket.train_config import TrainConfig
 from ticket.wire import (
     ARRAYS,
     CONFIG,

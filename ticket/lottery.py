@@ -17,7 +17,8 @@ from ticket.errors import TicketError
 from ticket.masks import Mask
 from ticket.models import build_model
 from ticket.prune import CONTROLS, METHODS, PRUNERS, PruningRates, derive_seed
-from ticket.train import EvalResult, TrainConfig, evaluate, load_weights, snapshot, train_masked
+from ticket.train import evaluate, load_weights, snapshot, train_masked
+from ticket.train_config import EvalResult, TrainConfig
 
 Weights = dict[str, torch.Tensor]
 

@@ -4,7 +4,7 @@ Kept out of the model classes on purpose: the same model trains differently on d
 """
 
 from ticket.registry import Registry
-from ticket.train import TrainConfig
+from ticket.train_config import TrainConfig
 
 DEFAULT_TRAINING: Registry[TrainConfig] = Registry(
     "training recipe",

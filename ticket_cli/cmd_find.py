@@ -13,7 +13,7 @@ from ticket.errors import TicketError
 from ticket.lottery import SearchSpec
 from ticket.prune import CONTROLS, METHODS, PruningRates
 from ticket.recipes import DEFAULT_TRAINING
-from ticket.train import OPTIMIZERS
+from ticket.train_config import OPTIMIZERS
 from ticket_cli.cmd_keys import read_private_key
 from ticket_cli.commands import HELP
 from ticket_cli.find_report import build_manifest, build_report, plot_levels, write_json

@@ -93,7 +93,7 @@ def test_the_run_section_is_the_run_configs_training_settings_plus_where_and_how
 
 
 def test_optimizers_match_the_training_loop() -> None:
-    from ticket.train import OPTIMIZERS as TRAIN_OPTIMIZERS
+    from ticket.train_config import OPTIMIZERS as TRAIN_OPTIMIZERS
 
     assert OPTIMIZERS == TRAIN_OPTIMIZERS
 

@@ -25,7 +25,7 @@ from server.rollout import _verdict as verdict
 from server.rollout_progress import NO_DEVICE, PROGRESS_FILE, read_progress
 from tests.inprocess import InProcessGrid, SilentNodeGrid, find_ticket, server_identity
 from ticket.bundle import build_ticket, read_ticket, sign_ticket, write_ticket
-from ticket.train import TrainConfig
+from ticket.train_config import TrainConfig
 from ticket_cli.cli import main as ticket_cli
 
 

@@ -33,7 +33,7 @@ from ticket import wire
 from ticket.bundle import Ticket
 from ticket.packing import PackLayout
 from ticket.secagg.weighting import mean_error_bound, node_weight
-from ticket.train import TrainConfig
+from ticket.train_config import TrainConfig
 from ticket.wire import SECAGG as SECAGG_KEY
 
 TRAIN = TrainConfig(epochs=1, batch_size=32, lr=1e-3)

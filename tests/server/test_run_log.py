@@ -8,7 +8,7 @@ import pytest
 
 from server.run_log import RunLog, RunLogError, plot_run, round_line
 from server.strategy import RoundRecord
-from ticket.train import EvalResult
+from ticket.train_config import EvalResult
 
 WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 

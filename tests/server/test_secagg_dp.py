@@ -27,7 +27,7 @@ from ticket.codec import Kind, decode_vector
 from ticket.packing import PackLayout
 from ticket.secagg.privacy import clip_l2
 from ticket.secagg.weighting import mean_error_bound
-from ticket.train import TrainConfig
+from ticket.train_config import TrainConfig
 from ticket.wire import ARRAYS as ARRAYS_KEY
 from ticket.wire import PACKED
 

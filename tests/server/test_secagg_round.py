@@ -28,7 +28,7 @@ from ticket.packing import PackLayout
 from ticket.secagg import Enrolled, Roster, certify
 from ticket.secagg.params import PARAMS_BYTES
 from ticket.secagg.weighting import mean_error_bound, node_weight
-from ticket.train import TrainConfig
+from ticket.train_config import TrainConfig
 from ticket.wire import SECAGG as SECAGG_KEY
 from ticket.wire import ErrorCode
 

@@ -29,7 +29,8 @@ from ticket import wire
 from ticket.bundle import Ticket, load_ticket, read_ticket
 from ticket.codec import HEADER_BYTES, Kind, decode_vector
 from ticket.packing import PackLayout
-from ticket.train import TrainConfig, load_weights, train_masked
+from ticket.train import load_weights, train_masked
+from ticket.train_config import TrainConfig
 
 TRAIN = TrainConfig(epochs=1, batch_size=32, lr=1e-3)
 

@@ -19,7 +19,7 @@ from tests.inprocess import ClientCallable, InProcessGrid, heart_nodes, server_i
 from ticket.bundle import Ticket
 from ticket.data import load_dataset
 from ticket.packing import PackLayout
-from ticket.train import TrainConfig
+from ticket.train_config import TrainConfig
 
 TRAIN = TrainConfig(epochs=1, batch_size=32, lr=1e-3)
 

@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 from ticket.errors import TicketError
 from ticket.masks import full_mask
 from ticket.models import build_model
-from ticket.train import TrainConfig, evaluate, make_optimizer, snapshot, train_masked
+from ticket.train import evaluate, make_optimizer, snapshot, train_masked
+from ticket.train_config import TrainConfig
 
 
 def _toy_data(seed: int = 0, rows: int = 64) -> tuple[torch.Tensor, torch.Tensor]:

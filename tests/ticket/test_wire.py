@@ -371,7 +371,7 @@ OTHER_FORMATS: dict[str, tuple[set[str], str]] = {
     "ticket/data/partition.py": ({"seed"}, "a partitioner option"),
     "ticket/secagg/messages.py": ({"round"}, "a protocol message header's field"),
     "ticket/tensorfile.py": ({"dtype"}, "the tensor file's JSON header"),
-    "ticket/train.py": ({"accuracy", "auc", "loss"}, "EvalResult.as_dict: server-side scores"),
+    "ticket/train_config.py": ({"accuracy", "auc", "loss"}, "EvalResult.as_dict: server-side scores"),
     "edge_daemon/cli.py": ({"status"}, "a subcommand"),
     "edge_daemon/state.py": ({"round"}, "the daemon state file's last_round"),
     "edge_daemon/status_report.py": ({"round"}, "the daemon state file's last_round"),

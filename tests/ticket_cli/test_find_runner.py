@@ -10,7 +10,7 @@ from ticket.errors import TicketError
 from ticket.lottery import SearchSpec, initial_weights
 from ticket.masks import density, layer_densities
 from ticket.prune import PruningRates
-from ticket.train import TrainConfig
+from ticket.train_config import TrainConfig
 from ticket_cli import find_runner
 from ticket_cli.find_runner import SearchRunner, WorkdirMismatchError
 
