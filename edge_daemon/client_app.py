@@ -19,7 +19,7 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from edge_daemon import search_step, secagg_client, ticket_install
+from edge_daemon import model_push, search_step, secagg_client, ticket_install
 from edge_daemon.local_data import (
     LocalData,
     LocalDataError,
@@ -285,9 +285,12 @@ def train_secure(message: Message, context: Context) -> Message:
 
 @app.query()
 def query(message: Message, context: Context) -> Message:
-    """A pushed ticket (`ticket deploy`), or secure aggregation's key setup and unmask steps."""
+    """A pushed ticket (`ticket deploy`), the run's final model, or secure aggregation's key
+    setup and unmask steps."""
     if ticket_install.is_install(message):
         return ticket_install.install(message, context.node_config)
+    if model_push.is_model_push(message):
+        return model_push.keep_pushed_model(message, context.node_config, _ticket_reader(context))
     try:
         if not secagg_client.is_secure(message):
             raise InstructionError("a query must carry a secure aggregation step")
@@ -447,6 +450,18 @@ def read_node_ticket(node: NodeSettings, ticket_id: str) -> tuple[Ticket, nn.Mod
             f"node has ticket {ticket.content_id[:12]}, the run trains {ticket_id[:12]}"
         )
     return ticket, model
+
+
+def _ticket_reader(context: Context) -> model_push.TicketReader:
+    """The node's cached ticket by content id, verified; a refusal as a TicketError."""
+
+    def read(ticket_id: str) -> Ticket:
+        try:
+            return read_node_ticket(NodeSettings.from_context(context), ticket_id)[0]
+        except (NodeConfigError, TicketUnavailableError) as error:
+            raise TicketError(str(error)) from error
+
+    return read
 
 
 def local_seed(base: int, server_round: int, node_id: int) -> int:
