@@ -42,7 +42,7 @@ browser:
 		$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -q chromium chromium-driver; }
 
 test: lint browser
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=15
 
 test-fast: lint browser
 	$(BIN)/pytest -m "not slow" -x

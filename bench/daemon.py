@@ -27,6 +27,7 @@ import shlex
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -39,9 +40,10 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python bench/daemon.py` from a checkout
 
-from loopback.demo import find_ticket, run_config  # noqa: E402
+from loopback.demo import run_config  # noqa: E402
 from loopback.devices import ELIGIBLE, UNPLUGGED, Device, daemon_yaml, prepare_devices  # noqa: E402
 from loopback.launcher import Loopback, free_port  # noqa: E402
+from tests.inprocess import signed_ticket  # noqa: E402
 from ticket.tls import write_dev_pki  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -56,19 +58,47 @@ def tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def tree_rss(pid: int) -> tuple[int, dict[str, int]]:
-    """Total RSS of a process tree now, and its parts by command name."""
+def tree_rss(pid: int) -> tuple[int, dict[str, int], int]:
+    """Total RSS of a process tree now, its parts by command name, and the tree's PSS (each
+    shared page divided among the processes sharing it: what the tree costs the device)."""
     parts: dict[str, int] = {}
+    pss = 0
     for process in tree(pid):
         try:
             name = next(
                 (Path(a).name for a in process.cmdline() if "flower-" in a or "flwr-" in a),
                 "edge-daemon",
             )
-            parts[name] = parts.get(name, 0) + process.memory_info().rss
+            memory = process.memory_full_info()
+            parts[name] = parts.get(name, 0) + memory.rss
+            pss += memory.pss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return sum(parts.values()), parts
+    return sum(parts.values()), parts, pss
+
+
+ENTRY = "from flwr.supernode.cli import flwr_clientapp"  # what flwr-clientapp runs
+IMPORTS = {  # what a flwr-clientapp process imports before and with our ClientApp
+    "flwr-clientapp's own entry point (stock Flower)": ENTRY,
+    "... and edge_daemon.client_app": f"{ENTRY}; import edge_daemon.client_app",
+}
+
+
+def import_rss() -> dict[str, float]:
+    """Peak RSS of a fresh interpreter after each import line of IMPORTS, in MB (VmHWM: the
+    child's ru_maxrss would carry this process's peak over the fork)."""
+    found = {}
+    for label, line in IMPORTS.items():
+        code = (
+            f"{line}\nfrom pathlib import Path\n"
+            "print(next(l for l in Path('/proc/self/status').read_text().splitlines()"
+            " if l.startswith('VmHWM:')).split()[1])"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+        )
+        found[label] = int(done.stdout.split()[-1]) * 1024 / MB
+    return found
 
 
 def daemon_pid(fleet: Loopback, index: int) -> int:
@@ -126,9 +156,10 @@ def wait_stopped(device: Device, fleet: Loopback, index: int) -> None:
 
 def sample_round_peak(pid: int, stop: threading.Event, out: dict[str, Any]) -> None:
     while not stop.wait(0.1):
-        total, parts = tree_rss(pid)
+        total, parts, pss = tree_rss(pid)
         if total > out.get("total", 0):
             out.update(total=total, parts=parts)
+        out["pss"] = max(out.get("pss", 0), pss)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -137,11 +168,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path("/tmp/ticketfleet-bench-daemon"))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--before", type=Path, help="an earlier daemon.json: its round figures as 'before'"
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
-    ticket, fleet_key = find_ticket(args.work, density=0.1)
+    ticket, fleet_key = signed_ticket(args.work, density=0.1)
     port = free_port()
     superlink = f"127.0.0.1:{port}"
     tls = write_dev_pki(args.work / "pki", ["127.0.0.1", "localhost"])  # as loopback/demo.py
@@ -227,16 +261,21 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(f"the round run ended {outcome.status}")
         result["round"] = {
             "device_tree_peak_rss_mb": peak["total"] / MB,
+            "device_tree_peak_pss_mb": peak["pss"] / MB,
             "parts_at_peak_mb": {k: v / MB for k, v in sorted(peak["parts"].items())},
             "run_wall_s": outcome.wall_s,
         }
         result["status_after"] = devices[0].status()
+    result["import_rss_mb"] = import_rss()
     document = {
         "command": shlex.join(["python", "bench/daemon.py", *(argv or sys.argv[1:])]),
         "machine": f"{os.cpu_count()} cores, {platform.machine()}, "
         f"Python {platform.python_version()}",
         **result,
     }
+    if args.before is not None:
+        before = json.loads(args.before.read_text())
+        document["before"] = {"command": before["command"], "round": before["round"]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "daemon.json").write_text(json.dumps(document, indent=2) + "\n")
     write_markdown(document, args.out / "daemon.md")
@@ -271,13 +310,27 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
         f"max {max(starts):.2f}) |",
         f"| peak RSS of one device's process tree during a round | "
         f"{round_['device_tree_peak_rss_mb']:.0f} MB |",
+        f"| peak PSS of that tree (shared pages split among its processes) | "
+        f"{round_['device_tree_peak_pss_mb']:.0f} MB |",
         "",
-        "At that peak: "
-        + ", ".join(f"{k} {v:.0f} MB" for k, v in round_["parts_at_peak_mb"].items())
-        + ".",
+        "At that peak: " + _parts(round_) + ".",
         "",
     ]
+    if "before" in document:
+        before = document["before"]["round"]
+        lines += [
+            f"Before (`{document['before']['command']}`, the torch ClientApp): peak RSS of the "
+            f"tree {before['device_tree_peak_rss_mb']:.0f} MB; at that peak: {_parts(before)}.",
+            "",
+        ]
+    lines += ["Where a ClientApp's memory goes (peak RSS of a fresh interpreter after the import):"]
+    lines += [f"- {label}: {mb:.0f} MB" for label, mb in document["import_rss_mb"].items()]
+    lines.append("")
     path.write_text("\n".join(lines))
+
+
+def _parts(round_: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.0f} MB" for k, v in round_["parts_at_peak_mb"].items())
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -27,9 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python bench/deploy.py` from a checkout
 
-from loopback.demo import find_ticket  # noqa: E402
 from loopback.devices import prepare_devices  # noqa: E402
 from loopback.launcher import CONNECTION, Loopback, free_port  # noqa: E402
+from tests.inprocess import signed_ticket  # noqa: E402
 from ticket.data.heart import HEART_SITES  # noqa: E402
 from ticket.tls import write_dev_pki  # noqa: E402
 
@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
-    ticket, fleet_key = find_ticket(args.work, density=0.1)
+    ticket, fleet_key = signed_ticket(args.work, density=0.1)
     port = free_port()
     tls = write_dev_pki(args.work / "pki", ["127.0.0.1"])
     devices = prepare_devices(

@@ -339,6 +339,18 @@ class Loopback:
         _signal_group(started.popen, signal.SIGKILL)
         started.popen.wait(timeout=10.0)
 
+    def pause_node(self, index: int) -> None:
+        """SIGSTOP SuperNode `index` and everything it started: a device too slow to answer
+        (a thrashing phone, a box under load). `resume_node` lets it go on."""
+        label = f"supernode-{index}"
+        started = next(s for s in self.started if s.label == label)
+        self._sample()
+        _signal_group(started.popen, signal.SIGSTOP)
+
+    def resume_node(self, index: int) -> None:
+        started = next(s for s in self.started if s.label == f"supernode-{index}")
+        _signal_group(started.popen, signal.SIGCONT)
+
     def kill_daemon_node(self, index: int) -> int:
         """SIGKILL the SuperNode that daemon `index` supervises (not the daemon); its pid."""
         daemon = next(s for s in self.started if s.label == f"daemon-{index}")

@@ -137,6 +137,16 @@ def find_ticket(out: Path, *, density: float, sign_key: Path | None = None) -> P
     return out
 
 
+def signed_ticket(work: Path, *, density: float) -> tuple[Path, Path]:
+    """`find_ticket` signed with a fresh fleet key in `work`: (the ticket, the public key)."""
+    from ticket_cli.cli import main
+
+    if main(["keygen", "--out", str(work / "fleet")]) != 0:
+        raise RuntimeError(f"ticket keygen failed in {work}")
+    ticket = find_ticket(work / "heart.ticket", density=density, sign_key=work / "fleet.key")
+    return ticket, work / "fleet.pub"
+
+
 def heart_nodes(ticket: Path, **extra: bool | float | int | str) -> list[NodeConfig]:
     """Node configs for the four heart-uci hospitals as four devices (natural partition)."""
     return [
