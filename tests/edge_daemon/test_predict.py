@@ -85,10 +85,13 @@ def _csv(tmp_path: Path, *lines: str, header: str = HEADER) -> Path:
     return path
 
 
-def _predicted(out: str) -> list[tuple[int, int, float]]:
+def _predicted(out: str, model: str = "global") -> list[tuple[int, int, float]]:
+    """(row, class, probability) per line of predict's CSV, each made by `model`."""
     lines = out.splitlines()
-    assert lines[0] == "row,class,probability"
-    return [(int(r), int(c), float(p)) for r, c, p in (line.split(",") for line in lines[1:])]
+    assert lines[0] == "row,class,probability,model"
+    cells = [line.split(",") for line in lines[1:]]
+    assert {kind for *_, kind in cells} <= {model}
+    return [(int(r), int(c), float(p)) for r, c, p, _ in cells]
 
 
 def test_predict_a_csv_with_the_kept_model_matches_the_network_run_directly(
@@ -132,6 +135,7 @@ def test_predict_json_lines_from_stdin_without_a_label_column(
 
     document = json.loads(capsys.readouterr().out)
     assert document["ticket_id"] == _ticket(fleet).content_id and document["note"] is None
+    assert document["model_kind"] == "global" and document["personal"] is None
     assert document["model"]["server_round"] == 7 and document["model"]["run_id"] == 3
     expected = _expected(fleet, values, ROWS)
     got = np.array([p["probabilities"] for p in document["predictions"]])
@@ -177,7 +181,7 @@ def test_before_any_global_model_predict_uses_w_k_and_says_so(
     assert "untrained: no global model received yet" in captured.err
     expected = _expected(fleet, None, ROWS)
     np.testing.assert_allclose(
-        [p for _, _, p in _predicted(captured.out)], expected.max(axis=1), atol=1e-6
+        [p for _, _, p in _predicted(captured.out, "untrained")], expected.max(axis=1), atol=1e-6
     )
 
 
