@@ -4,6 +4,11 @@ Messages are ticket/wire.py's (TrainInstruction -> TrainReply, EvaluateInstructi
 EvaluateReply), converted by flower_wire; an evaluate instruction with a probe (a rollout's
 canary) trains from the values first. A round this node cannot take part in gets a Flower
 `Error` reply with a wire.ErrorCode; the process never crashes on bad input.
+
+Training, evaluation and saliency run in numpy (ticket/numpy_mlp.py): Flower starts this app
+afresh for every message, and importing torch alone would cost ~2.4 s and ~220 MB of a device
+that has 512 MB-1 GB. Nothing a train, evaluate or query message runs imports torch
+(tests/edge_daemon/test_imports.py holds it to that).
 """
 
 import hashlib
@@ -17,9 +22,8 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
-from torch import nn
 
-from edge_daemon import search_step, secagg_client, ticket_install
+from edge_daemon import model_push, search_step, secagg_client, ticket_install
 from edge_daemon.local_data import (
     LocalData,
     LocalDataError,
@@ -31,13 +35,11 @@ from edge_daemon.local_data import (
 from edge_daemon.secagg_client import LocalUpdate, SecAggStepError
 from flower_wire import from_flower
 from flower_wire import reply as wire_reply
-from ticket import runconfig, wire
-from ticket.bundle import Ticket, load_ticket, to_torch_masks
+from ticket import numpy_mlp, runconfig, wire
+from ticket.bundle import Ticket, read_ticket
 from ticket.codec import Kind, decode_vector, encode_vector
 from ticket.errors import TicketError
-from ticket.fleet_search.snip import connection_saliency
 from ticket.packing import PackLayout
-from ticket.train import evaluate, load_weights, snapshot, train_masked
 from ticket.train_config import TrainConfig
 from ticket.wire import (  # ErrorCode: the codes the server reads, part of the wire contract
     SALIENCY,
@@ -220,13 +222,13 @@ def _config(schedule: Schedule) -> TrainConfig:
     )
 
 
-# eq=False: holds a model and tensors.
+# eq=False: holds arrays.
 @dataclass(frozen=True, eq=False)
 class Workspace:
-    """A handler's inputs, ready: the verified ticket, its model holding the global values."""
+    """A handler's inputs, ready: the verified ticket and the global values over its weights."""
 
     ticket: Ticket
-    model: nn.Module
+    params: numpy_mlp.Params  # every parameter, full shape; zero where the ticket pruned
     layout: PackLayout
     data: LocalData
     node: NodeSettings
@@ -262,7 +264,7 @@ def train_secure(message: Message, context: Context) -> Message:
 
     def trainer() -> LocalUpdate:
         task, work = prepare(message, context, is_train=True)
-        start = work.layout.pack(snapshot(work.model))  # float32 [k]: the global as decoded
+        start = work.layout.pack(work.params)  # float32 [k]: the global as decoded
         values, loss, seed = train_local(task, work, node_id=context.node_id)
         trained.append((work.node, loss, task))
         return LocalUpdate(values - start, int(work.data.y_train.shape[0]), loss, seed)
@@ -285,9 +287,12 @@ def train_secure(message: Message, context: Context) -> Message:
 
 @app.query()
 def query(message: Message, context: Context) -> Message:
-    """A pushed ticket (`ticket deploy`), or secure aggregation's key setup and unmask steps."""
+    """A pushed ticket (`ticket deploy`), the run's final model, or secure aggregation's key
+    setup and unmask steps."""
     if ticket_install.is_install(message):
         return ticket_install.install(message, context.node_config)
+    if model_push.is_model_push(message):
+        return model_push.keep_pushed_model(message, context.node_config, _ticket_reader(context))
     try:
         if not secagg_client.is_secure(message):
             raise InstructionError("a query must carry a secure aggregation step")
@@ -324,9 +329,10 @@ def evaluate_(message: Message, context: Context) -> Message:
         task, work = prepare(message, context, is_train=False)
         if work.data.y_test.shape[0] == 0:
             raise LocalDataError("no local test rows to evaluate on")
+        params = work.params
         if task.train is not None:  # a canary probe: how well this ticket learns here
-            train_local(task, work, node_id=context.node_id)
-        result = evaluate(work.model, work.data.x_test, work.data.y_test)
+            params, _, _ = fit(task, work, node_id=context.node_id)
+        result = numpy_mlp.evaluate(params, work.data.x_test, work.data.y_test)
     except SKIP_ROUND as error:
         return error_reply(message, error)
     # auc is None for a non-binary task, or when the test rows hold one class.
@@ -337,10 +343,10 @@ def evaluate_(message: Message, context: Context) -> Message:
 def prepare(
     message: Message, context: Context, *, is_train: bool
 ) -> tuple[Instructions, Workspace]:
-    """Type the configs, load and check the ticket, decode the global values into its model."""
+    """Type the configs, load and check the ticket, decode the global values over its weights."""
     node = NodeSettings.from_context(context)
     task = Instructions.from_message(message, is_train=is_train)
-    ticket, model = read_node_ticket(node, task.ticket_id)
+    ticket = read_node_ticket(node, task.ticket_id)
     if task.search is not None:
         ticket = search_step.narrowed(ticket, task.search.mask)
     layout = PackLayout.from_ticket(ticket)
@@ -352,7 +358,7 @@ def prepare(
         length=layout.size,
         segment_sizes=layout.segment_sizes,
     )
-    load_weights(model, layout.unpack_torch(values))
+    params = {name: np.array(w) for name, w in ticket.weights.items()} | layout.unpack(values)
     # Kept before the local data is read: a device without labelled readings still gets a
     # model to predict with. A search round's candidate and a canary's probe are not the
     # fleet's model, so they are not kept.
@@ -364,7 +370,8 @@ def prepare(
         if isinstance(node.data, StoreSpec)
         else load_local_data(node.data, preprocessing)
     )
-    return task, Workspace(ticket, model, layout, data, node)
+    check_features(data, params)
+    return task, Workspace(ticket, params, layout, data, node)
 
 
 def keep_model(
@@ -406,33 +413,48 @@ def train_local(
 ) -> tuple[npt.NDArray[np.float32], float, int]:
     """Train the surviving weights on local data; (packed values [k], last epoch's mean loss,
     the seed of this node's round)."""
+    if task.search is not None and task.search.objective == SALIENCY:
+        if task.train is None:
+            raise InstructionError("train instructions without a training config")
+        # fed-snip: the "trained" values are the global ones plus this node's saliency, so the
+        # update (plaintext, or the delta under secure aggregation) is the saliency itself.
+        start = work.layout.pack(work.params)
+        saliency, loss = numpy_mlp.connection_saliency(
+            work.params,
+            work.ticket.masks,
+            work.data.x_train,
+            work.data.y_train,
+            scale=task.search.saliency_scale,
+        )
+        # Dense parameters (biases) carry no saliency: their update is zero.
+        scores = {name: np.zeros_like(p) for name, p in work.params.items()} | saliency
+        seed = local_seed(task.seed, task.server_round, node_id)
+        return start + work.layout.pack(scores), loss, seed
+    params, loss, seed = fit(task, work, node_id=node_id)
+    return work.layout.pack(params), loss, seed
+
+
+def fit(
+    task: Instructions, work: Workspace, *, node_id: int
+) -> tuple[numpy_mlp.Params, float, int]:
+    """(the surviving weights trained on local data, last epoch's mean loss, the round's seed);
+    the pruned weights stay exactly zero."""
     if task.train is None:
         raise InstructionError("train instructions without a training config")
     seed = local_seed(task.seed, task.server_round, node_id)
-    mask = to_torch_masks(work.ticket)
-    if task.search is not None and task.search.objective == SALIENCY:
-        # fed-snip: the "trained" values are the global ones plus this node's saliency, so the
-        # update (plaintext, or the delta under secure aggregation) is the saliency itself.
-        start = work.layout.pack(snapshot(work.model))
-        saliency, loss = connection_saliency(
-            work.model, mask, work.data.x_train, work.data.y_train, scale=task.search.saliency_scale
-        )
-        # Dense parameters (biases) carry no saliency: their update is zero.
-        scores = {name: p.detach() * 0 for name, p in work.model.named_parameters()} | saliency
-        return start + work.layout.pack(scores), loss, seed
-    loss = train_masked(
-        work.model, mask, work.data.x_train, work.data.y_train, task.train, seed=seed
+    params, loss = numpy_mlp.train_masked(
+        work.params, work.ticket.masks, work.data.x_train, work.data.y_train, task.train, seed=seed
     )
-    return work.layout.pack(snapshot(work.model)), loss, seed
+    return params, loss, seed
 
 
-def read_node_ticket(node: NodeSettings, ticket_id: str) -> tuple[Ticket, nn.Module]:
+def read_node_ticket(node: NodeSettings, ticket_id: str) -> Ticket:
     """The cached ticket, verified against the fleet key, and only if it is the run's ticket."""
     if node.ticket_dir is not None and not node.ticket_file(ticket_id).exists():
         raise TicketUnavailableError(f"ticket {ticket_id[:12]} is not cached on this device")
     try:
         keys = [node.fleet_key.read_bytes()] if node.fleet_key is not None else []
-        ticket, model = load_ticket(
+        ticket = read_ticket(
             node.ticket_file(ticket_id), trusted_keys=keys, allow_unsigned=node.allow_unsigned
         )
     except OSError as error:
@@ -446,7 +468,60 @@ def read_node_ticket(node: NodeSettings, ticket_id: str) -> tuple[Ticket, nn.Mod
         raise TicketUnavailableError(
             f"node has ticket {ticket.content_id[:12]}, the run trains {ticket_id[:12]}"
         )
-    return ticket, model
+    check_mlp(ticket)
+    return ticket
+
+
+def check_mlp(ticket: Ticket) -> None:
+    """Refuse a ticket the numpy trainer cannot run: its weights must be an MLP's (fc1..fcN,
+    each [out, in] feeding the next) with exactly the layer weights masked. Every model in
+    ticket/models.py is such an MLP today; a conv model would need its own numpy path here, not
+    a torch fallback that puts torch back into every device's ClientApp."""
+    model = ticket.manifest.model.name
+    weights = ticket.weights
+    if not numpy_mlp.is_mlp(weights):
+        raise TicketUnavailableError(
+            f"the ticket's model {model!r} is not an MLP (fc1..fcN); this device trains MLPs only"
+        )
+    layers = len(weights) // 2
+    width: int | None = None
+    for index in range(1, layers + 1):
+        weight, bias = weights[f"fc{index}.weight"], weights[f"fc{index}.bias"]
+        if (
+            weight.ndim != 2
+            or bias.shape != weight.shape[:1]
+            or (width is not None and weight.shape[1] != width)
+        ):
+            raise TicketUnavailableError(
+                f"the ticket's model {model!r}: layer fc{index}'s shapes do not chain "
+                f"(weight {list(weight.shape)}, bias {list(bias.shape)})"
+            )
+        width = weight.shape[0]
+    if set(ticket.masks) != {f"fc{index}.weight" for index in range(1, layers + 1)}:
+        raise TicketUnavailableError(
+            f"the ticket's model {model!r}: masks must cover exactly the layers' weights"
+        )
+
+
+def check_features(data: LocalData, params: numpy_mlp.Params) -> None:
+    """LocalDataError when the local rows are not as wide as the model's input."""
+    wanted = params["fc1.weight"].shape[1]
+    for x in (data.x_train, data.x_test):
+        width = int(np.prod(x.shape[1:], dtype=np.int64))
+        if width != wanted:
+            raise LocalDataError(f"local rows have {width} features, the ticket's model {wanted}")
+
+
+def _ticket_reader(context: Context) -> model_push.TicketReader:
+    """The node's cached ticket by content id, verified; a refusal as a TicketError."""
+
+    def read(ticket_id: str) -> Ticket:
+        try:
+            return read_node_ticket(NodeSettings.from_context(context), ticket_id)[0]
+        except (NodeConfigError, TicketUnavailableError) as error:
+            raise TicketError(str(error)) from error
+
+    return read
 
 
 def local_seed(base: int, server_round: int, node_id: int) -> int:

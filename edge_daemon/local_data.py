@@ -2,7 +2,8 @@
 
 A device run by `edge-daemon` trains on the readings its owner ingested (`StoreSpec`, node config
 `readings-db`); demos, benchmarks and the Simulation Engine use a partition of a public dataset
-(`LocalDataSpec`, node config `dataset`). The ClientApp only sees `LocalData`.
+(`LocalDataSpec`, node config `dataset`). The ClientApp only sees `LocalData`: numpy arrays, so
+a device's ClientApp never imports torch (a registered dataset's loader still does).
 """
 
 import functools
@@ -13,15 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
+import numpy.typing as npt
 
 from ticket import wire
-from ticket.data import Dataset, load_dataset
-from ticket.data.encode import encode_with
+from ticket.data import load_dataset
 from ticket.data.partition import IndexArray, partition
 from ticket.errors import TicketError
 
 if TYPE_CHECKING:
+    from ticket.data import Dataset
     from ticket.data.heart_encoding import HeartPreprocessor
 
 ConfigValue = bool | float | int | str
@@ -111,13 +113,13 @@ class StoreSpec:
         )
 
 
-# eq=False: field-wise == on tensors is ambiguous.
+# eq=False: field-wise == on arrays is ambiguous.
 @dataclass(frozen=True, eq=False)
 class LocalData:
-    x_train: torch.Tensor  # float32 [N, F]
-    y_train: torch.Tensor  # int64 [N]
-    x_test: torch.Tensor  # float32 [M, F]
-    y_test: torch.Tensor  # int64 [M]
+    x_train: npt.NDArray[np.float32]  # [N, F]
+    y_train: npt.NDArray[np.int64]  # [N]
+    x_test: npt.NDArray[np.float32]  # [M, F]
+    y_test: npt.NDArray[np.int64]  # [M]
 
 
 def load_local_data(
@@ -131,23 +133,27 @@ def load_local_data(
     """
     try:
         dataset = _encoded_dataset(spec.dataset, _canonical(preprocessing))
-        x_train, x_test = dataset.x_train, dataset.x_test
-        train_parts = _split(spec, dataset.y_train, dataset.site_train)
-        test_parts = _split(spec, dataset.y_test, dataset.site_test)
+        # The loaders hold CPU tensors; np.asarray shares their memory, no copy.
+        x_train = np.asarray(dataset.x_train, dtype=np.float32)  # [N, F...]
+        x_test = np.asarray(dataset.x_test, dtype=np.float32)  # [M, F...]
+        y_train = np.asarray(dataset.y_train, dtype=np.int64)  # [N]
+        y_test = np.asarray(dataset.y_test, dtype=np.int64)  # [M]
+        train_parts = _split(spec, y_train, dataset.site_train)
+        test_parts = _split(spec, y_test, dataset.site_test)
     except TicketError as error:
         raise LocalDataError(f"local data ({spec.dataset}, {spec.partition}): {error}") from error
-    train_rows = torch.from_numpy(train_parts[spec.partition_id])
-    test_rows = torch.from_numpy(test_parts[spec.partition_id])
-    if train_rows.numel() == 0:
+    train_rows = train_parts[spec.partition_id]
+    test_rows = test_parts[spec.partition_id]
+    if train_rows.size == 0:
         raise LocalDataError(
             f"local data ({spec.dataset}, {spec.partition}): "
             f"partition {spec.partition_id} has no training rows"
         )
     return LocalData(
         x_train=x_train[train_rows],
-        y_train=dataset.y_train[train_rows],
+        y_train=y_train[train_rows],
         x_test=x_test[test_rows],
-        y_test=dataset.y_test[test_rows],
+        y_test=y_test[test_rows],
     )
 
 
@@ -174,13 +180,13 @@ def load_store_data(spec: StoreSpec, preprocessing: Mapping[str, Any] | None) ->
             if spec.retention_rows is not None or spec.retention_days is not None:
                 store.apply_retention()  # takes the write lock: only when there are limits
             rows = store.rows()
-        features = torch.from_numpy(encoder.transform(rows)) if rows else None
-        labels = torch.from_numpy(encoder.labels(rows)) if rows else None
+        features = encoder.transform(rows) if rows else None  # float32 [R, F]
+        labels = encoder.labels(rows) if rows else None  # int64 [R]
     except (StoreError, TicketError, sqlite3.Error) as error:
         raise LocalDataError(f"device readings unusable: {type(error).__name__}") from None
     if features is None or labels is None:
         raise LocalDataError("no readings on this device yet (edge-daemon ingest)")
-    held_out = torch.arange(len(rows)) % spec.test_every == spec.test_every - 1
+    held_out = np.arange(len(rows)) % spec.test_every == spec.test_every - 1
     return LocalData(
         x_train=features[~held_out],
         y_train=labels[~held_out],
@@ -209,7 +215,9 @@ def readings_encoder(schema: str, preprocessing: Mapping[str, Any] | None) -> "H
 # One dataset per process: a Simulation Engine worker serves many virtual nodes of one run, and
 # loading MNIST costs ~0.8 s a time. A real node's ClientApp process handles one message.
 @functools.lru_cache(maxsize=1)
-def _encoded_dataset(name: str, preprocessing: str | None) -> Dataset:
+def _encoded_dataset(name: str, preprocessing: str | None) -> "Dataset":
+    from ticket.data.encode import encode_with  # imports torch, as the dataset loaders do
+
     dataset = load_dataset(name)
     if preprocessing is not None:  # encode as the ticket expects, not as fitted locally
         dataset = encode_with(dataset, json.loads(preprocessing))
@@ -220,10 +228,12 @@ def _canonical(preprocessing: Mapping[str, Any] | None) -> str | None:
     return None if preprocessing is None else json.dumps(preprocessing, sort_keys=True)
 
 
-def _split(spec: LocalDataSpec, labels: torch.Tensor, sites: IndexArray) -> list[IndexArray]:
+def _split(
+    spec: LocalDataSpec, labels: npt.NDArray[np.int64], sites: IndexArray
+) -> list[IndexArray]:
     return partition(
         spec.partition,
-        labels.numpy(),
+        labels,
         num_clients=spec.num_partitions,
         seed=spec.seed,
         sites=sites,

@@ -9,10 +9,11 @@ mask), the run, the round and when it arrived, the values' count and SHA-256, an
 the model replaced when it was of another ticket. No pickle, no numpy file format: a reader
 parses a bounded JSON object and a flat float32 array, and refuses anything else.
 
-What is kept is the global model as the instruction carried it, i.e. *before* this device's
-local update. A run's last train instruction therefore carries the model aggregated after the
-round before the last: the device never receives the final round's aggregate (the server sends
-no message after it), so `predict` uses the global model of the round before the last.
+What is kept is the global model as an instruction carried it, i.e. *before* this device's
+local update: a train instruction of round r carries the aggregate after round r - 1. After a
+run's last round R the server pushes the final aggregate (ticket/wire.py ModelPush), kept with
+`final` set: the model after round R. A device offline then keeps the model of its last round
+until the service delivers the final one at its next connection.
 
 This module loads numpy only (not torch): `edge-daemon schema` reads headers without it.
 """
@@ -34,12 +35,12 @@ if TYPE_CHECKING:
 
 MAGIC = b"TFMODEL\x00"
 FORMAT = "ticketfleet/edge-daemon-model"
-VERSION = 1
+VERSION = 2  # 2 added `final`; a version 1 file reads as final = false
 MAX_HEADER_BYTES = 64 * 1024
 MAX_VALUES = 16 * 1024 * 1024  # 64 MiB of float32: the ticket size limit, never near in practice
 _U32 = struct.Struct("<I")
 _KEYS = {"format", "version", "ticket_id", "run_id", "server_round", "received_at"}
-_KEYS |= {"count", "sha256", "replaced_ticket_id"}
+_KEYS |= {"count", "sha256", "replaced_ticket_id", "final"}
 
 
 class ModelStoreError(StateError):
@@ -54,11 +55,19 @@ class ModelOfAnotherTicketError(ModelStoreError):
 class ModelHeader:
     ticket_id: str  # content id of the ticket whose mask the values are packed over
     run_id: int
-    server_round: int  # the round whose instruction carried it
+    server_round: (
+        int  # final: the last round aggregated; else the round whose instruction carried it
+    )
     received_at: datetime  # timezone-aware
     count: int  # float32 values
     sha256: str  # of the values' bytes
     replaced_ticket_id: str | None = None  # the previous model's ticket, when it was another
+    final: bool = False  # the run's final model, pushed after its last round
+
+    @property
+    def after_round(self) -> int:
+        """How many of the run's rounds are aggregated into the values."""
+        return self.server_round if self.final else max(0, self.server_round - 1)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,14 +80,19 @@ class ModelHeader:
             "count": self.count,
             "sha256": self.sha256,
             "replaced_ticket_id": self.replaced_ticket_id,
+            "final": self.final,
         }
 
     @classmethod
     def from_json(cls, data: object) -> "ModelHeader":
+        if isinstance(data, dict) and data.get("version") == 1 and "final" not in data:
+            data = {**data, "version": VERSION, "final": False}  # written before `final`
         if not isinstance(data, dict) or set(data) != _KEYS:
             raise ValueError(f"expected an object with exactly the keys {sorted(_KEYS)}")
         if data["format"] != FORMAT or data["version"] != VERSION or type(data["version"]) is bool:
             raise ValueError(f"expected format {FORMAT!r} version {VERSION}")
+        if type(data["final"]) is not bool:
+            raise ValueError("final: expected true or false")
         whole = ("run_id", "server_round", "count")
         if not all(type(data[key]) is int and data[key] >= 0 for key in whole):
             raise ValueError(f"{', '.join(whole)}: expected whole numbers >= 0")
@@ -103,6 +117,7 @@ class ModelHeader:
             data["count"],
             digest,
             data["replaced_ticket_id"],
+            data["final"],
         )
 
 
@@ -122,9 +137,10 @@ def save_model(
     run_id: int,
     server_round: int,
     received_at: datetime,
+    final: bool = False,
     replace_later: bool = False,
 ) -> bool:
-    """Keep `values` unless the stored model is a later round of the same run and ticket.
+    """Keep `values` unless the stored model is a later one of the same run and ticket.
 
     True when written. A model of another ticket or another run replaces the stored one: it is
     what the server sends now. `replace_later`: write whatever is stored (the personal model,
@@ -148,7 +164,7 @@ def save_model(
             old is not None
             and not replace_later
             and (old.ticket_id, old.run_id) == (ticket_id, run_id)
-            and old.server_round > server_round
+            and (old.server_round, old.final) > (server_round, final)
         ):
             return False
         replaced = None
@@ -162,6 +178,7 @@ def save_model(
             len(data) // 4,
             hashlib.sha256(data).hexdigest(),
             replaced,
+            final,
         )
         text = json.dumps(header.to_json(), sort_keys=True).encode()
         atomic_write_bytes(path, MAGIC + _U32.pack(len(text)) + text + data, mode=0o600)

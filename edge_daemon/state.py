@@ -35,7 +35,7 @@ class DaemonState:
     bytes_sent: int = 0  # all rounds, payload bytes uploaded
     last_metrics: Mapping[str, float | None] = field(default_factory=dict)  # None: not finite
     ticket_ids: tuple[str, ...] = ()  # content ids of the cached, verified tickets
-    bytes_received: int = 0  # all rounds, payload bytes of the instructions trained on
+    bytes_received: int = 0  # payload bytes of the instructions trained on, and final models
     # The last round taken part in: {"run_id", "round", "ticket_id"}; None: none yet.
     last_round: Mapping[str, int | str] | None = None
 
@@ -68,6 +68,12 @@ class DaemonState:
             # JSON has no NaN: a diverged loss is recorded as null, not as a crash.
             last_metrics={k: float(v) if math.isfinite(v) else None for k, v in metrics.items()},
         )
+
+    def with_received(self, size: int) -> "DaemonState":
+        """This state plus `size` payload bytes received outside a round (the final model)."""
+        if size < 0:
+            raise ValueError("bytes received must be >= 0")
+        return replace(self, bytes_received=self.bytes_received + size)
 
     def with_ticket(self, ticket_id: str) -> "DaemonState":
         if ticket_id in self.ticket_ids:

@@ -27,7 +27,6 @@ one's minus `max_regression`, over the devices that scored both.
 import json
 import math
 import random
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from flwr.common import MessageType
 from flwr.serverapp import Grid
 
 from flower_wire import from_flower, to_flower
+from server.broadcast import POLL_S, broadcast
 from server.rollout_progress import NO_DEVICE
 from ticket.atomic import atomic_write_text
 from ticket.bundle import Ticket
@@ -56,7 +56,6 @@ from ticket.wire import (
     WireError,
 )
 
-POLL_S = 1.0  # between pulls while acks are outstanding (Flower's send_and_receive: 3 s)
 OFFLINE = "offline"
 SKIPPED = "skipped"  # not pushed: the canary did not install cleanly, or it regressed
 CANDIDATE = "candidate"
@@ -243,39 +242,18 @@ def push(
 ) -> list[Ack]:
     """Push the bundle to `nodes` and pull their acks until all answered or `timeout` passed;
     an ack per node (offline for the silent ones), each given to `on_ack` as it arrives."""
-    if not nodes:
-        return []
-    content = to_flower(InstallPush(ticket_id, bundle).to_record())
-    messages = [
-        Message(content=content, dst_node_id=node, message_type=MessageType.QUERY) for node in nodes
-    ]
-    deadline = time.monotonic() + timeout
     acks: dict[int, Ack] = {}
-
-    def known(ack: Ack) -> None:
+    content = to_flower(InstallPush(ticket_id, bundle).to_record())
+    for answer in broadcast(
+        grid, content, nodes, timeout=timeout, poll_s=POLL_S if poll_s is None else poll_s
+    ):
+        if answer.reply is not None:
+            ack = _read_ack(answer.reply, answer.node_id, ticket_id, canary)
+        else:
+            status = OFFLINE if answer.silent else REJECTED
+            ack = Ack(answer.node_id, status, answer.reason, canary)
         acks[ack.node_id] = ack
         on_ack(ack)
-
-    pending: dict[str, int] = {}  # message id -> node
-    # The SuperLink's ids come back in the messages' order; None for one it did not take.
-    for node, message_id in zip(nodes, grid.push_messages(messages), strict=True):
-        if message_id:
-            pending[message_id] = node
-        else:
-            known(Ack(node, REJECTED, "the SuperLink did not accept the message", canary))
-    while pending:
-        for reply in grid.pull_messages(list(pending)):
-            answered = reply.metadata.reply_to_message_id
-            if answered in pending:  # a second reply to one instruction counts once
-                node = pending.pop(answered)
-                known(_read_ack(reply, node, ticket_id, canary))
-        left = deadline - time.monotonic()
-        if not pending or left <= 0:
-            break
-        time.sleep(min(POLL_S if poll_s is None else poll_s, left))
-    for node in nodes:
-        if node not in acks:
-            known(Ack(node, OFFLINE, "no answer before the timeout", canary))
     return [acks[node] for node in nodes]
 
 

@@ -6,11 +6,14 @@ when `dp-noise-multiplier` > 0); with `mode = "deploy"`, roll the ticket out; wi
 import logging
 from dataclasses import asdict
 
+import numpy as np
+import numpy.typing as npt
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Result
 
 from server.evaluation import ServerEvaluator
+from server.final_model import deliver_final_model
 from server.fleet_search import FindSettings, run_search
 from server.rollout import CanaryCheck, Rollout, roll_out, write_outcome
 from server.rollout_progress import ProgressLog
@@ -25,6 +28,10 @@ from ticket.runconfig import RunConfigError
 logger = logging.getLogger(__name__)
 
 __all__ = ["DeploySettings", "RunConfigError", "ServerSettings", "app"]
+
+# How long the ServerApp waits for the final model's acks; a node silent until then gets the
+# model from the service's next delivery (server/final_model.py), so the run need not wait.
+FINAL_MODEL_TIMEOUT_S = 60.0
 
 
 app = ServerApp()
@@ -104,6 +111,25 @@ def run_training(grid: Grid, settings: ServerSettings) -> Result:
         if settings.server_eval
         else None
     )
+
+    def send_final(server_round: int, values: npt.NDArray[np.float32]) -> None:
+        record = deliver_final_model(
+            grid,
+            settings.run_dir,
+            ticket_id=ticket.content_id,
+            layout=layout,
+            values=values,
+            server_round=server_round,
+            timeout=min(settings.round_timeout_s, FINAL_MODEL_TIMEOUT_S),
+        )
+        logger.info(
+            "final model of round %d: kept by %d node(s), refused by %d, %d silent",
+            server_round,
+            len(record.kept),
+            len(record.refused),
+            len(record.silent),
+        )
+
     return run_resumable(
         strategy,
         grid,
@@ -112,4 +138,5 @@ def run_training(grid: Grid, settings: ServerSettings) -> Result:
         num_rounds=settings.num_rounds,
         timeout=settings.round_timeout_s,
         evaluator=evaluator,
+        on_final=send_final,
     )

@@ -158,6 +158,7 @@ def run_resumable(
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     start_round: int = 0,
     plot: bool = True,
+    on_final: Callable[[int, npt.NDArray[np.float32]], None] | None = None,
 ) -> Result:
     """Run rounds 1..`num_rounds`, or those after the last checkpoint in `run_dir`.
 
@@ -168,6 +169,8 @@ def run_resumable(
     numbered before this run directory's first (a fleet search's earlier levels); `plot`:
     redraw rounds.png after every round. A stop request in `run_dir` ends the run after the
     round in flight (or before the first one), with that round checkpointed and logged.
+    `on_final(round, values)` is called once the run holds its last round (not after a stop
+    request): the ServerApp sends the fleet the final model (server/final_model.py).
     """
     paths = RunPaths(Path(run_dir))
     checkpoints = RunCheckpoint(
@@ -229,6 +232,8 @@ def run_resumable(
         result = Result()
     final = checkpoints.latest()
     result.arrays = ArrayRecord({PAYLOAD_KEY: Array(vector if final is None else final.vector)})
+    if on_final is not None and final is not None and final.server_round >= num_rounds:
+        on_final(final.server_round, final.vector)
     return result
 
 

@@ -8,6 +8,10 @@ Byte layout (format version 1; docs/ticket-format.md has the details):
 
 The content id hashes the body, so it names the ticket's content; signatures sign the content
 id, so adding one leaves the id unchanged. Decoding authenticates before it parses the body.
+
+Reading, checking and writing tickets is numpy only: a device's ClientApp decodes its ticket
+without importing torch (~220 MB and ~2 s per message). Only the functions that build or fill a
+torch model (`load_ticket`, `check_against_model`, `to_torch_masks`) import it, when called.
 """
 
 import base64
@@ -18,18 +22,15 @@ import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from ticket import crypto
 from ticket.atomic import atomic_write_bytes
+from ticket.bitmask import pack_mask, unpack_mask
 from ticket.errors import BundleError, IntegrityError, TicketError, UnsignedTicketError
 from ticket.manifest import Density, Manifest, measure_density
-from ticket.masks import pack_bits, prunable_names, unpack_bits
-from ticket.models import build_model
 from ticket.tensorfile import (
     TensorFileError,
     canonical_json,
@@ -37,6 +38,10 @@ from ticket.tensorfile import (
     encode_tensors,
     parse_json,
 )
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 MAGIC = b"TICKETF\x00"
 FORMAT_VERSION = 1
@@ -100,8 +105,10 @@ def sign_ticket(ticket: Ticket, private_pem: bytes) -> Ticket:
     return replace(ticket, signatures=tuple(sorted([*others, signature], key=_by_key_id)))
 
 
-def to_torch_masks(ticket: Ticket) -> dict[str, torch.Tensor]:
+def to_torch_masks(ticket: Ticket) -> "dict[str, torch.Tensor]":
     """The masks as (writable, independent) bool tensors."""
+    import torch
+
     return {name: torch.from_numpy(mask.copy()) for name, mask in ticket.masks.items()}
 
 
@@ -222,8 +229,12 @@ def write_ticket(path: Path, ticket: Ticket) -> None:
 
 def load_ticket(
     path: Path, *, trusted_keys: Sequence[bytes], allow_unsigned: bool
-) -> tuple[Ticket, nn.Module]:
+) -> "tuple[Ticket, nn.Module]":
     """Read and verify a ticket, build its model and load W_k into it."""
+    import torch
+
+    from ticket.models import build_model
+
     ticket = read_ticket(path, trusted_keys=trusted_keys, allow_unsigned=allow_unsigned)
     spec = ticket.manifest.model
     try:
@@ -237,8 +248,10 @@ def load_ticket(
     return ticket, model
 
 
-def check_against_model(ticket: Ticket, model: nn.Module) -> None:
+def check_against_model(ticket: Ticket, model: "nn.Module") -> None:
     """Raise BundleError naming the first parameter or mask that does not fit `model`."""
+    from ticket.masks import prunable_names
+
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
     for name, shape in shapes.items():
         if name not in ticket.weights:
@@ -324,7 +337,7 @@ def _encode_body(
     for name, weight in weights.items():  # sorted by name: one encoding per ticket
         if name in masks:
             mask = masks[name]
-            packed = pack_bits(torch.from_numpy(mask.copy()))
+            packed = pack_mask(mask)
             wire[f"{name}.mask"] = np.frombuffer(packed, dtype=np.uint8)  # [ceil(numel / 8)]
             wire[f"{name}.values"] = weight[mask]  # [kept], row-major
             param_shapes[f"{name}.mask"] = list(mask.shape)
@@ -373,7 +386,7 @@ def _unpack_wire(
         if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
             raise BundleError(f"ticket tensors: {wire_name!r} has a bad param_shape")
         try:
-            mask = unpack_bits(packed.tobytes(), tuple(shape)).numpy()
+            mask = unpack_mask(packed.tobytes(), tuple(shape))
         except ValueError as error:
             raise BundleError(f"ticket tensors: {wire_name!r}: {error}") from error
         if values.dtype != np.float32 or values.shape != (int(mask.sum()),):

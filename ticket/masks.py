@@ -7,9 +7,10 @@ as in Frankle & Carbin.
 
 from collections.abc import Mapping
 
-import numpy as np
 import torch
 from torch import nn
+
+from ticket.bitmask import pack_mask, unpack_mask
 
 Mask = dict[str, torch.Tensor]
 
@@ -59,17 +60,9 @@ def apply_mask(model: nn.Module, mask: Mapping[str, torch.Tensor]) -> None:
 
 def pack_bits(mask: torch.Tensor) -> bytes:
     """Row-major, least significant bit first: bit i of byte j is element 8*j + i."""
-    flat = mask.detach().reshape(-1).cpu().numpy().astype(np.bool_)
-    return np.packbits(flat, bitorder="little").tobytes()
+    return pack_mask(mask.detach().reshape(-1).cpu().numpy())
 
 
 def unpack_bits(data: bytes, shape: tuple[int, ...]) -> torch.Tensor:
     """Inverse of `pack_bits`; raises ValueError when `data` has the wrong length or stray bits."""
-    count = int(np.prod(shape, dtype=np.int64))
-    expected = (count + 7) // 8
-    if len(data) != expected:
-        raise ValueError(f"mask needs {expected} bytes for shape {shape}, got {len(data)}")
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
-    if bits[count:].any():
-        raise ValueError("mask padding bits are not zero")
-    return torch.from_numpy(bits[:count].astype(np.bool_).reshape(shape))
+    return torch.from_numpy(unpack_mask(data, shape))

@@ -1,16 +1,20 @@
 """A ticket's trainable values as one flat float32 vector, laid out the same way on both ends."""
 
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import torch
 
 from ticket.bundle import Ticket
 from ticket.errors import CodecError
+
+if TYPE_CHECKING:  # numpy only at run time: the device packs without torch
+    import torch
 
 Vector = npt.NDArray[np.float32]
 
@@ -81,7 +85,7 @@ class PackLayout:
         """Values per parameter, in `names` order (one int8 scale each on the wire)."""
         return self._sizes
 
-    def pack(self, weights: Mapping[str, np.ndarray | torch.Tensor]) -> Vector:
+    def pack(self, weights: "Mapping[str, np.ndarray | torch.Tensor]") -> Vector:
         """float32 [size]; entries where a mask is False are ignored, whatever they hold."""
         missing = sorted(set(self.names) - set(weights))
         unexpected = sorted(set(weights) - set(self.names))
@@ -123,12 +127,17 @@ class PackLayout:
                 weights[name] = full
         return weights
 
-    def unpack_torch(self, vector: np.ndarray) -> dict[str, torch.Tensor]:
+    def unpack_torch(self, vector: np.ndarray) -> "dict[str, torch.Tensor]":
+        import torch
+
         return {name: torch.from_numpy(array) for name, array in self.unpack(vector).items()}
 
 
-def _as_float32(value: np.ndarray | torch.Tensor) -> Vector:
-    if isinstance(value, torch.Tensor):
+def _as_float32(value: "np.ndarray | torch.Tensor") -> Vector:
+    # A tensor exists only once torch is imported, so a process without torch never asks.
+    torch_module = sys.modules.get("torch")
+    if torch_module is not None and isinstance(value, torch_module.Tensor):
         # detach/cpu/float first: .numpy() refuses grad-tracking, GPU and bfloat16 tensors.
-        return value.detach().to(device="cpu", dtype=torch.float32).numpy()
+        tensor: torch.Tensor = value
+        return tensor.detach().to(device="cpu", dtype=torch_module.float32).numpy()
     return np.asarray(value, dtype=np.float32)

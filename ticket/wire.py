@@ -38,6 +38,7 @@ ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
 BUNDLE = "bundle"
+FINAL_MODEL = "final-model"  # the run's final global model, sent after its last round
 ACK = "ack"
 SECAGG = "secagg"
 # Array names and their stypes: raw bytes ride in an Array's data, and a stype other than
@@ -70,7 +71,9 @@ STATUS = "status"
 REASON = "reason"
 INSTALLED: Final = "installed"
 REJECTED: Final = "rejected"
+KEPT: Final = "kept"
 AckStatus = Literal["installed", "rejected"]  # INSTALLED, REJECTED
+ModelAckStatus = Literal["kept", "rejected"]  # KEPT, REJECTED
 # Secure aggregation, server to node ...
 ROUND = "round"
 WEIGHT_CAP = "weight-cap"
@@ -535,6 +538,67 @@ class InstallAck:
         return cls(INSTALLED if status == INSTALLED else REJECTED, ticket_id, reason)
 
 
+# ---------------------------------------------------------------- the final model
+
+
+@dataclass(frozen=True)
+class ModelPush:
+    """Server to node, after a run's last round: the global model the fleet trained, so a device
+    predicts with the final aggregate rather than the one its last train instruction carried."""
+
+    NAME: ClassVar[str] = "model push"
+    RECORDS: ClassVar[tuple[str, ...]] = (FINAL_MODEL, CONFIG)
+
+    ticket_id: str
+    server_round: int  # the last round aggregated into the values
+    payload: bytes  # codec bytes of the global values (kind MODEL)
+
+    def to_record(self) -> Records:
+        return Records(
+            arrays={FINAL_MODEL: {PACKED: Blob(CODEC_STYPE, self.payload)}},
+            configs={CONFIG: {TICKET_ID: self.ticket_id, SERVER_ROUND: self.server_round}},
+        )
+
+    @classmethod
+    def from_record(cls, records: Records) -> Self:
+        message = _Message(cls.NAME, records, cls.RECORDS)
+        arrays = message.arrays(FINAL_MODEL)
+        payload = arrays.blob(PACKED, CODEC_STYPE)
+        arrays.done()
+        config = message.config(CONFIG)
+        push = cls(config.text(TICKET_ID), config.integer(SERVER_ROUND), payload)
+        config.done()
+        return push
+
+    @staticmethod
+    def is_push(records: Records) -> bool:
+        return FINAL_MODEL in records.arrays
+
+
+@dataclass(frozen=True)
+class ModelAck:
+    """Node to server: the final model kept, or rejected and why (an answer, not an Error)."""
+
+    NAME: ClassVar[str] = "model ack"
+    RECORDS: ClassVar[tuple[str, ...]] = (ACK,)
+
+    status: ModelAckStatus
+    reason: str = ""
+
+    def to_record(self) -> Records:
+        return Records(configs={ACK: {STATUS: self.status, REASON: self.reason}})
+
+    @classmethod
+    def from_record(cls, records: Records) -> Self:
+        ack = _Message(cls.NAME, records, cls.RECORDS).config(ACK)
+        status = ack.text(STATUS)
+        if status not in (KEPT, REJECTED):
+            raise ack.error(STATUS, f"expected {KEPT!r} or {REJECTED!r}, got {status!r}")
+        reason = ack.text(REASON)
+        ack.done()
+        return cls(KEPT if status == KEPT else REJECTED, reason)
+
+
 # ---------------------------------------------------------------- secure aggregation
 
 
@@ -681,6 +745,8 @@ MESSAGES = (
     EvaluateReply,
     InstallPush,
     InstallAck,
+    ModelPush,
+    ModelAck,
     SecAggRequest,
     SecAggReply,
 )

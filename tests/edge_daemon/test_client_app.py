@@ -12,8 +12,9 @@ from edge_daemon import client_app
 from flower_wire.records import to_flower
 from tests.inprocess import find_ticket, heart_nodes, server_identity
 from ticket import wire
-from ticket.bundle import Ticket, read_ticket
+from ticket.bundle import Ticket, build_ticket, read_ticket
 from ticket.codec import HEADER_BYTES, Kind, decode_vector, encode_vector, read_header
+from ticket.manifest import Manifest
 from ticket.packing import PackLayout
 from ticket.wire import ErrorCode
 from ticket_cli.cli import main as ticket_cli
@@ -353,3 +354,27 @@ def test_a_canary_probe_is_not_kept_and_a_node_without_model_path_keeps_nothing(
         _instruction(ticket, "train"), _context(_node(signed_path, keys))
     ).has_error()
     assert list(tmp_path.iterdir()) == []
+
+
+def _renamed(old: str, new: str) -> Ticket:
+    """The golden ticket with layer `old`'s parameters called `new`."""
+    from tests.ticket.test_bundle import golden_json_parts
+
+    document, masks, weights = golden_json_parts()
+    document["model"]["name"] = "conv-net"  # as a non-MLP model would be named
+    masks = {name.replace(old, new): mask for name, mask in masks.items()}
+    weights = {name.replace(old, new): weight for name, weight in weights.items()}
+    layers = document["density"]["layers"]
+    document["density"]["layers"] = {name.replace(old, new): d for name, d in layers.items()}
+    return build_ticket(Manifest.from_json(document), masks, weights)
+
+
+def test_a_ticket_whose_model_is_not_an_mlp_is_refused_by_name() -> None:
+    with pytest.raises(client_app.TicketUnavailableError, match="'conv-net' is not an MLP"):
+        client_app.check_mlp(_renamed("fc1.", "conv1."))
+    with pytest.raises(client_app.TicketUnavailableError, match="'conv-net' is not an MLP"):
+        client_app.check_mlp(_renamed("fc2.", "fc3."))  # fc1 and fc3: fc2 missing
+
+
+def test_an_mlp_ticket_passes_the_check(signed_path: Path) -> None:
+    client_app.check_mlp(read_ticket(signed_path, allow_unsigned=True))  # raises nothing

@@ -1,5 +1,6 @@
 """The idle daemon's modules load without torch (the issue's < 40 MB idle RSS depends on it)."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,36 @@ def test_the_idle_daemon_loop_never_loads_torch(tmp_path: Path) -> None:
     assert "edge_daemon.daemon" in loaded and "no-torch-mapped" in loaded
     assert not {"torch", "numpy", "flwr"} & loaded
     assert '"node_running": false' in (tmp_path / "state" / "status.json").read_text()
+
+
+def test_the_clientapp_loads_without_torch() -> None:
+    loaded = _loaded_after("import edge_daemon.client_app")
+
+    assert "edge_daemon.client_app" in loaded and "ticket.numpy_mlp" in loaded
+    assert "torch" not in loaded
+
+
+def test_a_devices_train_evaluate_and_secure_round_never_load_torch(tmp_path: Path) -> None:
+    # A ClientApp process per message in production; here one interpreter runs them all, so
+    # torch stays out only if no handler's path imports it.
+    from edge_daemon.readings import ReadingsStore
+    from loopback.devices import hospital_csv
+    from tests.inprocess import find_ticket
+
+    ticket = find_ticket(tmp_path / "t.ticket", density=0.5)
+    databases = []
+    for hospital in ("Hungary", "Switzerland", "VA Long Beach"):
+        database = tmp_path / f"{hospital}.sqlite3"
+        with ReadingsStore(database) as store:
+            store.ingest_csv(hospital_csv(hospital, tmp_path / f"{hospital}.csv", limit=40))
+        databases.append(str(database))
+    command = [sys.executable, "-m", "tests.edge_daemon.torchless_round", str(ticket), *databases]
+
+    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    result = json.loads(completed.stdout.splitlines()[-1])
+
+    assert result["torch"] is False
+    assert len(result["accuracies"]) == 3
+    # The secure mean is the plain replies' weighted mean, up to quantisation (2 * clip / 2^14
+    # per node); the training moved the weights by far more than that.
+    assert result["secure_error"] < 1e-3 < result["largest_update"]

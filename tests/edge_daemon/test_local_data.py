@@ -31,7 +31,7 @@ def test_a_reading_past_retention_days_is_purged_and_never_trained_on(tmp_path: 
 
     assert data.x_train.shape[0] + data.x_test.shape[0] == 2  # the old row is not among them
     expected = HeartPreprocessor.from_json(preprocessing).transform(kept)
-    assert data.x_train.numpy().tolist() == expected.tolist()
+    assert data.x_train.tolist() == expected.tolist()
     with ReadingsStore(db) as store:
         assert store.rows() == kept  # and it is gone from the store
 
@@ -73,4 +73,4 @@ def test_unlabelled_readings_are_never_trained_or_evaluated_on(tmp_path: Path) -
 
     assert data.y_train.shape[0] + data.y_test.shape[0] == len(ROWS)
     expected = HeartPreprocessor.fit(labelled).transform(labelled)
-    assert data.x_train.numpy().tolist() == expected[[0, 2]].tolist()
+    assert data.x_train.tolist() == expected[[0, 2]].tolist()

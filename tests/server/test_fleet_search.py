@@ -14,7 +14,7 @@ from edge_daemon import client_app
 from server.fleet_search import FindSettings, SearchError, run_search
 from server.run_log import RunLog
 from tests.inprocess import InProcessGrid, heart_nodes, server_identity
-from ticket import runconfig
+from ticket import numpy_mlp, runconfig
 from ticket.bundle import Ticket, read_ticket
 from ticket.fleet_search.state import latest_state
 from ticket.runconfig import RunConfigError
@@ -290,7 +290,7 @@ def test_a_device_whose_saliency_is_not_finite_is_counted_and_left_out(
 ) -> None:
     """One device's scores are NaN: its encoder refuses them, the round counts its failure,
     and the other three devices' saliency decides the mask."""
-    real = client_app.connection_saliency
+    real = numpy_mlp.connection_saliency  # what the ClientApp scores with
     calls: list[int] = []
 
     def poisoned(*args: Any, **kwargs: Any) -> Any:
@@ -300,7 +300,7 @@ def test_a_device_whose_saliency_is_not_finite_is_counted_and_left_out(
             scores = {name: score * float("nan") for name, score in scores.items()}
         return scores, loss
 
-    monkeypatch.setattr(client_app, "connection_saliency", poisoned)
+    monkeypatch.setattr(numpy_mlp, "connection_saliency", poisoned)
     found = search(
         find_config(
             dense_path, tmp_path, **{"search-method": "fed-snip", "search-target-density": 0.2}

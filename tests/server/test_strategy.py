@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from flwr.app import Array, ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, Result
 
@@ -25,11 +24,10 @@ from tests.inprocess import (
     heart_nodes,
     server_identity,
 )
-from ticket import wire
-from ticket.bundle import Ticket, load_ticket, read_ticket
+from ticket import numpy_mlp, wire
+from ticket.bundle import Ticket, read_ticket
 from ticket.codec import HEADER_BYTES, Kind, decode_vector
 from ticket.packing import PackLayout
-from ticket.train import load_weights, train_masked
 from ticket.train_config import TrainConfig
 
 TRAIN = TrainConfig(epochs=1, batch_size=32, lr=1e-3)
@@ -224,22 +222,22 @@ def test_federated_evaluation_runs_on_every_node(sparse_path: Path) -> None:
 
 
 def _plain_dense_client(ticket_path: Path) -> ClientCallable:
-    """A textbook FedAvg client: full arrays in, full arrays out, no mask, no codec."""
+    """A textbook FedAvg client: full arrays in, full arrays out, no mask, no codec. It trains
+    with the ClientApp's trainer (numpy_mlp), so only the aggregation differs."""
 
     def client(message: Message, context: Context) -> Message:
-        ticket, model = load_ticket(ticket_path, trusted_keys=[], allow_unsigned=True)
+        ticket = read_ticket(ticket_path, allow_unsigned=True)
         arrays = message.content.array_records["arrays"]
-        load_weights(model, {name: torch.from_numpy(a.numpy()) for name, a in arrays.items()})
+        params = {name: a.numpy() for name, a in arrays.items()}
         spec = LocalDataSpec.from_node_config(context.node_config)
         data = load_local_data(spec, ticket.manifest.data.preprocessing)
         config = message.content.config_records["config"]
         seed = client_app.local_seed(0, _as_int(config["server-round"]), context.node_id)
-        train_masked(model, {}, data.x_train, data.y_train, TRAIN, seed=seed)
+        x, y = data.x_train, data.y_train
+        trained, _ = numpy_mlp.train_masked(params, {}, x, y, TRAIN, seed=seed)
         reply = RecordDict(
             {
-                "arrays": ArrayRecord(
-                    {n: Array(p.detach().numpy().copy()) for n, p in model.named_parameters()}
-                ),
+                "arrays": ArrayRecord({n: Array(p.copy()) for n, p in trained.items()}),
                 "metrics": MetricRecord({"num-examples": int(data.y_train.shape[0])}),
             }
         )

@@ -11,6 +11,8 @@ import hashlib
 import json
 import re
 import struct
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -165,6 +167,34 @@ def test_round_trip_keeps_masks_weights_manifest_id_and_signatures() -> None:
 
 def test_fresh_encoding_equals_the_committed_golden_file(golden_bytes: bytes) -> None:
     assert encode_ticket(golden_ticket()) == golden_bytes
+
+
+def test_a_process_without_torch_decodes_the_golden_file_to_the_same_bits(
+    golden_bytes: bytes,
+) -> None:
+    # A device's ClientApp reads tickets without torch (issue 14): its decode must give exactly
+    # the masks and weights this process (torch loaded, tests/conftest.py) decodes.
+    script = (
+        "import sys, hashlib\n"
+        "from ticket.bundle import read_ticket\n"
+        f"ticket = read_ticket({str(GOLDEN_TICKET)!r}, trusted_keys=[{SIGNER_PUB!r}])\n"
+        "digest = hashlib.sha256()\n"
+        "for name in sorted(ticket.masks): digest.update(ticket.masks[name].tobytes())\n"
+        "for name in sorted(ticket.weights): digest.update(ticket.weights[name].tobytes())\n"
+        "print('torch' in sys.modules, ticket.content_id, digest.hexdigest())\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    completed = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True
+    )
+    here = decode_ticket(golden_bytes, trusted_keys=[SIGNER_PUB])
+    digest = hashlib.sha256()
+    for name in sorted(here.masks):
+        digest.update(here.masks[name].tobytes())
+    for name in sorted(here.weights):
+        digest.update(here.weights[name].tobytes())
+
+    assert completed.stdout.split() == ["False", here.content_id, digest.hexdigest()]
 
 
 def test_golden_file_hash_content_id_and_signer_are_pinned(golden_bytes: bytes) -> None:

@@ -16,6 +16,8 @@ from ticket.wire import (
     EvaluateReply,
     InstallAck,
     InstallPush,
+    ModelAck,
+    ModelPush,
     Probe,
     Records,
     Schedule,
@@ -53,6 +55,9 @@ EXAMPLES: dict[str, Any] = {
     "InstallPush": InstallPush("a" * 64, b"ticket bytes"),
     "InstallAck": InstallAck(wire.INSTALLED, "a" * 64),
     "InstallAck+rejected": InstallAck(wire.REJECTED, "", "not trusted"),
+    "ModelPush": ModelPush("a" * 64, 5, b"model"),
+    "ModelAck": ModelAck(wire.KEPT),
+    "ModelAck+rejected": ModelAck(wire.REJECTED, "ticket not cached"),
     "SecAggRequest": SecAggRequest(1, 100, mask_request=b"m", advert_round=2, dp=(0.5, 0.1)),
     "SecAggRequest+unmask": SecAggRequest(
         1, 100, unmask_request=b"u", key_bundle=b"k", bundle_round=2
@@ -299,6 +304,12 @@ GOLDEN = {
     "InstallPush": {"arrays": {"bundle": ["ticket"]}, "config": {"config": ["ticket-id"]}},
     "InstallAck": {"config": {"ack": ["reason", "status", "ticket-id"]}},
     "InstallAck+rejected": {"config": {"ack": ["reason", "status", "ticket-id"]}},
+    "ModelPush": {
+        "arrays": {"final-model": ["packed"]},
+        "config": {"config": ["server-round", "ticket-id"]},
+    },
+    "ModelAck": {"config": {"ack": ["reason", "status"]}},
+    "ModelAck+rejected": {"config": {"ack": ["reason", "status"]}},
     "SecAggRequest": {
         "config": {
             "secagg": [
@@ -371,13 +382,17 @@ OTHER_FORMATS: dict[str, tuple[set[str], str]] = {
     "ticket/data/partition.py": ({"seed"}, "a partitioner option"),
     "ticket/secagg/messages.py": ({"round"}, "a protocol message header's field"),
     "ticket/tensorfile.py": ({"dtype"}, "the tensor file's JSON header"),
-    "ticket/train_config.py": ({"accuracy", "auc", "loss"}, "EvalResult.as_dict: server-side scores"),
+    "ticket/train_config.py": (
+        {"accuracy", "auc", "loss"},
+        "EvalResult.as_dict: server-side scores",
+    ),
     "edge_daemon/cli.py": ({"status"}, "a subcommand"),
     "edge_daemon/state.py": ({"round"}, "the daemon state file's last_round"),
     "edge_daemon/status_report.py": ({"round"}, "the daemon state file's last_round"),
     "server/checkpoint.py": ({"packed", "round"}, "the checkpoint file's fields"),
     "server/cli.py": ({"status"}, "a subcommand"),
     "server/deployments.py": ({"reason"}, "the ledger event's field"),
+    "server/final_model.py": ({"kept"}, "final-model.json's per-node lists"),
     "server/enrolment.py": ({"status"}, "a subcommand"),
     "server/deadline_grid.py": ({"round"}, _RUN_LOG + ": a late reply's entry"),
     "server/fleet.py": ({"round"}, _RUN_LOG),
@@ -400,7 +415,10 @@ OTHER_FORMATS: dict[str, tuple[set[str], str]] = {
     "ticket_cli/cli.py": ({"ticket"}, "the command's name"),
     "ticket_cli/cmd_deploy.py": ({"reason", "status"}, _RUN_LOG),
     "ticket_cli/cmd_find.py": ({"accuracy", "auc", "lr", "optimizer"}, "options and report"),
-    "ticket_cli/cmd_inspect.py": ({"accuracy", "auc", "loss", "metrics", "ticket"}, "manifest"),
+    "ticket_cli/cmd_inspect.py": (
+        {"accuracy", "auc", "kept", "loss", "metrics", "ticket"},
+        "manifest; a table column",
+    ),
     "ticket_cli/cmd_registry.py": ({"accuracy", "auc", "dataset", "ticket"}, "registry index"),
     "ticket_cli/hub_client.py": ({"bundle", "dataset"}, "the hub's JSON API"),
     "ticket_cli/find_report.py": ({"accuracy", "auc", "ticket"}, "find report"),

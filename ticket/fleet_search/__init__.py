@@ -20,19 +20,25 @@ A new method is a file in this package plus one line in `SEARCHES`.
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ticket.fleet_search.snip import saliency_mask
-from ticket.fleet_search.synflow import DataFreePruner, synflow_mask
 from ticket.registry import Registry
+
+if TYPE_CHECKING:  # synflow is torch: imported when the server runs it, not with this registry
+    from torch import nn
+
+    from ticket.fleet_search.synflow import DataFreePruner
+    from ticket.masks import Mask
 
 
 @dataclass(frozen=True)
 class DataFree:
     """Pruning at initialisation with no data: `prune(model, input_shape, target, iterations)`."""
 
-    prune: DataFreePruner
+    prune: "DataFreePruner"
 
 
 @dataclass(frozen=True)
@@ -54,10 +60,21 @@ class FleetSaliency:
 
 SearchMethod = DataFree | FleetPruning | FleetSaliency
 
+
+def _synflow_mask(
+    model: "nn.Module", input_shape: tuple[int, ...], target: float, iterations: int
+) -> "Mask":
+    """ticket.fleet_search.synflow.synflow_mask, imported when called: a device reads this
+    package (a search round's mask bits) without torch."""
+    from ticket.fleet_search.synflow import synflow_mask
+
+    return synflow_mask(model, input_shape, target, iterations)
+
+
 SEARCHES: Registry[SearchMethod] = Registry(
     "fleet search method",
     {
-        "synflow": DataFree(synflow_mask),
+        "synflow": DataFree(_synflow_mask),
         "fed-imp": FleetPruning("imp"),
         "fed-oneshot": FleetPruning("oneshot"),
         "fed-early-bird": FleetPruning("imp", early_bird=True),

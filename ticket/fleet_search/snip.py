@@ -9,26 +9,31 @@ least its best weight, so no layer is cut off at extreme sparsity.
 """
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from ticket.errors import TicketError
+
+if TYPE_CHECKING:  # torch only when scoring with it: the search registry imports this module
+    import torch
+    from torch import nn
 
 BATCH = 256  # rows per backward pass; the gradient is of the mean loss over all rows
 
 
 def connection_saliency(
-    model: nn.Module,
-    mask: Mapping[str, torch.Tensor],
-    x: torch.Tensor,
-    y: torch.Tensor,
+    model: "nn.Module",
+    mask: "Mapping[str, torch.Tensor]",
+    x: "torch.Tensor",
+    y: "torch.Tensor",
     *,
     scale: float,
-) -> tuple[dict[str, torch.Tensor], float]:
+) -> "tuple[dict[str, torch.Tensor], float]":
     """(|dL/dw * w| of every masked parameter of `model`, zero where pruned and scaled so the
     largest is `scale`; the mean loss on the rows)."""
+    from torch import nn
+
     if x.shape[0] == 0:
         raise TicketError("no training examples to score saliency on")
     params = dict(model.named_parameters())
