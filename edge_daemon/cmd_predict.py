@@ -86,6 +86,7 @@ def predict_command(args: argparse.Namespace) -> int:
         print(f"  hint: {HELP[ExitCode.BAD_INPUT]}", file=sys.stderr)
         return ExitCode.BAD_INPUT
     predictions = core.predict(predictor, rows)
+    print(f"edge-daemon predict: model: {core.answered_by(predictor)}", file=sys.stderr)
     if predictor.note is not None:
         print(f"edge-daemon predict: note: {predictor.note}", file=sys.stderr)
     if not predictions:

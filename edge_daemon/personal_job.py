@@ -7,8 +7,12 @@ to train (`may_run`), and no round is in flight (no `flwr-clientapp` under the n
 `python -m edge_daemon.personalise --config daemon.yaml --nice 10` in its own process group,
 watched like the node (supervisor.launch), output appended to logs/personalise.log. The child
 is reaped on a later turn; a failure is logged and never stops the daemon, and the same global
-model is not tried again until the daemon restarts. A child running past `TIMEOUT_S`, or while
-the device stops being eligible, is killed with its group.
+model is not tried again until the daemon restarts. A child is killed with its group when it
+runs past `TIMEOUT_S` (that model is not tried again either), and when the device stops being
+eligible or a round starts (it starts again, for whatever global model is stored then, once it
+may). A new global model, a round's or the final one the server pushes after the run, has new
+values and so a new SHA-256: it is personalised afresh, and `predict` never uses a personal
+model with any global model but the one it was fine-tuned from.
 
 Standard library and psutil only: the daemon's process never loads numpy's network code or
 torch; the child does the training (edge_daemon/personalise.py).
@@ -86,9 +90,9 @@ class PersonalJob:
         """Reap a finished child, stop one that must not run, start one when one is due."""
         if self.process is not None:
             self._watch(now, may_run=may_run)
+        sha = self._global_sha(now)  # every turn (a stat): settling counts while ineligible too
         if self.process is not None or not may_run:
             return
-        sha = self._global_sha(now)
         if sha is None or sha in self._attempted or now - self._seen_since < SETTLE_S:
             return
         if self._personalised_sha() == sha:
@@ -105,6 +109,10 @@ class PersonalJob:
             self._reap(status)
         elif not may_run:
             logger.info("personalisation stopped: the device is no longer eligible")
+            self.stop()
+        elif self.is_round_in_flight():
+            # The round's ClientApp comes first; its model is a new one, personalised later.
+            logger.info("personalisation stopped: a round started")
             self.stop()
         elif now - self.started_at > TIMEOUT_S:
             logger.warning("personalisation ran past %.0f s: killed", TIMEOUT_S)

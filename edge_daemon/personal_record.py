@@ -8,7 +8,8 @@ library only: `edge-daemon status` and the daemon's loop read it without numpy o
     {
       "format": "ticketfleet/edge-daemon-personal",
       "version": 1,
-      "base": {"ticket_id": "<64 hex>", "run_id": 7, "server_round": 3, "sha256": "<64 hex>"},
+      "base": {"ticket_id": "<64 hex>", "run_id": 7, "server_round": 3, "final": false,
+               "sha256": "<64 hex>"},  # the global model it was fine-tuned from
       "layers": "last",              # daemon.yaml personalise.layers when it ran
       "epochs": 20,
       "train_rows": 240,             # labelled readings fine-tuned on
@@ -31,17 +32,20 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge_daemon.state import StateError
 from ticket.atomic import atomic_write_text
+
+if TYPE_CHECKING:
+    from edge_daemon.model_store import ModelHeader
 
 FORMAT = "ticketfleet/edge-daemon-personal"
 VERSION = 1
 _KEYS = {"format", "version", "base", "layers", "epochs", "train_rows", "held_out_rows"}
 _KEYS |= {"global_accuracy", "global_loss", "personal_accuracy", "personal_loss"}
 _KEYS |= {"used", "why", "personal_sha256", "at"}
-_BASE_KEYS = ("ticket_id", "run_id", "server_round", "sha256")
+_BASE_KEYS = ("ticket_id", "run_id", "server_round", "final", "sha256")
 _SCORES = ("global_accuracy", "global_loss", "personal_accuracy", "personal_loss")
 
 
@@ -55,8 +59,35 @@ class BaseModel:
 
     ticket_id: str
     run_id: int
-    server_round: int
+    server_round: int  # as model_store's header: with `final`, the last round aggregated
+    final: bool  # the run's final model, pushed after its last round
     sha256: str  # of the global model's values: what tells one global model from another
+
+    @classmethod
+    def of(cls, header: "ModelHeader") -> "BaseModel":
+        return cls(
+            header.ticket_id, header.run_id, header.server_round, header.final, header.sha256
+        )
+
+    def is_base_of(self, header: "ModelHeader | None") -> bool:
+        """Whether `header` is this very global model: same ticket and the same values. A
+        personal model is never used over another global model, least of all another ticket's
+        (whose mask its values are not even packed over)."""
+        return (
+            header is not None
+            and header.ticket_id == self.ticket_id
+            and header.sha256 == self.sha256
+        )
+
+    @property
+    def after_round(self) -> int:
+        """How many of the run's rounds are aggregated into it (ModelHeader.after_round)."""
+        return self.server_round if self.final else max(0, self.server_round - 1)
+
+    def describe(self) -> str:
+        """E.g. "the final global model of run 7 (after round 3)", for the owner."""
+        final = "final " if self.final else ""
+        return f"the {final}global model of run {self.run_id} (after round {self.after_round})"
 
 
 @dataclass(frozen=True)
@@ -149,9 +180,12 @@ def _base(value: object) -> BaseModel:
         or not _is_hex_id(value["ticket_id"])
         or not _is_hex_id(value["sha256"])
         or any(type(value[k]) is not int or value[k] < 0 for k in ("run_id", "server_round"))
+        or type(value["final"]) is not bool
     ):
-        raise ValueError("base: expected {ticket_id, run_id, server_round, sha256}")
-    return BaseModel(value["ticket_id"], value["run_id"], value["server_round"], value["sha256"])
+        raise ValueError("base: expected {ticket_id, run_id, server_round, final, sha256}")
+    return BaseModel(
+        value["ticket_id"], value["run_id"], value["server_round"], value["final"], value["sha256"]
+    )
 
 
 def _is_hex_id(value: object) -> bool:

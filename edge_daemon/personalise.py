@@ -125,13 +125,14 @@ def run_device(config: DaemonConfig, *, now: datetime | None = None) -> Personal
             "no global model received yet: nothing to personalise (the device gets one when it "
             "first takes part in a round)"
         ) from None
-    layout, params, preprocessing = _global_model(config, paths, header)
+    # The header of the values actually loaded: a round may replace the file meanwhile.
+    header, layout, params, preprocessing = _global_model(config, paths, header)
     rows = _device_rows(config, paths, preprocessing)
     outcome = fine_tune(
         params, layout.masks, rows, config.personalise, seed=int(header.sha256[:8], 16)
     )
     record = PersonalRecord(
-        base=BaseModel(header.ticket_id, header.run_id, header.server_round, header.sha256),
+        base=BaseModel.of(header),
         layers=config.personalise.layers,
         epochs=config.personalise.epochs,
         train_rows=len(rows.y_train),
@@ -150,9 +151,10 @@ def run_device(config: DaemonConfig, *, now: datetime | None = None) -> Personal
 
 def _global_model(
     config: DaemonConfig, paths: DaemonPaths, header: ModelHeader
-) -> tuple["PackLayout", dict[str, Array], Mapping[str, Any] | None]:
-    """The ticket's layout (its mask), the stored global model as parameters of the ticket's
-    network, and the ticket's preprocessing; the ticket is verified against the fleet key."""
+) -> tuple[ModelHeader, "PackLayout", dict[str, Array], Mapping[str, Any] | None]:
+    """The stored global model's header, the ticket's layout (its mask), the model as parameters
+    of the ticket's network, and the ticket's preprocessing; the ticket is verified against the
+    fleet key."""
     from edge_daemon.ticket_cache import TicketCache
     from ticket import numpy_mlp
     from ticket.bundle import read_ticket
@@ -167,8 +169,13 @@ def _global_model(
             "a plain MLP, which is all personalisation trains"
         )
     layout = PackLayout.from_ticket(ticket)
-    _, values = load_model(paths.model_file, ticket_id=ticket.content_id, count=layout.size)
-    return layout, layout.unpack(values), ticket.manifest.data.preprocessing
+    try:
+        loaded, values = load_model(
+            paths.model_file, ticket_id=ticket.content_id, count=layout.size
+        )
+    except FileNotFoundError:
+        raise PersonaliseError(f"{paths.model_file}: gone while being read") from None
+    return loaded, layout, layout.unpack(values), ticket.manifest.data.preprocessing
 
 
 def _device_rows(
@@ -199,7 +206,9 @@ def _device_rows(
         with ReadingsStore(paths.readings_db, schema=config.data.schema) as store:
             if store.count() == 0:  # retention expired them all, or only unlabelled ones
                 return empty
-        raise PersonaliseError(f"the device's readings cannot be used: {error}") from None
+        raise PersonaliseError(
+            f"{paths.readings_db}: the readings cannot be used: {error}"
+        ) from None
     # np.asarray takes the arrays local_data returns, numpy or (on older trees) torch on CPU.
     return Rows(
         np.asarray(data.x_train, dtype=np.float32),
@@ -232,6 +241,7 @@ def _keep(
                 run_id=header.run_id,
                 server_round=header.server_round,
                 received_at=record.at,
+                final=header.final,
                 replace_later=True,
             )
             digest = read_header(paths.personal_model_file).sha256
@@ -251,8 +261,7 @@ def describe(record: PersonalRecord) -> str:
     """One line for the owner (and the daemon's log): which model predict uses, and why."""
     base = record.base
     return (
-        f"global model of run {base.run_id} round {base.server_round} "
-        f"(ticket {base.ticket_id[:12]}), {record.train_rows} training and "
+        f"{base.describe()} (ticket {base.ticket_id[:12]}), {record.train_rows} training and "
         f"{record.held_out_rows} held-out rows, layers {record.layers}: {record.why}"
     )
 

@@ -150,8 +150,8 @@ def _personal(
         record = load_record(paths.personal_record_file)
     except PersonalRecordError as error:
         return None, f"{error}; predicting with the global model"
-    if record is None or not record.used or record.base.sha256 != header.sha256:
-        return None, None  # none, not better, or made from an older global model
+    if record is None or not record.used or not record.base.is_base_of(header):
+        return None, None  # none, not better, or made from another (older) global model
     try:
         stored, values = load_model(
             paths.personal_model_file, ticket_id=header.ticket_id, count=layout.size
@@ -188,6 +188,18 @@ def predict(predictor: Predictor, rows: Sequence[Reading]) -> list[Prediction]:
     ]
 
 
+def answered_by(predictor: Predictor) -> str:
+    """One line naming the model that predicts: personal or global, and which global model."""
+    header = predictor.header
+    if header is None:
+        return "untrained: the ticket's own weights W_k (no global model of it received yet)"
+    final = "final " if header.final else ""
+    which = f"{final}global model of run {header.run_id} (after round {header.after_round})"
+    if predictor.kind == PERSONAL:
+        return f"personal: fine-tuned on this device from the {which}"
+    return f"global: the {which}"
+
+
 def to_json(predictor: Predictor, predictions: Sequence[Prediction]) -> dict[str, Any]:
     """`predict --json`'s document (and the local endpoint's response), less its `source`."""
     header = predictor.header
@@ -196,6 +208,8 @@ def to_json(predictor: Predictor, predictions: Sequence[Prediction]) -> dict[str
         model = {
             "run_id": header.run_id,
             "server_round": header.server_round,
+            "final": header.final,
+            "after_round": header.after_round,
             "received_at": header.received_at.isoformat(),
         }
     record = predictor.personal
@@ -211,6 +225,7 @@ def to_json(predictor: Predictor, predictions: Sequence[Prediction]) -> dict[str
     return {
         "ticket_id": predictor.ticket.content_id,
         "model_kind": predictor.kind,
+        "answered_by": answered_by(predictor),
         "model": model,
         "personal": personal,
         "note": predictor.note,

@@ -4,10 +4,13 @@ With `predict_socket: true` in daemon.yaml, `edge-daemon run` serves `state_dir/
 (mode 0600: only the daemon's user, and root, can connect; nothing listens on the network):
 
     POST /predict   {"readings": [{"age": 63, "sex": "Male", ...}, ...]}
-    200             {"ticket_id", "model_kind", "model", "personal", "note", "predictions":
-                     [{"row", "class", "probability", "probabilities"}]}
+    200             {"ticket_id", "model_kind", "answered_by", "model", "personal", "note",
+                     "predictions": [{"row", "class", "probability", "probabilities"}]}
                     (as `edge-daemon predict --json`; model_kind: "global", "personal" or
-                     "untrained", the model that made the predictions)
+                     "untrained", the model that made the predictions; model: the global
+                     model's run_id, server_round, final, after_round and received_at, which
+                     the personal model, when used, was fine-tuned from; answered_by: the same
+                     in one line)
     400             {"error": "..."}  malformed JSON, no readings list, a bad reading (its row
                                       and column named, never its value), a body over 1 MiB
     404 / 405       {"error": "..."}  another path or method

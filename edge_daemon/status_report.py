@@ -38,7 +38,8 @@ cleaning up.
                                           #   "untrained" (no global model received yet)
       "predict_model_why": "...",         # one line saying why
       "personalisation": {                # the last one (personal.json); null: none ran yet
-        "base": {"ticket_id": "<64 hex>", "run_id": 7, "server_round": 3, "sha256": "<64 hex>"},
+        "base": {"ticket_id": "<64 hex>", "run_id": 7, "server_round": 3, "final": true,
+                 "sha256": "<64 hex>"},   # the global model it was fine-tuned from
         "is_current": true,               # base is the stored global model (else an older one)
         "global_accuracy": 0.70,          # on the device's held-out rows; null: not scored
         "personal_accuracy": 0.85,        # null: not fine-tuned (too few rows)
@@ -232,7 +233,7 @@ def predict_choice(
     except PersonalRecordError as error:
         warnings.append(str(error))
         record = None
-    is_current = header is not None and record is not None and record.base.sha256 == header.sha256
+    is_current = record is not None and record.base.is_base_of(header)
     if header is None:
         return "untrained", "no global model received yet", record, is_current
     if not config.personalise.enabled:
@@ -243,7 +244,20 @@ def predict_choice(
     if not is_current:
         why = "the latest global model is not personalised yet (the daemon does so when idle)"
         return "global", why, record, is_current
+    if record.used and _personal_sha(paths, warnings) != record.personal_sha256:
+        why = f"{paths.personal_model_file}: missing or not the model personal.json names"
+        return "global", why, record, is_current
     return ("personal" if record.used else "global"), record.why, record, is_current
+
+
+def _personal_sha(paths: DaemonPaths, warnings: list[str]) -> str | None:
+    try:
+        return read_header(paths.personal_model_file).sha256
+    except FileNotFoundError:
+        return None
+    except (OSError, ModelStoreError) as error:
+        warnings.append(str(error))
+        return None
 
 
 def _recorded_verdict(paths: DaemonPaths, warnings: list[str]) -> DaemonVerdict | None:
@@ -348,10 +362,10 @@ def format_status(report: StatusReport) -> str:
     lines.append(f"predict model   {report.predict_model}: {report.predict_model_why}")
     record = report.personalisation
     if record is not None:
-        base = f"run {record.base.run_id} round {record.base.server_round}"
-        age = "" if report.personal_is_current else ", an older global model"
+        age = "" if report.personal_is_current else ", not the latest"
         lines.append(
-            f"personalised    {record.at:%Y-%m-%d %H:%M:%S %Z} from {base}{age}: accuracy "
+            f"personalised    {record.at:%Y-%m-%d %H:%M:%S %Z} from {record.base.describe()}"
+            f"{age}: accuracy "
             f"on {record.held_out_rows} held-out rows global {_accuracy(record.global_accuracy)}"
             f", personal {_accuracy(record.personal_accuracy)} ({record.train_rows} rows "
             f"trained on, layers {record.layers})"

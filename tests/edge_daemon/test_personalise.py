@@ -7,6 +7,7 @@ import stat
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -18,9 +19,11 @@ from edge_daemon.model_store import load_model, read_header, save_model
 from edge_daemon.paths import DaemonPaths
 from edge_daemon.personal_record import load_record
 from edge_daemon.personalise import Rows, fine_tune
+from edge_daemon.personalise import main as personalise_main
 from edge_daemon.readings import ReadingsStore
 from tests.edge_daemon.test_predict import _device, _ticket, fleet
 from tests.edge_daemon.test_readings import HEADER
+from tests.inprocess import find_ticket
 from ticket import numpy_mlp
 from ticket.data.heart import read_heart_rows
 from ticket.data.heart_encoding import HeartPreprocessor
@@ -167,9 +170,16 @@ def _ingest_site(tmp_path: Path, config: Path, site: str) -> None:
     assert main(["ingest", "-c", str(config), str(path)]) == 0
 
 
-def _keep_fleet_model(tmp_path: Path, fleet: Path, *, server_round: int = 7) -> np.ndarray:
+def _keep_fleet_model(
+    tmp_path: Path,
+    fleet: Path,
+    *,
+    server_round: int = 7,
+    final: bool = False,
+    ticket_file: str = "fleet.ticket",
+) -> np.ndarray:
     """The global model: the ticket trained on Cleveland (the fleet's site) in numpy."""
-    ticket = _ticket(fleet)
+    ticket = _ticket(fleet, ticket_file)
     assert ticket.manifest.data.preprocessing is not None
     encoder = HeartPreprocessor.from_json(ticket.manifest.data.preprocessing)
     rows = [row for row in read_heart_rows() if row["dataset"] == "Cleveland"]
@@ -178,7 +188,7 @@ def _keep_fleet_model(tmp_path: Path, fleet: Path, *, server_round: int = 7) -> 
         ticket.masks,
         encoder.transform(rows),
         encoder.labels(rows),
-        TrainConfig(epochs=10 + server_round, batch_size=32, lr=0.01),
+        TrainConfig(epochs=10 + server_round + final, batch_size=32, lr=0.01),
         seed=server_round,
     )
     values = PackLayout.from_ticket(ticket).pack(trained)
@@ -189,6 +199,7 @@ def _keep_fleet_model(tmp_path: Path, fleet: Path, *, server_round: int = 7) -> 
         run_id=3,
         server_round=server_round,
         received_at=datetime.now(UTC),
+        final=final,
     )
     return values
 
@@ -400,3 +411,177 @@ def test_without_a_global_model_or_its_ticket_nothing_is_personalised_and_nothin
     assert not paths.personal_record_file.exists() and not paths.personal_model_file.exists()
     with ReadingsStore(paths.readings_db) as store:
         assert store.count() == 123  # every reading still there
+
+
+# ---------------------------------------------------------------- which global model it came from
+
+
+@pytest.fixture(scope="module")
+def other_ticket(fleet: Path) -> str:
+    """A second ticket of the same fleet (another mask), as the operator's next deployment."""
+    find_ticket(fleet / "other.ticket", density=0.3, sign_key=fleet / "fleet.key")
+    return "other.ticket"
+
+
+def _predict_json(config: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    capsys.readouterr()
+    assert main(["predict", "-c", str(config), "--stored", "--json"]) == 0
+    document: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return document
+
+
+def _unlabelled(tmp_path: Path, config: Path) -> None:
+    """Two readings without a label, for `predict --stored`."""
+    rows = [row for row in read_heart_rows() if row["dataset"] == "Switzerland"][:2]
+    path = tmp_path / "unlabelled.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, HEADER.split(","))
+        writer.writeheader()
+        writer.writerows({**row, "num": ""} for row in rows)
+    assert main(["ingest", "-c", str(config), str(path)]) == 0
+
+
+def test_the_final_model_pushed_after_the_run_replaces_the_personal_one_until_personalised(
+    tmp_path: Path, fleet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _swiss_device(tmp_path, fleet)  # round 7's global model
+    _unlabelled(tmp_path, config)
+    paths = DaemonPaths(tmp_path / "state")
+    assert main(["personalise", "-c", str(config)]) == 0
+    before = _predict_json(config, capsys)
+    assert before["model_kind"] == "personal" and before["model"]["final"] is False
+    assert before["answered_by"] == (
+        "personal: fine-tuned on this device from the global model of run 3 (after round 6)"
+    )
+
+    _keep_fleet_model(tmp_path, fleet, server_round=7, final=True)  # the server's final push
+    pushed = _predict_json(config, capsys)
+    assert pushed["model_kind"] == "global" and pushed["personal"] is None
+    assert pushed["model"]["final"] is True and pushed["model"]["after_round"] == 7
+    assert pushed["answered_by"] == "global: the final global model of run 3 (after round 7)"
+
+    capsys.readouterr()
+    assert main(["personalise", "-c", str(config)]) == 0
+    assert capsys.readouterr().out.startswith(
+        "the final global model of run 3 (after round 7) (ticket "
+    )
+    record = load_record(paths.personal_record_file)
+    assert (
+        record is not None
+        and record.base.final
+        and record.base.is_base_of(read_header(paths.model_file))
+    )
+    assert read_header(paths.personal_model_file).final  # its header says so too
+    after = _predict_json(config, capsys)
+    assert after["model_kind"] == "personal"
+    assert after["answered_by"] == (
+        "personal: fine-tuned on this device from the final global model of run 3 (after round 7)"
+    )
+    assert main(["status", "-c", str(config)]) == 0
+    assert "from the final global model of run 3 (after round 7): accuracy" in (
+        capsys.readouterr().out
+    )
+
+
+def test_a_personal_model_of_an_older_ticket_is_never_used_with_a_newer_one(
+    tmp_path: Path, fleet: Path, other_ticket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _swiss_device(tmp_path, fleet)
+    _unlabelled(tmp_path, config)
+    paths = DaemonPaths(tmp_path / "state")
+    assert main(["personalise", "-c", str(config)]) == 0
+    assert main(["tickets", "add", "-c", str(config), str(fleet / other_ticket)]) == 0
+    _keep_fleet_model(tmp_path, fleet, server_round=1, ticket_file=other_ticket)
+    newer = read_header(paths.model_file)
+    # The worst case: a record claiming the new model's very values for the old ticket.
+    document = json.loads(paths.personal_record_file.read_text())
+    document["base"]["sha256"] = newer.sha256
+    paths.personal_record_file.write_text(json.dumps(document))
+
+    got = _predict_json(config, capsys)
+    assert main(["status", "-c", str(config), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+
+    assert got["ticket_id"] == newer.ticket_id and got["model_kind"] == "global"
+    assert got["note"] is None  # not an error: the personal model is simply not for this one
+    assert report["predict_model"] == "global"
+    assert report["personalisation"]["is_current"] is False
+    assert main(["personalise", "-c", str(config)]) == 0
+    record = load_record(paths.personal_record_file)
+    assert record is not None and record.base.ticket_id == newer.ticket_id
+    # The old ticket's personal model is gone: replaced by one of the new ticket, or removed
+    # because the new one scored no better here.
+    personal = paths.personal_model_file
+    assert (
+        read_header(personal).ticket_id == newer.ticket_id if record.used else not personal.exists()
+    )
+
+
+def test_a_damaged_personal_record_is_reported_by_name_and_mended_by_personalise(
+    tmp_path: Path, fleet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _swiss_device(tmp_path, fleet)
+    _unlabelled(tmp_path, config)
+    paths = DaemonPaths(tmp_path / "state")
+    assert main(["personalise", "-c", str(config)]) == 0
+    global_model = paths.model_file.read_bytes()
+    paths.personal_record_file.write_text('{"format": "ticketfleet/edge-daemon-personal"')
+
+    capsys.readouterr()
+    assert main(["predict", "-c", str(config), "--stored", "--json"]) == 0
+    predicted = capsys.readouterr()
+    assert main(["status", "-c", str(config)]) == 0
+    status = capsys.readouterr()
+
+    assert json.loads(predicted.out)["model_kind"] == "global"
+    assert f"{paths.personal_record_file}: not a personalisation record" in predicted.err
+    assert f"warning: {paths.personal_record_file}: not a personalisation record" in status.err
+    assert "predict model   global: not personalised yet" in status.out
+    assert main(["personalise", "-c", str(config)]) == 0
+    assert load_record(paths.personal_record_file) is not None  # rewritten whole
+    assert paths.model_file.read_bytes() == global_model  # the global model is never touched
+    assert _predict_json(config, capsys)["model_kind"] == "personal"
+
+
+def test_a_damaged_global_model_is_an_error_naming_it_and_nothing_is_written(
+    tmp_path: Path, fleet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _swiss_device(tmp_path, fleet)
+    paths = DaemonPaths(tmp_path / "state")
+    paths.model_file.write_bytes(b"TFMODEL\x00garbage")
+    capsys.readouterr()
+
+    assert main(["personalise", "-c", str(config)]) == 3
+
+    assert f"{paths.model_file}: header truncated" in capsys.readouterr().err
+    assert not paths.personal_record_file.exists() and not paths.personal_model_file.exists()
+
+
+def test_a_ticket_whose_network_is_not_an_mlp_is_refused_by_name(
+    tmp_path: Path, fleet: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _swiss_device(tmp_path, fleet)
+    monkeypatch.setattr(numpy_mlp, "is_mlp", lambda names: False)  # as a conv net's names are
+    capsys.readouterr()
+
+    assert main(["personalise", "-c", str(config)]) == 1
+
+    err = capsys.readouterr().err
+    assert f"ticket {_ticket(fleet).content_id[:12]}: its heart-mlp network is not a plain" in err
+    assert not DaemonPaths(tmp_path / "state").personal_record_file.exists()
+
+
+def test_the_daemons_child_entry_point_personalises_and_exits_with_a_status(
+    tmp_path: Path, fleet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _device(tmp_path, fleet)
+    _ingest_site(tmp_path, config, "Switzerland")
+    capsys.readouterr()
+
+    assert personalise_main(["--config", str(config)]) == 1  # no global model yet
+    assert "personalise: no global model received yet" in capsys.readouterr().err
+    assert personalise_main(["--config", str(tmp_path / "missing.yaml")]) == 3
+    assert "missing.yaml" in capsys.readouterr().err
+    _keep_fleet_model(tmp_path, fleet)
+    assert personalise_main(["--config", str(config)]) == 0
+    assert "personal model used" in capsys.readouterr().out

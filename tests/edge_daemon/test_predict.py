@@ -46,9 +46,9 @@ def _device(tmp_path: Path, fleet: Path, *, install: bool = True) -> Path:
     return config
 
 
-def _ticket(fleet: Path) -> Ticket:
+def _ticket(fleet: Path, name: str = "fleet.ticket") -> Ticket:
     key = (fleet / "fleet.pub").read_bytes()
-    return load_ticket(fleet / "fleet.ticket", trusted_keys=[key], allow_unsigned=False)[0]
+    return load_ticket(fleet / name, trusted_keys=[key], allow_unsigned=False)[0]
 
 
 def _keep_model(tmp_path: Path, ticket: Ticket, scale: float = 1.5) -> np.ndarray:
@@ -105,7 +105,11 @@ def test_predict_a_csv_with_the_kept_model_matches_the_network_run_directly(
     assert main(["predict", "-c", str(config), str(_csv(tmp_path, *lines))]) == 0
 
     captured = capsys.readouterr()
-    assert captured.err == ""  # a trained model: no note
+    # A trained model: no note, only which model answered (_keep_model: round 7's instruction).
+    assert (
+        captured.err
+        == "edge-daemon predict: model: global: the global model of run 3 (after round 6)\n"
+    )
     expected = _expected(fleet, values, lines)
     predicted = _predicted(captured.out)
     assert [row for row, _, _ in predicted] == list(range(len(lines)))
