@@ -517,7 +517,7 @@ def _ticket_reader(context: Context) -> model_push.TicketReader:
 
     def read(ticket_id: str) -> Ticket:
         try:
-            return read_node_ticket(NodeSettings.from_context(context), ticket_id)[0]
+            return read_node_ticket(NodeSettings.from_context(context), ticket_id)
         except (NodeConfigError, TicketUnavailableError) as error:
             raise TicketError(str(error)) from error
 

@@ -1,7 +1,8 @@
 """What `fleet-server status` and the metrics endpoint report: a run's rounds, from its log.
 
-Reads the run directory's rounds.jsonl (server/run_log.py) and nothing else, so it works while
-the run is going, after it finished, and while the server is down.
+Reads the run directory's rounds.jsonl (server/run_log.py) and final-model.json
+(server/delivery_record.py) and nothing else, so it works while the run is going, after it
+finished, and while the server is down.
 """
 
 import math
@@ -10,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from server.delivery_record import DeliveryRecord, DeliveryRecordError, load_record
 from server.run_log import RunLog
 
 
@@ -43,6 +45,8 @@ class RunSummary:
     rounds: list[RoundSummary] = field(default_factory=list)
     run_id: int | None = None  # the Flower run last submitted
     run_status: str | None = None  # as `flwr ls` says; None when the SuperLink is not running
+    # Who holds the final model (None: not pushed yet), or why final-model.json is unreadable.
+    final_model: DeliveryRecord | str | None = None
 
     @property
     def last_round(self) -> int:
@@ -78,6 +82,13 @@ class RunSummary:
             "bytes_up_total": self.bytes_up_total,
             "bytes_down_total": self.bytes_down_total,
             "rounds": [{**asdict(s), "accuracy": s.accuracy} for s in self.rounds],
+            "final_model": (
+                self.final_model.to_json()
+                if isinstance(self.final_model, DeliveryRecord)
+                else {"error": self.final_model}
+                if self.final_model is not None
+                else None
+            ),
         }
 
 
@@ -109,7 +120,12 @@ def read_summary(
 ) -> RunSummary:
     lines = RunLog(run_dir / "rounds.jsonl").read()
     rounds = sorted((summarize_round(line) for line in lines), key=lambda s: s.round)
-    return RunSummary(run_dir, rounds_planned, rounds, run_id, run_status)
+    final: DeliveryRecord | str | None
+    try:
+        final = load_record(run_dir)
+    except DeliveryRecordError as error:
+        final = str(error)
+    return RunSummary(run_dir, rounds_planned, rounds, run_id, run_status, final)
 
 
 SHOWN_ROUNDS = 10  # the rounds `fleet-server status` lists; --json has them all
@@ -135,7 +151,23 @@ def format_summary(summary: RunSummary) -> str:
             f"{'bytes up':>10} {'bytes down':>10}  finished"
         )
         lines += [_row(s) for s in summary.rounds[-SHOWN_ROUNDS:]]
+    if summary.final_model is not None:
+        lines.append(format_delivery(summary.final_model))
     return "\n".join(lines)
+
+
+def format_delivery(final: DeliveryRecord | str) -> str:
+    """One line: who holds the final model pushed after the run's last round."""
+    if isinstance(final, str):
+        return f"final model: {final}"
+    line = (
+        f"final model (round {final.server_round}): kept by {len(final.kept)} node(s), "
+        f"refused by {len(final.refused)}, {len(final.silent)} silent"
+    )
+    if final.refused:  # the first reason: the usual one is a fleet-wide setting
+        node, why = min(final.refused.items())
+        line += f" (node {node}: {why}; --json lists all)"
+    return line
 
 
 def _row(summary: RoundSummary) -> str:

@@ -18,19 +18,27 @@ The service's loop, over the processes FleetServer (server/fleet.py) starts and 
    runs on the same SuperLink, and training then resumes.
 4. When the run has trained num_rounds: `when_done: idle` waits for the next deploy,
    `continue` trains another num_rounds in the same run directory, `exit` ends the service.
+   The run's last round pushes the final model to the fleet (server/final_model.py); while
+   idle, a node online (nodes-online.json) that has not settled it gets it from a re-run of
+   the finished run, which trains no round and only delivers (at once when the missing set
+   changes, else again after DELIVERY_RETRY_S).
    A run that fails is retried after a growing pause (BACKOFF_S), sooner if the ledger moves.
 
 Every change of what the service does is published to service.json (server/service_state.py)
 for `fleet-server status` and the metrics endpoint.
 """
 
+import contextlib
+import math
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from server.deployments import DeploymentLedger
 from server.enrolment import EnrolmentError, EnrolmentRecords
 from server.errors import FleetError, NoActiveTicketError
+from server.node_snapshot import read_snapshot
 from server.round_policy import check_goal_fits_fleet
 from server.run_control import clear_stop, request_stop
 from server.run_log import RunLog
@@ -50,6 +58,7 @@ if TYPE_CHECKING:
 
 BACKOFF_S = (15.0, 30.0, 60.0, 120.0, 300.0)  # waits after 1, 2, 3, ... failed runs in a row
 SWITCH_GRACE_S = 60.0  # beyond a round timeout, how long a stop request may take to land
+DELIVERY_RETRY_S = 300.0  # before asking the same silent nodes again for the final model
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,7 @@ class Work:
 
     target: "TrainingTarget"
     planned: int
+    deliver_to: tuple[int, ...] = ()  # a finished run, re-run to send these nodes its model
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,8 @@ class TrainingService:
         self.publisher = publisher
         self._failed_in_a_row = 0
         self.queue = SearchQueue(self.config.paths.jobs_dir)
+        # (run dir, nodes asked) -> when: the same silent nodes are not asked on every poll.
+        self._delivered: dict[tuple[str, tuple[int, ...]], float] = {}
 
     def serve(self) -> str:
         while True:
@@ -131,16 +143,43 @@ class TrainingService:
         done, rounds = last_round(target), self.config.run.num_rounds
         if done < rounds:
             return Work(target, rounds)
-        when_done = self.config.run.when_done
+        return self._after_done(target, done)
+
+    def _after_done(self, target: "TrainingTarget", done: int) -> Work | str | None:
+        """What follows a run that trained its num_rounds (`run.when_done`)."""
+        rounds, when_done = self.config.run.num_rounds, self.config.run.when_done
         if when_done == "continue":
             return Work(target, done - done % rounds + rounds)
         if when_done == "exit":
             return None
+        if missing := self._final_model_due(target):
+            return Work(target, done, deliver_to=missing)
         which = "run.ticket" if target.ticket_id is None else f"ticket {target.ticket_id[:12]}"
         return (
             f"{which} has trained its {rounds} rounds ({target.run_dir}); idle until "
             "`ticket deploy` makes another ticket active"
         )
+
+    def _final_model_due(self, target: "TrainingTarget") -> tuple[int, ...]:
+        """Online nodes that have not settled the finished run's final model, unless these
+        very nodes were asked less than DELIVERY_RETRY_S ago."""
+        from server.delivery_record import DeliveryRecordError, load_record, nodes_missing
+
+        try:
+            record = load_record(target.run_dir)
+        except DeliveryRecordError as error:
+            self.fleet.out(f"final model delivery: {error}")
+            return ()
+        snapshot = read_snapshot(self.config.paths.nodes_snapshot)
+        if record is None or snapshot is None:
+            return ()
+        missing = tuple(nodes_missing(record, online_node_ids(snapshot.nodes)))
+        key = (str(target.run_dir), missing)
+        if not missing or time.monotonic() - self._delivered.get(key, -math.inf) < (
+            DELIVERY_RETRY_S
+        ):
+            return ()
+        return missing
 
     def _fleet_too_small(self) -> str | None:
         """Why run.round_goal cannot be met by the enrolled fleet (None: it can, or no
@@ -184,15 +223,25 @@ class TrainingService:
         log = RunLog(run_dir / "rounds.jsonl")
         done = {line["round"] for line in log.read()}
         first = max(done, default=0) + 1
-        if target.ticket_id is not None:
+        if work.deliver_to:
+            self._delivered[(str(run_dir), work.deliver_to)] = time.monotonic()
+            fleet.out(
+                f"sending the final model of {run_dir} to {len(work.deliver_to)} node(s) "
+                "online that have not kept it"
+            )
+        elif target.ticket_id is not None:
             fleet.out(f"training the active ticket {target.ticket_id[:12]}")
-        if done:
+        if done and not work.deliver_to:
             fleet.out(f"resuming {run_dir} after round {max(done)} of {work.planned}")
         which = "run.ticket" if target.ticket_id is None else target.ticket_id[:12]
         self.publisher.begin_segment(target.ticket_id, run_dir, first)
         self.publisher.update(
             phase=TRAINING,
-            detail=f"training {which}: rounds {first}..{work.planned}",
+            detail=(
+                f"sending the final model of {which} to {len(work.deliver_to)} node(s)"
+                if work.deliver_to
+                else f"training {which}: rounds {first}..{work.planned}"
+            ),
             ticket=target.ticket_id,
             run_dir=str(run_dir),
             rounds_planned=work.planned,
@@ -302,6 +351,17 @@ class TrainingService:
             ):
                 return
             time.sleep(self.fleet.poll_s)
+
+
+def online_node_ids(nodes: Iterable[Mapping[str, Any]]) -> set[int]:
+    """The ids of the nodes `flwr supernode list` says are online."""
+    online = set()
+    for node in nodes:
+        node_id = node.get("node-id")
+        if node.get("status") == "online" and isinstance(node_id, int | str):
+            with contextlib.suppress(ValueError):
+                online.add(int(node_id))
+    return online
 
 
 def last_round(target: "TrainingTarget") -> int:

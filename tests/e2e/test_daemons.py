@@ -5,7 +5,8 @@ its readings ingested and the signed ticket cached; a fourth device is not enrol
 SuperLink turns its node away. During round 1 one node is killed with SIGKILL: its daemon
 restarts it. During round 2 another device is unplugged once its ClientApp is training: its
 daemon stops its node, the round lists that node as failed and completes with the others.
-Stopping the daemons leaves no process behind.
+After the last round each device still connected keeps the final model the server pushes, and
+the run directory records who kept it. Stopping the daemons leaves no process behind.
 """
 
 import json
@@ -18,9 +19,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from edge_daemon.model_store import read_header
+from edge_daemon.paths import DaemonPaths
 from loopback.demo import run_config
 from loopback.devices import UNPLUGGED, Device, prepare_devices
 from loopback.launcher import Loopback, free_port
+from server.delivery_record import load_record
 from tests.inprocess import find_ticket
 from ticket.tls import write_dev_pki
 from ticket_cli.cli import main as ticket_cli
@@ -158,5 +162,12 @@ def test_daemons_restart_a_killed_node_and_stop_an_ineligible_one(tmp_path: Path
     assert statuses[3]["rounds_joined"] == 0
     assert statuses[2]["eligible"] is False and statuses[2]["node_running"] is False
     assert any("power" in reason for reason in statuses[2]["reasons"])
+    # The final model: device 1 (undisturbed) kept the aggregate of round 4 for `predict`; the
+    # record lists it, and never the unplugged device's stopped node among those that kept it.
+    header = read_header(DaemonPaths(devices[1].state_dir).model_file)
+    record = load_record(tmp_path / "run")
+    assert record is not None and record.server_round == 4
+    assert (header.server_round, header.final, header.ticket_id) == (4, True, record.ticket_id)
+    assert _node_id(devices[1]) in record.kept and unplugged not in record.kept
     assert still_running == []
     assert fleet.alive() == []

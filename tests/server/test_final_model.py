@@ -14,14 +14,14 @@ from edge_daemon import client_app
 from edge_daemon.model_store import load_model
 from edge_daemon.state import load_state
 from flower_wire import from_flower, to_flower
-from server.final_model import (
+from server.delivery_record import (
     FILE,
     DeliveryRecord,
     DeliveryRecordError,
-    deliver_final_model,
     load_record,
     nodes_missing,
 )
+from server.final_model import deliver_final_model
 from server.run_control import request_stop
 from server.strategy import PackedFedAvg, RoundPlan
 from server.training_run import run_resumable

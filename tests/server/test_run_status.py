@@ -5,6 +5,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from server.delivery_record import DeliveryRecord, write_record
 from server.metrics import serve_metrics
 from server.run_status import format_summary, read_summary
 
@@ -63,6 +64,26 @@ def test_status_of_a_run_not_started_yet(tmp_path: Path) -> None:
 
     assert summary.last_round == 0 and summary.accuracy is None
     assert "no run submitted yet" in format_summary(summary)
+
+
+def test_status_says_who_holds_the_final_model(tmp_path: Path) -> None:
+    run_dir = _run_dir(tmp_path)
+    assert "final model" not in format_summary(read_summary(run_dir, rounds_planned=3))
+    record = DeliveryRecord("a" * 64, 3, kept={7: "t", 8: "t"}, refused={9: "no model store"})
+    write_record(run_dir, record)
+
+    summary = read_summary(run_dir, rounds_planned=3)
+
+    assert (
+        "final model (round 3): kept by 2 node(s), refused by 1, 0 silent "
+        "(node 9: no model store; --json lists all)" in format_summary(summary)
+    )
+    assert summary.as_dict()["final_model"]["refused"] == {"9": "no model store"}
+    (run_dir / "final-model.json").write_text("[]")
+    damaged = read_summary(run_dir, rounds_planned=3)
+    assert "final model: " in format_summary(damaged) and "final-model.json" in str(
+        damaged.as_dict()["final_model"]["error"]
+    )
 
 
 def _scrape(port: int) -> dict[str, float]:

@@ -17,12 +17,14 @@ from typing import Any
 import pytest
 
 from server.config import FleetConfig, load_config
+from server.delivery_record import DeliveryRecord, write_record
 from server.deployments import DeploymentLedger
 from server.fleet import FleetError
+from server.node_snapshot import write_snapshot
 from server.run_control import STOP_REQUEST, request_stop, stop_reason
 from server.run_log import RunLog
 from server.search_jobs import DONE, FAILED, SearchQueue, SearchRequest
-from server.service import TrainingService, Work
+from server.service import DELIVERY_RETRY_S, TrainingService, Work, online_node_ids
 from server.service_state import IDLE, STOPPED, ServicePublisher, read_state
 from server.superlink import COMPLETED
 from ticket.runconfig import SearchSettings
@@ -413,3 +415,93 @@ def test_the_node_refresher_writes_what_the_superlink_lists_and_removes_it_at_th
     assert not path.exists()
     path.write_text("{torn")
     assert read_snapshot(path) is None
+
+
+def _online(config: FleetConfig, *node_ids: int, offline: tuple[int, ...] = ()) -> None:
+    nodes = [{"node-id": n, "status": "online"} for n in node_ids]
+    nodes += [{"node-id": n, "status": "offline"} for n in offline]
+    write_snapshot(config.paths.nodes_snapshot, nodes, datetime.now(UTC))
+
+
+def _finished(config: FleetConfig, ticket_id: str, rounds: int, record: DeliveryRecord) -> None:
+    log = RunLog(config.run_dir(ticket_id) / "rounds.jsonl")
+    for server_round in range(1, rounds + 1):
+        log.append({"round": server_round, "ticket": ticket_id})
+    write_record(config.run_dir(ticket_id), record)
+
+
+def test_an_idle_service_re_runs_a_finished_run_for_online_nodes_that_missed_its_model(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path, num_rounds=2)  # when_done: idle
+    _deploy(config, A)
+    record = DeliveryRecord(A, 2, kept={1: "t"}, refused={2: "no model store"}, silent=[3])
+    _finished(config, A, 2, record)
+    _online(config, 1, 2, 3, 4, offline=(5,))
+    service = _service(FakeFleet(config))
+
+    work = service.next_work()
+
+    # 1 kept it and 2 refused it (asking again gets the same answer); 5 is offline.
+    assert work == Work(service._target(), 2, deliver_to=(3, 4))  # type: ignore[arg-type]
+
+
+def test_the_same_silent_nodes_are_asked_again_only_after_the_retry_pause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(tmp_path, num_rounds=2)
+    _deploy(config, A)
+    _finished(config, A, 2, DeliveryRecord(A, 2, silent=[3]))
+    _online(config, 3)
+    fleet = FakeFleet(config)
+    service = _service(fleet)
+    clock = [1000.0]
+    monkeypatch.setattr("server.service.time.monotonic", lambda: clock[0])
+
+    first = service.next_work()
+    assert isinstance(first, Work) and first.deliver_to == (3,)
+    service._train(first)  # 3 stays silent: the fake run trains nothing and delivers nothing
+
+    assert fleet.submitted == [(config.run_dir(A).name, 2)]  # the finished run, no new round
+    assert any("sending the final model" in line for line in fleet.lines)
+    assert isinstance(service.next_work(), str)  # idle: 3 was just asked
+    _online(config, 3, 4)
+    assert service.next_work() == Work(first.target, 2, deliver_to=(3, 4))  # a new node: now
+    _online(config, 3)
+    clock[0] += DELIVERY_RETRY_S + 1
+    assert service.next_work() == Work(first.target, 2, deliver_to=(3,))
+
+
+def test_no_delivery_run_without_a_record_a_snapshot_or_anyone_missing(tmp_path: Path) -> None:
+    config = _config(tmp_path, num_rounds=2)
+    _deploy(config, A)
+    service = _service(FakeFleet(config))
+    _finished(config, A, 2, DeliveryRecord(A, 2, kept={1: "t"}))
+    assert isinstance(service.next_work(), str)  # no snapshot: nobody known online
+    _online(config, 1)
+    assert isinstance(service.next_work(), str)  # everyone online holds it
+    (config.run_dir(A) / "final-model.json").unlink()
+    assert isinstance(service.next_work(), str)  # the run pushed nothing (stopped, say)
+
+
+def test_a_damaged_delivery_record_is_said_and_the_service_idles(tmp_path: Path) -> None:
+    config = _config(tmp_path, num_rounds=2)
+    _deploy(config, A)
+    _finished(config, A, 2, DeliveryRecord(A, 2))
+    (config.run_dir(A) / "final-model.json").write_text("{not json")
+    _online(config, 1)
+    fleet = FakeFleet(config)
+
+    assert isinstance(_service(fleet).next_work(), str)
+    assert any("final-model.json: not JSON" in line for line in fleet.lines)
+
+
+def test_online_node_ids_reads_the_superlinks_listing() -> None:
+    listed = [
+        {"node-id": 7, "status": "online"},
+        {"node-id": "8", "status": "online"},
+        {"node-id": 9, "status": "offline"},
+        {"node-id": "x", "status": "online"},
+        {"status": "online"},
+    ]
+    assert online_node_ids(listed) == {7, 8}
