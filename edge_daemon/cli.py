@@ -13,9 +13,8 @@
 `-c` defaults to /etc/edge-daemon/daemon.yaml, the path the systemd unit uses. Exit statuses are
 `edge_daemon.exit_codes.ExitCode`; `status --json` is documented in `edge_daemon.status_report`.
 Expected failures print one line naming the file (and its line or key) and a hint, never a
-traceback. Only `run` loads the daemon's loop; no subcommand but `tickets add`, `predict` and
-`personalise` loads torch, and those only for ticket/bundle.py's ticket format: the network
-itself runs in numpy (ticket/numpy_mlp.py).
+traceback. Only `run` loads the daemon's loop. `predict` and `personalise` run the network in
+numpy (ticket/numpy_mlp.py) and never load torch (tests/edge_daemon/test_personalise.py).
 """
 
 import argparse

@@ -12,13 +12,14 @@ Nothing here is ever sent anywhere: the personal model and its record stay in th
 directory, mode 0600; no message, metric or reply carries them (ticket/wire.py has no key for
 them), and the next global model the device trains on is the server's, not this one.
 
-Numpy only (ticket/numpy_mlp.py), no torch of its own. `run_device` is what both callers use:
+Numpy only (ticket/numpy_mlp.py): it never loads torch. `run_device` is what both callers use:
 `edge-daemon personalise` on demand, and the daemon's loop through a short-lived child process
 (`python -m edge_daemon.personalise --config daemon.yaml`, edge_daemon/personal_job.py).
 """
 
 import argparse
 import os
+import sqlite3
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -57,7 +58,8 @@ class Rows:
 
 @dataclass(frozen=True, eq=False)  # eq=False: holds arrays
 class Outcome:
-    personal: Mapping[str, Array] | None  # the fine-tuned parameters; None: none trained
+    personal: Mapping[str, Array] | None  # the fine-tuned parameters, kept only when `used`;
+    #                                         None: none trained (too few rows)
     global_eval: "EvalResult | None"  # on the held-out rows; None: too few to score on
     personal_eval: "EvalResult | None"
     used: bool
@@ -108,7 +110,7 @@ def fine_tune(
     if personal_eval.accuracy > global_eval.accuracy:
         return Outcome(personal, global_eval, personal_eval, True, f"personal model used: {scores}")
     why = f"global model kept: {scores} (the personal model must score higher)"
-    return Outcome(None, global_eval, personal_eval, False, why)
+    return Outcome(personal, global_eval, personal_eval, False, why)
 
 
 def run_device(config: DaemonConfig, *, now: datetime | None = None) -> PersonalRecord:
@@ -184,7 +186,7 @@ def _device_rows(
     """The store's labelled readings split as the ClientApp splits them (local_data.py); none
     (recorded as too few) when nothing labelled is stored."""
     from edge_daemon.local_data import LocalDataError, StoreSpec, load_store_data
-    from edge_daemon.readings import ReadingsStore
+    from edge_daemon.readings import ReadingsStore, StoreError
 
     empty = Rows(
         np.zeros((0, 0), dtype=np.float32),
@@ -203,19 +205,15 @@ def _device_rows(
     try:
         data = load_store_data(spec, preprocessing)
     except LocalDataError as error:
-        with ReadingsStore(paths.readings_db, schema=config.data.schema) as store:
-            if store.count() == 0:  # retention expired them all, or only unlabelled ones
-                return empty
-        raise PersonaliseError(
-            f"{paths.readings_db}: the readings cannot be used: {error}"
-        ) from None
-    # np.asarray takes the arrays local_data returns, numpy or (on older trees) torch on CPU.
-    return Rows(
-        np.asarray(data.x_train, dtype=np.float32),
-        np.asarray(data.y_train, dtype=np.int64),
-        np.asarray(data.x_test, dtype=np.float32),
-        np.asarray(data.y_test, dtype=np.int64),
-    )
+        try:
+            with ReadingsStore(paths.readings_db, schema=config.data.schema) as store:
+                is_empty = store.count() == 0  # retention expired them all, or only unlabelled
+        except (StoreError, sqlite3.Error):
+            is_empty = False  # damaged: the error below says so
+        if is_empty:
+            return empty
+        raise PersonaliseError(f"{paths.readings_db}: cannot be used ({error})") from None
+    return Rows(data.x_train, data.y_train, data.x_test, data.y_test)
 
 
 def _keep(
@@ -232,7 +230,7 @@ def _keep(
     choice: the old record (whose base or digest no longer matches) or the new one.
     """
     with locked(paths.personal_record_file):  # one writer at a time per device
-        if outcome.personal is not None:
+        if outcome.used and outcome.personal is not None:
             values = layout.pack(outcome.personal)  # float32 [k]: the same mask as the global
             save_model(
                 paths.personal_model_file,
@@ -247,7 +245,7 @@ def _keep(
             digest = read_header(paths.personal_model_file).sha256
             record = replace(record, personal_sha256=digest)
         save_record(paths.personal_record_file, record)
-        if outcome.personal is None:
+        if not outcome.used:
             paths.personal_model_file.unlink(missing_ok=True)
     return record
 

@@ -166,6 +166,7 @@ def test_full_file_is_read_into_typed_fields(tmp_path: Path) -> None:
         ),
         ("personalise:\n  enabled: maybe\n", "personalise.enabled: must be true or false"),
         ("personalise:\n  layer: last\n", "daemon.yaml: personalise.layer: unknown key"),
+        ("personalise: 5\n", "daemon.yaml: personalise: must be a mapping of keys, got 5"),
     ],
 )
 def test_bad_values_name_file_and_dotted_key(tmp_path: Path, extra: str, expected: str) -> None:

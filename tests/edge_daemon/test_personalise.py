@@ -4,6 +4,8 @@ only when it scores better on its held-out rows; predict and status say which mo
 import csv
 import json
 import stat
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +23,7 @@ from edge_daemon.personal_record import load_record
 from edge_daemon.personalise import Rows, fine_tune
 from edge_daemon.personalise import main as personalise_main
 from edge_daemon.readings import ReadingsStore
-from tests.edge_daemon.test_predict import _device, _ticket, fleet
+from tests.edge_daemon.test_predict import ROOT, _device, _ticket, fleet
 from tests.edge_daemon.test_readings import HEADER
 from tests.inprocess import find_ticket
 from ticket import numpy_mlp
@@ -122,7 +124,7 @@ def test_a_personal_model_no_better_than_the_global_one_keeps_the_global_and_say
 
     assert outcome.global_eval is not None and outcome.global_eval.accuracy == 1.0
     assert outcome.personal_eval is not None  # it was trained and scored, then not kept
-    assert not outcome.used and outcome.personal is None
+    assert not outcome.used and outcome.personal is not None
     assert outcome.why.startswith("global model kept: personal ")
     assert "against global 1.000 accuracy on 50 held-out rows" in outcome.why
     assert outcome.why.endswith("(the personal model must score higher)")
@@ -136,7 +138,7 @@ def test_a_tie_keeps_the_global_model() -> None:
 
     assert outcome.global_eval is not None and outcome.personal_eval is not None
     assert outcome.personal_eval.accuracy == outcome.global_eval.accuracy
-    assert not outcome.used and outcome.personal is None
+    assert not outcome.used
     assert outcome.why.startswith("global model kept")
 
 
@@ -585,3 +587,57 @@ def test_the_daemons_child_entry_point_personalises_and_exits_with_a_status(
     _keep_fleet_model(tmp_path, fleet)
     assert personalise_main(["--config", str(config)]) == 0
     assert "personal model used" in capsys.readouterr().out
+
+
+def test_personalising_and_predicting_never_load_torch(tmp_path: Path, fleet: Path) -> None:
+    config = _swiss_device(tmp_path, fleet)
+    _unlabelled(tmp_path, config)
+    code = (
+        "import sys\n"
+        "from edge_daemon.personalise import main\n"
+        "from edge_daemon.cli import main as cli\n"
+        f"assert main(['--config', {str(config)!r}]) == 0\n"
+        f"assert cli(['predict', '-c', {str(config)!r}, '--stored']) == 0\n"
+        "print('torch' in sys.modules)\n"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+
+    assert done.stdout.splitlines()[-1] == "False"
+
+
+def test_only_the_devices_own_commands_touch_the_personal_files() -> None:
+    # Nothing that talks to the server (the ClientApp, its handlers, the wire) names the
+    # personal model or its record, so neither can end up in a reply.
+    readers = {
+        path.relative_to(ROOT).as_posix()
+        for package in ("edge_daemon", "server", "ticket", "flower_wire")
+        for path in (ROOT / package).rglob("*.py")
+        if "personal_model_file" in path.read_text() or "personal_record_file" in path.read_text()
+    }
+
+    assert readers == {
+        "edge_daemon/paths.py",  # where they live
+        "edge_daemon/personalise.py",  # writes them
+        "edge_daemon/personal_job.py",  # reads the record: personalised already?
+        "edge_daemon/predict.py",  # `predict` and the local socket
+        "edge_daemon/status_report.py",  # `status`
+    }
+
+
+def test_a_damaged_readings_store_is_an_error_naming_it_and_nothing_is_written(
+    tmp_path: Path, fleet: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _swiss_device(tmp_path, fleet)
+    paths = DaemonPaths(tmp_path / "state")
+    paths.readings_db.write_bytes(b"not a database" * 100)
+    capsys.readouterr()
+
+    status = main(["personalise", "-c", str(config)])
+
+    err = capsys.readouterr().err
+    assert status == 1
+    assert f"{paths.readings_db}: cannot be used (device readings unusable: DatabaseError)" in err
+    assert not paths.personal_record_file.exists() and not paths.personal_model_file.exists()
