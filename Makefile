@@ -8,7 +8,7 @@ OUT    ?= demo-out
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: install browser demo test test-fast lint bench bench-heart bench-mnist bench-comm bench-daemon bench-secagg bench-deploy bench-hardening bench-hub bench-fleet-find clean
+.PHONY: install browser demo test test-fast lint bench bench-heart bench-mnist bench-comm bench-daemon bench-secagg bench-deploy bench-hardening bench-hub bench-fleet-find bench-personalise clean
 
 install: $(STAMP)
 
@@ -47,7 +47,7 @@ test: lint browser
 test-fast: lint browser
 	$(BIN)/pytest -m "not slow" -x
 
-bench: bench-heart bench-mnist bench-comm bench-daemon bench-secagg bench-deploy bench-hardening bench-hub bench-fleet-find
+bench: bench-heart bench-mnist bench-comm bench-daemon bench-secagg bench-deploy bench-hardening bench-hub bench-fleet-find bench-personalise
 
 bench-heart: $(STAMP)
 	$(BIN)/python bench/lth_heart.py
@@ -76,6 +76,9 @@ bench-hub: $(STAMP)
 
 bench-fleet-find: $(STAMP)
 	$(BIN)/python bench/fleet_find.py
+
+bench-personalise: $(STAMP)
+	OMP_NUM_THREADS=1 taskset -c 0 $(BIN)/python bench/personalise.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .mypy_cache .ruff_cache .pytest_cache

@@ -8,12 +8,13 @@
     edge-daemon tickets list -c daemon.yaml           content ids of the cached tickets
     edge-daemon predict  -c daemon.yaml FILE|-|--stored  class and probability per reading
     edge-daemon schema   -c daemon.yaml [--json]      the columns readings must have
+    edge-daemon personalise -c daemon.yaml [--json]   fine-tune the global model on this device
 
 `-c` defaults to /etc/edge-daemon/daemon.yaml, the path the systemd unit uses. Exit statuses are
 `edge_daemon.exit_codes.ExitCode`; `status --json` is documented in `edge_daemon.status_report`.
 Expected failures print one line naming the file (and its line or key) and a hint, never a
-traceback. Only `run` loads the daemon's loop; no subcommand but `tickets add` and `predict` loads
-torch.
+traceback. Only `run` loads the daemon's loop. `predict` and `personalise` run the network in
+numpy (ticket/numpy_mlp.py) and never load torch (tests/edge_daemon/test_personalise.py).
 """
 
 import argparse
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from edge_daemon import cmd_predict, cmd_schema
+from edge_daemon import cmd_personalise, cmd_predict, cmd_schema
 from edge_daemon.config import ConfigError, load_config
 from edge_daemon.exit_codes import HELP, ExitCode, exit_code_for
 from edge_daemon.keys import default_comment, write_node_key
@@ -124,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing.set_defaults(handler=_tickets_list, name="tickets list")
     cmd_predict.register(commands, config)
     cmd_schema.register(commands, config)
+    cmd_personalise.register(commands, config)
     return parser
 
 
@@ -149,7 +151,7 @@ def _run(args: argparse.Namespace) -> int:
     # Imported only here: the other subcommands need none of the daemon's loop.
     from edge_daemon.daemon import run_daemon
 
-    return run_daemon(config)
+    return run_daemon(config, config_path=args.config)
 
 
 def _ingest(args: argparse.Namespace) -> int:

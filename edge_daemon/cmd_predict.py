@@ -5,7 +5,10 @@
 Readings come from FILE (`-`: standard input), in the CSV format `ingest` reads or as JSON
 lines, the label column optional; or, with `--stored`, the unlabelled readings in the store.
 Nothing is written: not the store, not the daemon's state, and nothing leaves the device.
-Torch loads inside `predict_command` only (edge_daemon/predict.py).
+Each prediction says which model made it: `personal` (this device's fine-tuned copy of the
+global model, when it scores better here: edge_daemon/personalise.py), `global`, or `untrained`
+(no global model yet: the ticket's own weights). The network runs in numpy
+(edge_daemon/predict.py), loaded inside `predict_command` only.
 """
 
 import argparse
@@ -28,9 +31,11 @@ def register(
         "predict",
         parents=[config],
         help="predict the class of readings with the latest global model, on this device",
-        description="Prints row,class,probability per reading (row counts from 0). Uses the "
-        "active ticket and the latest global model the server sent; before one arrived, the "
-        "ticket's own weights (said on stderr). Nothing is stored or sent.",
+        description="Prints row,class,probability,model per reading (row counts from 0). Uses "
+        "the active ticket and the latest global model the server sent, or this device's "
+        "personal model of it when that scores better on the device's own held-out readings "
+        "(model: global or personal); before one arrived, the ticket's own weights (model: "
+        "untrained, said on stderr too). Nothing is stored or sent.",
     )
     predict.add_argument(
         "file", nargs="?", type=Path, metavar="FILE", help="readings to predict; - for stdin"
@@ -73,12 +78,15 @@ def predict_command(args: argparse.Namespace) -> int:
         source = name
     cache = TicketCache(paths.tickets_dir, config.fleet_key)
     try:
-        predictor = core.load_predictor(paths, cache, config.data.schema)
+        predictor = core.load_predictor(
+            paths, cache, config.data.schema, use_personal=config.personalise.enabled
+        )
     except core.PredictError as error:
         print(f"edge-daemon predict: error: {error}", file=sys.stderr)
         print(f"  hint: {HELP[ExitCode.BAD_INPUT]}", file=sys.stderr)
         return ExitCode.BAD_INPUT
     predictions = core.predict(predictor, rows)
+    print(f"edge-daemon predict: model: {core.answered_by(predictor)}", file=sys.stderr)
     if predictor.note is not None:
         print(f"edge-daemon predict: note: {predictor.note}", file=sys.stderr)
     if not predictions:
@@ -88,9 +96,9 @@ def predict_command(args: argparse.Namespace) -> int:
         print(json.dumps(document, indent=2))
         return ExitCode.OK
     writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(["row", "class", "probability"])
+    writer.writerow(["row", "class", "probability", "model"])
     for p in predictions:
-        writer.writerow([p.row, p.label, f"{p.probability:.6f}"])
+        writer.writerow([p.row, p.label, f"{p.probability:.6f}", predictor.kind])
     return ExitCode.OK
 
 

@@ -53,6 +53,18 @@ a daemon with a wrong path fails at once (exit 3) instead of a node failing late
     predict_socket: false             # true: `run` serves predictions on state_dir/predict.sock
                                       #   (HTTP, mode 0600, this device only;
                                       #   edge_daemon/predict_server.py)
+    personalise:                      # fine-tune each new global model on this device's own
+                                      #   labelled readings (edge_daemon/personalise.py); the
+                                      #   personal model never leaves the device
+      enabled: true                   # false: `run` never personalises; predict uses the global
+      layers: last                    # "last": only the output layer trains; "all": every
+                                      #   surviving weight (the ticket's mask is kept either way)
+      epochs: 20
+      lr: 0.001
+      batch_size: 32
+      min_train_rows: 20              # fewer labelled training rows: not personalised
+      min_held_out_rows: 5            # fewer held-out rows (every 5th labelled reading): not
+                                      #   personalised, there is nothing to judge it on
 """
 
 import typing
@@ -105,6 +117,17 @@ class SupervisorConfig:
 
 
 @dataclass(frozen=True)
+class PersonaliseConfig:
+    enabled: bool = True
+    layers: str = field(default="last", metadata={"choices": ("last", "all")})
+    epochs: int = field(default=20, metadata={"ge": 1, "le": 10_000})
+    lr: float = field(default=0.001, metadata={"gt": 0, "le": 10})
+    batch_size: int = field(default=32, metadata={"ge": 1, "le": 1_000_000})
+    min_train_rows: int = field(default=20, metadata={"ge": 1})
+    min_held_out_rows: int = field(default=5, metadata={"ge": 1})
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     state_dir: Path
     fleet_key: Path
@@ -115,6 +138,7 @@ class DaemonConfig:
     node_port: int = field(default=9094, metadata={"ge": 1, "le": 65535})
     probe_file: Path | None = None
     predict_socket: bool = False  # serve POST /predict on state_dir/predict.sock (0600)
+    personalise: PersonaliseConfig = field(default_factory=PersonaliseConfig)
 
 
 _YAML_LOADER = rejecting_duplicate_keys(yaml.SafeLoader)

@@ -6,10 +6,12 @@ node should run; every `RETENTION_EVERY_S` (and at start) the readings store's r
 are applied, since age limits lapse with no ingest. The loop writes `status.json` (what
 `edge-daemon status` shows) atomically when the verdict, its reasons or the node change, and
 refreshes the live numbers in it (a CPU share, a battery level) at most every
-`STATUS_REFRESH_S`. SIGTERM or SIGINT ends the loop and stops the node's whole process group
-before the daemon exits; a node left running by a daemon killed with SIGKILL is stopped when the
-next one starts. Nothing here imports torch: the ClientApp, which trains, runs in its own
-process under the node.
+`STATUS_REFRESH_S`. While the device is eligible and no round is in flight, a new global model
+is personalised on the device's own readings in a short-lived child process
+(edge_daemon/personal_job.py). SIGTERM or SIGINT ends the loop and stops the node's whole
+process group (and any personalisation) before the daemon exits; a node left running by a
+daemon killed with SIGKILL is stopped when the next one starts. Nothing here imports torch: the
+ClientApp, which trains, runs in its own process under the node, and personalisation in its own.
 """
 
 import json
@@ -32,6 +34,7 @@ from typing import Any
 from edge_daemon.config import DaemonConfig
 from edge_daemon.eligibility import Decision, EligibilityTracker
 from edge_daemon.paths import DaemonPaths
+from edge_daemon.personal_job import PersonalJob, clientapp_running, personalise_command
 from edge_daemon.probe import FileProbe, Probe, PsutilProbe
 from edge_daemon.readings import ReadingsStore, StoreError
 from edge_daemon.supervisor import NodeSupervisor
@@ -106,6 +109,7 @@ class Daemon:
     probe: Probe
     supervisor: NodeSupervisor
     clock: Callable[[], float] = time.monotonic
+    personal: PersonalJob | None = None  # None: personalisation is off (personalise.enabled)
 
     def __post_init__(self) -> None:
         self.paths = DaemonPaths(self.config.state_dir)
@@ -130,11 +134,19 @@ class Daemon:
                 logger.info("device now %s: %s", state, "; ".join(self.decision.verdict.reasons))
             self.supervisor.want(self.decision.is_eligible)
         self.supervisor.tick(now)
+        self.tick_personal(now)
         self.write_status()
+
+    def tick_personal(self, now: float) -> None:
+        """Personalise a new global model while the device may train (personal_job.py)."""
+        if self.personal is not None:
+            self.personal.tick(now, may_run=bool(self.decision and self.decision.is_eligible))
 
     def shutdown(self) -> None:
         self.supervisor.want(False)
         self.supervisor.stop()
+        if self.personal is not None:
+            self.personal.stop()
         self.write_status()
 
     def apply_retention(self) -> int:
@@ -229,7 +241,8 @@ def recorded_node(status_file: Path) -> tuple[int, float] | None:
     return pid, started
 
 
-def build_daemon(config: DaemonConfig) -> Daemon:
+def build_daemon(config: DaemonConfig, config_path: Path | None = None) -> Daemon:
+    """The daemon of `config`; personalisation needs `config_path`, which its child reads."""
     paths = DaemonPaths(config.state_dir)
     for directory in (config.state_dir, paths.tickets_dir, paths.flwr_home, paths.logs_dir):
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -244,10 +257,21 @@ def build_daemon(config: DaemonConfig) -> Daemon:
         if config.probe_file is not None
         else PsutilProbe(config.eligibility.cpu_window_s, node_pid=lambda: supervisor.pid)
     )
-    return Daemon(config, probe, supervisor)
+    personal = None
+    if config.personalise.enabled and config_path is not None:
+        personal = PersonalJob(
+            argv=personalise_command(config_path.absolute()),
+            env=dict(os.environ),
+            log_path=paths.logs_dir / "personalise.log",
+            paths=paths,
+            is_round_in_flight=lambda: clientapp_running(supervisor.pid),
+        )
+    return Daemon(config, probe, supervisor, personal=personal)
 
 
-def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> int:
+def run_daemon(
+    config: DaemonConfig, *, config_path: Path | None = None, stop: threading.Event | None = None
+) -> int:
     """Run until SIGTERM/SIGINT (or `stop` is set); the node is stopped before returning."""
     stop = stop or threading.Event()
 
@@ -255,7 +279,7 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
         logger.info("signal %d: stopping", signum)
         stop.set()
 
-    daemon = build_daemon(config)
+    daemon = build_daemon(config, config_path)
     # Before anything touches the node: a second daemon on this state directory would take the
     # first one's node for a leftover and stop it.
     lock = DaemonPaths(config.state_dir).lock_file
@@ -267,11 +291,14 @@ def run_daemon(config: DaemonConfig, *, stop: threading.Event | None = None) -> 
         )
         predictions = None
         if config.predict_socket:
-            # Imported only when asked for; the endpoint's worker, not this process, loads torch.
+            # Imported only when asked for; the endpoint's worker, not this process, predicts.
             from edge_daemon.predict_server import start_predict_server
 
             predictions = start_predict_server(
-                config.state_dir, config.fleet_key, config.data.schema
+                config.state_dir,
+                config.fleet_key,
+                config.data.schema,
+                use_personal=config.personalise.enabled,
             )
             logger.info("predictions served on %s", predictions.socket_path)
         try:

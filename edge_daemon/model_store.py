@@ -138,11 +138,14 @@ def save_model(
     server_round: int,
     received_at: datetime,
     final: bool = False,
+    replace_later: bool = False,
 ) -> bool:
     """Keep `values` unless the stored model is a later one of the same run and ticket.
 
     True when written. A model of another ticket or another run replaces the stored one: it is
-    what the server sends now. Serialised with other writers by a lock beside the file.
+    what the server sends now. `replace_later`: write whatever is stored (the personal model,
+    whose record says which global model it came from). Serialised with other writers by a lock
+    beside the file.
     """
     import numpy as np
 
@@ -159,6 +162,7 @@ def save_model(
             old = None  # a damaged file is what this write repairs
         if (
             old is not None
+            and not replace_later
             and (old.ticket_id, old.run_id) == (ticket_id, run_id)
             and (old.server_round, old.final) > (server_round, final)
         ):

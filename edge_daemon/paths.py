@@ -27,6 +27,16 @@ class DaemonPaths:
         return self.state_dir / "model" / "latest.model"
 
     @property
+    def personal_model_file(self) -> Path:
+        """This device's fine-tuned copy of a global model (edge_daemon/personalise.py)."""
+        return self.state_dir / "model" / "personal.model"
+
+    @property
+    def personal_record_file(self) -> Path:
+        """What the last personalisation found and whether `predict` uses its model."""
+        return self.state_dir / "model" / "personal.json"
+
+    @property
     def tickets_dir(self) -> Path:
         return self.state_dir / "tickets"
 

@@ -1,10 +1,14 @@
-"""Predictions on this device: the active ticket's network, holding the latest global model.
+"""Predictions on this device: the active ticket's network, holding the latest global model
+or this device's personal model of it.
 
-The network is rebuilt as the ClientApp builds it (ticket.bundle.load_ticket: the ticket's
-model with its rewound weights W_k), then given the values of the last global model the server
-sent (edge_daemon/model_store.py) through the ticket's PackLayout. Readings are encoded by the
-ticket's own preprocessing (edge_daemon.local_data.readings_encoder), exactly as for training.
-Nothing here sends anything anywhere.
+The network's parameters are the ticket's own (its rewound weights W_k), replaced by the values
+of the last global model the server sent (edge_daemon/model_store.py) through the ticket's
+PackLayout; or, when personal.json says the device's fine-tuned copy of that very global model
+scores better on the device's held-out readings (edge_daemon/personalise.py), by that personal
+model's values. Readings are encoded by the ticket's own preprocessing
+(edge_daemon.local_data.readings_encoder), exactly as for training. The forward pass is numpy
+(ticket/numpy_mlp.py): neither `predict` nor the local endpoint's worker loads torch. Nothing
+here sends anything anywhere.
 
 The active ticket is the one the latest global model was packed over; before any model
 arrived, the ticket installed last (state.json's ticket_ids) that is still cached.
@@ -12,22 +16,31 @@ arrived, the ticket installed last (state.json's ticket_ids) that is still cache
 
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_daemon.model_store import ModelHeader, ModelOfAnotherTicketError, load_model, read_header
+from edge_daemon.model_store import (
+    ModelHeader,
+    ModelOfAnotherTicketError,
+    ModelStoreError,
+    load_model,
+    read_header,
+)
 from edge_daemon.paths import DaemonPaths
+from edge_daemon.personal_record import PersonalRecord, PersonalRecordError, load_record
 from edge_daemon.readings import CsvLimits, IngestError, Reading, RowSchema, parse_csv
 from edge_daemon.state import load_state
 from edge_daemon.ticket_cache import TicketCache, TicketNotCachedError
 
 if TYPE_CHECKING:
-    from torch import nn
+    import numpy as np
+    import numpy.typing as npt
 
     from ticket.bundle import Ticket
     from ticket.data.heart_encoding import HeartPreprocessor
+    from ticket.packing import PackLayout
 
 UNTRAINED = "untrained: no global model received yet; predicting with the ticket's own W_k"
 FORMATS = ("csv", "jsonl")
@@ -71,49 +84,85 @@ def active_ticket(paths: DaemonPaths, cache: TicketCache) -> ActiveTicket:
     )
 
 
-# eq=False: holds a torch module.
-@dataclass(frozen=True, eq=False)
+GLOBAL, PERSONAL, UNTRAINED_KIND = "global", "personal", "untrained"  # which model predicted
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: holds arrays
 class Predictor:
     ticket: "Ticket"
-    model: "nn.Module"
+    params: Mapping[str, "npt.NDArray[np.float32]"]  # the network's, by torch's names
     encoder: "HeartPreprocessor"
     header: ModelHeader | None  # the stored global model loaded; None: the ticket's W_k
     note: str | None  # printed beside the predictions, e.g. UNTRAINED
+    kind: str = GLOBAL  # GLOBAL, PERSONAL or UNTRAINED_KIND
+    personal: PersonalRecord | None = None  # the record of the personal model in use
 
 
-def load_predictor(paths: DaemonPaths, cache: TicketCache, schema: str) -> Predictor:
-    """The active ticket's network with the latest global model of that ticket loaded."""
+def load_predictor(
+    paths: DaemonPaths, cache: TicketCache, schema: str, *, use_personal: bool = True
+) -> Predictor:
+    """The active ticket's network with the model `predict` should use loaded into it;
+    `use_personal` False (daemon.yaml personalise.enabled: false): never the personal model."""
     from edge_daemon.local_data import LocalDataError, readings_encoder
-    from ticket.bundle import load_ticket
+    from ticket import numpy_mlp
+    from ticket.bundle import read_ticket
     from ticket.errors import TicketError
     from ticket.packing import PackLayout
-    from ticket.train import load_weights
 
     active = active_ticket(paths, cache)
     file = cache.path(active.ticket_id)  # verified against the fleet key again
     try:
-        ticket, model = load_ticket(
-            file, trusted_keys=[cache.fleet_key_path.read_bytes()], allow_unsigned=False
-        )
+        ticket = read_ticket(file, trusted_keys=[cache.fleet_key_path.read_bytes()])
     except TicketError as error:
-        raise PredictError(f"{file}: the ticket's network cannot be built: {error}") from None
+        raise PredictError(f"{file}: the ticket cannot be read: {error}") from None
+    if not numpy_mlp.is_mlp(ticket.weights):
+        raise PredictError(
+            f"ticket {active.ticket_id[:12]}: its {ticket.manifest.model.name} network is not a "
+            "plain MLP, which is all this device predicts with"
+        )
     try:
         encoder = readings_encoder(schema, ticket.manifest.data.preprocessing)
     except LocalDataError as error:
         raise PredictError(f"ticket {active.ticket_id[:12]}: {error}") from None
     layout = PackLayout.from_ticket(ticket)
-    header, note = None, None
     try:
         header, values = load_model(
             paths.model_file, ticket_id=ticket.content_id, count=layout.size
         )
     except FileNotFoundError:
-        note = UNTRAINED
+        return Predictor(ticket, dict(ticket.weights), encoder, None, UNTRAINED, UNTRAINED_KIND)
     except ModelOfAnotherTicketError as error:
-        note = f"untrained: {error}; predicting with the ticket's own W_k"
-    else:
-        load_weights(model, layout.unpack_torch(values))
-    return Predictor(ticket, model, encoder, header, note)
+        untrained = f"untrained: {error}; predicting with the ticket's own W_k"
+        return Predictor(ticket, dict(ticket.weights), encoder, None, untrained, UNTRAINED_KIND)
+    personal, note = _personal(paths, layout, header) if use_personal else (None, None)
+    if personal is not None:
+        record, values = personal
+        return Predictor(ticket, layout.unpack(values), encoder, header, None, PERSONAL, record)
+    return Predictor(ticket, layout.unpack(values), encoder, header, note, GLOBAL)
+
+
+def _personal(
+    paths: DaemonPaths, layout: "PackLayout", header: ModelHeader
+) -> tuple[tuple[PersonalRecord, "npt.NDArray[np.float32]"] | None, str | None]:
+    """The personal model, when personal.json says it beats `header`'s global model; else
+    None and, when something is wrong with it, a note saying why the global model is used."""
+    try:
+        record = load_record(paths.personal_record_file)
+    except PersonalRecordError as error:
+        return None, f"{error}; predicting with the global model"
+    if record is None or not record.used or not record.base.is_base_of(header):
+        return None, None  # none, not better, or made from another (older) global model
+    try:
+        stored, values = load_model(
+            paths.personal_model_file, ticket_id=header.ticket_id, count=layout.size
+        )
+    except (FileNotFoundError, ModelStoreError) as error:
+        reason = "it is missing" if isinstance(error, FileNotFoundError) else str(error)
+        return None, f"personal model not used ({reason}); predicting with the global model"
+    if stored.sha256 != record.personal_sha256:
+        note = "the personal model does not match personal.json; predicting with the global model"
+        return None, note
+    return (record, values), None
 
 
 @dataclass(frozen=True)
@@ -126,19 +175,29 @@ class Prediction:
 
 def predict(predictor: Predictor, rows: Sequence[Reading]) -> list[Prediction]:
     """The class and its softmax probability for each reading."""
-    import torch
-
-    from ticket.train import logits_of
+    from ticket import numpy_mlp
 
     if not rows:
         return []
-    features = torch.from_numpy(predictor.encoder.transform(rows))  # float32 [N, F]
-    probabilities = torch.softmax(logits_of(predictor.model, features), dim=1)  # [N, C]
-    best = probabilities.argmax(dim=1)
+    features = predictor.encoder.transform(rows)  # float32 [N, F]
+    probabilities = numpy_mlp.probabilities(predictor.params, features)  # [N, C]
+    best = probabilities.argmax(axis=1)  # [N]
     return [
         Prediction(i, int(best[i]), float(probabilities[i, best[i]]), tuple(map(float, row)))
         for i, row in enumerate(probabilities.tolist())
     ]
+
+
+def answered_by(predictor: Predictor) -> str:
+    """One line naming the model that predicts: personal or global, and which global model."""
+    header = predictor.header
+    if header is None:
+        return "untrained: the ticket's own weights W_k (no global model of it received yet)"
+    final = "final " if header.final else ""
+    which = f"{final}global model of run {header.run_id} (after round {header.after_round})"
+    if predictor.kind == PERSONAL:
+        return f"personal: fine-tuned on this device from the {which}"
+    return f"global: the {which}"
 
 
 def to_json(predictor: Predictor, predictions: Sequence[Prediction]) -> dict[str, Any]:
@@ -149,11 +208,26 @@ def to_json(predictor: Predictor, predictions: Sequence[Prediction]) -> dict[str
         model = {
             "run_id": header.run_id,
             "server_round": header.server_round,
+            "final": header.final,
+            "after_round": header.after_round,
             "received_at": header.received_at.isoformat(),
+        }
+    record = predictor.personal
+    personal = None
+    if record is not None:
+        personal = {
+            "made_at": record.at.isoformat(),
+            "layers": record.layers,
+            "held_out_rows": record.held_out_rows,
+            "global_accuracy": record.global_accuracy,
+            "personal_accuracy": record.personal_accuracy,
         }
     return {
         "ticket_id": predictor.ticket.content_id,
+        "model_kind": predictor.kind,
+        "answered_by": answered_by(predictor),
         "model": model,
+        "personal": personal,
         "note": predictor.note,
         "predictions": [
             {

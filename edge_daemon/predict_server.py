@@ -4,8 +4,13 @@ With `predict_socket: true` in daemon.yaml, `edge-daemon run` serves `state_dir/
 (mode 0600: only the daemon's user, and root, can connect; nothing listens on the network):
 
     POST /predict   {"readings": [{"age": 63, "sex": "Male", ...}, ...]}
-    200             {"ticket_id", "model", "note", "predictions": [{"row", "class",
-                     "probability", "probabilities"}]}   (as `edge-daemon predict --json`)
+    200             {"ticket_id", "model_kind", "answered_by", "model", "personal", "note",
+                     "predictions": [{"row", "class", "probability", "probabilities"}]}
+                    (as `edge-daemon predict --json`; model_kind: "global", "personal" or
+                     "untrained", the model that made the predictions; model: the global
+                     model's run_id, server_round, final, after_round and received_at, which
+                     the personal model, when used, was fine-tuned from; answered_by: the same
+                     in one line)
     400             {"error": "..."}  malformed JSON, no readings list, a bad reading (its row
                                       and column named, never its value), a body over 1 MiB
     404 / 405       {"error": "..."}  another path or method
@@ -13,10 +18,11 @@ With `predict_socket: true` in daemon.yaml, `edge-daemon run` serves `state_dir/
 
 e.g. `curl --unix-socket predict.sock -d @request.json http://localhost/predict`.
 
-The daemon itself stays free of torch: the request is checked here, then one short-lived
-worker process (`python -m edge_daemon.predict_server`, edge_daemon/predict.py's functions)
-loads the network and predicts, a request at a time. A failing or hanging worker costs that
-request (500), never the daemon. Nothing is written, and nothing leaves the device.
+The daemon itself stays free of the network's code: the request is checked here, then one
+short-lived worker process (`python -m edge_daemon.predict_server`, edge_daemon/predict.py's
+numpy functions) loads the network and predicts, a request at a time. A failing or hanging
+worker costs that request (500), never the daemon. Nothing is written, and nothing leaves the
+device.
 """
 
 import argparse
@@ -147,9 +153,11 @@ class PredictServer:
         return Handler
 
 
-def start_predict_server(state_dir: Path, fleet_key: Path, schema: str) -> PredictServer:
+def start_predict_server(
+    state_dir: Path, fleet_key: Path, schema: str, *, use_personal: bool = True
+) -> PredictServer:
     args = ["--state-dir", str(state_dir), "--fleet-key", str(fleet_key), "--schema", schema]
-    return PredictServer(state_dir / SOCKET_NAME, args)
+    return PredictServer(state_dir / SOCKET_NAME, args + ([] if use_personal else ["--global"]))
 
 
 def worker(argv: list[str] | None = None) -> int:
@@ -164,6 +172,7 @@ def worker(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--fleet-key", type=Path, required=True)
     parser.add_argument("--schema", required=True)
+    parser.add_argument("--global", dest="use_personal", action="store_false")
     args = parser.parse_args(argv)
     paths = DaemonPaths(args.state_dir)
     data = sys.stdin.buffer.read(MAX_REQUEST_BYTES + 1)
@@ -177,9 +186,8 @@ def worker(argv: list[str] | None = None) -> int:
         print(f"{where}: {error.rule}", file=sys.stderr)
         return _BAD_READINGS
     try:
-        predictor = core.load_predictor(
-            paths, TicketCache(paths.tickets_dir, args.fleet_key), args.schema
-        )
+        cache = TicketCache(paths.tickets_dir, args.fleet_key)
+        predictor = core.load_predictor(paths, cache, args.schema, use_personal=args.use_personal)
     except (core.PredictError, TicketCacheError, StateError, StoreError, OSError) as error:
         print(str(error), file=sys.stderr)
         return _CANNOT_PREDICT

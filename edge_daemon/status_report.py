@@ -10,9 +10,9 @@ limits apply, as they would for a daemon whose node is stopped. A recorded node 
 longer alive is reported as "not running" with a warning: the daemon was stopped without
 cleaning up.
 
-`edge-daemon status --json` prints `StatusReport.to_json()`, version 3 (version 1 lacked
-`node_starts` and `node_last_exit`, version 2 `bytes_received` and `last_round`); later
-versions only add keys:
+`edge-daemon status --json` prints `StatusReport.to_json()`, version 4 (version 1 lacked
+`node_starts` and `node_last_exit`, version 2 `bytes_received` and `last_round`, version 3
+`predict_model` and `personalisation`); later versions only add keys:
 
     {
       "format": "ticketfleet/edge-daemon-status",
@@ -33,7 +33,20 @@ versions only add keys:
       "bytes_received": 48213,            # payload bytes of the instructions trained on
       "last_round": {"run_id": 7, "round": 3, "ticket_id": "<64 hex digits>"},  # or null
       "cached_tickets": ["<64 hex digits>"],  # content ids, sorted
-      "readings": 303                     # rows in the local readings store
+      "readings": 303,                    # rows in the local readings store
+      "predict_model": "personal",        # what `predict` uses now: "personal", "global" or
+                                          #   "untrained" (no global model received yet)
+      "predict_model_why": "...",         # one line saying why
+      "personalisation": {                # the last one (personal.json); null: none ran yet
+        "base": {"ticket_id": "<64 hex>", "run_id": 7, "server_round": 3, "final": true,
+                 "sha256": "<64 hex>"},   # the global model it was fine-tuned from
+        "is_current": true,               # base is the stored global model (else an older one)
+        "global_accuracy": 0.70,          # on the device's held-out rows; null: not scored
+        "personal_accuracy": 0.85,        # null: not fine-tuned (too few rows)
+        "global_loss": 0.61, "personal_loss": 0.40,
+        "held_out_rows": 60, "train_rows": 240, "layers": "last", "epochs": 20,
+        "used": true, "why": "...", "at": "2026-12-03T09:00:00+00:00"
+      }
     }
 """
 
@@ -49,14 +62,16 @@ import psutil
 
 from edge_daemon.config import DaemonConfig
 from edge_daemon.eligibility import Verdict, evaluate
+from edge_daemon.model_store import ModelStoreError, read_header
 from edge_daemon.paths import DaemonPaths
+from edge_daemon.personal_record import PersonalRecord, PersonalRecordError, load_record
 from edge_daemon.probe import FileProbe, PsutilProbe
 from edge_daemon.readings import ReadingsStore
 from edge_daemon.state import load_state
 from edge_daemon.ticket_cache import TicketCache
 
 FORMAT = "ticketfleet/edge-daemon-status"
-VERSION = 3
+VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,10 @@ class StatusReport:
     readings: int
     bytes_received: int = 0
     last_round: Mapping[str, int | str] | None = None
+    predict_model: str = "untrained"  # "personal", "global" or "untrained"
+    predict_model_why: str = "no global model received yet"
+    personalisation: PersonalRecord | None = None  # personal.json's; None: none ran yet
+    personal_is_current: bool = False  # its base is the stored global model
     warnings: tuple[str, ...] = ()  # for stderr; not part of the JSON
 
     def to_json(self) -> dict[str, Any]:
@@ -113,7 +132,19 @@ class StatusReport:
             "last_round": None if self.last_round is None else dict(self.last_round),
             "cached_tickets": list(self.cached_tickets),
             "readings": self.readings,
+            "predict_model": self.predict_model,
+            "predict_model_why": self.predict_model_why,
+            "personalisation": self._personalisation_json(),
         }
+
+    def _personalisation_json(self) -> dict[str, Any] | None:
+        record = self.personalisation
+        if record is None:
+            return None
+        document = record.to_json()
+        kept = ["base", "global_accuracy", "personal_accuracy", "global_loss", "personal_loss"]
+        kept += ["held_out_rows", "train_rows", "layers", "epochs", "used", "why", "at"]
+        return {"is_current": self.personal_is_current} | {key: document[key] for key in kept}
 
 
 def read_daemon_verdict(data: object) -> DaemonVerdict:
@@ -158,6 +189,7 @@ def collect_status(
     else:
         source, current = "daemon", _without_dead_node(recorded, paths, warnings)
     state = load_state(paths.state_file)
+    model, why, record, is_current = predict_choice(config, paths, warnings)
     return StatusReport(
         eligible=current.eligible,
         reasons=current.reasons,
@@ -175,8 +207,57 @@ def collect_status(
         last_round=state.last_round,
         cached_tickets=TicketCache(paths.tickets_dir, config.fleet_key).ids(),
         readings=_count_readings(config, paths),
+        predict_model=model,
+        predict_model_why=why,
+        personalisation=record,
+        personal_is_current=is_current,
         warnings=tuple(warnings),
     )
+
+
+def predict_choice(
+    config: DaemonConfig, paths: DaemonPaths, warnings: list[str]
+) -> tuple[str, str, PersonalRecord | None, bool]:
+    """(model predict uses, why, personal.json's record, whether its base is the stored global
+    model), from the files' headers alone: what edge_daemon/predict.py decides, less checking
+    the personal model's values (a damaged file is reported when predict reads it)."""
+    try:
+        header = read_header(paths.model_file)
+    except FileNotFoundError:
+        header = None
+    except (OSError, ModelStoreError) as error:
+        warnings.append(str(error))
+        header = None
+    try:
+        record = load_record(paths.personal_record_file)
+    except PersonalRecordError as error:
+        warnings.append(str(error))
+        record = None
+    is_current = record is not None and record.base.is_base_of(header)
+    if header is None:
+        return "untrained", "no global model received yet", record, is_current
+    if not config.personalise.enabled:
+        why = "personalisation is off (daemon.yaml personalise.enabled: false)"
+        return "global", why, record, is_current
+    if record is None:
+        return "global", "not personalised yet", record, is_current
+    if not is_current:
+        why = "the latest global model is not personalised yet (the daemon does so when idle)"
+        return "global", why, record, is_current
+    if record.used and _personal_sha(paths, warnings) != record.personal_sha256:
+        why = f"{paths.personal_model_file}: missing or not the model personal.json names"
+        return "global", why, record, is_current
+    return ("personal" if record.used else "global"), record.why, record, is_current
+
+
+def _personal_sha(paths: DaemonPaths, warnings: list[str]) -> str | None:
+    try:
+        return read_header(paths.personal_model_file).sha256
+    except FileNotFoundError:
+        return None
+    except (OSError, ModelStoreError) as error:
+        warnings.append(str(error))
+        return None
 
 
 def _recorded_verdict(paths: DaemonPaths, warnings: list[str]) -> DaemonVerdict | None:
@@ -278,4 +359,19 @@ def format_status(report: StatusReport) -> str:
     tickets = ", ".join(ticket_id[:12] for ticket_id in report.cached_tickets) or "none"
     lines.append(f"cached tickets  {tickets}")
     lines.append(f"readings        {report.readings}")
+    lines.append(f"predict model   {report.predict_model}: {report.predict_model_why}")
+    record = report.personalisation
+    if record is not None:
+        age = "" if report.personal_is_current else ", not the latest"
+        lines.append(
+            f"personalised    {record.at:%Y-%m-%d %H:%M:%S %Z} from {record.base.describe()}"
+            f"{age}: accuracy "
+            f"on {record.held_out_rows} held-out rows global {_accuracy(record.global_accuracy)}"
+            f", personal {_accuracy(record.personal_accuracy)} ({record.train_rows} rows "
+            f"trained on, layers {record.layers})"
+        )
     return "\n".join(lines)
+
+
+def _accuracy(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

@@ -25,6 +25,7 @@ STATUS_KEYS = {
     "format", "version", "eligible", "reasons", "verdict_source", "verdict_at", "node_running",
     "node_pid", "node_starts", "node_last_exit", "rounds_joined", "last_participation",
     "last_metrics", "bytes_sent", "bytes_received", "last_round", "cached_tickets", "readings",
+    "predict_model", "predict_model_why", "personalisation",
 }  # fmt: skip
 
 
@@ -201,7 +202,7 @@ def test_status_json_probes_when_no_daemon_has_reported(
     report = _status_json(capsys, "-c", str(config))
 
     assert set(report) == STATUS_KEYS
-    assert report["format"] == "ticketfleet/edge-daemon-status" and report["version"] == 3
+    assert report["format"] == "ticketfleet/edge-daemon-status" and report["version"] == 4
     assert report["eligible"] is False
     assert report["reasons"] == ["power: on battery 20% < 55%"]  # turn-on limit: 50 + margin 5
     assert report["verdict_source"] == "probe"
@@ -211,6 +212,7 @@ def test_status_json_probes_when_no_daemon_has_reported(
     assert (report["rounds_joined"], report["last_participation"]) == (0, None)
     assert (report["last_metrics"], report["bytes_sent"]) == ({}, 0)
     assert (report["cached_tickets"], report["readings"]) == ([], 0)
+    assert (report["predict_model"], report["personalisation"]) == ("untrained", None)
     assert not (tmp_path / "state").exists()  # status writes nothing
 
 
@@ -244,7 +246,7 @@ def test_status_json_shows_the_daemons_verdict_state_tickets_and_readings(
 
     assert report == {
         "format": "ticketfleet/edge-daemon-status",
-        "version": 3,
+        "version": 4,
         "eligible": True,
         "reasons": [],
         "verdict_source": "daemon",
@@ -261,6 +263,9 @@ def test_status_json_shows_the_daemons_verdict_state_tickets_and_readings(
         "last_round": None,
         "cached_tickets": [ticket_id],
         "readings": 3,
+        "predict_model": "untrained",
+        "predict_model_why": "no global model received yet",
+        "personalisation": None,
     }
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from edge_daemon.config import ConfigError, DaemonConfig, load_config
+from edge_daemon.config import ConfigError, DaemonConfig, PersonaliseConfig, load_config
 from edge_daemon.eligibility import EligibilityPolicy, TimeWindow
 
 MINIMAL = """\
@@ -28,6 +28,21 @@ def _error(tmp_path: Path, text: str) -> str:
     with pytest.raises(ConfigError) as caught:
         load_config(_write(tmp_path, text))
     return str(caught.value)
+
+
+def test_personalise_defaults_and_a_full_section(tmp_path: Path) -> None:
+    assert load_config(_write(tmp_path, MINIMAL)).personalise == PersonaliseConfig(
+        enabled=True, layers="last", epochs=20, lr=0.001, batch_size=32, min_train_rows=20,
+        min_held_out_rows=5,
+    )  # fmt: skip
+    text = MINIMAL + (
+        "personalise:\n  enabled: false\n  layers: all\n  epochs: 5\n  lr: 0.01\n"
+        "  batch_size: 8\n  min_train_rows: 40\n  min_held_out_rows: 10\n"
+    )
+
+    config = load_config(_write(tmp_path, text))
+
+    assert config.personalise == PersonaliseConfig(False, "all", 5, 0.01, 8, 40, 10)
 
 
 def test_minimal_file_gets_defaults_and_paths_relative_to_the_file(tmp_path: Path) -> None:
@@ -128,6 +143,30 @@ def test_full_file_is_read_into_typed_fields(tmp_path: Path) -> None:
             "supervisor.backoff_max_s: must be >= supervisor.backoff_initial_s",
         ),
         ("colour: blue\n", "daemon.yaml: colour: unknown key"),
+        (
+            "personalise:\n  layers: first\n",
+            "daemon.yaml: personalise.layers: must be one of: last, all; got 'first'",
+        ),
+        (
+            "personalise:\n  epochs: 0\n",
+            "personalise.epochs: must be a whole number in [1, 10000], got 0",
+        ),
+        ("personalise:\n  lr: 0\n", "personalise.lr: must be a number in (0, 10], got 0"),
+        (
+            "personalise:\n  batch_size: 8.5\n",
+            "personalise.batch_size: must be a whole number",
+        ),
+        (
+            "personalise:\n  min_train_rows: 0\n",
+            "personalise.min_train_rows: must be a whole number >= 1, got 0",
+        ),
+        (
+            "personalise:\n  min_held_out_rows: -2\n",
+            "personalise.min_held_out_rows: must be a whole number >= 1, got -2",
+        ),
+        ("personalise:\n  enabled: maybe\n", "personalise.enabled: must be true or false"),
+        ("personalise:\n  layer: last\n", "daemon.yaml: personalise.layer: unknown key"),
+        ("personalise: 5\n", "daemon.yaml: personalise: must be a mapping of keys, got 5"),
     ],
 )
 def test_bad_values_name_file_and_dotted_key(tmp_path: Path, extra: str, expected: str) -> None:

@@ -8,9 +8,16 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from edge_daemon.config import DaemonConfig, DataConfig, ServerConfig, SupervisorConfig
+from edge_daemon.config import (
+    DaemonConfig,
+    DataConfig,
+    PersonaliseConfig,
+    ServerConfig,
+    SupervisorConfig,
+)
 from edge_daemon.daemon import (
     RETENTION_EVERY_S,
     Daemon,
@@ -20,7 +27,9 @@ from edge_daemon.daemon import (
     supernode_command,
 )
 from edge_daemon.eligibility import EligibilityPolicy
+from edge_daemon.model_store import save_model
 from edge_daemon.paths import DaemonPaths
+from edge_daemon.personal_job import SETTLE_S, PersonalJob
 from edge_daemon.probe import DeviceSnapshot, NetworkState
 from edge_daemon.readings import ReadingsStore
 from edge_daemon.supervisor import NodeSupervisor, launch, signal_group
@@ -328,3 +337,56 @@ def test_predict_socket_is_served_while_the_daemon_runs_and_removed_after(
         assert _config(short).predict_socket is False  # off unless daemon.yaml asks
     finally:
         shutil.rmtree(short)
+
+
+def _personalising_daemon(tmp_path: Path) -> tuple[Daemon, FakeProbe, FakeWorld, FakeWorld, Clock]:
+    """The daemon of `_daemon` with a personalisation job whose children are fakes too."""
+    daemon, probe, world, clock = _daemon(tmp_path)
+    children = FakeWorld()
+    daemon.personal = PersonalJob(
+        argv=["personalise"],
+        env={},
+        log_path=tmp_path / "personalise.log",
+        paths=daemon.paths,
+        is_round_in_flight=lambda: False,
+        launcher=children.launch,
+        kill_group=children.kill_group,
+    )
+    return daemon, probe, world, children, clock
+
+
+def test_a_new_global_model_is_personalised_only_while_the_device_is_eligible(
+    tmp_path: Path,
+) -> None:
+    daemon, probe, _, children, clock = _personalising_daemon(tmp_path)
+    save_model(
+        daemon.paths.model_file,
+        np.ones(4, np.float32),
+        ticket_id="a" * 64,
+        run_id=1,
+        server_round=3,
+        received_at=datetime.now().astimezone(),
+    )
+    probe.on_power = False  # on battery at 20%: not eligible
+
+    _run_until(daemon, clock, 2 * SETTLE_S)
+    assert children.processes == []
+    probe.on_power = True
+    _run_until(daemon, clock, clock.now + POLICY.on_after_s + 2)  # eligible after on_after_s
+
+    assert len(children.processes) == 1
+    daemon.shutdown()  # the child goes with the node
+    assert children.processes[0].status == -signal.SIGKILL
+
+
+def test_build_daemon_personalises_only_when_enabled_and_given_its_config_file(
+    tmp_path: Path,
+) -> None:
+    config = _config(tmp_path)
+    path = tmp_path / "daemon.yaml"
+
+    personal = build_daemon(config, path).personal
+    assert personal is not None and personal.argv[-4:] == ["--config", str(path), "--nice", "10"]
+    assert build_daemon(config).personal is None
+    off = replace(config, personalise=PersonaliseConfig(enabled=False))
+    assert build_daemon(off, path).personal is None

@@ -46,9 +46,9 @@ def _device(tmp_path: Path, fleet: Path, *, install: bool = True) -> Path:
     return config
 
 
-def _ticket(fleet: Path) -> Ticket:
+def _ticket(fleet: Path, name: str = "fleet.ticket") -> Ticket:
     key = (fleet / "fleet.pub").read_bytes()
-    return load_ticket(fleet / "fleet.ticket", trusted_keys=[key], allow_unsigned=False)[0]
+    return load_ticket(fleet / name, trusted_keys=[key], allow_unsigned=False)[0]
 
 
 def _keep_model(tmp_path: Path, ticket: Ticket, scale: float = 1.5) -> np.ndarray:
@@ -85,10 +85,13 @@ def _csv(tmp_path: Path, *lines: str, header: str = HEADER) -> Path:
     return path
 
 
-def _predicted(out: str) -> list[tuple[int, int, float]]:
+def _predicted(out: str, model: str = "global") -> list[tuple[int, int, float]]:
+    """(row, class, probability) per line of predict's CSV, each made by `model`."""
     lines = out.splitlines()
-    assert lines[0] == "row,class,probability"
-    return [(int(r), int(c), float(p)) for r, c, p in (line.split(",") for line in lines[1:])]
+    assert lines[0] == "row,class,probability,model"
+    cells = [line.split(",") for line in lines[1:]]
+    assert {kind for *_, kind in cells} <= {model}
+    return [(int(r), int(c), float(p)) for r, c, p, _ in cells]
 
 
 def test_predict_a_csv_with_the_kept_model_matches_the_network_run_directly(
@@ -102,7 +105,11 @@ def test_predict_a_csv_with_the_kept_model_matches_the_network_run_directly(
     assert main(["predict", "-c", str(config), str(_csv(tmp_path, *lines))]) == 0
 
     captured = capsys.readouterr()
-    assert captured.err == ""  # a trained model: no note
+    # A trained model: no note, only which model answered (_keep_model: round 7's instruction).
+    assert (
+        captured.err
+        == "edge-daemon predict: model: global: the global model of run 3 (after round 6)\n"
+    )
     expected = _expected(fleet, values, lines)
     predicted = _predicted(captured.out)
     assert [row for row, _, _ in predicted] == list(range(len(lines)))
@@ -132,6 +139,7 @@ def test_predict_json_lines_from_stdin_without_a_label_column(
 
     document = json.loads(capsys.readouterr().out)
     assert document["ticket_id"] == _ticket(fleet).content_id and document["note"] is None
+    assert document["model_kind"] == "global" and document["personal"] is None
     assert document["model"]["server_round"] == 7 and document["model"]["run_id"] == 3
     expected = _expected(fleet, values, ROWS)
     got = np.array([p["probabilities"] for p in document["predictions"]])
@@ -177,7 +185,7 @@ def test_before_any_global_model_predict_uses_w_k_and_says_so(
     assert "untrained: no global model received yet" in captured.err
     expected = _expected(fleet, None, ROWS)
     np.testing.assert_allclose(
-        [p for _, _, p in _predicted(captured.out)], expected.max(axis=1), atol=1e-6
+        [p for _, _, p in _predicted(captured.out, "untrained")], expected.max(axis=1), atol=1e-6
     )
 
 

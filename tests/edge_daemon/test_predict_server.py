@@ -20,6 +20,7 @@ from edge_daemon.predict_server import (
     parse_request,
     start_predict_server,
 )
+from tests.edge_daemon.test_personalise import _swiss_device
 from tests.edge_daemon.test_predict import _device, _expected, _keep_model, _ticket, fleet
 from tests.edge_daemon.test_readings import HEADER, ROWS
 
@@ -113,3 +114,30 @@ def test_malformed_requests_are_refused_before_any_worker_starts(body: bytes, er
     with pytest.raises(RequestError) as caught:
         parse_request(body)
     assert (caught.value.status, str(caught.value)) == (400, error)
+
+
+def test_the_socket_says_which_model_answered_personal_or_global(device: Path, fleet: Path) -> None:
+    config = _swiss_device(device, fleet)
+    assert main(["personalise", "-c", str(config)]) == 0
+    body = json.dumps({"readings": _readings(ROWS)}).encode()
+    answers = []
+    for use_personal in (True, False):  # one at a time: both serve state_dir/predict.sock
+        server = start_predict_server(
+            device / "state", fleet / "fleet.pub", "heart-uci", use_personal=use_personal
+        )
+        try:
+            answers.append(_call(server, body))
+        finally:
+            server.close()
+
+    (status, used), (status_off, global_) = answers
+    assert status == status_off == 200
+    assert used["model_kind"] == "personal"
+    assert used["personal"]["layers"] == "last"
+    assert used["answered_by"] == (
+        "personal: fine-tuned on this device from the global model of run 3 (after round 6)"
+    )
+    assert (used["model"]["run_id"], used["model"]["final"]) == (3, False)
+    assert global_["model_kind"] == "global" and global_["personal"] is None
+    assert global_["answered_by"] == "global: the global model of run 3 (after round 6)"
+    assert used["predictions"] != global_["predictions"]
