@@ -53,6 +53,18 @@ class Device:
         document: dict[str, Any] = json.loads(result.stdout)
         return document
 
+    def predict(self, readings: Path) -> dict[str, Any]:
+        """What `edge-daemon predict FILE --json` says for these readings, on this device."""
+        result = _edge_daemon("predict", "-c", str(self.config), str(readings), "--json")
+        document: dict[str, Any] = json.loads(result.stdout)
+        return document
+
+    def personalise(self) -> dict[str, Any]:
+        """`edge-daemon personalise --json`: the record of fine-tuning the latest model now."""
+        result = _edge_daemon("personalise", "-c", str(self.config), "--json")
+        document: dict[str, Any] = json.loads(result.stdout)
+        return document
+
 
 def hospital_csv(
     hospital: str, out: Path, *, training_only: bool = True, limit: int | None = None

@@ -6,7 +6,9 @@ SuperLink turns its node away. During round 1 one node is killed with SIGKILL: i
 restarts it. During round 2 another device is unplugged once its ClientApp is training: its
 daemon stops its node, the round lists that node as failed and completes with the others.
 After the last round each device still connected keeps the final model the server pushes, and
-the run directory records who kept it. Stopping the daemons leaves no process behind.
+the run directory records who kept it; the device then predicts on its own readings with it,
+and personalising it on the device's labelled readings either wins on the held-out ones (and
+then predicts) or says why not. Stopping the daemons leaves no process behind.
 """
 
 import json
@@ -22,7 +24,7 @@ import pytest
 from edge_daemon.model_store import read_header
 from edge_daemon.paths import DaemonPaths
 from loopback.demo import run_config
-from loopback.devices import UNPLUGGED, Device, prepare_devices
+from loopback.devices import UNPLUGGED, Device, hospital_csv, prepare_devices
 from loopback.launcher import Loopback, free_port
 from server.delivery_record import load_record
 from tests.inprocess import find_ticket
@@ -125,6 +127,10 @@ def test_daemons_restart_a_killed_node_and_stop_an_ineligible_one(tmp_path: Path
         )
         outcome = fleet.run(config, timeout_s=400.0, on_round=inject)
         statuses = [device.status() for device in devices]
+        readings = hospital_csv(HOSPITALS[1], tmp_path / "readings.csv", limit=12)
+        before = devices[1].predict(readings)
+        personal = devices[1].personalise()
+        after = devices[1].predict(readings)
         # Read while the fleet runs: stopping it ends the node's current attempt with 0.
         unenrolled = json.loads(status_file.read_text())
         # SIGTERM to a daemon alone (not its group; the node has a session of its own): the
@@ -169,5 +175,13 @@ def test_daemons_restart_a_killed_node_and_stop_an_ineligible_one(tmp_path: Path
     assert record is not None and record.server_round == 4
     assert (header.server_round, header.final, header.ticket_id) == (4, True, record.ticket_id)
     assert _node_id(devices[1]) in record.kept and unplugged not in record.kept
+    # The owner's model: the final global one (unless the daemon personalised it already),
+    # then whichever personalisation chose, saying why.
+    assert before["model"]["final"] is True and before["model"]["after_round"] == 4
+    assert len(before["predictions"]) == 12
+    assert (personal["base"]["final"], personal["base"]["server_round"]) == (True, 4)
+    assert personal["why"], personal
+    assert after["model_kind"] == ("personal" if personal["used"] else "global"), after
+    assert "final global model" in after["answered_by"]
     assert still_running == []
     assert fleet.alive() == []
