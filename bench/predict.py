@@ -21,14 +21,12 @@ Results: bench/results/predict.{json,md}, with the command that made them.
 
 import argparse
 import csv
-import http.client
 import io
 import json
 import os
 import platform
 import shlex
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -113,19 +111,11 @@ def prepare(work: Path) -> tuple[Path, Path, list[dict[str, str]]]:
     return config, fleet_key, read_heart_rows()
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path) -> None:
-        super().__init__("localhost", timeout=120)
-        self._path = str(path)
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self._path)
-
-
 def post(path: Path, readings: list[dict[str, str]]) -> tuple[float, int]:
+    from edge_daemon.predict_server import UnixHTTPConnection
+
     body = json.dumps({"readings": readings}).encode()
-    connection = _UnixConnection(path)
+    connection = UnixHTTPConnection(path)
     started = time.perf_counter()
     connection.request("POST", "/predict", body, {"Content-Type": "application/json"})
     response = connection.getresponse()
@@ -169,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--work", type=Path, default=Path("/tmp/ticketfleet-bench-predict"))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--before", type=Path, help="an earlier predict.json, shown as 'before'")
     args = parser.parse_args(argv)
     config, _, rows = prepare(args.work)
     c = str(config)
@@ -198,6 +189,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "predict": {"one": first, "ten_thousand": ten_k, "per_row_s": per_row},
         "endpoint": endpoint(config, rows, args.requests),
     }
+    if args.before is not None:
+        before = json.loads(args.before.read_text())
+        document["before"] = {key: before[key] for key in ("command", "predict", "endpoint")}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "predict.json").write_text(json.dumps(document, indent=2) + "\n")
     write_markdown(document, args.out / "predict.md")
@@ -232,6 +226,15 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
         "Each request runs in one short-lived worker process (the daemon itself never loads the "
         "network), so a request's latency is mostly that process's start-up.",
     ]
+    if "before" in document:
+        before = document["before"]
+        lines += [
+            "",
+            f"Before (`{before['command']}`, predict on torch): `predict` of 1 reading "
+            f"{before['predict']['one']['median_s']:.2f} s, of 10,000 "
+            f"{before['predict']['ten_thousand']['median_s']:.2f} s; endpoint p50 "
+            f"{before['endpoint']['p50_s']:.3f} s, p99 {before['endpoint']['p99_s']:.3f} s.",
+        ]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -1,13 +1,14 @@
 """Round management on a real deployment: a round goal and deadline against waiting for all.
 
-Loopback (loopback/launcher.py): a real SuperLink and 6 SuperNodes, heart-uci's pooled rows
-split iid across the 6 devices (bare SuperNodes, not edge daemons: a daemon would restart the
-killed node, and the SuperNodes are the processes the faults act on either way), secure
-aggregation on, server-side evaluation on the pooled held-out rows. Two faults, real and
-outside the product code: device 1 is frozen (SIGSTOP of its SuperNode's whole process tree,
-SIGCONT `--stall-s` later) at the start of every round, and device 5 is SIGKILLed a few
-seconds into round 2 (it stays dead). The same seed, ticket
-and faults run twice:
+Loopback (loopback/launcher.py), secured as a real fleet is: a SuperLink with TLS and node
+authentication, and 6 `edge-daemon run` processes, each supervising its own SuperNode, enrolled
+with fleet-signed certificates (loopback/enrolment.py) and secure aggregation on. The devices
+are 3 UCI heart hospitals (Cleveland, Hungary, VA Long Beach) with 2 devices each, each holding
+its share of its hospital's training readings in its own readings store; the server scores the
+pooled held-out rows of all four hospitals. Two faults, real and outside the product code:
+device 1's node is frozen (SIGSTOP of its whole process group, SIGCONT `--stall-s` later) at
+the start of every round, and device 5 is SIGKILLed, daemon and node, a few seconds into round
+2 (it stays dead). The same seed, ticket and faults run twice:
 
 - "wait for all": round-goal 0, every sampled node waited for, up to round-timeout-s;
 - "goal": round-goal 4, round-overselect 1.5 (all 6 sampled), round-deadline-s D.
@@ -18,9 +19,9 @@ discarded, participants; after the last round, the server's held-out accuracy.
     python bench/rounds.py --deadline-s 45   # ~11 min on 2 cores
     python bench/rounds.py --rounds 3 --name rounds_short
 
-The deadline must exceed the devices' usual reply time (on a loaded 2-core machine a trip to 6
-SuperNodes, each starting a ClientApp process that imports torch, takes ~20-30 s): below it a
-secure round closes with too few members to unmask and aborts.
+The deadline must exceed the devices' usual reply time (on a 2-core machine a trip to 6
+SuperNodes, each starting a ClientApp process, takes several seconds): below it a secure round
+closes with too few members to unmask and aborts.
 
 Results: bench/results/rounds.{json,md}, with the command that made them.
 """
@@ -45,35 +46,28 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python bench/rounds.py` from a checkout
 
-from loopback.demo import heart_node_configs, run_config  # noqa: E402
-from loopback.launcher import Loopback  # noqa: E402
-from ticket import wire  # noqa: E402
+from loopback.demo import run_config  # noqa: E402
+from loopback.devices import Device, prepare_devices  # noqa: E402
+from loopback.enrolment import EnrolledLoopback  # noqa: E402
+from loopback.launcher import Loopback, free_port  # noqa: E402
+from tests.inprocess import signed_ticket  # noqa: E402
+from ticket.tls import write_dev_pki  # noqa: E402
 
-DEVICES = 6
+HOSPITALS = ("Cleveland", "Hungary", "VA Long Beach")
+SHARDS = 2  # devices per hospital
+DEVICES = len(HOSPITALS) * SHARDS
 SLOW, KILLED = 1, 5  # device indices
 RESULTS = ROOT / "bench" / "results"
 
 
-def node_configs(ticket: Path) -> list[dict[str, Any]]:
-    """Six devices, each an iid sixth of heart-uci's pooled rows."""
-    (template,) = heart_node_configs(ticket, 1)
-    return [
-        {
-            **template,
-            wire.NODE_PARTITION: "iid",
-            wire.NODE_PARTITION_ID: index,
-            wire.NODE_NUM_PARTITIONS: DEVICES,
-        }
-        for index in range(DEVICES)
-    ]
-
-
 def _tree(fleet: Loopback, index: int) -> list[psutil.Process]:
-    started = next(s for s in fleet.started if s.label == f"supernode-{index}")
-    with suppress(psutil.NoSuchProcess):
-        root = psutil.Process(started.popen.pid)
-        return [root, *root.children(recursive=True)]
-    return []
+    """Device `index`'s node and everything under it (not its daemon)."""
+    processes = []
+    for pid in fleet.node_pids(index):
+        with suppress(psutil.NoSuchProcess):
+            root = psutil.Process(pid)
+            processes += [root, *root.children(recursive=True)]
+    return processes
 
 
 class Faults:
@@ -109,7 +103,7 @@ class Faults:
 
     def _kill(self, server_round: int) -> None:
         time.sleep(self.kill_after_s)
-        self.fleet.kill_node(KILLED)
+        self.fleet.kill_device(KILLED)
         self.events.append(f"round {server_round}: device {KILLED} killed")
 
     def resume(self) -> None:
@@ -120,14 +114,38 @@ class Faults:
             self.stopped = []
 
 
-def run_arm(work: Path, ticket: Path, arm: str, args: argparse.Namespace) -> dict[str, Any]:
+def devices_of(work: Path, ticket: Path, fleet_key: Path, port: int) -> list[Device]:
+    """The six devices' directories, fresh: state, readings and the ticket installed."""
+    shutil.rmtree(work / "devices", ignore_errors=True)
+    return prepare_devices(
+        work / "devices",
+        hospitals=HOSPITALS,
+        shards=SHARDS,
+        ticket=ticket,
+        fleet_key=fleet_key,
+        superlink=f"127.0.0.1:{port}",
+        ports=[free_port() for _ in range(DEVICES)],
+        root_certificates=work / "pki" / "ca.crt",
+        node_auth=True,
+    )
+
+
+def run_arm(
+    work: Path, ticket: Path, fleet_key: Path, arm: str, args: argparse.Namespace
+) -> dict[str, Any]:
     goal = {"round_goal": 4, "round_overselect": 1.5} if arm == "goal" else {"round_goal": 0}
     run_dir = work / f"run-{arm}"
     shutil.rmtree(run_dir, ignore_errors=True)
     shutil.rmtree(work / "loopback", ignore_errors=True)
+    port = free_port()
+    tls = write_dev_pki(work / "pki", ["127.0.0.1", "localhost"])
+    devices = devices_of(work, ticket, fleet_key, port)
+    roster = work / "loopback" / "nodes.json"
     config = run_config(
         ticket,
         run_dir=run_dir,
+        fleet_key=fleet_key,
+        roster=roster,
         num_rounds=args.rounds,
         min_nodes=5,  # round 1 needs 5 online; the killed device leaves 5
         fraction_evaluate=0.0,  # the server scores the pooled held-out rows
@@ -140,8 +158,17 @@ def run_arm(work: Path, ticket: Path, arm: str, args: argparse.Namespace) -> dic
         **goal,
     )
     began = time.monotonic()
-    with Loopback(work / "loopback", ROOT, node_configs(ticket), grace_s=5.0) as fleet:
-        time.sleep(5.0)  # the nodes' first contact with the SuperLink (they pull every 3 s)
+    with EnrolledLoopback.of_devices(
+        work / "loopback",
+        ROOT,
+        devices,
+        superlink_port=port,
+        tls=tls,
+        fleet_signing_key=work / "fleet.key",
+        roster=roster,
+        grace_s=5.0,
+    ) as fleet:
+        fleet.wait_for_daemon_nodes(DEVICES)
         faults = Faults(fleet, args.stall_s, args.kill_after_s)
         try:
             outcome = fleet.run(
@@ -181,12 +208,16 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
         f"Produced by: `{document['command']}` ({document['machine']}, "
         f"{document['wall_s']:.0f} s).",
         "",
-        f"Loopback: a SuperLink and {DEVICES} SuperNodes, heart-uci split iid across them, "
+        f"Loopback, TLS and node authentication: a SuperLink and {DEVICES} edge daemons, each "
+        "supervising its own SuperNode: "
+        f"{', '.join(HOSPITALS)} with {SHARDS} devices each, every device holding its share of "
+        "its hospital's training readings; "
         f"secure aggregation on, {args['rounds']} rounds, round-timeout-s {args['timeout_s']:g}, "
         f"{args.get('local_epochs', 1)} local epochs at lr {args.get('lr', 0.001):g}. "
-        f"Device {SLOW} is frozen (SIGSTOP of its process tree) for {args['stall_s']:g} s at "
-        f"the start of every round; device {KILLED} is SIGKILLed {args['kill_after_s']:g} s "
-        "into round 2. Goal arm: round-goal 4, round-overselect 1.5 (6 sampled), "
+        f"Device {SLOW}'s node is frozen (SIGSTOP of its process tree) for {args['stall_s']:g} s "
+        f"at the start of every round; device {KILLED} (daemon and node) is SIGKILLed "
+        f"{args['kill_after_s']:g} s into round 2. Goal arm: round-goal 4, "
+        "round-overselect 1.5 (6 sampled), "
         f"round-deadline-s {args['deadline_s']:g}. Wall time per round is the run log "
         "stream's (round start to the next); 'trips' is the round's message trips as the "
         "round log records them.",
@@ -253,14 +284,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/ticketfleet-bench-rounds"))
     parser.add_argument("--name", default="rounds", help="results: bench/results/NAME.{json,md}")
     args = parser.parse_args(argv)
-    from tests.inprocess import find_ticket
-
     began = time.monotonic()
-    args.work.mkdir(parents=True, exist_ok=True)
-    ticket = args.work / "heart.ticket"
-    if not ticket.exists():  # the same ticket for every run of the bench
-        find_ticket(ticket, density=0.2)
-    arms = {arm: run_arm(args.work, ticket, arm, args) for arm in ("all", "goal")}
+    shutil.rmtree(args.work, ignore_errors=True)
+    args.work.mkdir(parents=True)
+    ticket, fleet_key = signed_ticket(args.work, density=0.2)  # one ticket for both arms
+    arms = {arm: run_arm(args.work, ticket, fleet_key, arm, args) for arm in ("all", "goal")}
     summary = {}
     for arm, result in arms.items():
         walls = [row["wall_s"] for row in result["rounds"] if not math.isnan(row["wall_s"])]

@@ -26,10 +26,12 @@ device.
 """
 
 import argparse
+import http.client
 import http.server
 import json
 import logging
 import os
+import socket
 import socketserver
 import subprocess
 import sys
@@ -151,6 +153,19 @@ class PredictServer:
                 logger.info("predict socket: " + format, *args)
 
         return Handler
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """A client's connection to the endpoint's Unix socket (the device's own software, the
+    tests, bench/predict.py): HTTP as usual, over `path` instead of TCP."""
+
+    def __init__(self, path: Path, *, timeout: float = 120.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = str(path)
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self._path)
 
 
 def start_predict_server(

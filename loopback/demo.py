@@ -30,6 +30,7 @@ from loopback.devices import Device, DeviceSetupError, prepare_devices
 from loopback.enrolment import EnrolledLoopback
 from loopback.launcher import Loopback, LoopbackError, RunOutcome, free_port
 from ticket import wire
+from ticket.atomic import atomic_write_text
 from ticket.bundle import Ticket, read_ticket, sign_ticket, write_ticket
 from ticket.config_text import ConfigValue
 from ticket.data.heart import HEART_SITES
@@ -280,6 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             roster=workdir / "nodes.json",
         ) as fleet:
             outcome = find_deploy_train(fleet, runs, args, out / "fleet.key", ticket)
+            # What each owner's `edge-daemon personalise` does with the final model now
+            # (the daemons would do it by themselves a minute after it arrived).
+            personal = {device.name: device.personalise() for device in devices}
             statuses = [device.status() for device in devices]
     except (LoopbackError, DeviceSetupError) as error:
         print(f"demo: {error}", file=sys.stderr)
@@ -292,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir = workdir / "run"
     print(f"round log {run_dir / 'rounds.jsonl'}  plot {run_dir / 'rounds.png'}")
     print(format_devices(devices, statuses))
+    atomic_write_text(out / "personalise.json", json.dumps(personal, indent=2) + "\n")
+    print(format_personal(personal))
     # The dense ticket and the one found inside it: the hub's page shows their lineage.
     seeded = seed_hub(out / "hub", [dense, ticket], fleet_key, sign_key=out / "fleet.key")
     print(
@@ -405,6 +411,26 @@ def format_devices(devices: Sequence[Device], statuses: Sequence[Mapping[str, An
             f"{status['bytes_sent']:>10}  {device.state_dir}"
         )
     return "\n".join(lines)
+
+
+def format_personal(records: Mapping[str, Mapping[str, Any]]) -> str:
+    """Each device's personalisation of the final model: held-out accuracy of the global and
+    the personal model on the device's own readings, and which one `predict` now uses."""
+    lines = [
+        "personalisation on each device's own held-out readings (never sent anywhere):",
+        f"{'device':<14} {'held-out':>8} {'global':>7} {'personal':>8}  predict uses",
+    ]
+    for name, record in records.items():
+        personal = record["personal_accuracy"]
+        lines.append(
+            f"{name:<14} {record['held_out_rows']:>8} {_percent(record['global_accuracy']):>7} "
+            f"{_percent(personal):>8}  {'personal' if record['used'] else 'global'}"
+        )
+    return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
 
 
 def _interrupt(signum: int, frame: object) -> None:

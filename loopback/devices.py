@@ -67,15 +67,22 @@ class Device:
 
 
 def hospital_csv(
-    hospital: str, out: Path, *, training_only: bool = True, limit: int | None = None
+    hospital: str,
+    out: Path,
+    *,
+    training_only: bool = True,
+    limit: int | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> Path:
     """One hospital's readings as a CSV export: its training rows (its test rows stay unseen,
-    as the server's held-out evaluation uses them), at most `limit` of them."""
+    as the server's held-out evaluation uses them), at most `limit` of them; `shard` (i, n):
+    every n-th of them from the i-th, for one of n devices sharing the hospital's patients."""
+    index, count = shard
     rows = [
         row
         for row in read_heart_rows()
         if row["dataset"] == hospital and not (training_only and is_test_row(hospital, row["id"]))
-    ][:limit]
+    ][index::count][:limit]
     text = io.StringIO()
     writer = csv.DictWriter(text, list(rows[0]), lineterminator="\n")
     writer.writeheader()
@@ -140,14 +147,19 @@ def prepare_devices(
     ports: list[int],
     root_certificates: Path | None = None,
     node_auth: bool = False,
+    shards: int = 1,
 ) -> list[Device]:
     """One device directory per hospital: config, readings ingested, ticket installed; with
-    `node_auth`, a node key made by `edge-daemon keygen` (Device.public_key, to register)."""
+    `node_auth`, a node key made by `edge-daemon keygen` (Device.public_key, to register).
+    With `shards` > 1, that many devices per hospital, each with its share of the patients
+    (named "Cleveland-1", ...); `ports` then has one port per device."""
     devices = []
-    for hospital, port in zip(hospitals, ports, strict=True):
-        directory = root / hospital.lower().replace(" ", "-")
+    places = [(hospital, part) for hospital in hospitals for part in range(shards)]
+    for (hospital, part), port in zip(places, ports, strict=True):
+        name = hospital if shards == 1 else f"{hospital}-{part + 1}"
+        directory = root / name.lower().replace(" ", "-")
         directory.mkdir(parents=True, exist_ok=True)
-        device = Device(hospital, directory, directory / "daemon.yaml", directory / "probe.json")
+        device = Device(name, directory, directory / "daemon.yaml", directory / "probe.json")
         device.set_conditions(ELIGIBLE)
         auth_key = directory / "node.key" if node_auth else None
         if auth_key is not None and not auth_key.exists():
@@ -163,7 +175,7 @@ def prepare_devices(
                 auth_key=auth_key,
             )
         )
-        readings = hospital_csv(hospital, directory / "readings.csv")
+        readings = hospital_csv(hospital, directory / "readings.csv", shard=(part, shards))
         _edge_daemon("ingest", "-c", str(device.config), str(readings))
         if ticket is not None:  # else it arrives with `ticket deploy`
             _edge_daemon("tickets", "add", "-c", str(device.config), str(ticket))

@@ -356,12 +356,31 @@ class Loopback:
         daemon = next(s for s in self.started if s.label == f"daemon-{index}")
         for process in _tree(daemon.popen.pid):
             with suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                if _flower_name(process) == "flower-supernode":
+                if flower_name(process) == "flower-supernode":
                     self._sample()
                     os.killpg(process.pid, signal.SIGKILL)  # the node and its own children
                     _wait_dead(process, timeout_s=10.0)
                     return process.pid
         raise LoopbackError(f"daemon-{index} runs no flower-supernode")
+
+    def kill_device(self, index: int) -> None:
+        """SIGKILL daemon `index` and its node: the device is gone (power lost), and nothing
+        is left on it to restart the node."""
+        label = f"daemon-{index}"
+        daemon = next(s for s in self.started if s.label == label)
+        self.killed.add(label)
+        self._sample()
+        nodes = [
+            process
+            for process in _tree(daemon.popen.pid)
+            if flower_name(process) == "flower-supernode"
+        ]
+        _signal_group(daemon.popen, signal.SIGKILL)
+        for node in nodes:  # a session of its own: not in the daemon's group
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(node.pid, signal.SIGKILL)
+            _wait_dead(node, timeout_s=10.0)
+        daemon.popen.wait(timeout=10.0)
 
     def node_pids(self, index: int) -> list[int]:
         """The pids of flower-supernode processes under daemon `index` right now."""
@@ -369,7 +388,7 @@ class Loopback:
         pids = []
         for process in _tree(daemon.popen.pid):
             with suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                if _flower_name(process) == "flower-supernode" and process.status() != "zombie":
+                if flower_name(process) == "flower-supernode" and process.status() != "zombie":
                     pids.append(process.pid)
         return pids
 
@@ -390,7 +409,7 @@ class Loopback:
         superlink = next(s for s in self.started if s.label == "superlink")
         for process in _tree(superlink.popen.pid):
             with suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                if _flower_name(process) == "flwr-serverapp":
+                if flower_name(process) == "flwr-serverapp":
                     process.kill()
                     _wait_dead(process, timeout_s=10.0)
                     return process.pid
@@ -456,7 +475,7 @@ class Loopback:
         for started in self.started:
             for process in _tree(started.popen.pid):
                 with suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                    name = _flower_name(process)
+                    name = flower_name(process)
                     rss = process.memory_info().rss
                     root = process.pid == started.popen.pid
                     key = started.label if root else f"{started.label}/{name}"
@@ -477,7 +496,7 @@ def _tree(pid: int) -> Iterator[psutil.Process]:
         return
 
 
-def _flower_name(process: psutil.Process) -> str:
+def flower_name(process: psutil.Process) -> str:
     """The Flower command a process runs (flwr-clientapp, flower-superexec, ...)."""
     for part in process.cmdline():
         base = Path(part).name

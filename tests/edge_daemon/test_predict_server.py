@@ -1,9 +1,7 @@
 """The local prediction endpoint: HTTP on a 0600 Unix socket; bad requests get 400, not a crash."""
 
-import http.client
 import json
 import shutil
-import socket
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -17,6 +15,7 @@ from edge_daemon.cli import main
 from edge_daemon.predict_server import (
     PredictServer,
     RequestError,
+    UnixHTTPConnection,
     parse_request,
     start_predict_server,
 )
@@ -27,18 +26,8 @@ from tests.edge_daemon.test_readings import HEADER, ROWS
 __all__ = ["fleet"]  # the module fixture, shared with test_predict
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path) -> None:
-        super().__init__("localhost", timeout=120)
-        self._path = str(path)
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self._path)
-
-
 def _call(server: PredictServer, body: bytes, path: str = "/predict") -> tuple[int, Any]:
-    connection = _UnixConnection(server.socket_path)
+    connection = UnixHTTPConnection(server.socket_path)
     connection.request("POST", path, body, {"Content-Type": "application/json"})
     response = connection.getresponse()
     document = json.loads(response.read())
