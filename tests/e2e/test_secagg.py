@@ -19,7 +19,7 @@ APP_DIR = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_a_node_killed_mid_round_leaves_the_survivors_sum(tmp_path: Path) -> None:
+def test_a_node_too_slow_for_its_round_leaves_the_survivors_sum(tmp_path: Path) -> None:
     ticket = find_ticket(tmp_path / "heart.ticket", density=0.1)
     fleet = Loopback(tmp_path / "loopback", APP_DIR, heart_node_configs(ticket, 4), grace_s=5.0)
     config = run_config(
