@@ -77,6 +77,24 @@ def _train(
     return finals
 
 
+def _push_weights(
+    grid: InProcessGrid, ticket: Ticket, run_dir: Path, *, server_round: int
+) -> DeliveryRecord:
+    """Deliver the ticket's own weights as the final model of `server_round`."""
+    layout = PackLayout.from_ticket(ticket)
+    with server_identity():
+        return deliver_final_model(
+            grid,
+            run_dir,
+            ticket_id=ticket.content_id,
+            layout=layout,
+            values=layout.pack(ticket.weights),
+            server_round=server_round,
+            timeout=1,
+            poll_s=0.0,
+        )
+
+
 def _pushes(grid: InProcessGrid) -> list[int]:
     return [m.metadata.dst_node_id for m in grid.sent if ModelPush.is_push(from_flower(m.content))]
 
@@ -153,18 +171,7 @@ def test_a_node_that_does_not_hold_the_ticket_refuses_by_name(
     del nodes[0][wire.NODE_TICKET_PATH]
     nodes[0][wire.NODE_FLEET_KEY] = str(ticket_path)  # never read: the ticket is missing first
     grid = InProcessGrid(client_app.app, nodes)
-    layout = PackLayout.from_ticket(ticket)
-    with server_identity():
-        record = deliver_final_model(
-            grid,
-            tmp_path,
-            ticket_id=ticket.content_id,
-            layout=layout,
-            values=layout.pack(ticket.weights),
-            server_round=3,
-            timeout=1,
-            poll_s=0.0,
-        )
+    record = _push_weights(grid, ticket, tmp_path, server_round=3)
     assert "is not cached on this device" in record.refused[101]
 
 
@@ -175,18 +182,7 @@ def test_an_answer_that_is_not_an_ack_is_a_reason_not_a_crash(
         return Message(message.content, reply_to=message)  # echoes the push back
 
     grid = InProcessGrid(answers_badly, _nodes(ticket_path, tmp_path)[:1])
-    layout = PackLayout.from_ticket(ticket)
-    with server_identity():
-        record = deliver_final_model(
-            grid,
-            tmp_path,
-            ticket_id=ticket.content_id,
-            layout=layout,
-            values=layout.pack(ticket.weights),
-            server_round=1,
-            timeout=1,
-            poll_s=0.0,
-        )
+    record = _push_weights(grid, ticket, tmp_path, server_round=1)
     assert "not an acknowledgement" in record.refused[101]
 
 
