@@ -37,7 +37,7 @@ from flower_wire import from_flower
 from flower_wire import reply as wire_reply
 from ticket import numpy_mlp, runconfig, wire
 from ticket.bundle import Ticket, read_ticket
-from ticket.codec import Kind, decode_vector, encode_vector
+from ticket.codec import Kind, encode_vector
 from ticket.errors import TicketError
 from ticket.packing import PackLayout
 from ticket.train_config import TrainConfig
@@ -350,13 +350,8 @@ def prepare(
     if task.search is not None:
         ticket = search_step.narrowed(ticket, task.search.mask)
     layout = PackLayout.from_ticket(ticket)
-    values = decode_vector(
-        task.payload,
-        kind=Kind.MODEL,
-        ticket_id=task.ticket_id,
-        round=task.server_round,
-        length=layout.size,
-        segment_sizes=layout.segment_sizes,
+    values = layout.decode_model(
+        task.payload, ticket_id=task.ticket_id, server_round=task.server_round
     )
     params = {name: np.array(w) for name, w in ticket.weights.items()} | layout.unpack(values)
     # Kept before the local data is read: a device without labelled readings still gets a

@@ -41,7 +41,6 @@ def keep_pushed_model(
     becomes the ack's reason.
     """
     from edge_daemon.model_store import save_model
-    from ticket.codec import Kind, decode_vector
     from ticket.packing import PackLayout
 
     try:
@@ -53,13 +52,8 @@ def keep_pushed_model(
         return _ack(message, REJECTED, "this node keeps no model (node config model-path)")
     try:
         layout = PackLayout.from_ticket(read_ticket(push.ticket_id))
-        values = decode_vector(
-            push.payload,
-            kind=Kind.MODEL,
-            ticket_id=push.ticket_id,
-            round=push.server_round,
-            length=layout.size,
-            segment_sizes=layout.segment_sizes,
+        values = layout.decode_model(
+            push.payload, ticket_id=push.ticket_id, server_round=push.server_round
         )
     except (TicketError, OSError) as error:
         return _ack(message, REJECTED, str(error))

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ticket.bundle import Ticket
+from ticket.codec import Kind, decode_vector
 from ticket.errors import CodecError
 
 if TYPE_CHECKING:  # numpy only at run time: the device packs without torch
@@ -126,6 +127,18 @@ class PackLayout:
                 full[mask] = segment
                 weights[name] = full
         return weights
+
+    def decode_model(self, payload: bytes, *, ticket_id: str, server_round: int) -> Vector:
+        """float32 [size] from a global model's codec message (ticket/codec.py, kind MODEL),
+        which must be of `ticket_id`'s round `server_round` and of this layout's length."""
+        return decode_vector(
+            payload,
+            kind=Kind.MODEL,
+            ticket_id=ticket_id,
+            round=server_round,
+            length=self.size,
+            segment_sizes=self.segment_sizes,
+        )
 
     def unpack_torch(self, vector: np.ndarray) -> "dict[str, torch.Tensor]":
         import torch
