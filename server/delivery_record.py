@@ -70,9 +70,11 @@ def load_record(run_dir: Path) -> DeliveryRecord | None:
     """The run's delivery record; None when no final model was pushed yet."""
     path = Path(run_dir) / FILE
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DeliveryRecordError(f"{path}: cannot read: {error}") from None
     try:
         data = json.loads(text)
     except ValueError as error:

@@ -13,6 +13,7 @@ trains no round, and this module sends the model to the nodes not yet settled on
 same model: asking would get the same answer. The record is server/delivery_record.py.
 """
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,10 +25,17 @@ from flwr.serverapp import Grid
 
 from flower_wire import from_flower, to_flower
 from server.broadcast import POLL_S, broadcast
-from server.delivery_record import DeliveryRecord, load_record, write_record
+from server.delivery_record import (
+    DeliveryRecord,
+    DeliveryRecordError,
+    load_record,
+    write_record,
+)
 from ticket.codec import Kind, encode_vector
 from ticket.packing import PackLayout
 from ticket.wire import KEPT, ModelAck, ModelPush, WireError
+
+logger = logging.getLogger(__name__)
 
 
 def deliver_final_model(
@@ -44,7 +52,13 @@ def deliver_final_model(
 ) -> DeliveryRecord:
     """Push the model after `server_round` to every connected node that has not settled it
     (kept or refused), collect the acks, and write the record atomically."""
-    record = load_record(run_dir)
+    try:
+        record = load_record(run_dir)
+    except DeliveryRecordError as error:
+        # Only a delivery log: asking every node again costs a push each, and a device keeps
+        # the same final model once. Refusing would fail the finished run on every retry.
+        logger.warning("%s; rewriting it, every connected node is asked again", error)
+        record = None
     if record is None or (record.ticket_id, record.server_round) != (ticket_id, server_round):
         record = DeliveryRecord(ticket_id, server_round)  # a newer model: everyone again
     nodes = sorted(set(grid.get_node_ids()) - record.settled())

@@ -227,5 +227,20 @@ def test_a_damaged_record_is_an_error_naming_the_file(tmp_path: Path) -> None:
     (tmp_path / FILE).write_text(json.dumps({"format": "x"}))
     with pytest.raises(DeliveryRecordError, match="expected an object"):
         load_record(tmp_path)
+    (tmp_path / FILE).write_bytes(b"\xff\xfe")
+    with pytest.raises(DeliveryRecordError, match="cannot read"):
+        load_record(tmp_path)
     record = DeliveryRecord("a" * 64, 3, {101: "t"}, {102: "no"}, [103])
     assert DeliveryRecord.from_json(record.to_json(), tmp_path) == record
+
+
+def test_a_damaged_record_is_rewritten_by_the_next_delivery(
+    ticket: Ticket, ticket_path: Path, tmp_path: Path
+) -> None:
+    (tmp_path / FILE).write_text("{not json")
+    grid = InProcessGrid(client_app.app, _nodes(ticket_path, tmp_path)[:1])
+
+    record = _push_weights(grid, ticket, tmp_path, server_round=2)
+
+    assert set(record.kept) == {101}
+    assert load_record(tmp_path) == record
