@@ -330,27 +330,6 @@ class Loopback:
 
     # -- fault injection ---------------------------------------------------------------------
 
-    def kill_node(self, index: int) -> None:
-        """SIGKILL SuperNode `index` and everything it started, as a device losing power would."""
-        label = f"supernode-{index}"
-        started = next(s for s in self.started if s.label == label)
-        self.killed.add(label)
-        self._sample()  # know its children (superexec, a clientapp in flight) before they go
-        _signal_group(started.popen, signal.SIGKILL)
-        started.popen.wait(timeout=10.0)
-
-    def pause_node(self, index: int) -> None:
-        """SIGSTOP SuperNode `index` and everything it started: a device too slow to answer
-        (a thrashing phone, a box under load). `resume_node` lets it go on."""
-        label = f"supernode-{index}"
-        started = next(s for s in self.started if s.label == label)
-        self._sample()
-        _signal_group(started.popen, signal.SIGSTOP)
-
-    def resume_node(self, index: int) -> None:
-        started = next(s for s in self.started if s.label == f"supernode-{index}")
-        _signal_group(started.popen, signal.SIGCONT)
-
     def kill_daemon_node(self, index: int) -> int:
         """SIGKILL the SuperNode that daemon `index` supervises (not the daemon); its pid."""
         daemon = next(s for s in self.started if s.label == f"daemon-{index}")
@@ -403,17 +382,6 @@ class Loopback:
                 raise LoopbackError(f"not every one of {count} daemons started its node")
             time.sleep(0.2)
         time.sleep(settle_s)
-
-    def kill_serverapp(self) -> int:
-        """SIGKILL the running `flwr-serverapp` process (under the SuperLink); its pid."""
-        superlink = next(s for s in self.started if s.label == "superlink")
-        for process in _tree(superlink.popen.pid):
-            with suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                if flower_name(process) == "flwr-serverapp":
-                    process.kill()
-                    _wait_dead(process, timeout_s=10.0)
-                    return process.pid
-        raise LoopbackError("no flwr-serverapp process is running")
 
     # -- internals ---------------------------------------------------------------------------
 
