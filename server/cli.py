@@ -18,6 +18,7 @@ from server.enrolment import (
     Enrolment,
     EnrolmentError,
     EnrolmentRecords,
+    check_node_id,
     merge_nodes,
     read_node_key,
     secagg_certificate,
@@ -384,7 +385,9 @@ def run_enroll(args: argparse.Namespace, config: FleetConfig) -> int:
         raise EnrolmentError(f"--name {args.name}: another node is enrolled under this name")
     _require_superlink(config)
     signing_key = _fleet_signing_key(config)
-    node_id = flower_cli(config).register_node(args.key, name=args.name)
+    node_id = check_node_id(
+        flower_cli(config).register_node(args.key, name=args.name), "flwr supernode register"
+    )
     enrolled_at = datetime.now(UTC).isoformat(timespec="seconds")
     certificate = "" if signing_key is None else secagg_certificate(signing_key, node_id, line)
     records.add(Enrolment(node_id, args.name, fingerprint, line, enrolled_at, certificate))

@@ -22,6 +22,11 @@ from ticket.secagg import Enrolled, Roster, certify
 
 MAX_KEY_BYTES = 4096  # an OpenSSH ECDSA public key line is a few hundred bytes
 MAX_RECORDS_BYTES = 64 * 1024 * 1024  # nodes.json: about 1 KiB per node
+# Node ids no device may hold: 0 is the server in secure aggregation's messages
+# (ticket/secagg/messages.py SERVER), 1 is the SuperLink's own id in Flower's messages
+# (flwr.common.constant.SUPERLINK_NODE_ID; Flower never gives it to a SuperNode).
+RESERVED_NODE_IDS = frozenset({0, 1})
+MAX_NODE_ID = 2**64 - 1  # Flower's node ids are unsigned 64-bit
 
 
 class EnrolmentError(Exception):
@@ -64,6 +69,21 @@ def read_node_key(path: Path) -> tuple[str, str]:
     return line, fingerprint
 
 
+def check_node_id(value: object, where: str) -> int:
+    """`value` as a device's node id; EnrolmentError naming `where` for anything else: not an
+    integer, out of range, or one of RESERVED_NODE_IDS."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise EnrolmentError(f"{where}: node id must be an integer, got {value!r}")
+    if value in RESERVED_NODE_IDS:
+        raise EnrolmentError(
+            f"{where}: node id {value} is reserved (0: the secure-aggregation server, "
+            "1: Flower's SuperLink); no device may hold it"
+        )
+    if not 0 < value <= MAX_NODE_ID:
+        raise EnrolmentError(f"{where}: node id {value} is outside 2..{MAX_NODE_ID}")
+    return value
+
+
 class EnrolmentRecords:
     """state_dir/nodes.json, rewritten atomically on every change."""
 
@@ -79,9 +99,12 @@ class EnrolmentRecords:
             if len(raw) > MAX_RECORDS_BYTES:
                 raise EnrolmentError(f"{self.path}: larger than {MAX_RECORDS_BYTES} bytes")
             data = json.loads(raw.decode("utf-8"))
-            return [Enrolment(**entry) for entry in data["nodes"]]
+            entries = [Enrolment(**entry) for entry in data["nodes"]]
         except (ValueError, KeyError, TypeError) as error:
             raise EnrolmentError(f"{self.path}: damaged enrolment records: {error}") from None
+        for entry in entries:
+            check_node_id(entry.node_id, f"{self.path}: node {entry.name!r}")
+        return entries
 
     def find(self, *, name: str | None = None, fingerprint: str | None = None) -> Enrolment | None:
         for entry in self.read():
@@ -90,6 +113,7 @@ class EnrolmentRecords:
         return None
 
     def add(self, entry: Enrolment) -> None:
+        check_node_id(entry.node_id, f"enrolling {entry.name!r}")
         entries = [e for e in self.read() if e.node_id != entry.node_id] + [entry]
         self._write(entries)
 

@@ -1,13 +1,16 @@
 """Enrolment: a node's key file read strictly, records kept, merged with Flower's node list."""
 
+import json
 from pathlib import Path
 
 import pytest
 
 from server.enrolment import (
+    RESERVED_NODE_IDS,
     Enrolment,
     EnrolmentError,
     EnrolmentRecords,
+    check_node_id,
     load_roster,
     merge_nodes,
     read_node_key,
@@ -155,3 +158,54 @@ def test_a_damaged_certificate_is_an_error_naming_the_node(tmp_path: Path) -> No
 
     with pytest.raises(EnrolmentError, match=r"nodes\.json: node 42"):
         load_roster(tmp_path / "nodes.json")
+
+
+def test_reserved_node_ids_are_the_secagg_server_and_flowers_superlink() -> None:
+    from flwr.common.constant import SUPERLINK_NODE_ID
+
+    from ticket.secagg.messages import SERVER
+
+    assert {SERVER, SUPERLINK_NODE_ID} == RESERVED_NODE_IDS
+
+
+@pytest.mark.parametrize(
+    ("node_id", "why"),
+    [
+        (0, "node id 0 is reserved"),
+        (1, "node id 1 is reserved"),
+        (-5, "outside 2.."),
+        (2**64, "outside 2.."),
+        (True, "must be an integer"),
+        ("7", "must be an integer"),
+        (7.0, "must be an integer"),
+    ],
+)
+def test_nodes_json_with_a_reserved_or_malformed_node_id_is_refused_by_name(
+    tmp_path: Path, node_id: object, why: str
+) -> None:
+    path = tmp_path / "nodes.json"
+    record = {
+        "node_id": node_id,
+        "name": "clinic-a",
+        "fingerprint": "SHA256:x",
+        "public_key": "ecdsa-sha2-nistp384 AAAA",
+        "enrolled_at": "2026-12-04T00:00:00+00:00",
+    }
+    path.write_text(json.dumps({"nodes": [record]}))
+
+    with pytest.raises(EnrolmentError, match=why) as raised:
+        EnrolmentRecords(path).read()
+    assert str(path) in str(raised.value) and "clinic-a" in str(raised.value)
+    with pytest.raises(EnrolmentError, match=why):
+        load_roster(path)  # the ServerApp's roster reads the same records
+
+
+def test_an_enrolment_under_a_reserved_node_id_is_not_written(tmp_path: Path) -> None:
+    records = EnrolmentRecords(tmp_path / "nodes.json")
+    line = "ecdsa-sha2-nistp384 AAAA"
+    records.add(Enrolment(7, "a", "SHA256:a", line, "2026-12-04T00:00:00+00:00"))
+
+    with pytest.raises(EnrolmentError, match="enrolling 'b': node id 1 is reserved"):
+        records.add(Enrolment(1, "b", "SHA256:b", line, "2026-12-04T00:00:00+00:00"))
+    assert [entry.node_id for entry in records.read()] == [7]
+    assert check_node_id(2**64 - 1, "x") == 2**64 - 1

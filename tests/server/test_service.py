@@ -384,7 +384,7 @@ def test_a_round_goal_above_the_enrolled_fleet_waits_naming_the_key(tmp_path: Pa
     assert "run.round_goal is 2, but only 0 node(s) are enrolled" in reason
 
     records = EnrolmentRecords(config.paths.nodes_file)
-    for node in (1, 2):
+    for node in (11, 12):
         records.add(
             Enrolment(node, f"clinic-{node}", f"SHA256:{node}", "ecdsa-sha2-nistp384 x", "")
         )
