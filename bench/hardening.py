@@ -15,11 +15,14 @@ acceptances; and the cost of what refuses them.
    nothing the round depends on), accepted wrongly (a sum that is not the survivors' exact
    sum, or any other exception). A control row flips device 2's mask key with the checks
    switched off, as before issue 12: the probe's teeth.
-2. Cost of the signatures: CPU per device per round (sign one advert, check k neighbours'
+2. Every other input that comes in from outside (bench/hardening_inputs.py): server.yaml and
+   daemon.yaml, a readings CSV, a signed ticket bundle and codec payloads, each flipped bit by
+   bit and replaced by hostile documents, through the product's own readers.
+3. Cost of the signatures: CPU per device per round (sign one advert, check k neighbours'
    signatures and certificates) for n = 10, 100, 1000 (k = the round graph's degree), the
    server's check of n adverts, and the bytes they add.
 
-    python bench/hardening.py             # everything (~5 min on 2 cores)
+    python bench/hardening.py             # everything (~10 min on 2 cores)
     python bench/hardening.py --every 7   # every 7th bit only (quick look)
 
 Results: bench/results/hardening.{json,md}, with the command that made them.
@@ -43,6 +46,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python bench/hardening.py` from a checkout
 
+from bench.hardening_inputs import input_probes  # noqa: E402
 from ticket import crypto, secagg  # noqa: E402
 from ticket.errors import TicketError  # noqa: E402
 from ticket.secagg import aggregator, identity, node  # noqa: E402
@@ -290,6 +294,30 @@ def render(document: dict[str, Any]) -> str:
     for row in document["flips"]:
         seen = ", ".join(f"{kind} {count}" for kind, count in sorted(row["errors"].items()))
         lines.append(f"- {row['probe'].split(',')[0]}: {seen or 'none'}")
+    lines += [
+        "",
+        "## Every other input, bit by bit and hostile",
+        "",
+        "Through the product's own readers (bench/hardening_inputs.py docstring). Refused "
+        "cleanly: the reader's named error. Accepted: a value valid by the reader's rules, "
+        "checked again here (readings against their columns' ranges). Accepted wrongly: any "
+        "other exception, a read slower than 2 s, a ticket that is not the signed one, a "
+        "reading outside its schema.",
+        "",
+        "| probe | inputs tried | refused cleanly | accepted | accepted wrongly | accepted means |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for row in document["inputs"]:
+        lines.append(
+            f"| {row['probe']} | {row['tried']} | {row['refused']} | {row['accepted']} "
+            f"| {row['wrong']} | {row['accepted_means']} |"
+        )
+    wrong = [
+        (row["probe"], example) for row in document["inputs"] for example in row["wrong_examples"]
+    ]
+    if wrong:
+        lines += ["", "Accepted wrongly, first examples:", ""]
+        lines += [f"- {probe}: {example}" for probe, example in wrong]
     lines.append("")
     unit, *rows = document["cost"]
     lines += [
@@ -323,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{platform.python_version()}",
         "date": time.strftime("%Y-%m-%d"),
         "flips": flip_probes(args.every),
+        "inputs": input_probes(args.every),
         "cost": signature_cost(args.repeats),
     }
     args.out.mkdir(parents=True, exist_ok=True)

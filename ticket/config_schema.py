@@ -145,7 +145,12 @@ class SchemaLoader:
         if choices is not None and raw not in choices:
             raise self.error(key, f"must be one of: {', '.join(choices)}; got {show_value(raw)}")
         if hint is Path:
-            return self._base_dir / Path(raw).expanduser()  # an absolute raw path wins
+            try:
+                return self._base_dir / Path(raw).expanduser()  # an absolute raw path wins
+            except RuntimeError:  # "~name/..." for a user this machine does not have
+                raise self.error(
+                    key, f"names no home directory here; got {show_value(raw)}"
+                ) from None
         if hint is str:
             return raw
         try:

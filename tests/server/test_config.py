@@ -152,3 +152,15 @@ def test_keys_that_conflict_with_each_other_are_named_as_server_yaml_spells_them
         f"{path}: run: run.round_deadline_s (700) must be <= run.round_timeout_s (600) "
         "when run.round_goal > 0"
     )
+
+
+def test_a_path_under_the_home_of_a_user_this_machine_lacks_is_a_named_error(
+    tmp_path: Path,
+) -> None:
+    # Found by bench/hardening_inputs.py: one flipped bit made a path "~..." and expanduser's
+    # RuntimeError escaped as a traceback.
+    path = _write(tmp_path, "state_dir: ~no-such-user-ticketfleet/state\nrun: {num_rounds: 1}\n")
+
+    with pytest.raises(ConfigError, match=r"state_dir: names no home directory here") as raised:
+        load_config(path)
+    assert str(path) in str(raised.value)
