@@ -183,7 +183,7 @@ def _prose(spec: SearchSpec, level: int, parent: str | None) -> dict[str, str]:
     return {
         "title": f"LeNet-300-100 on MNIST, level {level} of one IMP search",
         "description": (
-            f"Level {level} of the iterative-magnitude-pruning search that `make demo` runs "
+            f"Level {level} of the iterative-magnitude-pruning search that make demo runs "
             f"to seed the hub: {epochs} per level on {rows} training digits, a shortened "
             "schedule (bench/lth_mnist.py trains 5 epochs per level on all 60,000). "
             f"{lineage} Test accuracy is on all 10,000 MNIST test digits."
