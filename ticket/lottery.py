@@ -33,6 +33,7 @@ class SearchSpec:
     train: TrainConfig
     model_args: Mapping[str, Any] = field(default_factory=dict)
     sites: tuple[str, ...] | None = None
+    train_rows: int | None = None  # train on the first N training rows only (None: all)
     method: str = "imp"
     pruner: str = "magnitude-layerwise"
     rates: PruningRates = field(default_factory=PruningRates)
@@ -51,6 +52,8 @@ class SearchSpec:
             raise TicketError(
                 f"a search trains every level: epochs must be >= 1, got {self.train.epochs}"
             )
+        if self.train_rows is not None and self.train_rows < 1:
+            raise TicketError(f"train rows must be >= 1, got {self.train_rows}")
         if self.rewind_step < 0:
             raise TicketError(f"rewind step must be >= 0, got {self.rewind_step}")
         unknown = sorted(set(self.controls) - set(CONTROLS))
@@ -67,6 +70,10 @@ class SearchSpec:
             "layer_rates": dict(self.rates.layer_rates),
         }
         spec["model_args"] = dict(self.model_args)
+        if self.train_rows is None:
+            # Absent, not null: a search on all rows keeps the fingerprint (and the work
+            # directory) it had before the key existed.
+            del spec["train_rows"]
         return spec
 
     def fingerprint(self) -> str:

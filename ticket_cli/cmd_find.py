@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ticket.bundle import build_ticket, sign_ticket, write_ticket
+from ticket.bundle import sign_ticket, write_ticket
 from ticket.errors import TicketError
 from ticket.lottery import SearchSpec
 from ticket.prune import CONTROLS, METHODS, PruningRates
@@ -16,7 +16,7 @@ from ticket.recipes import DEFAULT_TRAINING
 from ticket.train_config import OPTIMIZERS
 from ticket_cli.cmd_keys import read_private_key
 from ticket_cli.commands import HELP
-from ticket_cli.find_report import build_manifest, build_report, plot_levels, write_json
+from ticket_cli.find_report import build_level_ticket, build_report, plot_levels, write_json
 from ticket_cli.find_runner import SearchRunner
 
 SCOPES = {"layerwise": "magnitude-layerwise", "global": "magnitude-global"}
@@ -39,6 +39,11 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     )
     parser.add_argument("--out", required=True, type=Path, help="the .ticket file to write")
     parser.add_argument("--sites", type=_csv, help="only these natural sites (e.g. Cleveland)")
+    parser.add_argument(
+        "--train-rows",
+        type=_positive_int,
+        help="train on the first N training rows only (a quick search; default: all)",
+    )
     parser.add_argument("--method", default="imp", choices=sorted(METHODS), help="default: imp")
     parser.add_argument(
         "--scope",
@@ -105,6 +110,7 @@ def spec_from_args(args: argparse.Namespace) -> SearchSpec:
         train=replace(defaults, **overrides),
         model_args=_key_values(args.model_arg, "--model-arg", parse=_json_value),
         sites=tuple(args.sites) if args.sites else None,
+        train_rows=args.train_rows,
         method=args.method,
         pruner=SCOPES[args.scope],
         rates=PruningRates(
@@ -129,12 +135,7 @@ def run(args: argparse.Namespace) -> int:
     workdir = args.workdir or out.with_name(out.name + ".work")
     outcome = SearchRunner(spec, workdir, progress=not args.quiet).run()
 
-    manifest = build_manifest(outcome, created_at=datetime.now(UTC), parent=args.parent)
-    weights = {n: w.numpy() for n, w in outcome.rewind.items()}
-    masks = {n: m.numpy() for n, m in outcome.mask.items()}
-    ticket = build_ticket(
-        manifest, masks, {n: w * masks[n] if n in masks else w for n, w in weights.items()}
-    )
+    ticket = build_level_ticket(outcome, created_at=datetime.now(UTC), parent=args.parent)
     if signing_key is not None:
         ticket = sign_ticket(ticket, signing_key)
     write_ticket(out, ticket)
@@ -179,6 +180,16 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
     return value
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from ticket import __version__
 from ticket.atomic import atomic_write_bytes, atomic_write_text
+from ticket.bundle import Ticket, build_ticket
 from ticket.manifest import DataSpec, Density, Manifest, MethodSpec, ModelSpec
 from ticket.masks import density, kept_count, layer_densities, total_count
 from ticket_cli.find_runner import LevelRecord, SearchOutcome
@@ -22,10 +23,30 @@ CURVE_LABELS = {
 }
 
 
-def build_manifest(outcome: SearchOutcome, *, created_at: datetime, parent: str | None) -> Manifest:
-    """The ticket manifest (format version 1): what it is, how and on what it was found."""
+def build_level_ticket(
+    outcome: SearchOutcome, *, created_at: datetime, parent: str | None, level: int = -1
+) -> Ticket:
+    """The (unsigned) ticket of one level of the search, the last by default: that level's
+    mask over the rewound weights W_k, pruned entries zero."""
+    manifest = build_manifest(outcome, created_at=created_at, parent=parent, level=level)
+    masks = {n: m.numpy() for n, m in outcome.masks[level].items()}
+    weights = {n: w.numpy() for n, w in outcome.rewind.items()}
+    return build_ticket(
+        manifest, masks, {n: w * masks[n] if n in masks else w for n, w in weights.items()}
+    )
+
+
+def build_manifest(
+    outcome: SearchOutcome, *, created_at: datetime, parent: str | None, level: int = -1
+) -> Manifest:
+    """The ticket manifest (format version 1): what it is, how and on what it was found.
+
+    `level` picks the search level the ticket is (the last by default); its metrics record
+    every level up to that one, as the search went.
+    """
     spec = outcome.spec
-    final = outcome.levels[-1]
+    index = range(len(outcome.levels))[level]  # IndexError past either end
+    final, mask = outcome.levels[index], outcome.masks[index]
     return Manifest(
         model=ModelSpec(name=spec.model, args=outcome.model_args),
         data=DataSpec.from_json(outcome.dataset.describe(), at="data"),
@@ -44,8 +65,11 @@ def build_manifest(outcome: SearchOutcome, *, created_at: datetime, parent: str 
             search_fingerprint=spec.fingerprint(),
         ),
         rewind_step=spec.rewind_step,
-        density=Density(overall=density(outcome.mask), layers=layer_densities(outcome.mask)),
-        metrics={"final": final.ticket, "levels": [level.as_dict() for level in outcome.levels]},
+        density=Density(overall=density(mask), layers=layer_densities(mask)),
+        metrics={
+            "final": final.ticket,
+            "levels": [record.as_dict() for record in outcome.levels[: index + 1]],
+        },
         parent=parent,
         created_at=created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
         tool={"name": "ticketfleet", "version": __version__},

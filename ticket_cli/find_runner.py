@@ -69,9 +69,10 @@ class SearchOutcome:
     spec: SearchSpec
     dataset: Dataset
     model_args: dict[str, Any]
-    mask: Mask
+    mask: Mask  # the last level's: the ticket's
     rewind: Weights
     levels: list[LevelRecord]
+    masks: list[Mask]  # one per level, levels[i]'s at masks[i]; masks[-1] is `mask`
 
 
 class SearchRunner:
@@ -93,7 +94,7 @@ class SearchRunner:
         with self._bar(levels_total, "levels", leave=True) as level_bar:
             trained, mask, record = self._dense_level(template)
             rewind = self._rewind = self._load_tensors("rewind.tensors")
-            records = [record]
+            records, masks = [record], [mask]
             level_bar.update(1)
             level = 0
             while (
@@ -102,11 +103,12 @@ class SearchRunner:
                 level += 1
                 trained, mask, record = self._pruned_level(level, trained, mask, fractions)
                 records.append(record)
+                masks.append(mask)
                 level_bar.set_postfix(
                     density=f"{record.density:.3f}", acc=f"{record.ticket['accuracy']:.4f}"
                 )
                 level_bar.update(1)
-        return SearchOutcome(spec, dataset, model_args, mask, rewind, records)
+        return SearchOutcome(spec, dataset, model_args, mask, rewind, records, masks)
 
     def _plan(self) -> tuple[Mask, dict[str, float], int]:
         """Load the data and check every setting: (full mask, per-layer rates, level count).
@@ -116,7 +118,10 @@ class SearchRunner:
         corrected command.
         """
         spec = self.spec
-        dataset = self._dataset = load_dataset(spec.data, sites=spec.sites)
+        dataset = load_dataset(spec.data, sites=spec.sites)
+        if spec.train_rows is not None:
+            dataset = dataset.first_train_rows(spec.train_rows)
+        self._dataset = dataset
         model_args = self._model_args = merged_model_args(dataset, spec.model_args)
         template = full_mask(build_model(spec.model, model_args, seed=0))
         rates = spec.rates.per_layer(list(template))

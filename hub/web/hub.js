@@ -210,10 +210,19 @@ function drawPlot(container, points, metric) {
   });
   plot.append(svg("line", { class: "axis", x1: left, y1: height - bottom, x2: width - right, y2: height - bottom }));
   plot.append(svg("line", { class: "axis", x1: left, y1: top, x2: left, y2: height - bottom }));
-  for (const density of [...new Set(densities)]) {
+  // A tick at every level, a label only where it clears its neighbours: a 15-level search
+  // would print its percentages over each other. The sparsest (the ticket itself) always.
+  const ticks = [...new Set(densities)].sort((a, b) => b - a);
+  const gap = 48; // px: wider than "100.00%" at 11px
+  let labelled = -Infinity;
+  ticks.forEach((density, index) => {
     plot.append(svg("line", { class: "tick", x1: x(density), y1: height - bottom, x2: x(density), y2: height - bottom + 5 }));
-    plot.append(svg("text", { class: "tick-label", x: x(density), y: height - bottom + 18, "text-anchor": "middle" }, percent(density)));
-  }
+    const isLast = index === ticks.length - 1;
+    if (x(density) - labelled >= gap && (isLast || x(ticks[ticks.length - 1]) - x(density) >= gap)) {
+      plot.append(svg("text", { class: "tick-label", x: x(density), y: height - bottom + 18, "text-anchor": "middle" }, percent(density)));
+      labelled = x(density);
+    }
+  });
   for (let i = 0; i <= 4; i++) {
     const value = yMin + ((yMax - yMin) * i) / 4;
     plot.append(svg("line", { class: "grid", x1: left, y1: y(value), x2: width - right, y2: y(value) }));

@@ -1,6 +1,9 @@
-"""The demo's closing table: each device's personalisation of the final model."""
+"""The demo's closing tables: each device's personalisation, the MNIST tickets, the hub."""
 
-from loopback.demo import format_personal
+from pathlib import Path
+
+from loopback.demo import format_mnist, format_personal, format_seeded
+from loopback.mnist_tickets import MnistTicket
 
 
 def test_the_personalisation_table_names_the_model_predict_uses() -> None:
@@ -23,3 +26,24 @@ def test_the_personalisation_table_names_the_model_predict_uses() -> None:
 
     assert lines[2].split() == ["Cleveland", "45", "80.0%", "82.2%", "personal"]
     assert lines[3].split() == ["Switzerland", "3", "100.0%", "-", "global"]
+
+
+def _mnist(name: str, density: float, parent: str | None) -> MnistTicket:
+    controls = {"random": 0.87, "reinit": 0.895}
+    return MnistTicket(Path(name), "cd" * 32, 14, density, 0.9218, controls, parent, False)
+
+
+def test_the_mnist_table_and_the_hub_line_name_every_density() -> None:
+    tickets = [
+        _mnist("mnist-10pct.ticket", 0.1083, None),
+        _mnist("mnist-5pct.ticket", 0.05, "ab" * 32),
+    ]
+
+    lines = format_mnist(tickets).splitlines()
+    seeded = format_seeded(Path("out/hub"), 4, tickets)
+
+    assert lines[1].split() == ["mnist-10pct.ticket", "14", "10.8%", "92.2%", "87.0%", "89.5%", "-"]
+    assert lines[2].split()[-1] == "ab" * 6
+    assert "hub: 4 tickets in out/hub" in seeded
+    assert "2 MNIST tickets (10.8%, 5.0% of the weights)" in seeded
+    assert "MNIST" not in format_seeded(Path("out/hub"), 2, [])

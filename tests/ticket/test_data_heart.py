@@ -319,3 +319,17 @@ def test_any_valid_reading_encodes_to_finite_features(readings: list[Row]) -> No
 @functools.cache
 def _fitted_json() -> dict[str, Any]:
     return HeartPreprocessor.fit(read_heart_rows()).to_json()
+
+
+def test_first_train_rows_keeps_the_test_rows_and_names_the_subset(dataset: Dataset) -> None:
+    subset = dataset.first_train_rows(100)
+
+    assert torch.equal(subset.x_train, dataset.x_train[:100])
+    assert torch.equal(subset.y_train, dataset.y_train[:100])
+    assert list(subset.site_train) == list(dataset.site_train[:100])
+    assert torch.equal(subset.x_test, dataset.x_test)
+    assert subset.describe()["rows"] == {"train": 100, "test": len(dataset.y_test)}
+    assert subset.fingerprint not in {dataset.fingerprint, dataset.first_train_rows(99).fingerprint}
+    assert subset.preprocessing == dataset.preprocessing
+    with pytest.raises(DatasetArgumentError, match="heart-uci has 643 training rows, asked for 0"):
+        dataset.first_train_rows(0)

@@ -430,6 +430,7 @@ OTHER_FORMATS: dict[str, tuple[set[str], str]] = {
     ),
     "loopback/devices.py": ({"dataset", "status"}, "the UCI table's site column; a subcommand"),
     "loopback/launcher.py": ({"round"}, _RUN_LOG),
+    "loopback/mnist_tickets.py": ({"accuracy"}, "the manifest's metrics it sums up"),
 }
 
 

@@ -53,6 +53,19 @@ def test_find_writes_ticket_report_and_plot(
     assert "ticket" in capsys.readouterr().out
 
 
+def test_train_rows_finds_on_the_first_rows_and_the_manifest_says_so(tmp_path: Path) -> None:
+    out, full = tmp_path / "some.ticket", tmp_path / "all.ticket"
+    density = ["--target-density", "0.8"]
+    assert main(["find", *FAST, *density, "--train-rows", "100", "--out", str(out)]) == 0
+    assert main(["find", *FAST, *density, "--controls", "none", "--out", str(full)]) == 0
+
+    some = read_ticket(out, allow_unsigned=True).manifest.data
+    every = read_ticket(full, allow_unsigned=True).manifest.data
+    assert some.rows == {"train": 100, "test": every.rows["test"]}  # type: ignore[index]
+    assert every.rows["train"] == 226  # type: ignore[index]
+    assert some.fingerprint != every.fingerprint
+
+
 def test_find_signs_when_given_a_key(tmp_path: Path) -> None:
     assert main(["keygen", "--out", str(tmp_path / "fleet")]) == 0
     out = tmp_path / "t.ticket"
@@ -81,6 +94,8 @@ def test_find_signs_when_given_a_key(tmp_path: Path) -> None:
             "unknown control magic",
         ),
         (["--target-density", "0.5", "--method", "snip"], ExitCode.USAGE, "invalid choice"),
+        (["--target-density", "0.5", "--train-rows", "0"], ExitCode.USAGE, "expected a whole"),
+        (["--target-density", "0.5", "--train-rows", "ten"], ExitCode.USAGE, "expected a whole"),
     ],
 )
 def test_bad_arguments_are_usage_errors(
@@ -118,6 +133,7 @@ def test_bad_arguments_are_usage_errors(
             "fc3.weight 0: imp would stop at 100.00% of the weights kept",
         ),
         (["--rewind-step", "100000"], "rewind step 100000 is past the end of training"),
+        (["--train-rows", "5000"], "train rows: heart-uci has 226 training rows, asked for 5000"),
         (["--sign-key", str(SIGNER_PUB)], "test-signer.pub: this is a public key"),
         (["--sign-key", "no-such.key"], "no-such.key: no such file or directory"),
     ],

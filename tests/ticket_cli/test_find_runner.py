@@ -53,6 +53,43 @@ def test_search_prunes_level_by_level_down_to_the_target(tmp_path: Path) -> None
         assert 0.0 <= level.ticket["accuracy"] <= 1.0
 
 
+def test_the_outcome_keeps_every_levels_mask_each_inside_the_one_before(tmp_path: Path) -> None:
+    outcome = SearchRunner(_spec(controls=()), tmp_path / "work", progress=False).run()
+
+    assert len(outcome.masks) == len(outcome.levels)
+    assert all(torch.equal(outcome.masks[-1][n], outcome.mask[n]) for n in outcome.mask)
+    for record, mask in zip(outcome.levels, outcome.masks, strict=True):
+        assert density(mask) == record.density
+    for before, after in zip(outcome.masks, outcome.masks[1:], strict=False):
+        assert all(not (after[n] & ~before[n]).any() for n in after)  # masks only shrink
+
+
+def test_the_search_fingerprint_of_a_spec_without_train_rows_is_pinned() -> None:
+    spec = SearchSpec(
+        model="heart-mlp",
+        data="heart-uci",
+        target_density=0.1,
+        train=TrainConfig(epochs=10, batch_size=32, lr=1e-3),
+    )
+
+    # Golden: the fingerprint names a search's work directory; it must not move when a
+    # setting is added, or every search in progress would refuse to resume.
+    assert spec.fingerprint() == (
+        "fc494c2b482e0f380742ac5781745af14d2da17fd79e581e9fb43bc3507f456b"
+    )
+    assert "train_rows" not in spec.as_dict()
+    assert SearchSpec(**{**vars(spec), "train_rows": 100}).fingerprint() != spec.fingerprint()
+
+
+def test_train_rows_trains_on_the_first_rows_only(tmp_path: Path) -> None:
+    spec = _spec(controls=(), train_rows=50)
+    outcome = SearchRunner(spec, tmp_path / "work", progress=False).run()
+
+    assert outcome.dataset.describe()["rows"]["train"] == 50
+    with pytest.raises(TicketError, match="train rows must be >= 1"):
+        _spec(train_rows=0)
+
+
 def test_the_rewound_weights_are_the_initialisation_at_step_zero(tmp_path: Path) -> None:
     outcome = SearchRunner(_spec(controls=()), tmp_path / "work", progress=False).run()
     init = initial_weights(outcome.spec, outcome.model_args)

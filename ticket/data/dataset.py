@@ -3,7 +3,7 @@
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,25 @@ class Dataset:
     def model_args(self) -> dict[str, Any]:
         """Arguments for the model registry that fit this data's input width and classes."""
         return {"in_features": self.num_features, "num_classes": self.num_classes}
+
+    def first_train_rows(self, rows: int) -> "Dataset":
+        """This dataset trained on its first `rows` training rows only; the test rows stay.
+
+        The encoding (`preprocessing`) is the full dataset's; the fingerprint says which rows,
+        so a ticket found on the subset never passes for one found on all of them.
+        """
+        available = len(self.y_train)
+        if not 1 <= rows <= available:
+            raise DatasetArgumentError(
+                f"train rows: {self.name} has {available} training rows, asked for {rows}"
+            )
+        return replace(
+            self,
+            x_train=self.x_train[:rows],
+            y_train=self.y_train[:rows],
+            site_train=self.site_train[:rows],
+            fingerprint=fingerprint({"subset_of": self.fingerprint, "first_train_rows": rows}),
+        )
 
     def describe(self) -> dict[str, Any]:
         """JSON-able summary for a ticket manifest: which data, how much of it, how encoded."""
