@@ -13,12 +13,17 @@ uplink bytes spent until the target accuracy was first reached.
 The rounds are this project's ServerApp (run_search, run_training) and ClientApp code, over an
 in-process Grid (tests/inprocess.py) that hands each message to the ClientApp in this process:
 no SuperLink, no Ray. Flower's transport is thereby left out, so the bytes are the payloads the
-strategies count (as on a real fleet) and the time is compute. The Simulation Engine and real
-daemons run the same code in tests/e2e (test_simulation.py, test_fleet_find.py).
+strategies count (as on a real fleet) and the time is compute. With `--engine simulation` each
+method's search and training (and dense FedAvg) run twice from the same dense ticket: in process
+as above, and through Flower's Simulation Engine (a SuperLink with `--simulation`, Ray, one
+virtual node per device, `flwr run` per run: tests/e2e/test_simulation.py's path), side by side
+in bench/results/fleet_find_<task>_simulation.{json,md}; no central or random references there.
+Real daemons run the same code in tests/e2e/test_fleet_find.py.
 
     python bench/fleet_find.py                          # fed-heart, 3 seeds, 4 densities
     python bench/fleet_find.py --task fed-mnist --seeds 1 --densities 0.2,0.05
     python bench/fleet_find.py --quick                  # one seed, two densities, a smoke run
+    python bench/fleet_find.py --engine simulation --methods fed-oneshot,fed-snip
 
 Results: bench/results/fleet_find_<task>.{json,md} with the command that made them.
 """
@@ -35,6 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +52,7 @@ import torch  # noqa: E402
 from flwr.app import Context, Message  # noqa: E402
 
 from edge_daemon import client_app  # noqa: E402
+from loopback.launcher import Loopback  # noqa: E402
 from server.fleet_search import FindSettings, run_search  # noqa: E402
 from server.run_log import RunLog  # noqa: E402
 from server.run_settings import ServerSettings  # noqa: E402
@@ -60,6 +67,8 @@ from ticket_cli.cli import main as ticket_main  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 METHODS = ("fed-imp", "fed-early-bird", "fed-oneshot", "fed-snip", "synflow")
 DENSE, CENTRAL, RANDOM = "dense FedAvg (no ticket)", "central IMP (pooled rows)", "random pruning"
+IN_PROCESS, SIMULATION = "in-process", "Simulation Engine"
+RUN_TIMEOUT_S = 1800.0  # one search or training run through the Simulation Engine
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,10 @@ class Task:
     target_accuracy: float  # "uplink to reach": the first round at or above it
     # search-* keys for every method, and training keys of the search's rounds
     search: dict[str, Any] = field(default_factory=dict)
+    # --engine simulation: the sim-* keys that give the virtual nodes the same split as
+    # `nodes`, and how many virtual nodes there are
+    simulation: dict[str, Any] = field(default_factory=dict)
+    virtual_nodes: int = 0
 
 
 def _heart_nodes(ticket: Path) -> list[dict[str, Any]]:
@@ -119,6 +132,8 @@ TASKS = {
         # Central IMP trains 10 epochs per level on the pooled rows; a fleet level gets 3
         # rounds of 4 local epochs.
         search={"search-rounds-per-level": 3, "search-rate": 0.5, "local-epochs": 4},
+        simulation={"sim-dataset": "heart-uci", "sim-partition": "natural"},
+        virtual_nodes=4,
     ),
     # 100 devices with 2 label-sorted shards each (McMahan et al. 2017), 10 per round.
     "fed-mnist": Task(
@@ -130,6 +145,8 @@ TASKS = {
         train_rounds=30,
         target_accuracy=0.85,
         search={"search-rounds-per-level": 3, "search-rate": 0.5},
+        simulation={"sim-dataset": "mnist", "sim-partition": "shards", "sim-partition-shards": 2},
+        virtual_nodes=100,
     ),
 }
 
@@ -160,9 +177,10 @@ def base_config(task: Task, ticket: Path, run_dir: Path, secagg: bool) -> dict[s
     }
 
 
-def search(  # noqa: PLR0917  # one bench cell's coordinates
+def search_config(  # noqa: PLR0917  # one bench cell's coordinates
     task: Task, dense: Path, work: Path, method: str, density: float, seed: int, secagg: bool
-) -> tuple[Ticket, dict[str, Any]]:
+) -> tuple[dict[str, Any], Path]:
+    """The run config of one search, and where it writes the ticket it finds."""
     out = work / f"{method}-{density}.ticket"
     config = {
         **base_config(task, dense, work / f"search-{method}-{density}", secagg),
@@ -171,42 +189,72 @@ def search(  # noqa: PLR0917  # one bench cell's coordinates
         "search-method": method,
         "search-target-density": density,
         "search-out": str(out),
-        "search-push-ticket": False,  # in-process nodes read ticket-path
+        "search-push-ticket": False,  # the nodes (in-process or virtual) read ticket-path
         **task.search,
     }
+    return config, out
+
+
+def search(  # noqa: PLR0917  # one bench cell's coordinates
+    task: Task, dense: Path, work: Path, method: str, density: float, seed: int, secagg: bool
+) -> tuple[Path, dict[str, Any]]:
+    """One search in process; the found ticket's path and what the search cost."""
+    config, out = search_config(task, dense, work, method, density, seed, secagg)
     client = TimedClient()
     grid = InProcessGrid(client, task.nodes(dense))
     random.seed(seed)
-    start = time.process_time()
+    began, start = time.monotonic(), time.process_time()
     with server_identity():
-        found = run_search(grid, FindSettings.from_run(runconfig.parse(config)))
+        run_search(grid, FindSettings.from_run(runconfig.parse(config)))
     server_cpu = time.process_time() - start - client.cpu_s
+    return out, search_cost(out) | {
+        "server_cpu_s": server_cpu,
+        "search_wall_s": time.monotonic() - began,
+    }
+
+
+def search_cost(found_path: Path) -> dict[str, Any]:
+    """What the found ticket's manifest says the search cost."""
+    found = read_ticket(found_path, allow_unsigned=True)
     fleet = found.manifest.fleet
     assert fleet is not None
-    return found, {
+    return {
         "search_rounds": fleet.rounds,
         "search_levels": fleet.levels,
         "search_bytes_up": fleet.bytes_up,
         "search_bytes_down": fleet.bytes_down,
-        "server_cpu_s": server_cpu,
         "density": found.manifest.density.overall,
     }
 
 
-def train(task: Task, ticket: Path, run_dir: Path, seed: int, secagg: bool) -> dict[str, Any]:
-    """Federated training of `ticket` from its weights; the last round's scores and the uplink
-    spent until the target accuracy was first reached (None: never)."""
-    config = {
+def train_config(
+    task: Task, ticket: Path, run_dir: Path, seed: int, secagg: bool
+) -> dict[str, Any]:
+    return {
         **base_config(task, ticket, run_dir, secagg),
         "num-rounds": task.train_rounds,
         "server-eval": task.dataset,
         "seed": seed,
     }
+
+
+def train(task: Task, ticket: Path, run_dir: Path, seed: int, secagg: bool) -> dict[str, Any]:
+    """Federated training of `ticket` from its weights, in process."""
+    config = train_config(task, ticket, run_dir, seed, secagg)
     grid = InProcessGrid(client_app.app, task.nodes(ticket))
     random.seed(seed)
+    began = time.monotonic()
     with server_identity():
         run_training(grid, ServerSettings.from_run_config(config))
+    return scores(task, run_dir) | {"train_wall_s": time.monotonic() - began}
+
+
+def scores(task: Task, run_dir: Path) -> dict[str, Any]:
+    """A training run's last round's scores and the uplink spent until the target accuracy was
+    first reached (None: never), from its round log."""
     lines = RunLog(run_dir / "rounds.jsonl").read()
+    if len(lines) != task.train_rounds:
+        raise RuntimeError(f"{run_dir}: {len(lines)} rounds logged, {task.train_rounds} asked")
     spent, reached = 0, None
     for line in lines:
         spent += int(line["bytes"]["up_total"])
@@ -219,6 +267,50 @@ def train(task: Task, ticket: Path, run_dir: Path, seed: int, secagg: bool) -> d
         "train_bytes_up": spent,
         "bytes_to_target": reached,
     }
+
+
+class SimulationEngine:
+    """The same runs through Flower's Simulation Engine: a SuperLink started with
+    `--simulation` (Ray backend, the path tests/e2e/test_simulation.py takes), `flwr run` per
+    search or training run, and the task's virtual nodes taking its split from the sim-* keys.
+    The ServerApp and ClientApps run in the SuperLink's processes, so only wall time is
+    measured here, not the server's CPU time."""
+
+    def __init__(self, task: Task, workdir: Path) -> None:
+        self.task = task
+        self.fleet = Loopback(workdir, ROOT, [], simulation=True, grace_s=5.0)
+        self.federation = {"num-supernodes": task.virtual_nodes, "client-resources-num-cpus": 1}
+
+    def __enter__(self) -> "SimulationEngine":
+        self.fleet.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.fleet.stop()
+
+    def _run(self, config: dict[str, Any], what: str) -> float:
+        outcome = self.fleet.run(
+            {**config, **self.task.simulation},
+            timeout_s=RUN_TIMEOUT_S,
+            federation_config=self.federation,
+        )
+        if not outcome.completed:
+            raise RuntimeError(
+                f"Simulation Engine: {what} ended {outcome.status}; see {self.fleet.workdir}/logs"
+            )
+        return outcome.wall_s
+
+    def search(  # noqa: PLR0917  # one bench cell's coordinates
+        self, dense: Path, work: Path, method: str, density: float, seed: int, secagg: bool
+    ) -> tuple[Path, dict[str, Any]]:
+        config, out = search_config(self.task, dense, work, method, density, seed, secagg)
+        wall = self._run(config, f"the {method} search at density {density}")
+        return out, search_cost(out) | {"search_wall_s": wall}
+
+    def train(self, ticket: Path, run_dir: Path, seed: int, secagg: bool) -> dict[str, Any]:
+        config = train_config(self.task, ticket, run_dir, seed, secagg)
+        wall = self._run(config, f"training {ticket.name}")
+        return scores(self.task, run_dir) | {"train_wall_s": wall}
 
 
 def central_ticket(task: Task, work: Path, density: float, seed: int, rate: float) -> Path:
@@ -247,6 +339,18 @@ def random_control(central: Path, dense: Ticket, out: Path, seed: int) -> Path:
     return out
 
 
+def dense_ticket(task: Task, work: Path, seed: int) -> Path:
+    """A fresh work directory and the dense ticket at W_0 of `seed` (`ticket init`)."""
+    shutil.rmtree(work, ignore_errors=True)  # every run from scratch: nothing resumed
+    work.mkdir(parents=True)
+    dense_path = work / "dense.ticket"
+    init = ["init", "--model", task.model, "--data", task.dataset, "--seed", str(seed),
+            "--out", str(dense_path), "--force"]  # fmt: skip
+    if ticket_main(init) != 0:
+        raise RuntimeError("ticket init failed")
+    return dense_path
+
+
 def run_seed(  # noqa: PLR0917  # one bench cell's coordinates
     task: Task,
     work: Path,
@@ -255,13 +359,7 @@ def run_seed(  # noqa: PLR0917  # one bench cell's coordinates
     methods: Sequence[str],
     secagg: bool,
 ) -> list[dict[str, Any]]:
-    shutil.rmtree(work, ignore_errors=True)  # every run from scratch: nothing resumed
-    work.mkdir(parents=True)
-    dense_path = work / "dense.ticket"
-    init = ["init", "--model", task.model, "--data", task.dataset, "--seed", str(seed),
-            "--out", str(dense_path), "--force"]  # fmt: skip
-    if ticket_main(init) != 0:
-        raise RuntimeError("ticket init failed")
+    dense_path = dense_ticket(task, work, seed)
     dense = read_ticket(dense_path, allow_unsigned=True)
     rows = [
         {"arm": DENSE, "target": 1.0, "density": 1.0, "seed": seed,
@@ -281,29 +379,78 @@ def run_seed(  # noqa: PLR0917  # one bench cell's coordinates
         )  # fmt: skip
         for method in methods:
             began = time.monotonic()
-            _, cost = search(task, dense_path, work, method, density, seed, secagg)
-            path = work / f"{method}-{density}.ticket"
-            scores = train(task, path, work / f"train-{method}-{density}", seed, secagg)
-            rows.append({"arm": method, "target": density, "seed": seed, **cost, **scores})
-            print(
-                f"  seed {seed} density {density} {method}: acc {scores['accuracy']:.3f} "
-                f"search up {cost['search_bytes_up']:,} B in {cost['search_rounds']} rounds "
-                f"({time.monotonic() - began:.0f} s)",
-                flush=True,
-            )
+            path, cost = search(task, dense_path, work, method, density, seed, secagg)
+            scored = train(task, path, work / f"train-{method}-{density}", seed, secagg)
+            rows.append({"arm": method, "target": density, "seed": seed, **cost, **scored})
+            _progress(seed, density, method, cost, scored, began)
     return rows
 
 
+def run_seed_both_engines(  # noqa: PLR0917  # one bench cell's coordinates
+    task: Task,
+    engine: SimulationEngine,
+    work: Path,
+    seed: int,
+    densities: Sequence[float],
+    methods: Sequence[str],
+    secagg: bool,
+) -> list[dict[str, Any]]:
+    """Dense FedAvg and each method's search and training, once in process and once through
+    the Simulation Engine, from the same dense ticket with the same settings."""
+    dense_path = dense_ticket(task, work, seed)
+    rows = []
+    for label, place in ((IN_PROCESS, work / "in-process"), (SIMULATION, work / "simulation")):
+        place.mkdir()
+        trained = engine.train if label == SIMULATION else partial(train, task)
+        rows.append(
+            {"arm": DENSE, "engine": label, "target": 1.0, "density": 1.0, "seed": seed,
+             **trained(dense_path, place / "train-dense", seed, secagg)}
+        )  # fmt: skip
+        for density in densities:
+            for method in methods:
+                began = time.monotonic()
+                if label == SIMULATION:
+                    path, cost = engine.search(dense_path, place, method, density, seed, secagg)
+                else:
+                    path, cost = search(task, dense_path, place, method, density, seed, secagg)
+                scored = trained(path, place / f"train-{method}-{density}", seed, secagg)
+                rows.append(
+                    {"arm": method, "engine": label, "target": density, "seed": seed,
+                     **cost, **scored}
+                )  # fmt: skip
+                _progress(seed, density, f"{method} ({label})", cost, scored, began)
+    return rows
+
+
+def _progress(  # noqa: PLR0917  # one progress line's parts
+    seed: int,
+    density: float,
+    arm: str,
+    cost: dict[str, Any],
+    scored: dict[str, Any],
+    began: float,
+) -> None:
+    print(
+        f"  seed {seed} density {density} {arm}: acc {scored['accuracy']:.3f} "
+        f"search up {cost['search_bytes_up']:,} B in {cost['search_rounds']} rounds "
+        f"({time.monotonic() - began:.0f} s)",
+        flush=True,
+    )
+
+
 def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and spread (population std) over seeds, per (arm, target density)."""
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    """Mean and spread (population std) over seeds, per (arm, engine, target density)."""
+    groups: dict[tuple[str, str | None, float], list[dict[str, Any]]] = {}
     for row in rows:  # by target density: a found ticket's own is the target up to rounding
-        groups.setdefault((row["arm"], row["target"]), []).append(row)
+        groups.setdefault((row["arm"], row.get("engine"), row["target"]), []).append(row)
     table = []
-    for (arm, density), group in groups.items():
+    for (arm, engine, density), group in groups.items():
         entry: dict[str, Any] = {"arm": arm, "target_density": density, "seeds": len(group)}
+        if engine is not None:
+            entry["engine"] = engine
         for key in ("accuracy", "auc", "search_bytes_up", "search_bytes_down", "search_rounds",
-                    "server_cpu_s", "train_bytes_up", "bytes_to_target"):  # fmt: skip
+                    "server_cpu_s", "train_bytes_up", "bytes_to_target", "search_wall_s",
+                    "train_wall_s"):  # fmt: skip
             values = [row[key] for row in group if row.get(key) is not None]
             if values:
                 entry[key] = statistics.fmean(values)
@@ -315,8 +462,10 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_markdown(document: dict[str, Any], path: Path) -> None:
     task = document["task"]
+    both = document.get("engine") == "simulation"
     lines = [
-        f"# Fleet ticket search: {task}",
+        f"# Fleet ticket search: {task}"
+        + (", in process and through the Simulation Engine" if both else ""),
         "",
         f"Command: `{document['command']}`  ",
         f"Run {document['finished_at']} on {document['machine']}; {document['seeds']} seed(s); "
@@ -329,25 +478,50 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
         "test accuracy first reached the target (n/a: not within the rounds; the count says "
         "in how many seeds it was reached).",
         "",
-        "| density | arm | search rounds | search up (B) | search down (B) | server CPU (s) | "
-        "accuracy | ROC-AUC | to target (B) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    if both:
+        lines += [
+            "Each row pair is one search and one training run from the same dense ticket with "
+            "the same settings: once over the in-process grid (the ServerApp and ClientApp "
+            "called in this process), once through Flower's Simulation Engine (a SuperLink "
+            "with `--simulation`, Ray, one virtual node per device, `flwr run` per run). The "
+            "wall times include the Simulation Engine's start and Flower's polling.",
+            "",
+            "| density | arm | engine | search rounds | search up (B) | search down (B) | "
+            "search wall (s) | train wall (s) | accuracy | ROC-AUC | to target (B) |",
+            "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+    else:
+        lines += [
+            "| density | arm | search rounds | search up (B) | search down (B) | "
+            "server CPU (s) | accuracy | ROC-AUC | to target (B) |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
     arms = [DENSE, CENTRAL, RANDOM, *METHODS]
+    engines = [None, IN_PROCESS, SIMULATION]
     for entry in sorted(
-        document["table"], key=lambda e: (-e["target_density"], arms.index(e["arm"]))
+        document["table"],
+        key=lambda e: (
+            -e["target_density"],
+            arms.index(e["arm"]),
+            engines.index(e.get("engine")),
+        ),
     ):
         cell = _cells(entry)
         reached = entry.get("bytes_to_target_n", 0)
         to_target = cell("bytes_to_target") if reached else "n/a"
         if reached and reached < entry["seeds"]:
             to_target += f" ({reached}/{entry['seeds']})"
-        lines.append(
-            f"| {entry['target_density']:g} | {entry['arm']} | {cell('search_rounds', '{:.0f}')} | "
-            f"{cell('search_bytes_up')} | {cell('search_bytes_down')} | "
-            f"{cell('server_cpu_s', '{:.2f}')} | {cell('accuracy', '{:.3f}')} | "
-            f"{cell('auc', '{:.3f}')} | {to_target} |"
-        )
+        costs = [cell("search_rounds", "{:.0f}"), cell("search_bytes_up"),
+                 cell("search_bytes_down")]  # fmt: skip
+        if both:
+            costs = [entry["engine"], *costs, cell("search_wall_s", "{:.1f}"),
+                     cell("train_wall_s", "{:.1f}")]  # fmt: skip
+        else:
+            costs.append(cell("server_cpu_s", "{:.2f}"))
+        scored = [cell("accuracy", "{:.3f}"), cell("auc", "{:.3f}"), to_target]
+        lines.append(f"| {entry['target_density']:g} | {entry['arm']} | " +
+                     " | ".join([*costs, *scored]) + " |")  # fmt: skip
     lines += ["", *document.get("notes", [])]
     path.write_text("\n".join(lines) + "\n")
 
@@ -373,6 +547,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--plaintext", action="store_true", help="no secure aggregation")
     parser.add_argument("--quick", action="store_true", help="1 seed, densities 0.2 and 0.05")
+    parser.add_argument(
+        "--engine",
+        choices=("inprocess", "simulation"),
+        default="inprocess",
+        help="simulation: run each method's search and training (and dense FedAvg) both in "
+        "process and through Flower's Simulation Engine, side by side; no central or random "
+        "references",
+    )
     parser.add_argument("--work", type=Path, default=Path("/tmp/ticketfleet-fleet-find"))
     args = parser.parse_args(argv)
     task = TASKS[args.task]
@@ -385,9 +567,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(1)  # in-process nodes train one at a time; no thread contention
     rows: list[dict[str, Any]] = []
     began = time.monotonic()
-    for seed in range(seeds):
-        rows += run_seed(task, args.work / args.task / f"seed-{seed}", seed, densities, methods,
-                         not args.plaintext)  # fmt: skip
+    if args.engine == "simulation":
+        with SimulationEngine(task, args.work / "simulation-engine") as engine:
+            for seed in range(seeds):
+                work = args.work / f"{args.task}-both" / f"seed-{seed}"
+                rows += run_seed_both_engines(
+                    task, engine, work, seed, densities, methods, not args.plaintext
+                )
+    else:
+        for seed in range(seeds):
+            rows += run_seed(task, args.work / args.task / f"seed-{seed}", seed, densities,
+                             methods, not args.plaintext)  # fmt: skip
     document = {
         "task": args.task,
         "command": "python bench/fleet_find.py " + shlex.join(argv or sys.argv[1:]),
@@ -395,6 +585,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "machine": f"{platform.machine()}, {platform.python_version()}, torch {torch.__version__}",
         "seeds": seeds,
         "secagg": not args.plaintext,
+        "engine": args.engine,
         "train_rounds": task.train_rounds,
         "target_accuracy": task.target_accuracy,
         "wall_s": time.monotonic() - began,
@@ -402,7 +593,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "table": summarise(rows),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"fleet_find_{args.task}{'_plaintext' if args.plaintext else ''}"
+    suffix = ("_simulation" if args.engine == "simulation" else "") + (
+        "_plaintext" if args.plaintext else ""
+    )
+    stem = RESULTS / f"fleet_find_{args.task}{suffix}"
     stem.with_suffix(".json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     write_markdown(document, stem.with_suffix(".md"))
     print(f"wrote {stem}.md ({document['wall_s']:.0f} s)")

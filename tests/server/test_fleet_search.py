@@ -17,7 +17,9 @@ from tests.inprocess import InProcessGrid, heart_nodes, server_identity
 from ticket import numpy_mlp, runconfig
 from ticket.bundle import Ticket, read_ticket
 from ticket.fleet_search.state import latest_state
+from ticket.packing import PackLayout
 from ticket.runconfig import RunConfigError
+from ticket.tensorfile import read_tensor_file
 from ticket_cli.cli import main as ticket_main
 
 
@@ -319,3 +321,49 @@ def test_a_level_no_device_could_train_stops_the_search(dense_path: Path, tmp_pa
     with pytest.raises(SearchError, match="level 0: no device's update was averaged in"):
         search(find_config(dense_path, tmp_path), InProcessGrid(client_app.app, nodes))
     assert latest_state(tmp_path / "search", {}) is None  # no level was recorded as done
+
+
+def test_late_rewinding_rewinds_the_survivors_to_the_aggregate_after_round_k(
+    dense_path: Path, dense: Ticket, tmp_path: Path
+) -> None:
+    """--rewind-round 1: W_k is level 0's global model after its first round (read here from
+    that round's checkpoint), not W_0 and not any later aggregate; every later level rewinds
+    to the same W_k, so the found ticket holds it on the weights it keeps."""
+    found = search(
+        find_config(
+            dense_path,
+            tmp_path,
+            **{
+                "search-method": "fed-imp",
+                "search-target-density": 0.7,  # two levels
+                "search-rounds-per-level": 2,
+                "search-rewind-round": 1,
+            },
+        )
+    )
+    assert found.manifest.rewind_step == 1
+    assert found.manifest.fleet is not None and found.manifest.fleet.levels == 2
+    shapes = {name: weights.shape for name, weights in dense.weights.items()}
+    run_dir = tmp_path / "search"
+
+    def aggregate(level: int, server_round: int) -> dict[str, np.ndarray]:
+        """The level's global model after `server_round`, unpacked over the level's mask."""
+        if level == 0:
+            mask = dense.masks
+        else:  # the mask level 1 trained: the one its state file (after level 0) holds
+            tensors, _ = read_tensor_file(run_dir / f"level-{level:03d}.state")
+            mask = {n[5:]: t.astype(bool) for n, t in tensors.items() if n.startswith("mask/")}
+        path = run_dir / f"level-{level:03d}" / "checkpoints" / f"round-{server_round:06d}.ckpt"
+        tensors, _ = read_tensor_file(path)
+        return PackLayout.from_masks(shapes, mask).unpack(tensors["packed"])
+
+    w_k = aggregate(0, 1)
+    others = {
+        "W_0": dict(dense.weights),
+        "level 0's last aggregate": aggregate(0, 2),
+        "the final aggregate": aggregate(1, 4),
+    }
+    for name, mask in found.masks.items():
+        np.testing.assert_array_equal(found.weights[name], w_k[name] * mask)
+        for label, weights in others.items():
+            assert not np.allclose(found.weights[name][mask], weights[name][mask]), label
