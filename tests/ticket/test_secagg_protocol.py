@@ -1,6 +1,7 @@
 """Secure aggregation end to end: exact sums under dropouts, clean aborts, the reveal rule,
 tampering, replays, and what the server sees of one masked vector."""
 
+import random
 from dataclasses import replace
 
 import numpy as np
@@ -108,6 +109,22 @@ def test_a_sparse_graph_round_survives_dropouts_at_every_stage() -> None:
 
     assert len(sim.states[101].peers) == PARAMS.degree(30) < 29
     assert set(result.survivors) == set(nodes) - {100, 110}
+    np.testing.assert_array_equal(result.total.astype(np.int64), sim.plain_sum(result.survivors))
+
+
+def test_a_larger_round_with_wide_ids_is_exact_under_dropouts_at_every_stage() -> None:
+    # Fleet-like: 64-bit node ids (Flower's), a sparse graph, a vector length that leaves a
+    # partial bit-packing group, and every batched step of the server's unmasking in play:
+    # shares combined per owner, one summed PRG, dropped nodes' seeds with all their peers.
+    rng = random.Random(13)
+    nodes = tuple(sorted(rng.randrange(1, 2**64) for _ in range(48)))
+    sim = Simulation(nodes=nodes, length=1001)
+    drops = Drops(before_shares=nodes[:1], before_mask=nodes[5:8], before_reveal=nodes[20:22])
+
+    result = sim.run(drops)
+
+    assert PARAMS.degree(48) < 47
+    assert set(result.survivors) == set(nodes) - set(nodes[:1]) - set(nodes[5:8])
     np.testing.assert_array_equal(result.total.astype(np.int64), sim.plain_sum(result.survivors))
 
 

@@ -23,7 +23,7 @@ from ticket.secagg.bitpack import unpack_bits
 from ticket.secagg.errors import MessageError, RoundAbortedError, RoundStateError, ShareError
 from ticket.secagg.graph import Graph, closed_neighbourhood, neighbour_graph, viable_subset
 from ticket.secagg.identity import Roster, check_advert, check_enrolled
-from ticket.secagg.masking import commit_seed, pair_seed, pair_sign, prg
+from ticket.secagg.masking import commit_seed, pair_seeds, pair_sign, prg_sum
 from ticket.secagg.messages import (
     SERVER,
     KeyAdvert,
@@ -43,6 +43,7 @@ from ticket.secagg.params import SecAggParams
 from ticket.secagg.quantize import dequantize_mean, dequantize_sum
 
 Words = npt.NDArray[np.uint32]
+_Shares = dict[tuple[int, ShareKind], list[bytes]]  # (owner, kind) -> revealed shares
 _In = TypeVar("_In", bound=Message)  # a node -> server message class
 
 
@@ -275,55 +276,51 @@ class ServerRound:
         self.phase = Phase.DONE
         survivors = sorted(self.survivors)
         dropped = [v for v in self.members if v not in self.survivors]
-        total = self.total.copy()  # [k]
+        shares = self._shares_by_owner()
+        masks: list[tuple[int, bytes]] = []  # (sign, seed) of every mask still in the total
         for u in survivors:
-            total -= prg(self._rebuild_seed(u), self.length, self.bits)
+            masks.append((-1, self._rebuild_seed(u, shares)))  # u added PRG(b_u): take it off
         for v in dropped:
             live = [u for u in self.graph[v] if u in self.survivors]
             if not live:
                 continue
-            secret = self._rebuild_mask_key(v)
-            for u in live:
-                seed = pair_seed(
-                    secret,
-                    self.keys[u].mask_key,
-                    run_id=self.run_id,
-                    round=self.round,
-                    me=v,
-                    peer=u,
-                )
-                if pair_sign(u, v) > 0:  # u added PRG(s_uv): take it off
-                    total -= prg(seed, self.length, self.bits)
-                else:
-                    total += prg(seed, self.length, self.bits)
+            secret = self._rebuild_mask_key(v, shares)
+            publics = {u: self.keys[u].mask_key for u in live}
+            seeds = pair_seeds(secret, publics, run_id=self.run_id, round=self.round, me=v)
+            # u added sign * PRG(s_uv), sign = pair_sign(u, v): take it off
+            masks += [(-pair_sign(u, v), seeds[u]) for u in live]
+        total = self.total + prg_sum(masks, self.length, self.bits)  # [k], wraps mod 2^32
         total &= np.uint32((1 << self.bits) - 1)
         return AggregateResult(total, tuple(survivors), self.bits, self.params)
 
     # ------------------------------------------------------------ helpers
 
-    def _rebuild_seed(self, owner: int) -> bytes:
-        seed = self._combine(owner, ShareKind.SEED)
+    def _rebuild_seed(self, owner: int, shares: _Shares) -> bytes:
+        seed = self._combine(owner, ShareKind.SEED, shares)
         expected = commit_seed(seed, run_id=self.run_id, round=self.round, node=owner)
         if expected != self.keys[owner].seed_commitment:
             raise RoundAbortedError(f"node {owner}'s rebuilt seed does not match its commitment")
         return seed
 
-    def _rebuild_mask_key(self, owner: int) -> bytes:
-        secret = self._combine(owner, ShareKind.MASK_KEY)
+    def _rebuild_mask_key(self, owner: int, shares: _Shares) -> bytes:
+        secret = self._combine(owner, ShareKind.MASK_KEY, shares)
         if crypto.x25519_public_key(secret) != self.keys[owner].mask_key:
             raise RoundAbortedError(
                 f"node {owner}'s rebuilt mask key does not match its public key"
             )
         return secret
 
-    def _combine(self, owner: int, kind: ShareKind) -> bytes:
-        shares = [
-            revealed[owner]
-            for responder, revealed in self.revealed.items()
-            if self.asked[responder].get(owner) is kind
-        ]
+    def _shares_by_owner(self) -> _Shares:
+        """(owner, kind) -> the shares of that secret the responders revealed."""
+        shares: _Shares = {}
+        for responder, revealed in self.revealed.items():
+            for owner, share in revealed.items():
+                shares.setdefault((owner, self.asked[responder][owner]), []).append(share)
+        return shares
+
+    def _combine(self, owner: int, kind: ShareKind, shares: _Shares) -> bytes:
         try:
-            return shamir.combine(shares, self._threshold(owner))
+            return shamir.combine(shares.get((owner, kind), []), self._threshold(owner))
         except ShareError as error:
             raise RoundAbortedError(
                 f"cannot rebuild node {owner}'s {kind.name.lower()}: {error}"
