@@ -100,7 +100,9 @@ from ticket.secagg.node import (
 )
 from ticket.secagg.params import SecAggParams
 from ticket.secagg.quantize import (
+    QuantizationChoice,
     QuantizationError,
+    choose_quantization,
     dequantize_mean,
     dequantize_sum,
     quantization_error,
@@ -118,6 +120,7 @@ __all__ = [
     "ParamsError",
     "PeerTrust",
     "Phase",
+    "QuantizationChoice",
     "QuantizationError",
     "RevealRefusedError",
     "Roster",
@@ -131,6 +134,7 @@ __all__ = [
     "ShareKind",
     "advertise_keys",
     "certify",
+    "choose_quantization",
     "closed_neighbourhood",
     "dequantize_mean",
     "dequantize_sum",

@@ -20,7 +20,13 @@ from ticket import crypto
 from ticket.errors import CodecError
 from ticket.secagg import shamir
 from ticket.secagg.bitpack import unpack_bits
-from ticket.secagg.errors import MessageError, RoundAbortedError, RoundStateError, ShareError
+from ticket.secagg.errors import (
+    MessageError,
+    ParamsError,
+    RoundAbortedError,
+    RoundStateError,
+    ShareError,
+)
 from ticket.secagg.graph import Graph, closed_neighbourhood, neighbour_graph, viable_subset
 from ticket.secagg.identity import Roster, check_advert, check_enrolled
 from ticket.secagg.masking import commit_seed, pair_seeds, pair_sign, prg_sum
@@ -40,7 +46,7 @@ from ticket.secagg.messages import (
     round_view,
 )
 from ticket.secagg.params import SecAggParams
-from ticket.secagg.quantize import dequantize_mean, dequantize_sum
+from ticket.secagg.quantize import choose_quantization, dequantize_mean, dequantize_sum
 
 Words = npt.NDArray[np.uint32]
 _Shares = dict[tuple[int, ShareKind], list[bytes]]  # (owner, kind) -> revealed shares
@@ -81,15 +87,21 @@ class ServerRound:
         length: int,
         min_survivors: int = 2,
         roster: Roster | None = None,
+        target_error: float | None = None,
     ) -> None:
         """`roster`: every enrolled node's certified identity key (identity.py); with one, an
         advert from a node outside it or signed by another key is refused, and each key bundle
         carries the certificates the nodes check. None: a development fleet with no enrolment
-        (the nodes must allow uncertified neighbours); advert signatures are checked still."""
+        (the nodes must allow uncertified neighbours); advert signatures are checked still.
+
+        `target_error`: once the cohort is fixed (key_bundles), the levels are the fewest that
+        meet this RMS error of the mean, as a fraction of the clip (quantize.py's
+        choose_quantization), in place of `params.levels`; the key bundles carry them."""
         if min_survivors < 2:
             raise ValueError("a sum over fewer than 2 nodes would reveal a node's input")
         self.run_id, self.round, self.params, self.length = run_id, round, params, length
         self.min_survivors = min_survivors
+        self.target_error = target_error
         self.roster = roster
         self.phase = Phase.ADVERTISE
         self.keys: dict[int, PublicKeys] = {}
@@ -128,6 +140,9 @@ class ServerRound:
             raise RoundAbortedError(
                 f"{len(cohort)} node(s) advertised keys; need {self.min_survivors}"
             )
+        if self.target_error is not None:
+            levels = self._levels_for(len(cohort), self.target_error)
+            self.params = replace(self.params, levels=levels)
         self.params.modulus_bits(len(cohort))  # fail now, not at masking, if n * q is too big
         self.graph = neighbour_graph(
             cohort, run_id=self.run_id, round=self.round, params=self.params
@@ -325,6 +340,15 @@ class ServerRound:
             raise RoundAbortedError(
                 f"cannot rebuild node {owner}'s {kind.name.lower()}: {error}"
             ) from None
+
+    def _levels_for(self, cohort_size: int, target_error: float) -> int:
+        try:
+            choice = choose_quantization(
+                cohort_size, clip=self.params.clip, length=self.length, target_error=target_error
+            )
+        except ParamsError as error:
+            raise RoundAbortedError(f"no quantisation fits this round: {error}") from None
+        return choice.levels
 
     def _threshold(self, owner: int) -> int:
         return self.params.threshold(len(self.graph[owner]) + 1)
