@@ -13,7 +13,10 @@ not persisted, and a restarted ServerApp is a new run for the nodes) a setup exc
 query trips (advert request, then KeyBundle) prepares round r. Every trip waits at most the
 round timeout. Nodes mask their example-weighted delta (ticket/secagg/weighting.py); the new
 global is the old one plus the weighted mean delta. A round that cannot give the survivors'
-exact sum (RoundAbortedError) keeps the global model and is logged as aborted.
+exact sum (RoundAbortedError) keeps the global model and is logged as aborted. With a
+secagg-target-error, each round's ServerRound picks its quantisation levels once its cohort is
+fixed (ticket/secagg/quantize.py's choose_quantization); the round log records `levels` and
+`bits` for every summed round.
 
 Messages are ticket/wire.py's SecAggRequest (beside a TrainInstruction on trip A's members) and
 SecAggReply. Bytes counted up and down per node are those of every trip of the round: the codec
