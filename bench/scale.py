@@ -189,7 +189,7 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
         "Not here yet: the 1,000-device Simulation Engine run and throughput at 10 / 100 / "
         "1,000 devices per round with FedAvg as the anchor, server memory and CPU per round, "
         "a smaller downlink (float16 / int8 global values), runs at more than 10 devices per "
-        "round (where per-round levels save more), and privacy at scale (see issue 13). The "
+        "round, and privacy at scale (see issue 13). The "
         "issue's uplink goal, at most 1/40 of dense float32 at equal accuracy, is not met by "
         "per-round levels alone at 10 devices per round (below).",
         "",
