@@ -1,6 +1,7 @@
 """A run's `context.run_config`, typed once for the server: a training run (`ServerSettings`)
 and a rollout (`DeploySettings`), from ticket/runconfig.py's keys."""
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,17 @@ def _secagg_plan(train: TrainingSettings) -> SecAggPlan | None:
         plan.params()  # range checks of the protocol's parameters
     except ValueError as error:  # ParamsError, or the weight cap's own check
         raise RunConfigError(f"run config: secagg-*: {error}") from None
+    # The cohorts a round may have that the config knows of: the fewest a sum is taken over,
+    # the fewest sampled, and a round goal's over-selected sample (a round whose cohort
+    # still cannot meet the target is aborted, saying so).
+    sizes = {max(2, train.min_replies), max(2, train.min_nodes)}
+    if train.round_goal > 0:
+        policy = RoundPolicy.of(train)
+        sizes.add(max(2, math.ceil(policy.goal * policy.overselect - 1e-9), train.min_nodes))
+    try:
+        plan.check_cohorts(sizes)
+    except ValueError as error:
+        raise RunConfigError(f"run config: secagg-target-error: {error}") from None
     return plan
 
 

@@ -13,7 +13,10 @@ not persisted, and a restarted ServerApp is a new run for the nodes) a setup exc
 query trips (advert request, then KeyBundle) prepares round r. Every trip waits at most the
 round timeout. Nodes mask their example-weighted delta (ticket/secagg/weighting.py); the new
 global is the old one plus the weighted mean delta. A round that cannot give the survivors'
-exact sum (RoundAbortedError) keeps the global model and is logged as aborted.
+exact sum (RoundAbortedError) keeps the global model and is logged as aborted. With a
+secagg-target-error, each round's ServerRound picks its quantisation levels once its cohort is
+fixed (ticket/secagg/quantize.py's choose_quantization); the round log records `levels` and
+`bits` for every summed round.
 
 Messages are ticket/wire.py's SecAggRequest (beside a TrainInstruction on trip A's members) and
 SecAggReply. Bytes counted up and down per node are those of every trip of the round: the codec
@@ -72,6 +75,7 @@ from ticket.packing import PackLayout
 from ticket.runconfig import TrainingSettings
 from ticket.secagg import Phase, Roster, RoundAbortedError, SecAggParams, ServerRound
 from ticket.secagg.privacy import effective_noise_multiplier
+from ticket.secagg.quantize import choose_quantization
 from ticket.secagg.weighting import EXTRA_VALUES, read_sum
 from ticket.wire import SECAGG, TRAIN_LOSS, SecAggReply, SecAggRequest, WireError
 
@@ -87,14 +91,31 @@ class SecAggPlan:
     levels: int = TrainingSettings.secagg_levels  # [secagg-levels] quantisation levels q
     # [secagg-weight-cap] examples at which a node's weight saturates
     weight_cap: int = TrainingSettings.secagg_weight_cap
+    # [secagg-target-error] > 0: each round's levels from its cohort size (0: `levels`)
+    target_error: float = TrainingSettings.secagg_target_error
 
     @classmethod
     def of(cls, run: TrainingSettings) -> "SecAggPlan":
-        return cls(clip=run.secagg_clip, levels=run.secagg_levels, weight_cap=run.secagg_weight_cap)
+        return cls(
+            clip=run.secagg_clip,
+            levels=run.secagg_levels,
+            weight_cap=run.secagg_weight_cap,
+            target_error=run.secagg_target_error,
+        )
 
     def __post_init__(self) -> None:
         if isinstance(self.weight_cap, bool) or self.weight_cap < 1:
             raise ValueError(f"weight_cap must be an integer >= 1, got {self.weight_cap}")
+        if not self.target_error >= 0:
+            raise ValueError(f"target_error must be >= 0, got {self.target_error}")
+
+    def check_cohorts(self, sizes: Iterable[int]) -> None:
+        """With a target error, ParamsError now, before any round, if a cohort of one of
+        `sizes` (those a round may have) could not meet it. Whether q fits does not depend on
+        the vector length, so a length of 1 stands in for the ticket's."""
+        if self.target_error > 0:
+            for n in sorted(set(sizes)):
+                choose_quantization(n, clip=self.clip, length=1, target_error=self.target_error)
 
     def params(self) -> SecAggParams:
         return SecAggParams(clip=self.clip, levels=self.levels)
@@ -298,13 +319,14 @@ class SecurePackedFedAvg(PackedFedAvg):
         arrays = None
         if result is not None:
             try:
-                mean, weight, loss = read_sum(result.sum(), self._params)
+                mean, weight, loss = read_sum(result.sum(), result.params)
             except RoundAbortedError as error:
                 reason = str(error)
             else:
                 record.accepted = sorted(result.survivors)
                 secagg["survivors"] = sorted(result.survivors)
                 secagg["weight"] = weight
+                secagg["levels"], secagg["bits"] = result.params.levels, result.bits
                 if self.dp is None:
                     record.train_metrics = {TRAIN_LOSS: loss}
                 else:  # devices release no loss under DP; the round's privacy cost instead
@@ -388,6 +410,7 @@ class SecurePackedFedAvg(PackedFedAvg):
             length=self.layout.size + EXTRA_VALUES,
             min_survivors=self.min_survivors,
             roster=self.roster,
+            target_error=self.secagg.target_error or None,
         )
 
     def _sample(self, r: int, grid: Grid) -> list[int]:

@@ -11,6 +11,7 @@ import hashlib
 import ipaddress
 import os
 import struct
+from collections.abc import Mapping, Sequence
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
@@ -288,11 +289,17 @@ def x25519_shared_secret(private: bytes, peer_public: bytes) -> bytes:
 
     A peer key of small order (the shared secret would be all zeros) raises IntegrityError.
     """
+    return _x25519_shared_secrets(private, [peer_public])[0]
+
+
+def _x25519_shared_secrets(private: bytes, peer_publics: Sequence[bytes]) -> list[bytes]:
+    """x25519_shared_secret with each peer key in turn, the private key loaded once."""
     _check_len("X25519 private key", private, X25519_KEY_BYTES)
-    _check_len("X25519 public key", peer_public, X25519_KEY_BYTES)
+    for peer_public in peer_publics:
+        _check_len("X25519 public key", peer_public, X25519_KEY_BYTES)
     key = X25519PrivateKey.from_private_bytes(private)
     try:
-        return key.exchange(X25519PublicKey.from_public_bytes(peer_public))
+        return [key.exchange(X25519PublicKey.from_public_bytes(peer)) for peer in peer_publics]
     except ValueError:
         raise IntegrityError("key agreement failed") from None
 
@@ -331,9 +338,28 @@ def derive_pair_key(
     """A 32-byte key only nodes a and b can compute: HKDF(X25519(private, peer_public), info =
     pair_context(...)). Either end gets the same key; another run, round, pair or purpose gets
     an unrelated one."""
-    shared = x25519_shared_secret(private, peer_public)
-    info = pair_context(run_id=run_id, round=round, node_a=node_a, node_b=node_b, purpose=purpose)
-    return hkdf_sha256(shared, info=info)
+    keys = derive_pair_keys(
+        private, {node_b: peer_public}, run_id=run_id, round=round, me=node_a, purpose=purpose
+    )
+    return keys[node_b]
+
+
+def derive_pair_keys(
+    private: bytes, peers: Mapping[int, bytes], *, run_id: int, round: int, me: int, purpose: str
+) -> dict[int, bytes]:
+    """{peer: derive_pair_key(private, public, node_a=me, node_b=peer, ...)} for every (peer,
+    public) in `peers`, the private key loaded once (the server rebuilds a dropped node's
+    pairwise seeds with all its live neighbours at once)."""
+    ids = list(peers)
+    infos = [
+        pair_context(run_id=run_id, round=round, node_a=me, node_b=peer, purpose=purpose)
+        for peer in ids
+    ]
+    shared = _x25519_shared_secrets(private, [peers[peer] for peer in ids])
+    return {
+        peer: hkdf_sha256(secret, info=info)
+        for peer, secret, info in zip(ids, shared, infos, strict=True)
+    }
 
 
 def chacha20_keystream(seed: bytes, length: int) -> bytes:
@@ -348,6 +374,14 @@ def chacha20_keystream(seed: bytes, length: int) -> bytes:
         raise ValueError(f"keystream length must be >= 0, got {length}")
     encryptor = Cipher(algorithms.ChaCha20(seed, _CHACHA_ZERO_NONCE), mode=None).encryptor()
     return encryptor.update(bytes(length))
+
+
+def chacha20_keystream_into(seed: bytes, out: memoryview) -> None:
+    """chacha20_keystream(seed, len(out)) written into `out` (a writable byte buffer), with no
+    allocation of its own beyond the zero input: for expanding many masks into one buffer."""
+    _check_len("ChaCha20 seed", seed, SEED_BYTES)
+    encryptor = Cipher(algorithms.ChaCha20(seed, _CHACHA_ZERO_NONCE), mode=None).encryptor()
+    encryptor.update_into(bytes(out.nbytes), out)
 
 
 def aead_encrypt(

@@ -175,6 +175,14 @@ class TrainingSettings:
             "quantisation levels q; masked values travel at ceil(log2(n q)) bits", ge=2
         ),
     )
+    secagg_target_error: float = field(
+        default=0.0,
+        metadata=_rules(
+            "> 0: per round, the fewest levels whose mean is off by this RMS fraction of "
+            "secagg-clip; 0 = secagg-levels",
+            ge=0,
+        ),
+    )
     secagg_weight_cap: int = field(
         default=1000,
         metadata=_rules(

@@ -5,6 +5,7 @@ round, node), so both runs train the same local models and the secure global mus
 plaintext weighted mean within the quantisation bound of ticket/secagg/weighting.py.
 """
 
+import dataclasses
 import json
 import random
 from collections.abc import Callable, Iterable
@@ -25,7 +26,7 @@ from tests.inprocess import ClientCallable, InProcessGrid, heart_nodes, server_i
 from ticket import crypto, wire
 from ticket.bundle import Ticket
 from ticket.packing import PackLayout
-from ticket.secagg import Enrolled, Roster, certify
+from ticket.secagg import Enrolled, Roster, SecAggParams, certify, choose_quantization
 from ticket.secagg.params import PARAMS_BYTES
 from ticket.secagg.weighting import mean_error_bound, node_weight
 from ticket.train_config import TrainConfig
@@ -315,6 +316,44 @@ def test_run_config_turns_secure_aggregation_on_and_checks_its_keys() -> None:
         ServerSettings.from_run_config({**base, "secagg": True, "secagg-levels": 1})
     with pytest.raises(RunConfigError, match="secagg-weight-cap: must be a whole number >= 1"):
         ServerSettings.from_run_config({**base, "secagg": True, "secagg-weight-cap": 0})
+
+
+def test_a_target_error_no_round_could_meet_is_refused_before_any_round() -> None:
+    base = {"ticket-path": "/t.ticket", "run-dir": "/run", "secagg": True, "min-nodes": 4}
+
+    settings = ServerSettings.from_run_config({**base, "secagg-target-error": 1e-3})
+    assert settings.secagg is not None and settings.secagg.target_error == 1e-3
+    # 2 devices (the fewest a round is summed from) would need 3.5e8 levels.
+    with pytest.raises(RunConfigError, match=r"secagg-target-error: .* over 2 devices needs"):
+        ServerSettings.from_run_config({**base, "secagg-target-error": 1e-9})
+    # A round goal of 400 000 over-selects 520 000 devices: their sum would not fit 32 bits.
+    goal = {**base, "secagg-target-error": 1e-7, "round-goal": 400_000, "min-replies": 2}
+    with pytest.raises(RunConfigError, match=r"over 520000 devices .* needs 33 bits"):
+        ServerSettings.from_run_config(goal)
+    with pytest.raises(RunConfigError, match="secagg-target-error"):
+        ServerSettings.from_run_config({**base, "secagg-target-error": -1.0})
+
+
+def test_a_target_error_picks_each_rounds_levels_and_keeps_the_plaintext_mean(
+    ticket_path: Path, ticket: Ticket, examples: dict[int, int]
+) -> None:
+    nodes = heart_nodes(ticket_path)
+    plan = dataclasses.replace(SECAGG, target_error=1e-3)
+    layout = PackLayout.from_ticket(ticket)
+    secure = SecurePackedFedAvg(layout, _plan(ticket), plan, fraction_evaluate=0.0)
+
+    result = _run(secure, InProcessGrid(client_app.app, nodes), ticket)
+    expected = _run(_plain(ticket), InProcessGrid(client_app.app, nodes), ticket)
+
+    chosen = choose_quantization(4, clip=0.25, length=layout.size + 2, target_error=1e-3)
+    record = secure.rounds[1]
+    assert record.secagg is not None and record.secagg["aborted"] is None
+    assert (record.secagg["levels"], record.secagg["bits"]) == (chosen.levels, 11)
+    assert chosen.levels < SECAGG.levels
+    weight = sum(node_weight(examples[n], SECAGG.weight_cap) for n in NODES)
+    params = SecAggParams(clip=0.25, levels=chosen.levels)
+    bound = mean_error_bound(params, nodes=4, weight=weight)
+    assert np.abs(_final(result) - _final(expected)).max() <= bound
 
 
 # ---------------------------------------------------------------- an enrolled fleet

@@ -69,6 +69,7 @@ class Simulation:
     round: int = 3
     seed: int = 0
     certified: bool = True
+    target_error: float | None = None  # ServerRound's: levels chosen from the cohort
     # Like the glue: a message the server refuses is left out, and a node that refuses a step
     # sits the round out; each refusal is kept in `refused`. False: the error propagates.
     tolerant: bool = False
@@ -90,6 +91,7 @@ class Simulation:
             params=self.params,
             length=self.length,
             roster=roster,
+            target_error=self.target_error,
         )
         self._entropy = entropy(self.seed)
         rng = np.random.default_rng(self.seed)
@@ -142,9 +144,10 @@ class Simulation:
 
     def mask(self, drops: Drops) -> None:
         for node, request in self.server.mask_requests().items():
-            # The same rng seed twice: once for the oracle, once inside mask_input.
+            # The same rng seed twice: once for the oracle, once inside mask_input; under the
+            # parameters the key bundles carried (the server's, once the cohort is fixed).
             self.levels[node] = secagg.quantize(
-                self.inputs[node], self.params, np.random.default_rng(node)
+                self.inputs[node], self.server.params, np.random.default_rng(node)
             )
             masked, self.states[node] = secagg.mask_input(
                 self._record("mask_request", node, request),

@@ -125,3 +125,31 @@ def test_hash_commitment_binds_value_and_context() -> None:
     assert base != crypto.hash_commitment(b"seeD", b"ctx")
     assert base != crypto.hash_commitment(b"seed", b"ctX")
     assert base != crypto.hash_commitment(b"xseed", b"ctx"[:-1] + b"x")  # framing is unambiguous
+
+
+def test_the_keystream_written_into_a_buffer_is_the_same_keystream() -> None:
+    seed = bytes(range(32))
+    out = bytearray(4 * 1001)
+
+    crypto.chacha20_keystream_into(seed, memoryview(out))
+
+    assert bytes(out) == crypto.chacha20_keystream(seed, 4 * 1001)
+    with pytest.raises(crypto.KeyFormatError, match="32 bytes"):
+        crypto.chacha20_keystream_into(seed[:31], memoryview(out))
+
+
+def test_pair_keys_with_many_peers_are_each_pairs_own_key() -> None:
+    carol_private, carol_public = crypto.generate_x25519_key_pair()
+    peers = {5: BOB_PUBLIC, 8: carol_public}
+    context = {"run_id": 9, "round": 4, "purpose": "pairwise-mask"}
+
+    keys = crypto.derive_pair_keys(ALICE, peers, me=3, **context)
+
+    assert keys == {
+        5: crypto.derive_pair_key(ALICE, BOB_PUBLIC, node_a=3, node_b=5, **context),
+        8: crypto.derive_pair_key(ALICE, carol_public, node_a=3, node_b=8, **context),
+    }
+    backward = crypto.derive_pair_key(carol_private, ALICE_PUBLIC, node_a=8, node_b=3, **context)
+    assert keys[8] == backward
+    with pytest.raises(IntegrityError):
+        crypto.derive_pair_keys(ALICE, {5: BOB_PUBLIC, 6: bytes(32)}, me=3, **context)

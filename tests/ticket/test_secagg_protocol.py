@@ -1,6 +1,7 @@
 """Secure aggregation end to end: exact sums under dropouts, clean aborts, the reveal rule,
 tampering, replays, and what the server sees of one masked vector."""
 
+import random
 from dataclasses import replace
 
 import numpy as np
@@ -109,6 +110,49 @@ def test_a_sparse_graph_round_survives_dropouts_at_every_stage() -> None:
     assert len(sim.states[101].peers) == PARAMS.degree(30) < 29
     assert set(result.survivors) == set(nodes) - {100, 110}
     np.testing.assert_array_equal(result.total.astype(np.int64), sim.plain_sum(result.survivors))
+
+
+def test_a_larger_round_with_wide_ids_is_exact_under_dropouts_at_every_stage() -> None:
+    # Fleet-like: 64-bit node ids (Flower's), a sparse graph, a vector length that leaves a
+    # partial bit-packing group, and every batched step of the server's unmasking in play:
+    # shares combined per owner, one summed PRG, dropped nodes' seeds with all their peers.
+    rng = random.Random(13)
+    nodes = tuple(sorted(rng.randrange(1, 2**64) for _ in range(48)))
+    sim = Simulation(nodes=nodes, length=1001)
+    drops = Drops(before_shares=nodes[:1], before_mask=nodes[5:8], before_reveal=nodes[20:22])
+
+    result = sim.run(drops)
+
+    assert PARAMS.degree(48) < 47
+    assert set(result.survivors) == set(nodes) - set(nodes[:1]) - set(nodes[5:8])
+    np.testing.assert_array_equal(result.total.astype(np.int64), sim.plain_sum(result.survivors))
+
+
+def test_a_target_error_picks_the_rounds_levels_from_its_cohort() -> None:
+    nodes = tuple(range(1, 13))
+    sim = Simulation(nodes=nodes, length=300, target_error=1e-3)
+    drops = Drops(before_shares={3}, before_mask={5})  # the cohort is the 12 advertisers
+
+    result = sim.run(drops)
+
+    chosen = secagg.choose_quantization(12, clip=PARAMS.clip, length=300, target_error=1e-3)
+    assert result.params == replace(PARAMS, levels=chosen.levels) != PARAMS
+    assert chosen.levels < PARAMS.levels  # 12 devices at 1e-3 need fewer than 2^10 levels
+    assert result.bits == result.params.modulus_bits(11) < PARAMS.modulus_bits(11)
+    fixed = Simulation(nodes=nodes, length=300)
+    fixed.run(drops)
+    assert len(sim.sent["masked"][1]) < len(fixed.sent["masked"][1])  # fewer bits a value
+    np.testing.assert_array_equal(result.total.astype(np.int64), sim.plain_sum(result.survivors))
+    exact = np.mean([sim.inputs[u].clip(-1, 1) for u in result.survivors], axis=0)
+    assert np.sqrt(np.mean((result.mean() - exact) ** 2)) <= 1e-3 * PARAMS.clip
+
+
+def test_a_target_error_no_quantisation_meets_aborts_the_round_at_key_setup() -> None:
+    sim = Simulation(nodes=(1, 2, 3), length=8, target_error=1e-9)
+
+    with pytest.raises(RoundAbortedError, match=r"no quantisation fits this round: .*2\^24"):
+        sim.run()
+    assert sim.server.phase is secagg.Phase.ADVERTISE  # nothing was sent to any node
 
 
 def test_the_decoded_mean_is_close_to_the_float_mean() -> None:

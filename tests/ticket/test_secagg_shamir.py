@@ -113,3 +113,39 @@ def test_split_is_deterministic_given_its_entropy() -> None:
     assert shamir.split(b"s", 2, [1, 2], entropy=entropy(3)) == shamir.split(
         b"s", 2, [1, 2], entropy=entropy(3)
     )
+
+
+# ---------------------------------------------------------------- against the plain Lagrange
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    holders=st.sets(st.integers(1, 2**64 - 1), min_size=2, max_size=24),
+    data=st.data(),
+)
+def test_combine_agrees_with_lagrange_on_the_first_threshold_shares(
+    holders: set[int], data: st.DataObject
+) -> None:
+    threshold = data.draw(st.integers(1, len(holders)))
+    secret = data.draw(st.binary(min_size=1, max_size=64))
+    shares = shamir.split(secret, threshold, sorted(holders), entropy=entropy(len(holders)))
+    points = sorted(shamir._decode(share)[1:] for share in shares.values())
+
+    rebuilt = shamir.combine(shares.values(), threshold)
+
+    assert rebuilt == secret
+    assert int.from_bytes(rebuilt, "big") == shamir._interpolate(points[:threshold], 0)
+
+
+@pytest.mark.parametrize("position", range(7))
+def test_one_wrong_share_anywhere_among_spares_is_caught(position: int) -> None:
+    holders = [3, 2**63 + 5, 17, 2**40, 9, 2**64 - 1, 123456789]
+    shares = [shamir.split(b"k" * 32, 4, holders, entropy=entropy(1))[x] for x in holders]
+    wrong = bytearray(shares[position])
+    wrong[-7] ^= 0x10
+    shares[position] = bytes(wrong)
+
+    with pytest.raises(ShareError, match="inconsistent"):
+        shamir.combine(shares, 4)
+    del shares[position]  # without it, the other six agree again
+    assert shamir.combine(shares, 4) == b"k" * 32

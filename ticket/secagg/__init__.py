@@ -21,8 +21,10 @@ t_u = max(floor(m / 2) + 1, ceil(2m / 3)), m = |N[u]|. u uploads
     y_u = q_u + PRG(b_u) + sum_{v in N(u), v > u} PRG(s_uv) - sum_{v in N(u), v < u} PRG(s_uv)
 
 mod R = 2^ceil(log2(n q)), bit-packed to ceil(log2(n q)) bits per value, where q_u is u's
-clipped, stochastically rounded input (quantize.py), s_uv = HKDF(X25519(s_sk_u, s_pk_v), run,
-r, {u, v}, "pairwise-mask"), and PRG is ChaCha20 under a full 256-bit seed (masking.py).
+clipped, stochastically rounded input (quantize.py) on the q levels of the KeyBundle's params
+(fixed, or chosen by the server once the cohort is fixed: the fewest meeting a target error for
+n devices, quantize.choose_quantization), s_uv = HKDF(X25519(s_sk_u, s_pk_v), run, r, {u, v},
+"pairwise-mask"), and PRG is ChaCha20 under a full 256-bit seed (masking.py).
 
 Message flow. Key material for round r + 1 rides on round r's messages, so a steady-state
 round costs 2 message round trips:
@@ -100,7 +102,9 @@ from ticket.secagg.node import (
 )
 from ticket.secagg.params import SecAggParams
 from ticket.secagg.quantize import (
+    QuantizationChoice,
     QuantizationError,
+    choose_quantization,
     dequantize_mean,
     dequantize_sum,
     quantization_error,
@@ -118,6 +122,7 @@ __all__ = [
     "ParamsError",
     "PeerTrust",
     "Phase",
+    "QuantizationChoice",
     "QuantizationError",
     "RevealRefusedError",
     "Roster",
@@ -131,6 +136,7 @@ __all__ = [
     "ShareKind",
     "advertise_keys",
     "certify",
+    "choose_quantization",
     "closed_neighbourhood",
     "dequantize_mean",
     "dequantize_sum",

@@ -20,10 +20,16 @@ from ticket import crypto
 from ticket.errors import CodecError
 from ticket.secagg import shamir
 from ticket.secagg.bitpack import unpack_bits
-from ticket.secagg.errors import MessageError, RoundAbortedError, RoundStateError, ShareError
+from ticket.secagg.errors import (
+    MessageError,
+    ParamsError,
+    RoundAbortedError,
+    RoundStateError,
+    ShareError,
+)
 from ticket.secagg.graph import Graph, closed_neighbourhood, neighbour_graph, viable_subset
 from ticket.secagg.identity import Roster, check_advert, check_enrolled
-from ticket.secagg.masking import commit_seed, pair_seed, pair_sign, prg
+from ticket.secagg.masking import commit_seed, pair_seeds, pair_sign, prg_sum
 from ticket.secagg.messages import (
     SERVER,
     KeyAdvert,
@@ -40,9 +46,10 @@ from ticket.secagg.messages import (
     round_view,
 )
 from ticket.secagg.params import SecAggParams
-from ticket.secagg.quantize import dequantize_mean, dequantize_sum
+from ticket.secagg.quantize import choose_quantization, dequantize_mean, dequantize_sum
 
 Words = npt.NDArray[np.uint32]
+_Shares = dict[tuple[int, ShareKind], list[bytes]]  # (owner, kind) -> revealed shares
 _In = TypeVar("_In", bound=Message)  # a node -> server message class
 
 
@@ -80,15 +87,21 @@ class ServerRound:
         length: int,
         min_survivors: int = 2,
         roster: Roster | None = None,
+        target_error: float | None = None,
     ) -> None:
         """`roster`: every enrolled node's certified identity key (identity.py); with one, an
         advert from a node outside it or signed by another key is refused, and each key bundle
         carries the certificates the nodes check. None: a development fleet with no enrolment
-        (the nodes must allow uncertified neighbours); advert signatures are checked still."""
+        (the nodes must allow uncertified neighbours); advert signatures are checked still.
+
+        `target_error`: once the cohort is fixed (key_bundles), the levels are the fewest that
+        meet this RMS error of the mean, as a fraction of the clip (quantize.py's
+        choose_quantization), in place of `params.levels`; the key bundles carry them."""
         if min_survivors < 2:
             raise ValueError("a sum over fewer than 2 nodes would reveal a node's input")
         self.run_id, self.round, self.params, self.length = run_id, round, params, length
         self.min_survivors = min_survivors
+        self.target_error = target_error
         self.roster = roster
         self.phase = Phase.ADVERTISE
         self.keys: dict[int, PublicKeys] = {}
@@ -127,6 +140,9 @@ class ServerRound:
             raise RoundAbortedError(
                 f"{len(cohort)} node(s) advertised keys; need {self.min_survivors}"
             )
+        if self.target_error is not None:
+            levels = self._levels_for(len(cohort), self.target_error)
+            self.params = replace(self.params, levels=levels)
         self.params.modulus_bits(len(cohort))  # fail now, not at masking, if n * q is too big
         self.graph = neighbour_graph(
             cohort, run_id=self.run_id, round=self.round, params=self.params
@@ -275,59 +291,64 @@ class ServerRound:
         self.phase = Phase.DONE
         survivors = sorted(self.survivors)
         dropped = [v for v in self.members if v not in self.survivors]
-        total = self.total.copy()  # [k]
+        shares = self._shares_by_owner()
+        masks: list[tuple[int, bytes]] = []  # (sign, seed) of every mask still in the total
         for u in survivors:
-            total -= prg(self._rebuild_seed(u), self.length, self.bits)
+            masks.append((-1, self._rebuild_seed(u, shares)))  # u added PRG(b_u): take it off
         for v in dropped:
             live = [u for u in self.graph[v] if u in self.survivors]
             if not live:
                 continue
-            secret = self._rebuild_mask_key(v)
-            for u in live:
-                seed = pair_seed(
-                    secret,
-                    self.keys[u].mask_key,
-                    run_id=self.run_id,
-                    round=self.round,
-                    me=v,
-                    peer=u,
-                )
-                if pair_sign(u, v) > 0:  # u added PRG(s_uv): take it off
-                    total -= prg(seed, self.length, self.bits)
-                else:
-                    total += prg(seed, self.length, self.bits)
+            secret = self._rebuild_mask_key(v, shares)
+            publics = {u: self.keys[u].mask_key for u in live}
+            seeds = pair_seeds(secret, publics, run_id=self.run_id, round=self.round, me=v)
+            # u added sign * PRG(s_uv), sign = pair_sign(u, v): take it off
+            masks += [(-pair_sign(u, v), seeds[u]) for u in live]
+        total = self.total + prg_sum(masks, self.length, self.bits)  # [k], wraps mod 2^32
         total &= np.uint32((1 << self.bits) - 1)
         return AggregateResult(total, tuple(survivors), self.bits, self.params)
 
     # ------------------------------------------------------------ helpers
 
-    def _rebuild_seed(self, owner: int) -> bytes:
-        seed = self._combine(owner, ShareKind.SEED)
+    def _rebuild_seed(self, owner: int, shares: _Shares) -> bytes:
+        seed = self._combine(owner, ShareKind.SEED, shares)
         expected = commit_seed(seed, run_id=self.run_id, round=self.round, node=owner)
         if expected != self.keys[owner].seed_commitment:
             raise RoundAbortedError(f"node {owner}'s rebuilt seed does not match its commitment")
         return seed
 
-    def _rebuild_mask_key(self, owner: int) -> bytes:
-        secret = self._combine(owner, ShareKind.MASK_KEY)
+    def _rebuild_mask_key(self, owner: int, shares: _Shares) -> bytes:
+        secret = self._combine(owner, ShareKind.MASK_KEY, shares)
         if crypto.x25519_public_key(secret) != self.keys[owner].mask_key:
             raise RoundAbortedError(
                 f"node {owner}'s rebuilt mask key does not match its public key"
             )
         return secret
 
-    def _combine(self, owner: int, kind: ShareKind) -> bytes:
-        shares = [
-            revealed[owner]
-            for responder, revealed in self.revealed.items()
-            if self.asked[responder].get(owner) is kind
-        ]
+    def _shares_by_owner(self) -> _Shares:
+        """(owner, kind) -> the shares of that secret the responders revealed."""
+        shares: _Shares = {}
+        for responder, revealed in self.revealed.items():
+            for owner, share in revealed.items():
+                shares.setdefault((owner, self.asked[responder][owner]), []).append(share)
+        return shares
+
+    def _combine(self, owner: int, kind: ShareKind, shares: _Shares) -> bytes:
         try:
-            return shamir.combine(shares, self._threshold(owner))
+            return shamir.combine(shares.get((owner, kind), []), self._threshold(owner))
         except ShareError as error:
             raise RoundAbortedError(
                 f"cannot rebuild node {owner}'s {kind.name.lower()}: {error}"
             ) from None
+
+    def _levels_for(self, cohort_size: int, target_error: float) -> int:
+        try:
+            choice = choose_quantization(
+                cohort_size, clip=self.params.clip, length=self.length, target_error=target_error
+            )
+        except ParamsError as error:
+            raise RoundAbortedError(f"no quantisation fits this round: {error}") from None
+        return choice.levels
 
     def _threshold(self, owner: int) -> int:
         return self.params.threshold(len(self.graph[owner]) + 1)

@@ -2,6 +2,11 @@
 
 Value i fills bits [i * bits, (i + 1) * bits) of a little-endian bit stream (least
 significant bit first); the padding bits of the last byte are zero, and are checked.
+
+Eight values fill exactly `bits` bytes, and value j of such a group (j = 0..7) always starts
+at bit j * bits of it: so each of the eight is read or written for every group at once, as a
+strided column of bytes, with no per-value or per-bit work (a 1000-device round unpacks a
+thousand vectors of 10^5 values).
 """
 
 import numpy as np
@@ -10,6 +15,8 @@ import numpy.typing as npt
 from ticket.errors import CodecError
 
 MAX_BITS = 32
+_GROUP = 8  # values per `bits` bytes
+_SPAN = 5  # bytes a value of <= 32 bits starting at bit offset <= 7 can touch
 
 Words = npt.NDArray[np.uint32]
 
@@ -30,10 +37,17 @@ def pack_bits(values: npt.ArrayLike, bits: int) -> bytes:
         raise CodecError(f"expected a 1-D integer vector, got {array.dtype} {list(array.shape)}")
     if array.size and (array.min() < 0 or int(array.max()) >> bits):
         raise CodecError(f"values must be in 0..2^{bits} - 1")
-    width = _word_bits(bits)
-    words = array.astype(f"<u{width // 8}")  # [k]
-    stream = np.unpackbits(words.view(np.uint8).reshape(-1, width // 8), axis=1, bitorder="little")
-    return np.packbits(stream[:, :bits], bitorder="little").tobytes()  # [k, bits] -> bytes
+    groups = -(-array.size // _GROUP)
+    table = np.zeros((groups, _GROUP), np.uint64)  # [g, 8]: value j of group i at [i, j]
+    table.ravel()[: array.size] = array
+    out = np.zeros(groups * bits + _SPAN + 1, np.uint8)  # room for the last column's spill
+    for j in range(_GROUP):
+        start, shift = divmod(j * bits, 8)
+        column = table[:, j] << np.uint64(shift)  # [g]
+        for m in range(_span(shift, bits)):
+            byte = (column >> np.uint64(8 * m)) & np.uint64(0xFF)
+            out[start + m : start + m + groups * bits : bits] |= byte.astype(np.uint8)
+    return out[: packed_size(array.size, bits)].tobytes()
 
 
 def unpack_bits(data: bytes, bits: int, count: int) -> Words:
@@ -41,18 +55,27 @@ def unpack_bits(data: bytes, bits: int, count: int) -> Words:
     expected = packed_size(count, bits)
     if len(data) != expected:
         raise CodecError(f"packed vector is {len(data)} bytes, expected {expected}")
-    stream = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")
-    if stream[count * bits :].any():
+    used = count * bits % 8
+    if used and data[-1] >> used:
         raise CodecError("packed vector has nonzero padding bits")
-    width = _word_bits(bits)
-    table = np.zeros((count, width), np.uint8)  # [k, width]
-    table[:, :bits] = stream[: count * bits].reshape(count, bits)
-    words = np.packbits(table, axis=1, bitorder="little")  # [k, width / 8]
-    return np.ascontiguousarray(words).view(f"<u{width // 8}").ravel().astype(np.uint32)
+    if count == 0:
+        return np.zeros(0, np.uint32)
+    groups = -(-count // _GROUP)
+    stream = np.zeros(groups * bits + 8, np.uint8)  # 8: the last unaligned word's tail
+    stream[:expected] = np.frombuffer(data, np.uint8)
+    table = np.empty((groups, _GROUP), np.uint32)  # [g, 8]
+    low = np.uint64((1 << bits) - 1)
+    for j in range(_GROUP):
+        start, shift = divmod(j * bits, 8)
+        # [g]: the 8 bytes from value j's first byte in every group, read as one <u8 each
+        words = np.ndarray((groups,), "<u8", stream, start, (bits,))
+        table[:, j] = (words >> np.uint64(shift)) & low
+    return table.ravel()[:count].copy()
 
 
-def _word_bits(bits: int) -> int:
-    return 8 if bits <= 8 else 16 if bits <= 16 else 32
+def _span(shift: int, bits: int) -> int:
+    """Bytes a value of `bits` bits starting `shift` bits into a byte touches."""
+    return (shift + bits + 7) // 8
 
 
 def _check_bits(bits: int) -> None:

@@ -7,7 +7,7 @@ which wraps mod 2^32 and so mod R for every R dividing 2^32.
 """
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -29,19 +29,39 @@ def prg(seed: bytes, count: int, bits: int) -> Words:
     return words
 
 
+def prg_sum(terms: Iterable[tuple[int, bytes]], count: int, bits: int) -> Words:
+    """uint32 [count]: sum of sign * PRG(seed) over (sign, seed) in `terms`, mod 2^bits.
+
+    Equal to adding and subtracting prg() one seed at a time, but each keystream is written
+    straight into one reused buffer and reduced once at the end (the server removes a
+    thousand masks a round: no per-mask allocation, copy or reduction)."""
+    total = np.zeros(count, np.uint32)  # [count], wraps mod 2^32
+    stream = np.empty(count, "<u4")  # [count], the keystream read as little-endian words
+    for sign, seed in terms:
+        crypto.chacha20_keystream_into(seed, stream.data.cast("B"))
+        if sign > 0:
+            total += stream
+        else:
+            total -= stream
+    total &= np.uint32((1 << bits) - 1)
+    return total
+
+
 def pair_seed(
     my_secret: bytes, peer_public: bytes, *, run_id: int, round: int, me: int, peer: int
 ) -> bytes:
     """s_uv: the 32-byte pairwise mask seed of nodes `me` and `peer` for one round (either end,
     or the server once it holds either end's reconstructed mask key, derives the same)."""
-    return crypto.derive_pair_key(
-        my_secret,
-        peer_public,
-        run_id=run_id,
-        round=round,
-        node_a=me,
-        node_b=peer,
-        purpose=PAIR_MASK_PURPOSE,
+    return pair_seeds(my_secret, {peer: peer_public}, run_id=run_id, round=round, me=me)[peer]
+
+
+def pair_seeds(
+    my_secret: bytes, peers: Mapping[int, bytes], *, run_id: int, round: int, me: int
+) -> dict[int, bytes]:
+    """{peer: pair_seed(my_secret, public, ..., peer=peer)} for every (peer, public) in
+    `peers`: one node's seeds with many peers, its secret key loaded once."""
+    return crypto.derive_pair_keys(
+        my_secret, peers, run_id=run_id, round=round, me=me, purpose=PAIR_MASK_PURPOSE
     )
 
 
@@ -53,13 +73,8 @@ def mask(
     `pair_seeds` maps each live neighbour to s_uv; a neighbour above `me` adds, below
     subtracts.
     """
-    count = levels.size
-    total = levels.astype(np.uint32) + prg(self_seed, count, bits)  # [k], wraps mod 2^32
-    for peer, seed in pair_seeds.items():
-        if peer > me:
-            total += prg(seed, count, bits)
-        else:
-            total -= prg(seed, count, bits)
+    masks = [(1, self_seed)] + [(pair_sign(me, peer), seed) for peer, seed in pair_seeds.items()]
+    total = levels.astype(np.uint32) + prg_sum(masks, levels.size, bits)  # [k], mod 2^32
     total &= np.uint32((1 << bits) - 1)
     return total
 

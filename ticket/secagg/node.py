@@ -24,7 +24,7 @@ from ticket.secagg.errors import (
 )
 from ticket.secagg.graph import closed_neighbourhood, neighbour_graph
 from ticket.secagg.identity import PeerTrust, advert_statement, check_peer
-from ticket.secagg.masking import commit_seed, mask, pair_seed
+from ticket.secagg.masking import commit_seed, mask, pair_seeds
 from ticket.secagg.messages import (
     SERVER,
     KeyAdvert,
@@ -206,12 +206,8 @@ def mask_input(
             f"{state.threshold - 1} are needed"
         )
     bits = state.params.modulus_bits(len(ask.members))
-    seeds = {
-        peer: pair_seed(
-            s.mask_secret, keys.mask_key, run_id=s.run_id, round=s.round, me=s.node_id, peer=peer
-        )
-        for peer, keys in live
-    }
+    publics = {peer: keys.mask_key for peer, keys in live}
+    seeds = pair_seeds(s.mask_secret, publics, run_id=s.run_id, round=s.round, me=s.node_id)
     levels = quantize(values, state.params, rng)  # [k] in 0..q-1
     masked = mask(levels, s.seed, seeds, s.node_id, bits)  # [k] mod 2^bits
     reply = MaskedInput(

@@ -10,6 +10,7 @@ from ticket.secagg.errors import ParamsError
 _WIRE = struct.Struct("<dIddI")  # clip, levels, threshold fraction, degree factor, complete_up_to
 PARAMS_BYTES = _WIRE.size
 MAX_MODULUS_BITS = 32  # masked values travel and add as uint32
+MAX_LEVELS = 2**24  # the most quantisation levels q a round may use
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class SecAggParams:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.clip) and self.clip > 0):
             raise ParamsError(f"clip must be a positive finite number, got {self.clip}")
-        if isinstance(self.levels, bool) or not 2 <= self.levels <= 2**24:
+        if isinstance(self.levels, bool) or not 2 <= self.levels <= MAX_LEVELS:
             raise ParamsError(f"levels must be an integer in 2..2^24, got {self.levels}")
         if not 0.5 < self.threshold_fraction <= 1:
             raise ParamsError(

@@ -11,6 +11,7 @@ Share layout (76 bytes): u8 version = 1 | u8 secret length | u64 x, big-endian |
 big-endian. x is the holder's id (>= 1), so a share names who held it.
 """
 
+import math
 import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
@@ -45,8 +46,9 @@ def split(
 def combine(shares: Iterable[bytes], threshold: int) -> bytes:
     """The secret from at least `threshold` shares.
 
-    The first `threshold` shares (by x) fix the polynomial; every further share must lie on it,
-    or ShareError("inconsistent") is raised: a wrong share is caught whenever there is a spare.
+    Every share must lie on one polynomial of degree < `threshold` (any `threshold` of them fix
+    it), or ShareError("inconsistent") is raised: a wrong share is caught whenever there is a
+    spare.
     """
     if threshold < 1:
         raise ShareError(f"threshold must be >= 1, got {threshold}")
@@ -62,12 +64,9 @@ def combine(shares: Iterable[bytes], threshold: int) -> bytes:
         raise ShareError(f"need {threshold} shares, got {len(points)}")
     if len(lengths) != 1:
         raise ShareError("shares are of secrets of different lengths")
-    xs = sorted(points)
-    basis = [(x, points[x]) for x in xs[:threshold]]
-    for x in xs[threshold:]:
-        if _interpolate(basis, x) != points[x]:
-            raise ShareError("shares are inconsistent: at least one is wrong")
-    value = _interpolate(basis, 0)
+    value = _secret_of(sorted(points.items()), threshold)
+    if value is None:
+        raise ShareError("shares are inconsistent: at least one is wrong")
     length = lengths.pop()
     if value >= 1 << (8 * length):
         raise ShareError("shares are inconsistent: the secret does not fit its length")
@@ -107,6 +106,56 @@ def _interpolate(points: Sequence[tuple[int, int]], at: int) -> int:
                 denominator = denominator * (xi - xj) % PRIME
         total += yi * numerator * pow(denominator, -1, PRIME)
     return total % PRIME
+
+
+def _secret_of(points: Sequence[tuple[int, int]], threshold: int) -> int | None:
+    """f(0) of the polynomial f of degree < `threshold` through all `points` (distinct x >= 1),
+    or None if no such polynomial goes through them all.
+
+    With the barycentric weights w_i = 1 / prod_{j != i} (x_i - x_j) of all m points,
+    sum_i w_i x_i^k y_i is the coefficient of x^(m - 1 - k) of the polynomial through them once
+    the higher ones vanish, so the points lie on one of degree < t iff that sum is 0 for
+    k = 0..m - t - 1; then f(0) = sum_i w_i y_i prod_{j != i} (-x_j) (Lagrange at 0).
+    Differences and products of the x (64-bit ids) are exact small integers; the m weights
+    take a single modular inverse (_inverses): one pow per secret instead of t per point.
+    """
+    xs = [x for x, _ in points]
+    weights = _inverses([_product(xi - xj for xj in xs if xj != xi) for xi in xs])
+    terms = [_reduce(w * y) for w, (_, y) in zip(weights, points, strict=True)]  # w_i y_i
+    moments = terms
+    for _ in range(len(points) - threshold):
+        if sum(moments) % PRIME:
+            return None
+        moments = [_reduce(moment * x) for moment, x in zip(moments, xs, strict=True)]
+    everyone = math.prod(-x for x in xs)  # exact
+    others = (everyone // -xi % PRIME for xi in xs)  # prod_{j != i} (-x_j), an exact division
+    return sum(term * other for term, other in zip(terms, others, strict=True)) % PRIME
+
+
+def _product(factors: Iterable[int]) -> int:
+    """The product mod p of small integers, exact first (one reduction, no division each)."""
+    return math.prod(factors) % PRIME
+
+
+def _inverses(values: Sequence[int]) -> list[int]:
+    """[1 / v mod p for v in values] by Montgomery's trick: prefix products, one pow, and
+    three multiplications per value (every value must be nonzero mod p)."""
+    prefix = [1]
+    for value in values:
+        prefix.append(_reduce(prefix[-1] * value))
+    inverse = pow(prefix[-1], -1, PRIME)  # 1 / (v_0 ... v_{m-1})
+    result = [0] * len(values)
+    for i in range(len(values) - 1, -1, -1):
+        result[i] = _reduce(inverse * prefix[i])  # 1 / v_i
+        inverse = _reduce(inverse * values[i])  # 1 / (v_0 ... v_{i-1})
+    return result
+
+
+def _reduce(value: int) -> int:
+    """value mod p for 0 <= value < p^2: 2^521 = 1 mod p, so fold the high bits onto the low
+    ones (a shift and an add, where % would divide)."""
+    value = (value & PRIME) + (value >> 521)  # < 2p
+    return value - PRIME if value >= PRIME else value
 
 
 # ---------------------------------------------------------------- share bytes
