@@ -25,7 +25,13 @@ Real daemons run the same code in tests/e2e/test_fleet_find.py.
     python bench/fleet_find.py --quick                  # one seed, two densities, a smoke run
     python bench/fleet_find.py --engine simulation --methods fed-oneshot,fed-snip
 
-Results: bench/results/fleet_find_<task>.{json,md} with the command that made them.
+Results: bench/results/fleet_find_<task>.{json,md} with the command that made them. Each
+finished seed's rows are also kept in bench/results/fleet_find_<task>_seeds/seed-N.json with
+the settings they were made under; `--resume` reuses those whose settings match, and
+`--new-seeds K` runs at most K seeds not yet kept, so a long task (fed-mnist: hours on two
+cores) can be measured a seed per session:
+
+    python bench/fleet_find.py --task fed-mnist --resume --new-seeds 1
 """
 
 import argparse
@@ -59,6 +65,7 @@ from server.run_settings import ServerSettings  # noqa: E402
 from server.server_app import run_training  # noqa: E402
 from tests.inprocess import InProcessGrid, server_identity  # noqa: E402
 from ticket import runconfig, wire  # noqa: E402
+from ticket.atomic import atomic_write_text  # noqa: E402
 from ticket.bundle import Ticket, build_ticket, read_ticket, write_ticket  # noqa: E402
 from ticket.manifest import Density, measure_density  # noqa: E402
 from ticket.prune import random_mask_like  # noqa: E402
@@ -539,6 +546,33 @@ def _cells(entry: dict[str, Any]) -> Callable[..., str]:
     return cell
 
 
+@dataclass(frozen=True)
+class SeedStore:
+    """One JSON file per finished seed: its rows and the settings they were made under."""
+
+    directory: Path
+    settings: dict[str, Any]
+
+    def load(self, seed: int) -> list[dict[str, Any]] | None:
+        """The kept rows of `seed`, or None if there are none under these settings."""
+        path = self.directory / f"seed-{seed}.json"
+        if not path.exists():
+            return None
+        document = json.loads(path.read_text())
+        if document.get("settings") != self.settings:
+            print(f"{path}: made under other settings; running seed {seed} again")
+            return None
+        rows: list[dict[str, Any]] = document["rows"]
+        return rows
+
+    def save(self, seed: int, rows: list[dict[str, Any]]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        document = {"settings": self.settings, "seed": seed, "rows": rows}
+        atomic_write_text(
+            self.directory / f"seed-{seed}.json", json.dumps(document, indent=2) + "\n"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=sorted(TASKS), default="fed-heart")
@@ -556,6 +590,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "references",
     )
     parser.add_argument("--work", type=Path, default=Path("/tmp/ticketfleet-fleet-find"))
+    parser.add_argument(
+        "--resume", action="store_true", help="reuse the seeds kept with the same settings"
+    )
+    parser.add_argument(
+        "--new-seeds", type=int, default=None, help="run at most this many seeds not yet kept"
+    )
     args = parser.parse_args(argv)
     task = TASKS[args.task]
     seeds = 1 if args.quick else args.seeds
@@ -565,19 +605,34 @@ def main(argv: Sequence[str] | None = None) -> None:
         if method not in METHODS:
             parser.error(f"--methods: unknown method {method!r}")
     torch.set_num_threads(1)  # in-process nodes train one at a time; no thread contention
-    rows: list[dict[str, Any]] = []
+    suffix = ("_simulation" if args.engine == "simulation" else "") + (
+        "_plaintext" if args.plaintext else ""
+    )
+    stem = RESULTS / f"fleet_find_{args.task}{suffix}"
+    kept = SeedStore(
+        Path(f"{stem}_seeds"),
+        {"task": args.task, "densities": densities, "methods": methods,
+         "secagg": not args.plaintext, "engine": args.engine, "train_rounds": task.train_rounds},
+    )  # fmt: skip
+    by_seed = {seed: kept.load(seed) for seed in range(seeds)} if args.resume else {}
+    to_run = [seed for seed in range(seeds) if by_seed.get(seed) is None]
+    if args.new_seeds is not None:
+        to_run = to_run[: max(0, args.new_seeds)]
     began = time.monotonic()
-    if args.engine == "simulation":
-        with SimulationEngine(task, args.work / "simulation-engine") as engine:
-            for seed in range(seeds):
+    for seed in to_run:
+        if args.engine == "simulation":
+            with SimulationEngine(task, args.work / "simulation-engine") as engine:
                 work = args.work / f"{args.task}-both" / f"seed-{seed}"
-                rows += run_seed_both_engines(
+                made = run_seed_both_engines(
                     task, engine, work, seed, densities, methods, not args.plaintext
                 )
-    else:
-        for seed in range(seeds):
-            rows += run_seed(task, args.work / args.task / f"seed-{seed}", seed, densities,
-                             methods, not args.plaintext)  # fmt: skip
+        else:
+            made = run_seed(task, args.work / args.task / f"seed-{seed}", seed, densities,
+                            methods, not args.plaintext)  # fmt: skip
+        kept.save(seed, made)
+        by_seed[seed] = made
+    rows = [row for seed in sorted(by_seed) if (got := by_seed[seed]) for row in got]
+    seeds = sum(1 for got in by_seed.values() if got)
     document = {
         "task": args.task,
         "command": "python bench/fleet_find.py " + shlex.join(argv or sys.argv[1:]),
@@ -593,10 +648,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         "table": summarise(rows),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = ("_simulation" if args.engine == "simulation" else "") + (
-        "_plaintext" if args.plaintext else ""
-    )
-    stem = RESULTS / f"fleet_find_{args.task}{suffix}"
     stem.with_suffix(".json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     write_markdown(document, stem.with_suffix(".md"))
     print(f"wrote {stem}.md ({document['wall_s']:.0f} s)")
