@@ -212,7 +212,9 @@ def _device_rows(
             is_empty = False  # damaged: the error below says so
         if is_empty:
             return empty
-        raise PersonaliseError(f"{paths.readings_db}: cannot be used ({error})") from None
+        # A damaged store is bad input the owner can mend (exit 3, like ingest's), not a
+        # reason this device cannot personalise now.
+        raise StoreError(f"{paths.readings_db}: cannot be used ({error})") from None
     return Rows(data.x_train, data.y_train, data.x_test, data.y_test)
 
 

@@ -638,6 +638,7 @@ def test_a_damaged_readings_store_is_an_error_naming_it_and_nothing_is_written(
     status = main(["personalise", "-c", str(config)])
 
     err = capsys.readouterr().err
-    assert status == 1
+    assert status == 3  # bad input the owner can mend, as ingest says of a damaged store
     assert f"{paths.readings_db}: cannot be used (device readings unusable: DatabaseError)" in err
+    assert "hint: fix the file named in the message" in err
     assert not paths.personal_record_file.exists() and not paths.personal_model_file.exists()
