@@ -248,7 +248,7 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
                     ),
                 )
                 federation = {"num-supernodes": args.population, "client-resources-num-cpus": 1}
-                server = _ServerSampler(fleet, flower_name, psutil)
+                server = _ServerSampler(fleet, flower_name, psutil, run_dir / "rounds.jsonl")
                 server.start()
                 print(f"throughput: {arm} ({args.rounds} rounds)", flush=True)
                 try:
@@ -292,10 +292,12 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
 class _ServerSampler:
     """Every 0.5 s: the ServerApp process's CPU time and RSS, and the Ray workers' CPU."""
 
-    def __init__(self, fleet: Any, flower_name: Any, psutil: Any) -> None:
+    def __init__(self, fleet: Any, flower_name: Any, psutil: Any, round_log: Path) -> None:
         import threading
 
         self.fleet, self.flower_name, self.psutil = fleet, flower_name, psutil
+        self.round_log = round_log  # a round's line appears there once it is finished
+        self.ends: dict[int, float] = {}  # round -> server CPU s when its line appeared
         self.cpu: dict[int, float] = {}
         self.workers: dict[int, float] = {}
         self.peak_rss = 0
@@ -321,10 +323,23 @@ class _ServerSampler:
         self._round = server_round
 
     def round_cpu(self) -> dict[int, float]:
-        """Server CPU s per round: from its start to the next one's (the last: to the end)."""
+        """Server CPU s per round: from its `[ROUND k/N]` line to its run-log line (sampled
+        every 0.5 s; without one, to the next round's start or the end of the run)."""
         starts = sorted(self.marks.items())
-        ends = [cpu for _, cpu in starts[1:]] + [self.cpu_s]
-        return {r: end - start for (r, start), end in zip(starts, ends, strict=True)}
+        nexts = [cpu for _, cpu in starts[1:]] + [self.cpu_s]
+        return {
+            r: self.ends.get(r, later) - start
+            for (r, start), later in zip(starts, nexts, strict=True)
+        }
+
+    def _logged(self) -> None:
+        if self.round_log.exists():
+            for text in self.round_log.read_text().splitlines():
+                try:
+                    finished = int(json.loads(text)["round"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line still being written
+                self.ends.setdefault(finished, self.cpu_s)
 
     @property
     def cpu_s(self) -> float:
@@ -337,6 +352,7 @@ class _ServerSampler:
     def _loop(self) -> None:
         while not self._stop.wait(0.5):
             self._sample()
+            self._logged()
 
     def _sample(self) -> None:
         for started in self.fleet.started:
@@ -394,15 +410,14 @@ def _throughput_markdown(runs: list[dict[str, Any]]) -> list[str]:
         "steady state is round 2. Wall = the round's message trips as the round log counts "
         "them; updates/s = devices aggregated / round 2 wall; server = the flwr-simulation "
         "process, which holds the ServerApp and the engine's message routing (Flower's "
-        "in-memory LinkState) together. Server CPU per round is split where each round "
-        "starts (its `[ROUND k/N]` line): round 1 runs from its start to round 2's (worker "
-        "start and key setup included); the last round's share runs to the end of the run, "
-        "so it also holds the final model's push to all 2,000 virtual nodes and the "
-        "shutdown, and is not round 2 alone (at 10 devices it is ~30 s for a 0.7 s round). "
-        "Workers CPU = the Ray ClientApp workers over the whole run.",
+        "in-memory LinkState) together. Server CPU per round: from the round's "
+        "`[ROUND k/N]` line to its run-log line (sampled every 0.5 s; round 1 includes the "
+        "workers' start and the key setup); the run's total also holds Ray's start, the "
+        "final model's push to all 2,000 virtual nodes and the shutdown. Workers CPU = the "
+        "Ray ClientApp workers over the whole run.",
         "",
         "| devices/round | secagg | status | round 1 wall s | round 2 wall s "
-        "| updates/s (round 2) | server CPU s, round 1 | server CPU s, round 2 to the end "
+        "| updates/s (round 2) | server CPU s, round 1 | server CPU s, round 2 "
         "| server RSS MB, peak | trips, round 2 | server CPU s, run | workers CPU s, run |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
