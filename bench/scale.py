@@ -411,7 +411,8 @@ def _throughput_markdown(runs: list[dict[str, Any]]) -> list[str]:
         "them; updates/s = devices aggregated / round 2 wall; server = the flwr-simulation "
         "process, which holds the ServerApp and the engine's message routing (Flower's "
         "in-memory LinkState) together. Server CPU per round: from the round's "
-        "`[ROUND k/N]` line to its run-log line (sampled every 0.5 s; round 1 includes the "
+        '`[ROUND k/N]` line to its run-log line (both seen at 0.5 s steps, so "-" for a '
+        "round under 2 s; round 1 includes the "
         "workers' start and the key setup); the run's total also holds Ray's start, the "
         "final model's push to all 2,000 virtual nodes and the shutdown. Workers CPU = the "
         "Ray ClientApp workers over the whole run.",
@@ -425,7 +426,9 @@ def _throughput_markdown(runs: list[dict[str, Any]]) -> list[str]:
         by_round = {line["round"]: line for line in row["rounds"]}
         one, two = by_round.get(1), by_round.get(2)
         wall = two["wall_s"] if two else None
-        cpu = two.get("server_cpu_s") if two else None
+        # The round's start is read from the log stream every 0.5 s, its end sampled every
+        # 0.5 s: a round under 2 s has no meaningful share of its own.
+        cpu = two.get("server_cpu_s") if two and two["wall_s"] >= 2.0 else None
         trips = (two.get("round_trips") or {}) if two else {}
         lines.append(
             f"| {row['per_round']:,} | {'on' if row['secagg'] else 'off'} | {row['status']} "
@@ -473,15 +476,15 @@ PER_MESSAGE_NOTES = [
     "O(population x messages in flight) per sweep. The project's ServerApp (strategy, "
     "secure aggregation, run log) took 115 samples (12%). Under secure aggregation "
     "(30 s of round 2 at 1,000): 524 of 690 samples (76%) in that scan, 77 (11%) in the "
-    "ServerApp, most of those waiting in Flower's grid. Round 2's server CPU time above "
-    "exceeds its wall time because that scan, the engine's Ray submission threads and the "
-    "ServerApp run on both cores.",
+    "ServerApp, most of those waiting in Flower's grid. (Those profiles come from earlier "
+    "runs of the same code than the table's, on a busier machine: 60.8 s and 72.0 s for "
+    "round 2 at 1,000.)",
     "- The ClientApp's own cost per message, in process (`edge_daemon.client_app.app` on "
     "an MNIST train instruction for a virtual node of the 2,000-way split, 10 messages, "
     "cProfile): ~12-16 ms, of which reading and verifying the ticket ~8 ms, training 30 "
     "rows ~3.6 ms. Over the whole 1,000-device runs (2 rounds, worker start included) "
-    "the 2 workers used 46 s of CPU in plaintext and 126 s under secure aggregation "
-    "(4 trips in round 1, 2 in round 2), against the server process's 117 s and 242 s "
+    "the 2 workers used 45 s of CPU in plaintext and 124 s under secure aggregation "
+    "(4 trips in round 1, 2 in round 2), against the server process's 108 s and 196 s "
     "(the `workers CPU s` and `server CPU s, run` columns).",
     "- Fixed in the ClientApp for the engine: each worker ran numpy's OpenBLAS with a "
     "thread per core; with 2 workers on 2 busy cores a (10 x 784) @ (784 x 300) product "
@@ -490,9 +493,9 @@ PER_MESSAGE_NOTES = [
     "virtual node now runs BLAS on one thread (threadpoolctl). The dataset's 2,000-way "
     "split (~50-150 ms) was made again for every message; it is now made once per worker. "
     "Round 2 at 10 devices took 0.64 s before and 0.43 s after (plaintext), 0.96 s and "
-    "0.76 s (secure), in runs minutes apart; the table's later run of the same code took "
-    "0.7 s for both: the machine's load moves these more than the fix does, so no speed-up "
-    "is claimed from them. Secure aggregation's state already stays in the "
+    "0.76 s (secure), in runs minutes apart; later runs of the same code took 0.7 s and "
+    "then 0.5 s (the table) for both: the machine's load moves these more than the fix "
+    "does, so no speed-up is claimed from them. Secure aggregation's state already stays in the "
     "virtual node's Context across messages (edge_daemon/secagg_client.py StateStore), and "
     "the ClientApp builds no torch model (numpy only).",
     "- Not here: Flower's own FedAvg on the same workload as an anchor (the ClientApp "
