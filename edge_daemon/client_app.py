@@ -11,12 +11,14 @@ that has 512 MB-1 GB. Nothing a train, evaluate or query message runs imports to
 (tests/edge_daemon/test_imports.py holds it to that).
 """
 
+import functools
 import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -52,6 +54,9 @@ from ticket.wire import (  # ErrorCode: the codes the server reads, part of the 
     TrainReply,
 )
 from ticket.wire import TRAIN_LOSS as TRAIN_LOSS_METRIC
+
+if TYPE_CHECKING:
+    import threadpoolctl
 
 ConfigValue = bool | float | int | str
 _log = logging.getLogger(__name__)
@@ -96,6 +101,7 @@ class NodeSettings:
     def from_context(cls, context: Context) -> "NodeSettings":
         """A real node's settings come from its node config; a virtual node's from the run's."""
         if set(context.node_config) == SIMULATED_NODE_KEYS:
+            virtual_node_threads()
             return cls.from_node_config(
                 {**context.node_config, **simulated_node_config(context.run_config)}
             )
@@ -131,6 +137,21 @@ class NodeSettings:
 # Flower's Simulation Engine gives each virtual node exactly these keys and nothing else; a
 # real node's config always names its ticket and data.
 SIMULATED_NODE_KEYS = frozenset({wire.NODE_PARTITION_ID, wire.NODE_NUM_PARTITIONS})
+
+
+@functools.cache
+def virtual_node_threads() -> "threadpoolctl.threadpool_limits":
+    """Once per process: numpy's BLAS on one thread in a Simulation Engine worker (the limit
+    returned is held for the life of the process).
+
+    The engine runs one worker per `client-resources-num-cpus` (1 here) and each worker's
+    OpenBLAS would start a thread per core: on 2 busy cores, 2 workers spin 4 threads, and a
+    (10 x 784) @ (784 x 300) product took ~50 ms instead of ~0.6 ms (bench/results/scale.md).
+    A real node's ClientApp process keeps numpy's default.
+    """
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def simulated_node_config(run_config: Mapping[str, ConfigValue]) -> dict[str, ConfigValue]:

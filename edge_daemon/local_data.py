@@ -10,7 +10,7 @@ import functools
 import json
 import sqlite3
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -138,8 +138,9 @@ def load_local_data(
         x_test = np.asarray(dataset.x_test, dtype=np.float32)  # [M, F...]
         y_train = np.asarray(dataset.y_train, dtype=np.int64)  # [N]
         y_test = np.asarray(dataset.y_test, dtype=np.int64)  # [M]
-        train_parts = _split(spec, y_train, dataset.site_train)
-        test_parts = _split(spec, y_test, dataset.site_test)
+        train_parts, test_parts = _fleet_split(
+            replace(spec, partition_id=0), _canonical(preprocessing)
+        )
     except TicketError as error:
         raise LocalDataError(f"local data ({spec.dataset}, {spec.partition}): {error}") from error
     train_rows = train_parts[spec.partition_id]
@@ -222,6 +223,19 @@ def _encoded_dataset(name: str, preprocessing: str | None) -> "Dataset":
     if preprocessing is not None:  # encode as the ticket expects, not as fitted locally
         dataset = encode_with(dataset, json.loads(preprocessing))
     return dataset
+
+
+# The whole fleet's split, per process, like the dataset: partitioning MNIST's 60,000 rows
+# 2,000 ways costs ~50 ms, paid once per worker instead of once per message of every virtual
+# node. Keyed by the spec with partition-id 0, so every node of one split shares it.
+@functools.lru_cache(maxsize=1)
+def _fleet_split(
+    fleet: LocalDataSpec, preprocessing: str | None
+) -> tuple[list[IndexArray], list[IndexArray]]:
+    dataset = _encoded_dataset(fleet.dataset, preprocessing)
+    y_train = np.asarray(dataset.y_train, dtype=np.int64)
+    y_test = np.asarray(dataset.y_test, dtype=np.int64)
+    return _split(fleet, y_train, dataset.site_train), _split(fleet, y_test, dataset.site_test)
 
 
 def _canonical(preprocessing: Mapping[str, Any] | None) -> str | None:

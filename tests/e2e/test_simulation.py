@@ -3,11 +3,14 @@
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from loopback.launcher import Loopback, LoopbackError
+from server.checkpoint import VECTOR_KEY
 from tests.inprocess import find_ticket
 from ticket.bundle import read_ticket
+from ticket.packing import PackLayout
 from ticket.runconfig import (
     RunConfig,
     RunPlacement,
@@ -16,6 +19,9 @@ from ticket.runconfig import (
     TrainingSettings,
     to_run_config,
 )
+from ticket.secagg.params import SecAggParams
+from ticket.secagg.weighting import mean_error_bound
+from ticket.tensorfile import read_tensor_file
 from ticket_cli.cli import main as ticket_main
 
 APP_DIR = Path(__file__).resolve().parents[2]
@@ -80,3 +86,66 @@ def test_a_simulation_takes_no_real_nodes(tmp_path: Path) -> None:
     with pytest.raises(LoopbackError, match="virtual nodes only"):
         fleet.start()
     fleet.stop()
+
+
+@pytest.mark.slow
+def test_a_secure_round_of_50_virtual_devices_is_the_plaintext_mean_within_quantisation(
+    tmp_path: Path,
+) -> None:
+    """The Simulation Engine at 50 devices a round: the same round in plaintext FedAvg and under
+    secure aggregation gives the same global model up to the quantisation bound of the levels
+    and weight the round log reports (ticket/secagg/weighting.py mean_error_bound)."""
+    ticket = find_ticket(tmp_path / "heart.ticket", density=0.1)
+    devices = 50
+    # One full batch of one epoch: the update does not depend on the batch order, so on the
+    # node ids the engine draws (a local seed's input), and both runs train the same updates.
+    plain = TrainingSettings(
+        allow_unsigned=True,
+        num_rounds=1,
+        min_nodes=devices,
+        fraction_train=1.0,
+        fraction_evaluate=0.0,
+        local_epochs=1,
+        batch_size=512,
+        lr=0.5,
+        optimizer="sgd",
+    )
+    # A cap above every device's row count keeps the weights proportional to the rows, as
+    # plaintext FedAvg weighs them.
+    secure = replace(plain, secagg=True, secagg_clip=0.5, secagg_weight_cap=64)
+    simulation = SimulationSettings(
+        sim_dataset="heart-uci", sim_partition="iid", sim_num_partitions=devices
+    )
+    runs = {}
+    fleet = Loopback(tmp_path / "sim", APP_DIR, [], simulation=True, grace_s=5.0)
+    federation = {"num-supernodes": devices, "client-resources-num-cpus": 1}
+    with fleet:
+        for name, training in (("plain", plain), ("secure", secure)):
+            run = RunConfig(
+                placement=RunPlacement(ticket_path=ticket, run_dir=tmp_path / name),
+                training=training,
+                simulation=simulation,
+            )
+            outcome = fleet.run(to_run_config(run), timeout_s=300.0, federation_config=federation)
+            assert outcome.completed, (name, outcome.status)
+            (line,) = outcome.rounds
+            assert len(line["participants"]) == devices and line["failures"] == {}
+            tensors, _ = read_tensor_file(tmp_path / name / "checkpoints" / "round-000001.ckpt")
+            runs[name] = (tensors[VECTOR_KEY].astype(np.float64), line)
+    assert fleet.alive() == []
+
+    start = PackLayout.from_ticket(read_ticket(ticket, allow_unsigned=True))
+    initial = start.pack(read_ticket(ticket, allow_unsigned=True).weights).astype(np.float64)
+    plain_model, _ = runs["plain"]
+    secure_model, line = runs["secure"]
+    info = line["secagg"]
+    assert info["survivors"] == line["participants"] and info["aborted"] is None
+    params = SecAggParams(clip=0.5, levels=info["levels"])
+    bound = mean_error_bound(params, nodes=devices, weight=info["weight"])
+    update = plain_model - initial
+    # The check means something: the round moved the model far more than the bound, and no
+    # device's weighted update reached the clip (clipping would be a second, unbounded error).
+    assert np.abs(update).max() > 20 * bound
+    assert np.abs(update).max() < 0.5
+    assert np.abs(secure_model - plain_model).max() <= bound
+    assert not np.array_equal(secure_model, plain_model)  # it was quantised, not copied

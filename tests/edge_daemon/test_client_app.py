@@ -378,3 +378,28 @@ def test_a_ticket_whose_model_is_not_an_mlp_is_refused_by_name() -> None:
 
 def test_an_mlp_ticket_passes_the_check(signed_path: Path) -> None:
     client_app.check_mlp(read_ticket(signed_path, allow_unsigned=True))  # raises nothing
+
+
+def test_a_virtual_node_runs_numpys_blas_on_one_thread_and_a_real_node_keeps_its_own(
+    signed_path: Path, keys: Path
+) -> None:
+    """Two Simulation Engine workers on 2 cores must not spin 2 BLAS threads each."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads() -> set[int]:
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    ticket = read_ticket(signed_path, allow_unsigned=True)
+    client_app.virtual_node_threads.cache_clear()
+    with threadpool_limits(limits=2, user_api="blas"):  # as numpy starts on 2 cores
+        real = Context(1, 101, _node(signed_path, keys), RecordDict(), {})
+        client_app.app(_instruction(ticket, "train"), real)
+        assert blas_threads() == {2}
+
+        run = _sim_run_config(signed_path, keys)
+        reply = client_app.app(_instruction(ticket, "train"), _virtual(0, run))
+
+        assert not reply.has_error()
+        assert blas_threads() == {1}
+        client_app.virtual_node_threads().restore_original_limits()
+    client_app.virtual_node_threads.cache_clear()

@@ -1,11 +1,21 @@
 """The device's readings as training data: retention applies before the ClientApp reads them."""
 
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
-from edge_daemon.local_data import LocalDataError, StoreSpec, load_store_data
+from edge_daemon import local_data
+from edge_daemon.local_data import (
+    LocalDataError,
+    LocalDataSpec,
+    StoreSpec,
+    load_local_data,
+    load_store_data,
+)
 from edge_daemon.readings import ReadingsStore
 from tests.edge_daemon.test_readings import HEADER, ROWS
 from ticket.data.heart_encoding import HeartPreprocessor
@@ -74,3 +84,38 @@ def test_unlabelled_readings_are_never_trained_or_evaluated_on(tmp_path: Path) -
     assert data.y_train.shape[0] + data.y_test.shape[0] == len(ROWS)
     expected = HeartPreprocessor.fit(labelled).transform(labelled)
     assert data.x_train.tolist() == expected[[0, 2]].tolist()
+
+
+def test_a_fleets_split_is_made_once_per_process_for_all_its_nodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Simulation Engine worker serves many virtual nodes: the split is made once for them
+    all (train and test), and each node still gets exactly its own rows."""
+    fresh = {}
+    for partition_id in range(4):
+        local_data._fleet_split.cache_clear()
+        fresh[partition_id] = load_local_data(_heart(partition_id))
+    made: list[LocalDataSpec] = []
+    split = local_data._split
+
+    def counted(spec: LocalDataSpec, labels: Any, sites: Any) -> Any:
+        made.append(spec)
+        return split(spec, labels, sites)
+
+    monkeypatch.setattr(local_data, "_split", counted)
+    local_data._fleet_split.cache_clear()
+    cached = {partition_id: load_local_data(_heart(partition_id)) for partition_id in range(4)}
+
+    assert len(made) == 2  # the train rows' split and the test rows', for all 4 nodes
+    for partition_id, data in cached.items():
+        np.testing.assert_array_equal(data.x_train, fresh[partition_id].x_train)
+        np.testing.assert_array_equal(data.y_test, fresh[partition_id].y_test)
+    assert len({data.x_train.shape[0] for data in cached.values()}) > 1  # not one node's rows
+    # Another split (seed) of the same dataset is a split of its own.
+    other = load_local_data(replace(_heart(0), seed=5))
+    assert len(made) == 4
+    assert not np.array_equal(other.y_train, cached[0].y_train)
+
+
+def _heart(partition_id: int) -> LocalDataSpec:
+    return LocalDataSpec("heart-uci", partition_id, 4, "iid", seed=3)
