@@ -46,7 +46,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python bench/hardening.py` from a checkout
 
-from bench.hardening_inputs import input_probes  # noqa: E402
+from bench.hardening_inputs import flip, input_probes  # noqa: E402
 from ticket import crypto, secagg  # noqa: E402
 from ticket.errors import TicketError  # noqa: E402
 from ticket.secagg import aggregator, identity, node  # noqa: E402
@@ -140,12 +140,6 @@ def one_round(tap: Tap) -> Outcome:
     return outcome
 
 
-def _flip(data: bytes, bit: int) -> bytes:
-    flipped = bytearray(data)
-    flipped[bit // 8] ^= 1 << (bit % 8)
-    return bytes(flipped)
-
-
 def _message(step: str, target: int) -> bytes:
     seen: dict[str, bytes] = {}
 
@@ -179,7 +173,7 @@ def probe(name: str, step: str, target: int, bits: Sequence[int]) -> dict[str, A
     for bit in bits:
 
         def tap(got_step: str, u: int, data: bytes, bit: int = bit) -> bytes:
-            return _flip(data, 8 * HEADER.size + bit) if (got_step, u) == (step, target) else data
+            return flip(data, 8 * HEADER.size + bit) if (got_step, u) == (step, target) else data
 
         counts["tried"] += 1
         try:

@@ -76,16 +76,22 @@ def run(
             outcome, detail = REFUSED, type(error).__name__
         except Exception as error:  # the probe's point: anything else is wrong
             outcome, detail = WRONG, f"{type(error).__name__}: {str(error)[:120]}"
-        if time.perf_counter() - started > SLOW_S:
-            outcome, detail = WRONG, f"took {time.perf_counter() - started:.1f} s"
+        took = time.perf_counter() - started
+        if took > SLOW_S:
+            outcome, detail = WRONG, f"took {took:.1f} s"
         tally.add(outcome, detail)
+
+
+def flip(data: bytes, bit: int) -> bytes:
+    """`data` with bit `bit` (least significant first within each byte) inverted."""
+    flipped = bytearray(data)
+    flipped[bit // 8] ^= 1 << (bit % 8)
+    return bytes(flipped)
 
 
 def flips(data: bytes, every: int) -> Iterable[bytes]:
     for bit in range(0, 8 * len(data), every):
-        flipped = bytearray(data)
-        flipped[bit // 8] ^= 1 << (bit % 8)
-        yield bytes(flipped)
+        yield flip(data, bit)
 
 
 def _without_comments(text: str) -> bytes:
