@@ -54,7 +54,6 @@ def replay_secure_run(
     if settings.dp_noise_multiplier or settings.downlink_dtype != "float32":
         raise ValueError("a replay needs a run without DP noise and with a float32 downlink")
     layout = PackLayout.from_ticket(ticket)
-    params = SecAggParams(clip=settings.secagg_clip, levels=settings.secagg_levels)
     schedule = TrainConfig(
         epochs=settings.local_epochs,
         batch_size=settings.batch_size,
@@ -72,6 +71,9 @@ def replay_secure_run(
         secagg = line["secagg"]
         survivors = tuple(sorted(int(node) for node in secagg.get("survivors") or ()))
         if secagg.get("aborted") is None:
+            # The round's own levels, as logged: fixed, or chosen for its cohort
+            # (secagg-target-error).
+            params = SecAggParams(clip=settings.secagg_clip, levels=int(secagg["levels"]))
             start = {name: np.array(w) for name, w in ticket.weights.items()}
             start |= layout.unpack(vector)
             total = np.zeros(vector.size + 2, dtype=np.int64)
