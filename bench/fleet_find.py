@@ -35,6 +35,7 @@ cores) can be measured a seed per session:
 """
 
 import argparse
+import contextlib
 import json
 import platform
 import random
@@ -619,18 +620,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.new_seeds is not None:
         to_run = to_run[: max(0, args.new_seeds)]
     began = time.monotonic()
-    for seed in to_run:
-        if args.engine == "simulation":
-            with SimulationEngine(task, args.work / "simulation-engine") as engine:
+    with contextlib.ExitStack() as stack:
+        engine = None  # one Simulation Engine for every seed run now, started only if any is
+        if args.engine == "simulation" and to_run:
+            engine = stack.enter_context(SimulationEngine(task, args.work / "simulation-engine"))
+        for seed in to_run:
+            if engine is not None:
                 work = args.work / f"{args.task}-both" / f"seed-{seed}"
                 made = run_seed_both_engines(
                     task, engine, work, seed, densities, methods, not args.plaintext
                 )
-        else:
-            made = run_seed(task, args.work / args.task / f"seed-{seed}", seed, densities,
-                            methods, not args.plaintext)  # fmt: skip
-        kept.save(seed, made)
-        by_seed[seed] = made
+            else:
+                made = run_seed(task, args.work / args.task / f"seed-{seed}", seed, densities,
+                                methods, not args.plaintext)  # fmt: skip
+            kept.save(seed, made)
+            by_seed[seed] = made
     rows = [row for seed in sorted(by_seed) if (got := by_seed[seed]) for row in got]
     seeds = sum(1 for got in by_seed.values() if got)
     document = {
