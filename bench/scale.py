@@ -45,6 +45,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench import scale_privacy  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 COHORTS = (100, 1000)
 LENGTH = 100_000
@@ -599,6 +602,8 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
             "same cohort size, so the same choice).",
             "",
         ]
+    if document.get("privacy"):
+        lines += scale_privacy.markdown(document["privacy"])
     path.write_text("\n".join(lines))
 
 
@@ -618,7 +623,14 @@ def main(argv: list[str] | None = None) -> None:
     through.add_argument("--rounds", type=int, default=2)
     through.add_argument("--timeout", type=float, default=3600.0)
     through.add_argument("--work", type=Path, default=Path("/tmp/ticketfleet-bench-scale"))
-    for part in (unmask, byte_part, through):
+    private = parts.add_parser("privacy", help="epsilon and accuracy at 1,000 per round")
+    private.add_argument("--rounds", type=int, default=15)
+    private.add_argument("--population", type=int, default=scale_privacy.POPULATION)
+    private.add_argument("--per-round", type=int, default=scale_privacy.PER_ROUND)
+    private.add_argument("--noise", type=float, nargs="+", default=list(scale_privacy.NOISE))
+    private.add_argument("--timeout", type=float, default=7200.0)
+    private.add_argument("--work", type=Path, default=Path("/tmp/ticketfleet-bench-privacy"))
+    for part in (unmask, byte_part, through, private):
         part.add_argument("--seed", type=int, default=0)
         part.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -646,6 +658,8 @@ def main(argv: list[str] | None = None) -> None:
             if kept:
                 runs.append({**earlier, "rows": kept})
         document["throughput"] = {"runs": [*runs, run]}
+    elif args.part == "privacy":
+        document["privacy"] = {**scale_privacy.run_privacy(args), **made_by}
     else:
         document["bytes"] = {**run_bytes(args), **made_by}
     print(f"done in {time.perf_counter() - started:.0f} s", flush=True)

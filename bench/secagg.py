@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))  # `python bench/secagg.py` from a checkout
 from ticket import crypto, secagg  # noqa: E402
 from ticket.codec import HEADER_BYTES  # noqa: E402
 from ticket.secagg import SecAggParams, ServerRound  # noqa: E402
-from ticket.secagg.privacy import privatize  # noqa: E402
+from ticket.secagg.privacy import SkellamParams, privatize  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PARAMS = SecAggParams(clip=0.25, levels=2**14)
@@ -118,9 +118,12 @@ def one_round(n: int, k: int, *, dropped: int, seed: int) -> dict[str, Any]:
     t = time.process_time()
     result = server.result()
     server_cpu += time.process_time() - t
-    # Distributed DP's extra client work (clip + Gaussian share), timed apart from the crypto.
+    # Distributed DP's extra client work (clip, round within the bound, Skellam share), timed
+    # apart from the crypto.
+    dp = SkellamParams.plan(noise_multiplier=1.0, clip_norm=1.0, length=k, min_survivors=n)
     t = time.process_time()
-    privatize(inputs[1], clip_norm=1.0, noise_std=0.01, rng=np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    privatize(inputs[1], dp, bits=result.bits, rounding_rng=rng, noise_rng=rng)
     dp_cpu = time.process_time() - t
     survivors = sorted(result.survivors)
     exact = np.mean([inputs[u].astype(np.float64) for u in survivors], axis=0)

@@ -2,8 +2,9 @@
 
 Messages are ticket/wire.py's SecAggRequest and SecAggReply: an advert request -> a key advert,
 a key bundle -> a share bundle, a mask request (on a train message with the global values; under
-differential privacy with the clip norm and noise std) -> a masked input, an unmask request ->
-an unmask response. Nothing per node but the masked vector leaves: no example count, no loss.
+differential privacy with the Skellam mechanism's parameters) -> a masked input, an unmask
+request -> an unmask response. Nothing per node but the masked vector leaves: no example
+count, no loss.
 
 The node's protocol state (RoundSecrets until its shares go out, then NodeRound) lives in
 `context.state` (one run on one SuperNode: every message runs in a fresh clientapp process)
@@ -44,8 +45,8 @@ from ticket.secagg import (
     mask_input,
     reveal_shares,
 )
-from ticket.secagg.privacy import privatize
-from ticket.secagg.weighting import weighted_input
+from ticket.secagg.privacy import SkellamParams
+from ticket.secagg.weighting import EXTRA_VALUES, weighted_input
 from ticket.wire import SecAggReply, SecAggRequest, WireError
 
 STATE_KEY = "secagg-state"  # in context.state: a ConfigRecord of protocol state bytes
@@ -100,7 +101,13 @@ def train_step(message: Message, context: Context, trainer: Trainer) -> tuple[Me
         update = trainer()
         vector = _protocol("mask", lambda: _input(update, ask.dp, state.params, ask.weight_cap))
         rng = np.random.default_rng(update.seed)
-        masked, state = _protocol("mask", lambda: mask_input(request, state, vector, rng=rng))
+        # Under DP the noise is what hides this update: it comes from this device's own
+        # secret randomness, never from a seed the server knows (update.seed is derivable).
+        noise = np.random.default_rng(secrets.randbits(128)) if ask.dp is not None else None
+        masked, state = _protocol(
+            "mask",
+            lambda: mask_input(request, state, vector, rng=rng, dp=ask.dp, noise_rng=noise),
+        )
         store.put(f"round-{r}", state.to_bytes())
     if ask.advert_round is not None:
         advert = _advertise(store, context, ask.advert_round)
@@ -134,21 +141,15 @@ def query_step(message: Message, context: Context) -> Message:
 
 
 def _input(
-    update: LocalUpdate, dp: tuple[float, float] | None, params: SecAggParams, cap: int
+    update: LocalUpdate, dp: SkellamParams | None, params: SecAggParams, cap: int
 ) -> npt.NDArray[np.float32]:
-    """What this node masks: its weighted update, or under DP its clipped, noised update."""
+    """What this node masks: its weighted update with weight and loss, or under DP its update
+    alone (mask_input clips and noises it), with no example count and no loss: zeros."""
     if dp is None:
         return weighted_input(
             update.delta, examples=update.examples, loss=update.loss, params=params, cap=cap
         )
-    clip_norm, noise_std = dp
-    # The noise is what hides this update: it must come from this device's own secret
-    # randomness, never from a seed the server knows (update.seed is derivable by it).
-    noise_rng = np.random.default_rng(secrets.randbits(128))
-    noisy = privatize(update.delta, clip_norm=clip_norm, noise_std=noise_std, rng=noise_rng)
-    return weighted_input(
-        noisy, examples=update.examples, loss=None, params=params, cap=cap, flat=True
-    )
+    return np.concatenate([update.delta, np.zeros(EXTRA_VALUES, np.float32)])
 
 
 def _advertise(store: "StateStore", context: Context, round: int) -> bytes:

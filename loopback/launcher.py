@@ -290,7 +290,11 @@ class Loopback:
         earlier attempts too, and its round numbers (here and in `on_round`) are run-wide.
         """
         config = dict(run_config)
-        run_dir = runconfig.parse(config).placement.run_dir
+        parsed = runconfig.parse(config)
+        run_dir = parsed.placement.run_dir
+        population = (federation_config or {}).get("num-supernodes")
+        if isinstance(population, int) and not isinstance(population, bool):
+            parsed.training.check_population(population, "the federation's num-supernodes")
         log = RunLog(run_dir / "rounds.jsonl") if run_dir is not None else None
         earlier = log.read() if log is not None else []
         # Flower logs `[ROUND k/N]` counting from 1 in every attempt; a resumed run starts after

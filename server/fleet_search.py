@@ -33,7 +33,7 @@ import numpy.typing as npt
 import torch
 
 from server.checkpoint import RunCheckpoint
-from server.privacy import charged_rounds, epsilon
+from server.privacy import Release, charged_rounds, epsilon
 from server.rollout import push
 from server.run_log import RunLog, plot_run
 from server.run_settings import ServerSettings
@@ -430,7 +430,7 @@ def _history_line(
             "bytes_down": level.bytes_down,
             "devices": len(level.nodes),
             "train_loss": losses[-1] if losses else None,
-            "charged": charged_rounds(level.lines),
+            "charged": [release.to_json() for release in charged_rounds(level.lines)],
         }
     return line
 
@@ -440,7 +440,14 @@ def _found_ticket(
 ) -> Ticket:
     search, training = settings.search, settings.training
     spec = base.manifest
-    charged = [z for line in state.history for z in line.get("charged", [])]
+    try:
+        charged = [
+            Release.from_json(release)
+            for line in state.history
+            for release in line.get("charged", [])
+        ]
+    except ValueError as error:
+        raise SearchError(f"the search's state holds a bad privacy record: {error}") from None
     dp_epsilon = None
     if training.dp is not None and charged:
         dp_epsilon = epsilon(charged, training.dp.delta)

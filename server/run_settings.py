@@ -88,6 +88,11 @@ class ServerSettings:
                 "run config: dp-noise-multiplier needs secagg = true: without secure "
                 "aggregation the server sees each update with only its device's share of the noise"
             )
+        if self.dp is not None and self.secagg is not None and self.secagg.target_error > 0:
+            raise RunConfigError(
+                "run config: secagg-target-error does not apply under differential privacy: "
+                "the Skellam mechanism's integers set each round's levels; leave it at 0"
+            )
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,12 @@ def _secagg_plan(train: TrainingSettings) -> SecAggPlan | None:
 
 def _dp_plan(train: TrainingSettings) -> DpPlan | None:
     if train.dp_noise_multiplier == 0.0:
+        for key, value in (
+            ("dp-sampling-rate", train.dp_sampling_rate),
+            ("dp-epsilon-budget", train.dp_epsilon_budget),
+        ):
+            if value:
+                raise RunConfigError(f"run config: {key} needs dp-noise-multiplier > 0")
         return None
     try:
         return DpPlan.of(train)

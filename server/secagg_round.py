@@ -49,6 +49,7 @@ each stage waits for what it needs, not for the same thing:
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,7 +61,7 @@ from flwr.serverapp.strategy import Result
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from flower_wire import from_flower, to_flower
-from server.privacy import DpPlan, charged_rounds, epsilon
+from server.privacy import DpPlan, Release, charged_rounds, epsilon
 from server.strategy import (
     PAYLOAD_KEY,
     PackedFedAvg,
@@ -72,9 +73,9 @@ from server.strategy import (
 )
 from ticket.errors import TicketError
 from ticket.packing import PackLayout
-from ticket.runconfig import TrainingSettings
+from ticket.runconfig import RunConfigError, TrainingSettings
 from ticket.secagg import Phase, Roster, RoundAbortedError, SecAggParams, ServerRound
-from ticket.secagg.privacy import effective_noise_multiplier
+from ticket.secagg.privacy import SkellamParams, decode_sum
 from ticket.secagg.quantize import choose_quantization
 from ticket.secagg.weighting import EXTRA_VALUES, read_sum
 from ticket.wire import SECAGG, TRAIN_LOSS, SecAggReply, SecAggRequest, WireError
@@ -148,8 +149,17 @@ class SecurePackedFedAvg(PackedFedAvg):
         self.secagg = secagg
         self.roster = roster  # node id -> certified identity key; None: a development fleet
         self.dp = dp  # distributed differential privacy (server/privacy.py), or None
-        self._charged: list[float] = []  # z_eff of every round released under DP, in order
+        self._charged: list[Release] = []  # every round released under DP, in order
+        self._length = layout.size + EXTRA_VALUES  # what a node masks
+        # Under DP each device adds Skellam noise planned for the fewest survivors, and the
+        # round's q is what one device's integers span (ticket/secagg/privacy.py).
+        self.skellam: SkellamParams | None = None
         self._params = secagg.params()
+        if dp is not None:
+            self.skellam = dp.skellam(self._length, self.min_survivors)
+            levels = self.skellam.levels(self._length)
+            self._params = dataclasses.replace(self._params, levels=levels)
+        self._sampled: dict[int, dict[str, Any]] = {}  # round -> its Poisson sample's sizes
         self._timeout = 3600.0
         self._last_round = 0  # run-wide
         self._run_id = 0
@@ -189,9 +199,16 @@ class SecurePackedFedAvg(PackedFedAvg):
             first_round=first_round,
         )
 
-    def restore_privacy(self, lines: Iterable[Mapping[str, Any]]) -> None:
-        """A resumed run's privacy spending so far, from its run log's lines."""
+    def restore_privacy(self, lines: Iterable[Mapping[str, Any]], *, rounds_left: int) -> None:
+        """A resumed run's privacy spending so far, from its run log's lines; RunConfigError,
+        before any round, when the rounds left would take epsilon over dp-epsilon-budget."""
         self._charged = charged_rounds(lines)
+        if self.dp is not None and self.skellam is not None:
+            planned = self.dp.release(self.skellam, self._length, self.min_survivors)
+            try:
+                self.dp.check_budget(self._charged, rounds_left, planned)
+            except ValueError as error:
+                raise RunConfigError(f"run config: {error}") from None
 
     @property
     def min_survivors(self) -> int:
@@ -208,6 +225,8 @@ class SecurePackedFedAvg(PackedFedAvg):
         record.secagg = {"members": [], "survivors": [], "dropped": {}, "aborted": None}
         if self._current is None or self._current.round.round != r:
             self._setup(r, grid, record)
+        if r in self._sampled:  # drawn during round r - 1, or by the setup just now
+            record.secagg["sampling"] = self._sampled.pop(r)
         record.secagg["dropped"].update(self._carried)
         record.secagg["members"] = sorted(self._requests)
         self._next = None
@@ -225,10 +244,7 @@ class SecurePackedFedAvg(PackedFedAvg):
             ask = self._request(r, advert_round=r + 1 if node in asked else None)
             if node in self._requests:
                 # Under DP the device clips to C and adds its noise share.
-                dp = None
-                if self.dp is not None:
-                    dp = (self.dp.clip_norm, self.dp.noise_std(self.min_survivors))
-                ask = dataclasses.replace(ask, mask_request=self._requests[node], dp=dp)
+                ask = dataclasses.replace(ask, mask_request=self._requests[node], dp=self.skellam)
             records = ask.to_record()
             content = to_flower(records.merged(instruction) if node in self._requests else records)
             down = _size(content.config_records[SECAGG])
@@ -319,7 +335,12 @@ class SecurePackedFedAvg(PackedFedAvg):
         arrays = None
         if result is not None:
             try:
-                mean, weight, loss = read_sum(result.sum(), result.params)
+                if self.skellam is None:
+                    mean, weight, loss = read_sum(result.sum(), result.params)
+                else:  # every device weighs 1 and releases no loss under DP
+                    weight, loss = float(len(result.survivors)), math.nan
+                    total = decode_sum(result.total, result.bits, self.skellam.scale)
+                    mean = (total[:-EXTRA_VALUES] / weight).astype(np.float32)  # [k]
             except RoundAbortedError as error:
                 reason = str(error)
             else:
@@ -329,7 +350,7 @@ class SecurePackedFedAvg(PackedFedAvg):
                 secagg["levels"], secagg["bits"] = result.params.levels, result.bits
                 if self.dp is None:
                     record.train_metrics = {TRAIN_LOSS: loss}
-                else:  # devices release no loss under DP; the round's privacy cost instead
+                else:  # the round's privacy cost in place of a loss
                     secagg["dp"] = self._charge(len(result.survivors))
                 arrays = ArrayRecord({PAYLOAD_KEY: Array(self._global + mean)})
         if reason is not None:
@@ -340,19 +361,20 @@ class SecurePackedFedAvg(PackedFedAvg):
         )
         return arrays, metrics
 
-    def _charge(self, survivors: int) -> dict[str, float]:
+    def _charge(self, survivors: int) -> dict[str, Any]:
         """Account for one released sum of `survivors` noisy vectors (DP on)."""
-        if self.dp is None:
+        if self.dp is None or self.skellam is None:
             raise RuntimeError("no differential privacy plan to charge")
-        sigma = self.dp.noise_std(self.min_survivors)
-        z = effective_noise_multiplier(sigma, survivors, self.dp.clip_norm)
-        self._charged.append(z)
+        release = self.dp.release(self.skellam, self._length, survivors)
+        self._charged.append(release)
         return {
-            "noise_multiplier": z,
+            "mechanism": "skellam",
+            "noise_multiplier": release.noise_multiplier,
             "clip_norm": self.dp.clip_norm,
             "delta": self.dp.delta,
             "epsilon": epsilon(self._charged, self.dp.delta),
             "rounds_charged": len(self._charged),
+            "release": release.to_json(),
         }
 
     # ------------------------------------------------------------ setup and key rotation
@@ -415,7 +437,23 @@ class SecurePackedFedAvg(PackedFedAvg):
 
     def _sample(self, r: int, grid: Grid) -> list[int]:
         """The cohort of round r: FedAvg's sample, seeded by (seed, r) like the plain path;
-        under a round goal, the over-selected failure-weighted one (PackedFedAvg.sample)."""
+        under a round goal, the over-selected failure-weighted one (PackedFedAvg.sample);
+        under dp-sampling-rate q, a Poisson sample: each online node with probability q."""
+        if self.dp is not None and self.dp.sampling_rate > 0:
+            _, online = sample_nodes(grid, self.min_available_nodes, 0)  # waits for min-nodes
+            nodes = sorted(online)
+            # Seeded by (seed, r) so a resumed round draws the same cohort; the draw is the
+            # server's, which sees the cohort either way (server/privacy.py).
+            draw = np.random.default_rng([self.plan.seed, r]).random(len(nodes))  # [online]
+            rate = self.dp.sampling_rate
+            cohort = [node for node, u in zip(nodes, draw, strict=True) if u < rate]
+            self._sampled[r] = {
+                "kind": "poisson",
+                "rate": rate,
+                "online": len(nodes),
+                "sampled": len(cohort),
+            }
+            return cohort
         if self.policy.managed:
             return self.sample(r, grid)
         with seeded_sampling(self.plan.seed, r, "train"):

@@ -34,11 +34,9 @@ from server.run_log import RunLog, plot_run, round_line
 from server.secagg_round import SecAggPlan, SecurePackedFedAvg
 from server.strategy import PAYLOAD_KEY, PackedFedAvg, RoundPlan, RoundRecord
 from ticket.packing import PackLayout
-from ticket.secagg.privacy import saturation_margin
+from ticket.runconfig import RunConfigError
 
 logger = logging.getLogger(__name__)
-
-SATURATION_WARNING = 4.0  # secagg-clip below this many noise std: warn (saturation biases)
 
 
 @dataclass(frozen=True)
@@ -122,27 +120,19 @@ def make_strategy(
     }
     if secagg is None:
         return PackedFedAvg(layout, plan, rounds=rounds, **sampling)
-    strategy = SecurePackedFedAvg(
-        layout,
-        plan,
-        secagg,
-        rounds=rounds,
-        dp=dp,
-        roster=load_roster(roster) if roster is not None else None,
-        **sampling,
+    enrolled = load_roster(roster) if roster is not None else None
+    needed = max(min_nodes, plan.min_replies, rounds.goal if rounds is not None else 0)
+    if enrolled is not None and len(enrolled) < needed:
+        # Only enrolled devices can join a secure round: fewer than a round needs, and every
+        # round would wait for devices that do not exist.
+        raise RunConfigError(
+            f"run config: {roster} enrolls {len(enrolled)} device(s) for secure aggregation; "
+            f"a round needs {needed} (min-nodes, min-replies, round-goal): enroll more or "
+            "lower them"
+        )
+    return SecurePackedFedAvg(
+        layout, plan, secagg, rounds=rounds, dp=dp, roster=enrolled, **sampling
     )
-    if strategy.dp is not None:
-        sigma = strategy.dp.noise_std(strategy.min_survivors)
-        margin = saturation_margin(strategy.secagg.clip, sigma)
-        if margin < SATURATION_WARNING:
-            logger.warning(
-                "secagg-clip %.3g spans only %.1f of a device's noise std %.3g: noisy values "
-                "will saturate and bias the mean; raise secagg-clip",
-                strategy.secagg.clip,
-                margin,
-                sigma,
-            )
-    return strategy
 
 
 def run_resumable(
@@ -186,7 +176,7 @@ def run_resumable(
     # Who failed how recently (weights a managed round's sampling), from the kept rounds.
     strategy.history = FailureHistory.from_lines(log.read())
     if isinstance(strategy, SecurePackedFedAvg):  # privacy already spent by earlier rounds
-        strategy.restore_privacy(log.read())
+        strategy.restore_privacy(log.read(), rounds_left=max(num_rounds - done, 0))
     vector = initial if latest is None else latest.vector
     if done >= num_rounds:
         logger.warning(

@@ -201,14 +201,58 @@ class TrainingSettings:
     dp_delta: float = field(
         default=1e-5, metadata=_rules("epsilon is reported at this delta", gt=0, le=0.5)
     )
+    dp_sampling_rate: float = field(
+        default=0.0,
+        metadata=_rules(
+            "> 0: each round samples every online device with this probability (Poisson, in "
+            "place of fraction-train), and epsilon counts amplification by sampling",
+            ge=0,
+            le=1,
+        ),
+    )
+    dp_epsilon_budget: float = field(
+        default=0.0,
+        metadata=_rules(
+            "> 0: refuse, before any round, a run whose planned rounds would spend more", ge=0
+        ),
+    )
 
     def __post_init__(self) -> None:
         _check(self)
         # Only a round with a goal has a deadline, so only then must it come before the timeout.
+        if self.dp_sampling_rate > 0 and (self.round_goal > 0 or self.fraction_train != 1.0):
+            # Over-selection and failure-weighted draws would make some devices likelier than
+            # the rate the accountant charges; fraction-train would be a second cohort size.
+            raise RunConfigError(
+                "run config: dp-sampling-rate samples each round's cohort itself: leave "
+                "round-goal at 0 and fraction-train at 1"
+            )
         if self.round_goal > 0 and self.round_deadline_s > self.round_timeout_s:
             raise RunConfigError(
                 f"run config: round-deadline-s ({self.round_deadline_s:g}) must be <= "
                 f"round-timeout-s ({self.round_timeout_s:g}) when round-goal > 0"
+            )
+
+    def check_population(self, population: int, source: str) -> None:
+        """RunConfigError before any round when `population` devices (what `source` holds:
+        a simulation's num-supernodes, a roster's enrolled nodes) cannot give a round what the
+        run asks of it: every round would wait for devices that do not exist, or abort."""
+        for key, wanted in (
+            ("min-nodes", self.min_nodes),
+            ("min-replies", self.min_replies),
+            ("round-goal", self.round_goal),
+        ):
+            if wanted > population:
+                raise RunConfigError(
+                    f"run config: {key} = {wanted} needs at least {wanted} devices; {source} "
+                    f"has {population}"
+                )
+        expected = self.dp_sampling_rate * population
+        if self.dp_sampling_rate > 0 and expected < max(2, self.min_replies):
+            raise RunConfigError(
+                f"run config: dp-sampling-rate {self.dp_sampling_rate:g} of {population} devices "
+                f"({source}) samples {expected:.1f} a round on average, below min-replies "
+                f"{max(2, self.min_replies)}: most rounds would abort"
             )
 
 

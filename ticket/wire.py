@@ -29,9 +29,12 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import ClassVar, Final, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Final, Literal, Self, TypeVar
 
 from ticket.errors import TicketError
+
+if TYPE_CHECKING:  # ticket.secagg loads numpy; the daemon's idle loop imports this module
+    from ticket.secagg.privacy import SkellamParams
 
 # Record names in a message.
 ARRAYS = "arrays"
@@ -83,7 +86,8 @@ KEY_BUNDLE = "key-bundle"
 ADVERT_ROUND = "advert-round"
 BUNDLE_ROUND = "bundle-round"
 DP_CLIP_NORM = "dp-clip-norm"
-DP_NOISE_STD = "dp-noise-std"
+DP_SCALE = "dp-scale"
+DP_NOISE_VAR = "dp-noise-var"
 # ... and node to server.
 MASKED_INPUT = "masked-input"
 KEY_ADVERT = "key-advert"
@@ -621,7 +625,7 @@ class SecAggRequest:
     key_bundle: bytes | None = None  # with bundle_round -> share_bundle
     bundle_round: int | None = None
     advert_round: int | None = None  # -> key_advert
-    dp: tuple[float, float] | None = None  # (clip norm C, noise std sigma)
+    dp: "SkellamParams | None" = None
 
     def __post_init__(self) -> None:
         if (self.key_bundle is None) != (self.bundle_round is None):
@@ -638,7 +642,11 @@ class SecAggRequest:
             ADVERT_ROUND: self.advert_round,
         }
         if self.dp is not None:
-            parts |= {DP_CLIP_NORM: self.dp[0], DP_NOISE_STD: self.dp[1]}
+            parts |= {
+                DP_CLIP_NORM: self.dp.clip_norm,
+                DP_SCALE: self.dp.scale,
+                DP_NOISE_VAR: self.dp.noise_var,
+            }
         return Records(configs={SECAGG: {k: v for k, v in parts.items() if v is not None}})
 
     @classmethod
@@ -647,8 +655,18 @@ class SecAggRequest:
         message = _Message(cls.NAME, records, cls.RECORDS, alongside=TrainInstruction.RECORDS)
         ask = message.config(SECAGG)
         dp = None
-        if ask.has(DP_CLIP_NORM) or ask.has(DP_NOISE_STD):
-            dp = (ask.number(DP_CLIP_NORM, low=0.0), ask.number(DP_NOISE_STD, low=0.0))
+        if any(ask.has(key) for key in (DP_CLIP_NORM, DP_SCALE, DP_NOISE_VAR)):
+            from ticket.secagg.errors import ParamsError
+            from ticket.secagg.privacy import SkellamParams
+
+            try:
+                dp = SkellamParams(
+                    ask.number(DP_CLIP_NORM, low=0.0),
+                    ask.number(DP_SCALE, low=0.0),
+                    ask.number(DP_NOISE_VAR, low=0.0),
+                )
+            except ParamsError as error:
+                raise WireError(f"{cls.NAME}: {error}") from None
         bundle = ask.optional(KEY_BUNDLE, ask.raw)
         request = cls(
             round=ask.integer(ROUND),

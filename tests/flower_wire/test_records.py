@@ -9,6 +9,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flower_wire import from_flower, reply, to_flower
 from tests.inprocess import server_identity
 from ticket import wire
+from ticket.secagg.privacy import SkellamParams
 from ticket.wire import Records, SecAggRequest, TrainInstruction, TrainReply, WireError
 
 SCHEDULE = wire.Schedule(epochs=1, batch_size=32, lr=1e-3, optimizer="adam")
@@ -16,7 +17,8 @@ SCHEDULE = wire.Schedule(epochs=1, batch_size=32, lr=1e-3, optimizer="adam")
 
 def test_records_round_trip_through_flower() -> None:
     ask = TrainInstruction("a" * 64, 2, b"codec bytes", "int8", SCHEDULE, seed=3).to_record()
-    both = SecAggRequest(2, 100, mask_request=b"m", dp=(0.5, 0.1)).to_record().merged(ask)
+    dp = SkellamParams(0.5, 100.0, 4.0)
+    both = SecAggRequest(2, 100, mask_request=b"m", dp=dp).to_record().merged(ask)
 
     content = to_flower(both)
 

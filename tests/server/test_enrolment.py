@@ -209,3 +209,37 @@ def test_an_enrolment_under_a_reserved_node_id_is_not_written(tmp_path: Path) ->
         records.add(Enrolment(1, "b", "SHA256:b", line, "2026-12-04T00:00:00+00:00"))
     assert [entry.node_id for entry in records.read()] == [7]
     assert check_node_id(2**64 - 1, "x") == 2**64 - 1
+
+
+def test_a_secure_run_needing_more_devices_than_are_enrolled_is_refused(tmp_path: Path) -> None:
+    from server.secagg_round import SecAggPlan
+    from server.strategy import RoundPlan
+    from server.training_run import make_strategy
+    from ticket.packing import PackLayout
+    from ticket.runconfig import RunConfigError
+    from ticket.train_config import TrainConfig
+
+    signing, _ = generate_signing_key()
+    line, fingerprint = read_node_key(_node_key(tmp_path))
+    records = EnrolmentRecords(tmp_path / "nodes.json")
+    for node in (42, 43):
+        certificate = secagg_certificate(signing, node, line)
+        records.add(Enrolment(node, f"n{node}", fingerprint, line, "2026-01-01", certificate))
+    layout = PackLayout(("w",), ((3,),), {})
+    plan = RoundPlan("t", TrainConfig(epochs=1, batch_size=1, lr=0.1), min_replies=1)
+
+    def strategy(min_nodes: int) -> object:
+        return make_strategy(
+            layout,
+            plan,
+            fraction_train=1.0,
+            fraction_evaluate=0.0,
+            min_nodes=min_nodes,
+            secagg=SecAggPlan(),
+            dp=None,
+            roster=tmp_path / "nodes.json",
+        )
+
+    assert strategy(2) is not None
+    with pytest.raises(RunConfigError, match=r"nodes.json enrolls 2 device\(s\) .* needs 3"):
+        strategy(3)

@@ -1,8 +1,9 @@
 """Distributed differential privacy in-process against the real ClientApp (heart-uci, 4 nodes).
 
 Oracle: the plaintext run trains the same local models (training is seeded by run seed, round
-and node), so the noiseless DP aggregate must be the flat mean of the clipped updates, and the
-noise on the real aggregate must have the standard deviation the plan promises.
+and node), so the noiseless DP aggregate must be the flat mean of the clipped updates (up to
+the integer rounding), and the Skellam noise on the real aggregate must have the standard
+deviation the plan promises.
 """
 
 import json
@@ -16,7 +17,7 @@ from flwr.app import Array, ArrayRecord, Message
 from flwr.serverapp.strategy import Result
 
 from edge_daemon import client_app
-from server.privacy import DpPlan, epsilon
+from server.privacy import DpPlan, Release, epsilon
 from server.secagg_round import SecAggPlan, SecurePackedFedAvg
 from server.server_app import RunConfigError, ServerSettings
 from server.strategy import PAYLOAD_KEY, PackedFedAvg, RoundPlan
@@ -26,7 +27,7 @@ from ticket.bundle import Ticket
 from ticket.codec import Kind, decode_vector
 from ticket.packing import PackLayout
 from ticket.secagg.privacy import clip_l2
-from ticket.secagg.weighting import mean_error_bound
+from ticket.secagg.weighting import EXTRA_VALUES
 from ticket.train_config import TrainConfig
 from ticket.wire import ARRAYS as ARRAYS_KEY
 from ticket.wire import PACKED
@@ -105,11 +106,12 @@ def test_the_noiseless_aggregate_is_the_flat_mean_of_the_clipped_updates(
     strategy = _strategy(ticket, nearly_noiseless)
     got = _one_round(strategy, InProcessGrid(client_app.app, heart_nodes(ticket_path)), ticket)
 
-    bound = mean_error_bound(SECAGG.params(), nodes=4, weight=4.0) + 1e-6
+    assert strategy.skellam is not None
+    bound = 1 / strategy.skellam.scale + 1e-6  # each device's rounding moves a value < 1 step
     assert np.abs(got - expected).max() <= bound
     record = strategy.rounds[1]
     assert record.train_metrics == {}  # no loss is released under DP
-    assert record.secagg is not None and record.secagg["weight"] == pytest.approx(4.0, abs=1e-3)
+    assert record.secagg is not None and record.secagg["weight"] == 4.0
 
 
 def test_the_noise_on_the_aggregate_has_the_planned_deviation(
@@ -125,17 +127,21 @@ def test_the_noise_on_the_aggregate_has_the_planned_deviation(
 
     noisy = _one_round(strategy, InProcessGrid(client_app.app, heart_nodes(ticket_path)), ticket)
 
-    # t = 2 (min survivors): each of 4 devices adds sigma = z C / sqrt(2); the mean of 4 carries
-    # sqrt(4) sigma / 4. The sum's noise multiplier is sqrt(4) sigma / C = sqrt(2) z.
-    sigma = plan.noise_multiplier * CLIP_NORM / np.sqrt(2)
-    expected_std = np.sqrt(4) * sigma / 4
+    # t = 2 (min survivors): each of 4 devices adds Skellam variance (z D2)^2 / 2 integer units;
+    # the mean of 4 carries sqrt(4 mu) / (4 s). The sum's noise multiplier is sqrt(2) z.
+    params = strategy.skellam
+    assert params is not None
+    length = PackLayout.from_ticket(ticket).size + EXTRA_VALUES
+    expected_std = np.sqrt(4 * params.noise_var) / (4 * params.scale)
+    assert params.noise_var == pytest.approx((params.l2_sensitivity(length) ** 2) / 2)
     noise = noisy - noiseless  # float32 [k]
     assert noise.size > 200
     assert np.std(noise) == pytest.approx(expected_std, rel=0.15)
     assert abs(np.mean(noise)) < 4 * expected_std / np.sqrt(noise.size)
     dp = strategy.rounds[1].secagg["dp"]  # type: ignore[index]
+    assert dp["mechanism"] == "skellam"
     assert dp["noise_multiplier"] == pytest.approx(np.sqrt(2))
-    assert dp["epsilon"] == pytest.approx(epsilon([np.sqrt(2)], 1e-5))
+    assert dp["epsilon"] == pytest.approx(epsilon([plan.release(params, length, 4)], 1e-5))
 
 
 def test_epsilon_accumulates_across_rounds_and_a_resume(
@@ -159,8 +165,9 @@ def test_epsilon_accumulates_across_rounds_and_a_resume(
     assert [entry["rounds_charged"] for entry in spent] == [1, 2, 3]
     epsilons = [entry["epsilon"] for entry in spent]
     assert epsilons[0] < epsilons[1] < epsilons[2]
-    z = 2.0 * np.sqrt(2)
-    assert epsilons[2] == pytest.approx(epsilon([z, z, z], 1e-5))
+    assert [entry["noise_multiplier"] for entry in spent] == pytest.approx([2.0 * np.sqrt(2)] * 3)
+    releases = [Release.from_json(entry["release"]) for entry in spent]
+    assert epsilons[2] == pytest.approx(epsilon(releases, 1e-5))
     assert all(line["train"]["loss"] is None for line in lines)
 
 
@@ -206,3 +213,85 @@ def test_run_config_turns_privacy_on_only_with_secure_aggregation() -> None:
         ServerSettings.from_run_config({**on, "dp-delta": 1.5})
     with pytest.raises(RunConfigError, match="dp-noise-multiplier: must be a number >= 0"):
         ServerSettings.from_run_config({**on, "dp-noise-multiplier": "lots"})
+
+
+def test_poisson_sampling_draws_each_cohort_at_the_rate_and_charges_it(
+    ticket_path: Path, ticket: Ticket, tmp_path: Path
+) -> None:
+    plan = DpPlan(noise_multiplier=2.0, clip_norm=CLIP_NORM, sampling_rate=0.6)
+    grid = InProcessGrid(client_app.app, heart_nodes(ticket_path))
+    random.seed(0)
+    with server_identity():
+        run_resumable(
+            _strategy(ticket, plan),
+            grid,
+            _initial(ticket),
+            run_dir=tmp_path / "run",
+            num_rounds=4,
+            timeout=60,
+        )
+
+    lines = [json.loads(line) for line in (tmp_path / "run/rounds.jsonl").read_text().splitlines()]
+    nodes = sorted(grid.get_node_ids())
+    released = []
+    for line in lines:
+        draw = np.random.default_rng([0, line["round"]]).random(len(nodes))  # seed 0, round r
+        sampled = [node for node, u in zip(nodes, draw, strict=True) if u < 0.6]
+        assert line["secagg"]["sampling"] == {
+            "kind": "poisson",
+            "rate": 0.6,
+            "online": 4,
+            "sampled": len(sampled),
+        }
+        assert set(line["secagg"]["members"]) <= set(sampled)
+        if len(sampled) < 2:  # below min survivors: the round releases nothing, costs nothing
+            assert line["secagg"]["aborted"] and line["secagg"].get("dp") is None
+        else:
+            assert line["secagg"]["survivors"] == sampled
+            released.append(Release.from_json(line["secagg"]["dp"]["release"]))
+    assert released and all(release.rate == 0.6 for release in released)
+    assert lines[-1]["secagg"]["dp"]["epsilon"] == pytest.approx(epsilon(released, 1e-5))
+
+
+def test_a_run_over_its_epsilon_budget_is_refused_before_any_round(
+    ticket_path: Path, ticket: Ticket, tmp_path: Path
+) -> None:
+    plan = DpPlan(noise_multiplier=1.0, clip_norm=CLIP_NORM, epsilon_budget=5.0)
+    grid = InProcessGrid(client_app.app, heart_nodes(ticket_path))
+    with server_identity(), pytest.raises(RunConfigError, match="over the budget of 5"):
+        run_resumable(
+            _strategy(ticket, plan),
+            grid,
+            _initial(ticket),
+            run_dir=tmp_path / "run",
+            num_rounds=50,
+            timeout=60,
+        )
+    assert (
+        not (tmp_path / "run/rounds.jsonl").exists()
+        or not (tmp_path / "run/rounds.jsonl").read_text()
+    )
+    assert not list((tmp_path / "run").glob("checkpoints/*"))
+
+
+def test_run_config_refuses_sampling_and_budget_settings_that_cannot_hold() -> None:
+    base = {
+        "ticket-path": "/t.ticket",
+        "run-dir": "/run",
+        "secagg": True,
+        "dp-noise-multiplier": 1.0,
+    }
+    on = ServerSettings.from_run_config({**base, "dp-sampling-rate": 0.1, "dp-epsilon-budget": 8})
+    assert on.dp == DpPlan(1.0, 0.1, 1e-5, 0.1, 8.0)
+    with pytest.raises(RunConfigError, match="leave round-goal at 0 and fraction-train at 1"):
+        ServerSettings.from_run_config({**base, "dp-sampling-rate": 0.1, "round-goal": 5})
+    with pytest.raises(RunConfigError, match="leave round-goal at 0 and fraction-train at 1"):
+        ServerSettings.from_run_config({**base, "dp-sampling-rate": 0.1, "fraction-train": 0.5})
+    with pytest.raises(RunConfigError, match="secagg-target-error does not apply"):
+        ServerSettings.from_run_config({**base, "secagg-target-error": 0.01})
+    with pytest.raises(RunConfigError, match="dp-sampling-rate needs dp-noise-multiplier > 0"):
+        ServerSettings.from_run_config({**base, "dp-noise-multiplier": 0, "dp-sampling-rate": 0.5})
+    with pytest.raises(RunConfigError, match="dp-epsilon-budget needs dp-noise-multiplier > 0"):
+        ServerSettings.from_run_config({**base, "dp-noise-multiplier": 0, "dp-epsilon-budget": 1})
+    with pytest.raises(RunConfigError, match=r"dp-sampling-rate: must be a number in \[0, 1\]"):
+        ServerSettings.from_run_config({**base, "dp-sampling-rate": 1.5})

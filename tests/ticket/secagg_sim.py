@@ -24,6 +24,7 @@ from ticket.secagg import (
     SecAggParams,
     ServerRound,
 )
+from ticket.secagg.privacy import SkellamParams, privatize
 
 # (step, node, bytes) -> bytes actually delivered; steps: advert, bundle, shares, mask_request,
 # masked, unmask_request, reveal.
@@ -70,6 +71,7 @@ class Simulation:
     seed: int = 0
     certified: bool = True
     target_error: float | None = None  # ServerRound's: levels chosen from the cohort
+    dp: SkellamParams | None = None  # nodes privatise their inputs (distributed Skellam)
     # Like the glue: a message the server refuses is left out, and a node that refuses a step
     # sits the round out; each refusal is kept in `refused`. False: the error propagates.
     tolerant: bool = False
@@ -146,14 +148,26 @@ class Simulation:
         for node, request in self.server.mask_requests().items():
             # The same rng seed twice: once for the oracle, once inside mask_input; under the
             # parameters the key bundles carried (the server's, once the cohort is fixed).
-            self.levels[node] = secagg.quantize(
-                self.inputs[node], self.server.params, np.random.default_rng(node)
-            )
+            if self.dp is None:
+                self.levels[node] = secagg.quantize(
+                    self.inputs[node], self.server.params, np.random.default_rng(node)
+                )
+            else:
+                bits = self.server.bits
+                self.levels[node] = privatize(
+                    self.inputs[node],
+                    self.dp,
+                    bits=bits,
+                    rounding_rng=np.random.default_rng(node),
+                    noise_rng=np.random.default_rng(1000 + node),
+                )
             masked, self.states[node] = secagg.mask_input(
                 self._record("mask_request", node, request),
                 self.states[node],
                 self.inputs[node],
                 rng=np.random.default_rng(node),
+                dp=self.dp,
+                noise_rng=None if self.dp is None else np.random.default_rng(1000 + node),
             )
             if node not in drops.before_mask:
                 self.server.add_masked_input(node, self._record("masked", node, masked))

@@ -171,3 +171,21 @@ def test_replace_table_rewrites_only_the_table() -> None:
     replaced = runconfig.replace_table(text)
 
     assert replaced == f"[a]\nx = 1\n\n{runconfig.render_table()}\n[b]\ny = 2\n"
+
+
+def test_a_population_too_small_for_the_run_is_refused_before_any_round() -> None:
+    from ticket.runconfig import TrainingSettings
+
+    TrainingSettings(min_nodes=10).check_population(10, "the federation's num-supernodes")
+    with pytest.raises(RunConfigError, match="min-nodes = 11 needs at least 11 devices; the fed"):
+        TrainingSettings(min_nodes=11).check_population(10, "the federation's num-supernodes")
+    with pytest.raises(RunConfigError, match="round-goal = 20 needs at least 20 devices"):
+        TrainingSettings(round_goal=20).check_population(10, "nodes.json")
+    with pytest.raises(RunConfigError, match="min-replies = 12 needs at least 12"):
+        TrainingSettings(min_replies=12).check_population(10, "nodes.json")
+    sampled = TrainingSettings(
+        secagg=True, dp_noise_multiplier=1.0, dp_sampling_rate=0.01, min_replies=5
+    )
+    with pytest.raises(RunConfigError, match=r"samples 1\.0 a round on average, below min-repl"):
+        sampled.check_population(100, "nodes.json")
+    sampled.check_population(1000, "nodes.json")

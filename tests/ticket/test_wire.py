@@ -10,6 +10,7 @@ import pytest
 
 from ticket import wire
 from ticket.errors import TicketError
+from ticket.secagg.privacy import SkellamParams
 from ticket.wire import (
     Blob,
     EvaluateInstruction,
@@ -58,7 +59,9 @@ EXAMPLES: dict[str, Any] = {
     "ModelPush": ModelPush("a" * 64, 5, b"model"),
     "ModelAck": ModelAck(wire.KEPT),
     "ModelAck+rejected": ModelAck(wire.REJECTED, "ticket not cached"),
-    "SecAggRequest": SecAggRequest(1, 100, mask_request=b"m", advert_round=2, dp=(0.5, 0.1)),
+    "SecAggRequest": SecAggRequest(
+        1, 100, mask_request=b"m", advert_round=2, dp=SkellamParams(0.5, 100.0, 4.0)
+    ),
     "SecAggRequest+unmask": SecAggRequest(
         1, 100, unmask_request=b"u", key_bundle=b"k", bundle_round=2
     ),
@@ -222,15 +225,22 @@ def test_secagg_parts_that_travel_together() -> None:
     ask = SecAggRequest(1, 100, key_bundle=b"k", bundle_round=2).to_record()
     no_round = _edit_config(ask, wire.SECAGG, bundle_round=_DROP)
     half_dp = _edit_config(
-        SecAggRequest(1, 100, mask_request=b"m", dp=(0.5, 0.1)).to_record(),
+        SecAggRequest(1, 100, mask_request=b"m", dp=SkellamParams(0.5, 100.0, 4.0)).to_record(),
         wire.SECAGG,
-        dp_noise_std=_DROP,
+        dp_noise_var=_DROP,
+    )
+    bad_dp = _edit_config(
+        SecAggRequest(1, 100, mask_request=b"m", dp=SkellamParams(0.5, 100.0, 4.0)).to_record(),
+        wire.SECAGG,
+        dp_scale=0.0,
     )
 
     with pytest.raises(WireError, match=re.escape("secagg request: secagg.bundle-round: missing")):
         SecAggRequest.from_record(no_round)
-    with pytest.raises(WireError, match=re.escape("secagg.dp-noise-std: missing")):
+    with pytest.raises(WireError, match=re.escape("secagg.dp-noise-var: missing")):
         SecAggRequest.from_record(half_dp)
+    with pytest.raises(WireError, match="secagg request: DP scale must be a positive"):
+        SecAggRequest.from_record(bad_dp)
     with pytest.raises(
         WireError, match=re.escape("secagg reply: secagg.masked-input: expected bytes")
     ):
@@ -315,7 +325,8 @@ GOLDEN = {
             "secagg": [
                 "advert-round",
                 "dp-clip-norm",
-                "dp-noise-std",
+                "dp-noise-var",
+                "dp-scale",
                 "mask-request",
                 "round",
                 "weight-cap",

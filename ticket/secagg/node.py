@@ -18,6 +18,7 @@ from ticket.secagg import shamir
 from ticket.secagg.bitpack import pack_bits
 from ticket.secagg.errors import (
     MessageError,
+    ParamsError,
     RevealRefusedError,
     RoundAbortedError,
     RoundStateError,
@@ -42,6 +43,7 @@ from ticket.secagg.messages import (
     round_view,
 )
 from ticket.secagg.params import SecAggParams
+from ticket.secagg.privacy import SkellamParams, privatize
 from ticket.secagg.quantize import quantize
 from ticket.secagg.shamir import Entropy
 
@@ -181,10 +183,20 @@ def distribute_shares(
 
 
 def mask_input(
-    request: bytes, state: NodeRound, update: npt.ArrayLike, *, rng: np.random.Generator
+    request: bytes,
+    state: NodeRound,
+    update: npt.ArrayLike,
+    *,
+    rng: np.random.Generator,
+    dp: SkellamParams | None = None,
+    noise_rng: np.random.Generator | None = None,
 ) -> tuple[bytes, NodeRound]:
     """(MaskedInput bytes, state): quantise `update`, add the self mask and the pairwise masks
-    of the neighbours among the request's members, bit-pack at ceil(log2(members * q)) bits."""
+    of the neighbours among the request's members, bit-pack at ceil(log2(members * q)) bits.
+
+    Under differential privacy (`dp`), the update is clipped, rounded to integers and noised
+    (privacy.py's distributed Skellam, `noise_rng` the device's secret randomness) in place of
+    the quantiser; the node first checks that the round's q holds what it will add."""
     s = state.secrets
     if state.is_masked or state.revealed:
         raise RoundStateError(
@@ -208,7 +220,18 @@ def mask_input(
     bits = state.params.modulus_bits(len(ask.members))
     publics = {peer: keys.mask_key for peer, keys in live}
     seeds = pair_seeds(s.mask_secret, publics, run_id=s.run_id, round=s.round, me=s.node_id)
-    levels = quantize(values, state.params, rng)  # [k] in 0..q-1
+    if dp is None:
+        levels = quantize(values, state.params, rng)  # [k] in 0..q-1
+    else:
+        if noise_rng is None:
+            raise ParamsError("differential privacy needs the device's own noise randomness")
+        needed = dp.levels(ask.length)
+        if state.params.levels < needed:
+            raise MessageError(
+                f"the round's {state.params.levels} levels cannot hold this device's DP values "
+                f"({needed} needed): the sum would wrap around"
+            )
+        levels = privatize(values, dp, bits=bits, rounding_rng=rng, noise_rng=noise_rng)
     masked = mask(levels, s.seed, seeds, s.node_id, bits)  # [k] mod 2^bits
     reply = MaskedInput(
         s.run_id, s.round, s.node_id, SERVER, bits, ask.length, pack_bits(masked, bits)
