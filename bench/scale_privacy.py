@@ -78,7 +78,7 @@ def run_privacy(args: Any) -> dict[str, Any]:
                 allow_unsigned=True,
                 num_rounds=args.rounds,
                 fraction_evaluate=0.0,
-                min_nodes=args.population,
+                min_nodes=args.per_round,
                 min_replies=min_replies,
                 seed=args.seed,
                 server_eval="mnist",

@@ -8,11 +8,13 @@ import pytest
 
 from loopback.launcher import Loopback, LoopbackError
 from server.checkpoint import VECTOR_KEY
+from server.privacy import Release, epsilon
 from tests.inprocess import find_ticket
 from ticket.bundle import read_ticket
 from ticket.packing import PackLayout
 from ticket.runconfig import (
     RunConfig,
+    RunConfigError,
     RunPlacement,
     SearchSettings,
     SimulationSettings,
@@ -116,10 +118,32 @@ def test_a_secure_round_of_50_virtual_devices_is_the_plaintext_mean_within_quant
     simulation = SimulationSettings(
         sim_dataset="heart-uci", sim_partition="iid", sim_num_partitions=devices
     )
+    # Distributed DP on the same engine: Poisson cohorts at rate 0.8, Skellam noise, epsilon.
+    private = replace(
+        secure,
+        num_rounds=2,
+        min_replies=30,
+        dp_noise_multiplier=1.0,
+        dp_clip_norm=0.5,
+        dp_sampling_rate=0.8,
+    )
     runs = {}
     fleet = Loopback(tmp_path / "sim", APP_DIR, [], simulation=True, grace_s=5.0)
     federation = {"num-supernodes": devices, "client-resources-num-cpus": 1}
     with fleet:
+        too_few = RunConfig(
+            placement=RunPlacement(ticket_path=ticket, run_dir=tmp_path / "too-few"),
+            training=replace(plain, min_nodes=devices + 1),
+            simulation=simulation,
+        )
+        with pytest.raises(RunConfigError, match="min-nodes = 51 needs at least 51 devices"):
+            fleet.run(to_run_config(too_few), timeout_s=60.0, federation_config=federation)
+        dp_run = RunConfig(
+            placement=RunPlacement(ticket_path=ticket, run_dir=tmp_path / "dp"),
+            training=private,
+            simulation=simulation,
+        )
+        dp_outcome = fleet.run(to_run_config(dp_run), timeout_s=300.0, federation_config=federation)
         for name, training in (("plain", plain), ("secure", secure)):
             run = RunConfig(
                 placement=RunPlacement(ticket_path=ticket, run_dir=tmp_path / name),
@@ -133,6 +157,18 @@ def test_a_secure_round_of_50_virtual_devices_is_the_plaintext_mean_within_quant
             tensors, _ = read_tensor_file(tmp_path / name / "checkpoints" / "round-000001.ckpt")
             runs[name] = (tensors[VECTOR_KEY].astype(np.float64), line)
     assert fleet.alive() == []
+
+    assert dp_outcome.completed, dp_outcome.status
+    releases = []
+    for dp_line in dp_outcome.rounds:
+        sampling, dp = dp_line["secagg"]["sampling"], dp_line["secagg"]["dp"]
+        assert sampling["kind"] == "poisson" and sampling["online"] == devices
+        assert 30 <= sampling["sampled"] == len(dp_line["participants"]) < devices
+        assert dp["mechanism"] == "skellam" and dp["noise_multiplier"] >= 1.0
+        releases.append(Release.from_json(dp["release"]))
+        assert releases[-1].rate == 0.8
+        assert dp["epsilon"] == pytest.approx(epsilon(releases, 1e-5))
+    assert dp_outcome.rounds[1]["secagg"]["dp"]["rounds_charged"] == 2
 
     start = PackLayout.from_ticket(read_ticket(ticket, allow_unsigned=True))
     initial = start.pack(read_ticket(ticket, allow_unsigned=True).weights).astype(np.float64)
