@@ -86,9 +86,10 @@ def run_settings(strategy: PackedFedAvg, **extra: Any) -> dict[str, Any]:
         },
         # Secure aggregation changes what is averaged (clip, quantisation): part of the run.
         **({"secagg": asdict(strategy.secagg)} if isinstance(strategy, SecurePackedFedAvg) else {}),
-        # So does differential privacy: a run's epsilon composes rounds of one plan.
+        # So does differential privacy: a run's epsilon composes rounds of one plan. The
+        # budget is not part of the plan: a resumed run may raise or lower it.
         **(
-            {"dp": asdict(strategy.dp)}
+            {"dp": {k: v for k, v in asdict(strategy.dp).items() if k != "epsilon_budget"}}
             if isinstance(strategy, SecurePackedFedAvg) and strategy.dp is not None
             else {}
         ),

@@ -295,3 +295,29 @@ def test_run_config_refuses_sampling_and_budget_settings_that_cannot_hold() -> N
         ServerSettings.from_run_config({**base, "dp-noise-multiplier": 0, "dp-epsilon-budget": 1})
     with pytest.raises(RunConfigError, match=r"dp-sampling-rate: must be a number in \[0, 1\]"):
         ServerSettings.from_run_config({**base, "dp-sampling-rate": 1.5})
+
+
+def test_a_resumed_run_may_change_its_budget_but_not_its_sampling(
+    ticket_path: Path, ticket: Ticket, tmp_path: Path
+) -> None:
+    from server.checkpoint import CheckpointError
+
+    def run(plan: DpPlan, rounds: int) -> None:
+        random.seed(0)
+        with server_identity():
+            run_resumable(
+                _strategy(ticket, plan),
+                InProcessGrid(client_app.app, heart_nodes(ticket_path)),
+                _initial(ticket),
+                run_dir=tmp_path / "run",
+                num_rounds=rounds,
+                timeout=60,
+            )
+
+    run(DpPlan(2.0, CLIP_NORM, epsilon_budget=50.0), 1)
+    spent = json.loads((tmp_path / "run/rounds.jsonl").read_text())["secagg"]["dp"]["epsilon"]
+    with pytest.raises(RunConfigError, match="1 rounds spent and 1 to go"):
+        run(DpPlan(2.0, CLIP_NORM, epsilon_budget=spent * 1.01), 2)  # what is left is too little
+    run(DpPlan(2.0, CLIP_NORM, epsilon_budget=60.0), 2)  # a raised budget resumes
+    with pytest.raises(CheckpointError, match="settings"):
+        run(DpPlan(2.0, CLIP_NORM, sampling_rate=0.5), 3)
