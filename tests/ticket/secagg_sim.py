@@ -72,6 +72,7 @@ class Simulation:
     certified: bool = True
     target_error: float | None = None  # ServerRound's: levels chosen from the cohort
     dp: SkellamParams | None = None  # nodes privatise their inputs (distributed Skellam)
+    count_cap: int | None = None  # inputs are counts in 0..cap, summed exactly
     # Like the glue: a message the server refuses is left out, and a node that refuses a step
     # sits the round out; each refusal is kept in `refused`. False: the error propagates.
     tolerant: bool = False
@@ -148,7 +149,9 @@ class Simulation:
         for node, request in self.server.mask_requests().items():
             # The same rng seed twice: once for the oracle, once inside mask_input; under the
             # parameters the key bundles carried (the server's, once the cohort is fixed).
-            if self.dp is None:
+            if self.count_cap is not None:
+                self.levels[node] = self.inputs[node].astype(np.uint32)
+            elif self.dp is None:
                 self.levels[node] = secagg.quantize(
                     self.inputs[node], self.server.params, np.random.default_rng(node)
                 )
@@ -168,6 +171,7 @@ class Simulation:
                 rng=np.random.default_rng(node),
                 dp=self.dp,
                 noise_rng=None if self.dp is None else np.random.default_rng(1000 + node),
+                count_cap=self.count_cap,
             )
             if node not in drops.before_mask:
                 self.server.add_masked_input(node, self._record("masked", node, masked))

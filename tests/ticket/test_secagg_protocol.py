@@ -498,3 +498,44 @@ def test_can_rebuild_says_exactly_which_unmask_responses_let_the_round_finish() 
                 finished = True
             assert predicted is finished, responders
     assert predicted and size == len(survivors)  # every survivor answering always finishes
+
+
+def test_counts_are_summed_exactly_under_dropouts() -> None:
+    """The integers mode a federated fit of the encoding uses (ticket/data/heart_counts.py):
+    counts in 0..cap go into the masked sum as they are."""
+    cap = 300
+    sim = Simulation(
+        nodes=(3, 4, 5, 6, 7), length=50, params=SecAggParams(clip=1.0, levels=cap + 1),
+        count_cap=cap,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    for node in sim.nodes:
+        sim.inputs[node] = rng.integers(0, cap + 1, 50).astype(np.float32)
+
+    result = sim.run(Drops(before_mask=(6,)))
+
+    assert result.survivors == (3, 4, 5, 7)
+    exact = sum(sim.inputs[u].astype(np.int64) for u in result.survivors)
+    np.testing.assert_array_equal(result.total.astype(np.int64), exact)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "levels", "message"),
+    [
+        (np.full(5, 2.5), 11, "counts must be integers"),
+        (np.full(5, -1.0), 11, r"counts must be in 0\.\.10"),
+        (np.full(5, 11.0), 11, r"counts must be in 0\.\.10"),
+        (np.full(5, 1.0), 10, "cannot hold counts up to 10"),
+        (np.full(5, np.nan), 11, "counts must be integers"),
+    ],
+)
+def test_a_node_refuses_counts_it_cannot_sum_exactly(
+    inputs: np.ndarray, levels: int, message: str
+) -> None:
+    sim = Simulation(
+        nodes=(1, 2, 3), length=5, params=SecAggParams(clip=1.0, levels=levels), count_cap=10
+    )
+    for node in sim.nodes:
+        sim.inputs[node] = inputs
+    with pytest.raises(MessageError, match=message):
+        sim.run()

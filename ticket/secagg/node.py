@@ -190,13 +190,17 @@ def mask_input(
     rng: np.random.Generator,
     dp: SkellamParams | None = None,
     noise_rng: np.random.Generator | None = None,
+    count_cap: int | None = None,
 ) -> tuple[bytes, NodeRound]:
     """(MaskedInput bytes, state): quantise `update`, add the self mask and the pairwise masks
     of the neighbours among the request's members, bit-pack at ceil(log2(members * q)) bits.
 
     Under differential privacy (`dp`), the update is clipped, rounded to integers and noised
     (privacy.py's distributed Skellam, `noise_rng` the device's secret randomness) in place of
-    the quantiser; the node first checks that the round's q holds what it will add."""
+    the quantiser; the node first checks that the round's q holds what it will add. With
+    `count_cap`, `update` holds counts (integers in 0..cap, e.g. a histogram of readings) that
+    are masked as they are, so the server unmasks their exact sum; the round's q must exceed
+    the cap."""
     s = state.secrets
     if state.is_masked or state.revealed:
         raise RoundStateError(
@@ -220,7 +224,9 @@ def mask_input(
     bits = state.params.modulus_bits(len(ask.members))
     publics = {peer: keys.mask_key for peer, keys in live}
     seeds = pair_seeds(s.mask_secret, publics, run_id=s.run_id, round=s.round, me=s.node_id)
-    if dp is None:
+    if count_cap is not None:
+        levels = _counts(values, count_cap, state.params.levels)
+    elif dp is None:
         levels = quantize(values, state.params, rng)  # [k] in 0..q-1
     else:
         if noise_rng is None:
@@ -237,6 +243,18 @@ def mask_input(
         s.run_id, s.round, s.node_id, SERVER, bits, ask.length, pack_bits(masked, bits)
     )
     return reply.to_bytes(), replace(state, members=ask.members, is_masked=True)
+
+
+def _counts(values: npt.NDArray[Any], cap: int, levels: int) -> npt.NDArray[np.uint32]:
+    """uint32 [k]: counts masked as they are; MessageError for anything but integers in
+    0..cap, or a round whose levels could not hold the cap (the sum would wrap around)."""
+    if not 0 <= cap < levels:
+        raise MessageError(f"the round's {levels} levels cannot hold counts up to {cap}")
+    if not np.all(np.isfinite(values)) or not np.array_equal(values, np.round(values)):
+        raise MessageError("counts must be integers")
+    if values.size and (values.min() < 0 or values.max() > cap):
+        raise MessageError(f"counts must be in 0..{cap}")
+    return values.astype(np.uint32)
 
 
 def reveal_shares(request: bytes, state: NodeRound) -> tuple[bytes, NodeRound]:
