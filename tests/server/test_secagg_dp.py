@@ -62,6 +62,20 @@ def _initial(ticket: Ticket) -> np.ndarray:
     return PackLayout.from_ticket(ticket).pack(ticket.weights)
 
 
+def _run(ticket_path: Path, ticket: Ticket, run_dir: Path, plan: DpPlan, rounds: int) -> None:
+    """A resumable secure DP run of the four hospitals in `run_dir`, to round `rounds`."""
+    random.seed(0)
+    with server_identity():
+        run_resumable(
+            _strategy(ticket, plan),
+            InProcessGrid(client_app.app, heart_nodes(ticket_path)),
+            _initial(ticket),
+            run_dir=run_dir,
+            num_rounds=rounds,
+            timeout=60,
+        )
+
+
 def _one_round(strategy: PackedFedAvg, grid: InProcessGrid, ticket: Ticket) -> np.ndarray:
     random.seed(0)
     with server_identity():
@@ -149,16 +163,7 @@ def test_epsilon_accumulates_across_rounds_and_a_resume(
 ) -> None:
     plan = DpPlan(noise_multiplier=2.0, clip_norm=CLIP_NORM)
     for rounds in (2, 3):  # the second ServerApp resumes after round 2
-        random.seed(0)
-        with server_identity():
-            run_resumable(
-                _strategy(ticket, plan),
-                InProcessGrid(client_app.app, heart_nodes(ticket_path)),
-                _initial(ticket),
-                run_dir=tmp_path / "run",
-                num_rounds=rounds,
-                timeout=60,
-            )
+        _run(ticket_path, ticket, tmp_path / "run", plan, rounds)
 
     lines = [json.loads(line) for line in (tmp_path / "run/rounds.jsonl").read_text().splitlines()]
     spent = [line["secagg"]["dp"] for line in lines]
@@ -177,16 +182,7 @@ def test_a_changed_privacy_plan_cannot_resume_a_run(
     from server.checkpoint import CheckpointError
 
     def run(noise: float, rounds: int) -> None:
-        random.seed(0)
-        with server_identity():
-            run_resumable(
-                _strategy(ticket, DpPlan(noise, CLIP_NORM)),
-                InProcessGrid(client_app.app, heart_nodes(ticket_path)),
-                _initial(ticket),
-                run_dir=tmp_path / "run",
-                num_rounds=rounds,
-                timeout=60,
-            )
+        _run(ticket_path, ticket, tmp_path / "run", DpPlan(noise, CLIP_NORM), rounds)
 
     run(2.0, 1)
     with pytest.raises(CheckpointError, match="settings"):
@@ -219,20 +215,10 @@ def test_poisson_sampling_draws_each_cohort_at_the_rate_and_charges_it(
     ticket_path: Path, ticket: Ticket, tmp_path: Path
 ) -> None:
     plan = DpPlan(noise_multiplier=2.0, clip_norm=CLIP_NORM, sampling_rate=0.6)
-    grid = InProcessGrid(client_app.app, heart_nodes(ticket_path))
-    random.seed(0)
-    with server_identity():
-        run_resumable(
-            _strategy(ticket, plan),
-            grid,
-            _initial(ticket),
-            run_dir=tmp_path / "run",
-            num_rounds=4,
-            timeout=60,
-        )
+    _run(ticket_path, ticket, tmp_path / "run", plan, 4)
 
     lines = [json.loads(line) for line in (tmp_path / "run/rounds.jsonl").read_text().splitlines()]
-    nodes = sorted(grid.get_node_ids())
+    nodes = sorted(InProcessGrid(client_app.app, heart_nodes(ticket_path)).get_node_ids())
     released = []
     for line in lines:
         draw = np.random.default_rng([0, line["round"]]).random(len(nodes))  # seed 0, round r
@@ -257,16 +243,8 @@ def test_a_run_over_its_epsilon_budget_is_refused_before_any_round(
     ticket_path: Path, ticket: Ticket, tmp_path: Path
 ) -> None:
     plan = DpPlan(noise_multiplier=1.0, clip_norm=CLIP_NORM, epsilon_budget=5.0)
-    grid = InProcessGrid(client_app.app, heart_nodes(ticket_path))
-    with server_identity(), pytest.raises(RunConfigError, match="over the budget of 5"):
-        run_resumable(
-            _strategy(ticket, plan),
-            grid,
-            _initial(ticket),
-            run_dir=tmp_path / "run",
-            num_rounds=50,
-            timeout=60,
-        )
+    with pytest.raises(RunConfigError, match="over the budget of 5"):
+        _run(ticket_path, ticket, tmp_path / "run", plan, 50)
     assert (
         not (tmp_path / "run/rounds.jsonl").exists()
         or not (tmp_path / "run/rounds.jsonl").read_text()
@@ -303,16 +281,7 @@ def test_a_resumed_run_may_change_its_budget_but_not_its_sampling(
     from server.checkpoint import CheckpointError
 
     def run(plan: DpPlan, rounds: int) -> None:
-        random.seed(0)
-        with server_identity():
-            run_resumable(
-                _strategy(ticket, plan),
-                InProcessGrid(client_app.app, heart_nodes(ticket_path)),
-                _initial(ticket),
-                run_dir=tmp_path / "run",
-                num_rounds=rounds,
-                timeout=60,
-            )
+        _run(ticket_path, ticket, tmp_path / "run", plan, rounds)
 
     run(DpPlan(2.0, CLIP_NORM, epsilon_budget=50.0), 1)
     spent = json.loads((tmp_path / "run/rounds.jsonl").read_text())["secagg"]["dp"]["epsilon"]
