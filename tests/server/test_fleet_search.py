@@ -138,6 +138,39 @@ def test_fed_snip_under_secure_aggregation_sends_saliency_once(
     assert sorted(line["secagg"]["survivors"]) == sorted(line["participants"])
 
 
+def test_a_search_under_differential_privacy_records_what_it_spent(
+    dense_path: Path, dense: Ticket, tmp_path: Path
+) -> None:
+    """fed-imp under distributed DP: every level's rounds are Skellam releases, and the found
+    ticket's manifest carries the epsilon of all of them together."""
+    from server.privacy import Release, epsilon
+
+    found = search(
+        find_config(
+            dense_path,
+            tmp_path,
+            **{
+                "search-method": "fed-imp",
+                "search-target-density": 0.7,
+                "secagg": True,
+                "min-replies": 3,
+                "dp-noise-multiplier": 4.0,
+                "dp-clip-norm": 0.5,
+            },
+        )
+    )
+    assert_inside(found, dense)
+    fleet = found.manifest.fleet
+    assert fleet is not None and fleet.levels == 2 and fleet.dp_epsilon is not None
+    releases = []
+    for level in ("level-000", "level-001"):
+        for line in RunLog(tmp_path / "search" / level / "rounds.jsonl").read():
+            assert line["secagg"]["dp"]["mechanism"] == "skellam"
+            releases.append(Release.from_json(line["secagg"]["dp"]["release"]))
+    assert len(releases) == fleet.rounds == 2
+    assert fleet.dp_epsilon == pytest.approx(epsilon(releases, 1e-5))
+
+
 def test_fed_snip_keeps_the_most_salient_weights_in_plaintext(
     dense_path: Path, tmp_path: Path
 ) -> None:
