@@ -34,6 +34,9 @@ class RunCollector(Collector):
         accuracy = summary.accuracy
         if accuracy is not None:
             yield _gauge("accuracy", "Accuracy after the latest evaluated round", accuracy)
+        if summary.privacy is not None:
+            yield _gauge("dp_epsilon", "Differential privacy spent so far (epsilon at the run's "
+                         "delta)", summary.privacy[0])  # fmt: skip
         yield _counter("bytes_up", "Bytes the nodes sent the server", summary.bytes_up_total)
         yield _counter("bytes_down", "Bytes the server sent the nodes", summary.bytes_down_total)
 

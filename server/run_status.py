@@ -31,6 +31,10 @@ class RoundSummary:
     closed: str | None = None
     wall_s: float | None = None
     late: int = 0
+    # Differential privacy (None: off, or the round released nothing): the run's epsilon after
+    # this round, at `delta`.
+    epsilon: float | None = None
+    delta: float | None = None
 
     @property
     def accuracy(self) -> float | None:
@@ -65,6 +69,16 @@ class RunSummary:
         return sum(summary.bytes_down for summary in self.rounds)
 
     @property
+    def privacy(self) -> tuple[float, float, int] | None:
+        """(epsilon, delta, rounds released) after the latest round released under DP."""
+        released = [s for s in self.rounds if s.epsilon is not None and s.delta is not None]
+        if not released:
+            return None
+        last = released[-1]
+        assert last.epsilon is not None and last.delta is not None
+        return last.epsilon, last.delta, len(released)
+
+    @property
     def accuracy(self) -> float | None:
         """The latest round's accuracy that was measured."""
         measured = [s.accuracy for s in self.rounds if s.accuracy is not None]
@@ -81,6 +95,7 @@ class RunSummary:
             "dropouts_total": self.dropouts_total,
             "bytes_up_total": self.bytes_up_total,
             "bytes_down_total": self.bytes_down_total,
+            "epsilon": None if self.privacy is None else self.privacy[0],
             "rounds": [{**asdict(s), "accuracy": s.accuracy} for s in self.rounds],
             "final_model": (
                 self.final_model.to_json()
@@ -95,6 +110,9 @@ class RunSummary:
 def summarize_round(line: Mapping[str, Any]) -> RoundSummary:
     """One rounds.jsonl line, reduced to what an operator watches."""
     traffic = line.get("bytes") or {}
+    secagg = line.get("secagg")
+    dp = secagg.get("dp") if isinstance(secagg, dict) else None
+    spent = dp if isinstance(dp, dict) else {}
     return RoundSummary(
         round=int(line["round"]),
         finished_at=line.get("finished_at"),
@@ -108,6 +126,8 @@ def summarize_round(line: Mapping[str, Any]) -> RoundSummary:
         closed=line.get("closed"),
         wall_s=line.get("wall_s"),
         late=len(line.get("late") or ()),
+        epsilon=_number(spent.get("epsilon")),
+        delta=_number(spent.get("delta")),
     )
 
 
@@ -141,6 +161,11 @@ def format_summary(summary: RunSummary) -> str:
         f"bytes up {summary.bytes_up_total}  down {summary.bytes_down_total}  "
         f"dropouts {summary.dropouts_total}",
     ]
+    if summary.privacy is not None:
+        epsilon, delta, released = summary.privacy
+        lines.append(
+            f"privacy: epsilon {epsilon:.3g} at delta {delta:g} over {released} released round(s)"
+        )
     if summary.rounds:
         earlier = len(summary.rounds) - SHOWN_ROUNDS
         if earlier > 0:
@@ -186,3 +211,7 @@ def _accuracy(section: object) -> float | None:
     if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
         return None
     return float(value)
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

@@ -59,6 +59,34 @@ def test_status_sums_the_run_log(tmp_path: Path) -> None:
     assert "run 12: running; round 3/5" in text and "0.830" in text
 
 
+def test_status_reports_the_privacy_a_dp_run_spent_so_far(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    dp = {"mechanism": "skellam", "epsilon": 2.5, "delta": 1e-5, "rounds_charged": 1}
+    lines = [
+        _line(1, secagg={"dp": dp}),
+        _line(2, secagg={"aborted": "too few", "dp": None}),  # released nothing
+        _line(3, secagg={"dp": {**dp, "epsilon": 3.75, "rounds_charged": 2}}),
+    ]
+    (run_dir / "rounds.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    summary = read_summary(run_dir, rounds_planned=5)
+
+    assert summary.privacy == (3.75, 1e-5, 2)
+    assert summary.as_dict()["epsilon"] == 3.75
+    assert "privacy: epsilon 3.75 at delta 1e-05 over 2 released round(s)" in format_summary(
+        summary
+    )
+    plain = read_summary(_run_dir(tmp_path), rounds_planned=5)
+    assert plain.privacy is None and "privacy" not in format_summary(plain)
+    server = serve_metrics(lambda: read_summary(run_dir, rounds_planned=5), port=0)
+    try:
+        assert _scrape(server.server_port)["ticketfleet_dp_epsilon"] == 3.75
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_status_of_a_run_not_started_yet(tmp_path: Path) -> None:
     summary = read_summary(tmp_path / "nothing", rounds_planned=3)
 
@@ -123,3 +151,4 @@ def test_the_metrics_endpoint_serves_the_same_figures(tmp_path: Path) -> None:
     assert samples["ticketfleet_bytes_up_total"] == 600
     assert samples["ticketfleet_bytes_down_total"] == 2700
     assert later["ticketfleet_rounds_completed_total"] == 4  # read at every scrape
+    assert "ticketfleet_dp_epsilon" not in samples  # no DP: no privacy figure
