@@ -35,6 +35,7 @@ from server.secagg_round import SecAggPlan, SecurePackedFedAvg
 from server.strategy import PAYLOAD_KEY, PackedFedAvg, RoundPlan, RoundRecord
 from ticket.packing import PackLayout
 from ticket.runconfig import RunConfigError
+from ticket.secagg.errors import ParamsError
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +132,12 @@ def make_strategy(
             f"a round needs {needed} (min-nodes, min-replies, round-goal): enroll more or "
             "lower them"
         )
-    return SecurePackedFedAvg(
-        layout, plan, secagg, rounds=rounds, dp=dp, roster=enrolled, **sampling
-    )
+    try:
+        return SecurePackedFedAvg(
+            layout, plan, secagg, rounds=rounds, dp=dp, roster=enrolled, **sampling
+        )
+    except ParamsError as error:  # e.g. DP noise too wide for a masked value
+        raise RunConfigError(f"run config: {error}") from None
 
 
 def run_resumable(

@@ -290,3 +290,19 @@ def test_a_resumed_run_may_change_its_budget_but_not_its_sampling(
     run(DpPlan(2.0, CLIP_NORM, epsilon_budget=60.0), 2)  # a raised budget resumes
     with pytest.raises(CheckpointError, match="settings"):
         run(DpPlan(2.0, CLIP_NORM, sampling_rate=0.5), 3)
+
+
+def test_noise_too_wide_for_a_masked_value_is_a_config_error(ticket: Ticket) -> None:
+    from server.training_run import make_strategy
+
+    plan = RoundPlan(ticket_id=ticket.content_id, train=TRAIN)
+    with pytest.raises(RunConfigError, match="lower dp-noise-multiplier or raise min-replies"):
+        make_strategy(
+            PackLayout.from_ticket(ticket),
+            plan,
+            fraction_train=1.0,
+            fraction_evaluate=0.0,
+            min_nodes=2,
+            secagg=SECAGG,
+            dp=DpPlan(noise_multiplier=1e6, clip_norm=CLIP_NORM),
+        )
