@@ -624,7 +624,7 @@ def main(argv: list[str] | None = None) -> None:
     through.add_argument("--timeout", type=float, default=3600.0)
     through.add_argument("--work", type=Path, default=Path("/tmp/ticketfleet-bench-scale"))
     private = parts.add_parser("privacy", help="epsilon and accuracy at 1,000 per round")
-    private.add_argument("--rounds", type=int, default=15)
+    private.add_argument("--rounds", type=int, default=10)
     private.add_argument("--population", type=int, default=scale_privacy.POPULATION)
     private.add_argument("--per-round", type=int, default=scale_privacy.PER_ROUND)
     private.add_argument("--noise", type=float, nargs="+", default=list(scale_privacy.NOISE))
