@@ -67,3 +67,35 @@ def test_an_undeclared_anchor_key_is_named(scale: ModuleType, tmp_path: Path) ->
 
     with pytest.raises(ValueError, match="bogus-key: not a run-config key"):
         scale.anchor_keys(pyproject)
+
+
+def _arm(name: str, up: int, accuracy: float, *, secure: bool = True) -> dict[str, object]:
+    training = {"secagg": True} if secure else {}
+    rounds = [{"accuracy": accuracy}] * 10
+    return {
+        "arm": {"name": name, "training": training},
+        "up_bytes_per_device": up,
+        "rounds": rounds,
+    }
+
+
+def test_the_goal_lines_name_who_reaches_a_fortieth(scale: ModuleType) -> None:
+    ticket = _arm("ticket float32", 108_000, 0.966, secure=False)
+    dense = _arm("dense float32", 1_066_488, 0.938, secure=False)
+    arms = [ticket, dense, _arm("target 0.02", 27_905, 0.954), _arm("target 0.03", 24_526, 0.778)]
+
+    lines = scale._goal_lines(arms, 1_066_488, dense, ticket)
+
+    assert lines[2].startswith("- reaches 1/40: target 0.03, 1/43.5, last-10 accuracy 77.80%")
+    assert "-18.80 pp against the float32 ticket, -16.00 pp against dense" in lines[2]
+    assert lines[3].startswith("- the cheapest short of it: target 0.02, 1/38.2")
+
+
+def test_no_secure_arm_reaching_a_fortieth_is_said(scale: ModuleType) -> None:
+    ticket = _arm("ticket float32", 108_000, 0.966, secure=False)
+    arms = [ticket, _arm("q = 16384", 61_695, 0.967)]
+
+    lines = scale._goal_lines(arms, 1_066_488, None, ticket)
+
+    assert "- no secure arm reaches 1/40 of dense float32" in lines
+    assert "against dense" not in "".join(lines)
