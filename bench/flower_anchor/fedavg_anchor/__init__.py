@@ -1,0 +1,1 @@
+"""Flower's FedAvg on dense lenet-300-100: the throughput anchor of bench/scale.py."""
