@@ -157,21 +157,12 @@ def run_bytes(args: argparse.Namespace) -> dict[str, Any]:
     """Phase 1: dense float32, the float32 ticket, q = 16384 and the per-round targets.
     Phase 2: at the best target (best_target), the downlink in float16 and int8."""
     sys.path.insert(0, str(ROOT))
-    from bench.comm import MNIST_FIND, Arm, Task, run_task
+    from bench.comm import Arm, run_task
     from ticket.bundle import read_ticket
 
     secure = {"secagg": True, "secagg_clip": 1.0}  # bench/comm.py fed-mnist-secagg's clip
-    task = Task(
-        name="scale-bytes",
-        dataset="mnist",
-        nodes=100,
-        per_round=10,
-        rounds=args.rounds,
-        target=0.97,
-        tickets={
-            "ticket": [*MNIST_FIND, "--target-density", "0.1"],
-            "dense": [*MNIST_FIND, "--target-density", "1.0"],
-        },
+    task = dataclasses.replace(
+        _bytes_task(args),
         arms=(
             Arm("ticket float32", "ticket"),  # first: run_task's "vs" reference
             Arm("dense float32", "dense"),
@@ -185,8 +176,6 @@ def run_bytes(args: argparse.Namespace) -> dict[str, Any]:
                 for target in args.targets
             ),
         ),
-        training={"local_epochs": 5, "batch_size": 10, "lr": 0.1, "optimizer": "sgd"},
-        simulation={"sim_partition": "shards", "sim_partition_shards": 2},
     )
     result = run_task(task, args.work, args.rounds, args.seed)
     for arm in result["arms"]:
@@ -232,6 +221,61 @@ def run_bytes(args: argparse.Namespace) -> dict[str, Any]:
         arm["levels"] = lines[-1].get("levels") if lines else None
         arm["bits"] = lines[-1].get("bits") if lines else None
     return result
+
+
+def _bytes_task(args: argparse.Namespace) -> Any:
+    from bench.comm import MNIST_FIND, Task
+
+    return Task(
+        name="scale-bytes",
+        dataset="mnist",
+        nodes=100,
+        per_round=10,
+        rounds=args.rounds,
+        target=0.97,
+        tickets={
+            "ticket": [*MNIST_FIND, "--target-density", "0.1"],
+            "dense": [*MNIST_FIND, "--target-density", "1.0"],
+        },
+        arms=(),
+        training={"local_epochs": 5, "batch_size": 10, "lr": 0.1, "optimizer": "sgd"},
+        simulation={"sim_partition": "shards", "sim_partition_shards": 2},
+    )
+
+
+def run_bytes_clip(args: argparse.Namespace, recorded: dict[str, Any]) -> list[dict[str, Any]]:
+    """`bytes --clip C`: secure arms at clip C for each of --targets, on the task of the
+    recorded bytes run, compared with its float32 ticket; the arms to add to its table."""
+    sys.path.insert(0, str(ROOT))
+    from bench.comm import Arm, run_task
+
+    if recorded.get("rounds") != args.rounds:
+        raise SystemExit(
+            f"bytes --clip: the recorded bytes run has {recorded.get('rounds')} rounds; "
+            f"run with --rounds {recorded.get('rounds')} so the arms compare"
+        )
+    reference = next(a for a in recorded["arms"] if a["arm"]["name"] == "ticket float32")
+    secure = {"secagg": True, "secagg_clip": args.clip}
+    task = dataclasses.replace(
+        _bytes_task(args),
+        arms=tuple(
+            Arm(
+                f"ticket + secagg, clip {args.clip:g}, target {target:g}",
+                "ticket",
+                training={**secure, "secagg_target_error": target},
+            )
+            for target in args.targets
+        ),
+    )
+    result = run_task(task, args.work, args.rounds, args.seed)
+    for arm in result["arms"]:
+        arm["last10_accuracy"] = last_mean(arm["rounds"])
+        arm["uplink_vs_dense"] = arm["up_bytes_per_device"] / reference["up_bytes_per_device"]
+        arm["final_vs_dense_pp"] = 100 * (arm["final_accuracy"] - reference["final_accuracy"])
+        lines = _secagg_lines(args.work, arm)
+        arm["levels"] = lines[-1].get("levels") if lines else None
+        arm["bits"] = lines[-1].get("bits") if lines else None
+    return list(result["arms"])
 
 
 def last_mean(rounds: list[dict[str, Any]], count: int = 10) -> float:
@@ -705,6 +749,7 @@ def _bytes_markdown(result: dict[str, Any]) -> list[str]:
         "## Bytes per device: dense float32, the ticket, secure aggregation, a smaller downlink",
         "",
         f"Produced by: `{result['command']}` ({result['machine']}{_load(result)}).",
+        *_added_by(arms),
         "",
         f"{task['dataset']}, {task['nodes']} devices, {task['per_round']} per round, "
         f"{result['rounds']} rounds, lenet-300-100 (the ticket at density 0.1; dense float32: "
@@ -770,6 +815,17 @@ def _bytes_markdown(result: dict[str, Any]) -> list[str]:
             "from its own first phase, `best_target`)."
         )
     return lines
+
+
+def _added_by(arms: list[dict[str, Any]]) -> list[str]:
+    """One line per later command that added arms to the table (`bytes --clip`)."""
+    commands = sorted({arm["command"] for arm in arms if arm.get("command")})
+    return [
+        f"Arms added later by `{command}` (the same task, rounds and seed): "
+        + ", ".join(arm["arm"]["name"] for arm in arms if arm.get("command") == command)
+        + "."
+        for command in commands
+    ]
 
 
 def _goal_lines(
@@ -884,6 +940,12 @@ def main(argv: list[str] | None = None) -> None:
         default=TOLERANCE_PP,
         help="the downlink arms run at the cheapest target this close to the float32 ticket",
     )
+    byte_part.add_argument(
+        "--clip",
+        type=float,
+        help="only secure arms at this secagg-clip for each of --targets, added to the "
+        "recorded bytes table (the recorded run's float32 ticket is the reference)",
+    )
     byte_part.add_argument("--work", type=Path, default=Path("/tmp/ticketfleet-bench-scale"))
     through = parts.add_parser("throughput", help="Simulation Engine updates per second")
     through.add_argument("--per-round", type=int, nargs="+", default=list(PER_ROUND))
@@ -936,6 +998,16 @@ def main(argv: list[str] | None = None) -> None:
         document["throughput"] = {"runs": [*runs, run]}
     elif args.part == "privacy":
         document["privacy"] = {**scale_privacy.run_privacy(args), **made_by}
+    elif args.clip is not None:  # added to the recorded run's table, each arm its command
+        recorded = document.get("bytes")
+        if not recorded:
+            raise SystemExit("bytes --clip adds to a recorded bytes run: run `bytes` first")
+        added = run_bytes_clip(args, recorded)
+        names = {arm["arm"]["name"] for arm in added}
+        kept = [arm for arm in recorded["arms"] if arm["arm"]["name"] not in names]
+        for arm in added:
+            arm["command"] = made_by["command"]
+        recorded["arms"] = [*kept, *added]
     else:
         document["bytes"] = {**run_bytes(args), **made_by}
     print(f"done in {time.perf_counter() - started:.0f} s", flush=True)

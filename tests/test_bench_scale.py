@@ -99,3 +99,22 @@ def test_no_secure_arm_reaching_a_fortieth_is_said(scale: ModuleType) -> None:
 
     assert "- no secure arm reaches 1/40 of dense float32" in lines
     assert "against dense" not in "".join(lines)
+
+
+def test_arms_added_later_are_named_with_their_command(scale: ModuleType) -> None:
+    arms = [
+        {"arm": {"name": "ticket float32"}},
+        {
+            "arm": {"name": "clip 0.25, target 0.03"},
+            "command": "python bench/scale.py bytes --clip 0.25",
+        },
+        {
+            "arm": {"name": "clip 0.25, target 0.02"},
+            "command": "python bench/scale.py bytes --clip 0.25",
+        },
+    ]
+    assert scale._added_by(arms) == [
+        "Arms added later by `python bench/scale.py bytes --clip 0.25` (the same task, rounds "
+        "and seed): clip 0.25, target 0.03, clip 0.25, target 0.02."
+    ]
+    assert scale._added_by(arms[:1]) == []
