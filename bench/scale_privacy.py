@@ -219,3 +219,15 @@ def _fmt(value: float | None) -> str:
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python bench/scale_privacy.py ARGS` is `python bench/scale.py privacy ARGS`."""
+    sys.path.insert(0, str(ROOT))
+    from bench import scale
+
+    scale.main(["privacy", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    main()

@@ -417,7 +417,7 @@ OTHER_FORMATS: dict[str, tuple[set[str], str]] = {
         _RUN_LOG,
     ),
     "server/run_control.py": ({"reason"}, "the stop request's field"),
-    "server/run_status.py": ({"accuracy", "rejected", "round", "ticket"}, _RUN_LOG),
+    "server/run_status.py": ({"accuracy", "rejected", "round", "secagg", "ticket"}, _RUN_LOG),
     "server/search_jobs.py": ({"ticket"}, "the search job file's field"),
     "server/service.py": ({"round", "status"}, _RUN_LOG + "; `flwr supernode list` fields"),
     "server/strategy.py": ({"rejected"}, "the train stage's count in Flower's Result"),
