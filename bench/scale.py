@@ -310,34 +310,54 @@ ANCHOR_APP = ROOT / "bench" / "flower_anchor"
 SYSTEM_NAMES = {PROJECT: "ticketfleet (ticket 0.1)", ANCHOR: "Flower FedAvg (dense)"}
 
 
-def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
-    """Round wall time and device updates per second on the Simulation Engine, secure
-    aggregation on and off, at each cohort size out of a population of POPULATION; with
-    `--anchor`, Flower's FedAvg on the dense network too (`--anchor-only`: that alone)."""
-    sys.path.insert(0, str(ROOT))
-    from bench.comm import MNIST_FIND, Task, find_tickets
-    from loopback.launcher import Loopback
-    from ticket.runconfig import (
-        RunConfig,
-        RunPlacement,
-        SimulationSettings,
-        TrainingSettings,
-        to_run_config,
-    )
+def population_task(name: str, population: int, rounds: int, training: dict[str, Any]) -> Any:
+    """A bench/comm.py Task for `population` MNIST devices (2 label-sorted shards each) and
+    the lenet-300-100 ticket at density 0.1: the task the throughput and privacy parts share
+    (its ticket is found once and cached in the work directory)."""
+    from bench.comm import MNIST_FIND, Task
 
-    training = {"local_epochs": 1, "batch_size": 10, "lr": 0.1, "optimizer": "sgd"}
-    task = Task(
-        name="scale-throughput",
+    return Task(
+        name=name,
         dataset="mnist",
-        nodes=args.population,
+        nodes=population,
         per_round=0,
-        rounds=args.rounds,
+        rounds=rounds,
         target=0.0,
         tickets={"ticket": [*MNIST_FIND, "--target-density", "0.1"]},
         arms=(),
         training=training,
         simulation={"sim_partition": "shards", "sim_partition_shards": 2},
     )
+
+
+def population_run(ticket: Path | None, run_dir: Path, training: Any, seed: int) -> dict[str, Any]:
+    """The run config of one run of `training` on population_task's virtual devices."""
+    from ticket.runconfig import RunConfig, RunPlacement, SimulationSettings, to_run_config
+
+    run = RunConfig(
+        placement=RunPlacement(ticket_path=ticket, run_dir=run_dir),
+        training=training,
+        simulation=SimulationSettings(
+            sim_dataset="mnist",
+            sim_partition="shards",
+            sim_partition_shards=2,
+            sim_partition_seed=seed,
+        ),
+    )
+    return dict(to_run_config(run))
+
+
+def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
+    """Round wall time and device updates per second on the Simulation Engine, secure
+    aggregation on and off, at each cohort size out of a population of POPULATION; with
+    `--anchor`, Flower's FedAvg on the dense network too (`--anchor-only`: that alone)."""
+    sys.path.insert(0, str(ROOT))
+    from bench.comm import find_tickets
+    from loopback.launcher import Loopback
+    from ticket.runconfig import TrainingSettings
+
+    training = {"local_epochs": 1, "batch_size": 10, "lr": 0.1, "optimizer": "sgd"}
+    task = population_task("scale-throughput", args.population, args.rounds, training)
     federation = {"num-supernodes": args.population, "client-resources-num-cpus": 1}
 
     def config(n: int, run_dir: Path, ticket: Path | None, secure: bool) -> dict[str, Any]:
@@ -351,17 +371,7 @@ def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
             **({"secagg": True, "secagg_clip": 1.0} if secure else {}),
             **training,
         )
-        run = RunConfig(
-            placement=RunPlacement(ticket_path=ticket, run_dir=run_dir),
-            training=settings,
-            simulation=SimulationSettings(
-                sim_dataset="mnist",
-                sim_partition="shards",
-                sim_partition_shards=2,
-                sim_partition_seed=args.seed,
-            ),
-        )
-        return to_run_config(run)
+        return population_run(ticket, run_dir, settings, args.seed)
 
     rows = []
     if not args.anchor_only:

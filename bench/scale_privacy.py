@@ -30,30 +30,14 @@ TRAINING = {"local_epochs": 1, "batch_size": 10, "lr": 0.1, "optimizer": "sgd"}
 
 def run_privacy(args: Any) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
-    from bench.comm import MNIST_FIND, Task, find_tickets
+    from bench.comm import find_tickets
+    from bench.scale import population_run, population_task
     from loopback.launcher import Loopback
-    from ticket.runconfig import (
-        RunConfig,
-        RunPlacement,
-        SimulationSettings,
-        TrainingSettings,
-        to_run_config,
-    )
+    from ticket.runconfig import TrainingSettings
 
     rate = args.per_round / args.population
     min_replies = int(SURVIVOR_FRACTION * args.per_round)
-    task = Task(
-        name="scale-privacy",
-        dataset="mnist",
-        nodes=args.population,
-        per_round=0,
-        rounds=args.rounds,
-        target=0.0,
-        tickets={"ticket": [*MNIST_FIND, "--target-density", "0.1"]},
-        arms=(),
-        training=TRAINING,
-        simulation={"sim_partition": "shards", "sim_partition_shards": 2},
-    )
+    task = population_task("scale-privacy", args.population, args.rounds, TRAINING)
     ticket = Path(find_tickets(task, args.work, args.seed)["ticket"]["path"])
     arms: list[tuple[str, dict[str, Any]]] = [
         ("secagg, no noise", {"fraction_train": rate}),
@@ -87,20 +71,12 @@ def run_privacy(args: Any) -> dict[str, Any]:
                 **TRAINING,
                 **extra,
             )
-            run = RunConfig(
-                placement=RunPlacement(ticket_path=ticket, run_dir=run_dir),
-                training=training,
-                simulation=SimulationSettings(
-                    sim_dataset="mnist",
-                    sim_partition="shards",
-                    sim_partition_shards=2,
-                    sim_partition_seed=args.seed,
-                ),
-            )
             federation = {"num-supernodes": args.population, "client-resources-num-cpus": 1}
             print(f"privacy: {name} ({args.rounds} rounds)", flush=True)
             outcome = fleet.run(
-                to_run_config(run), timeout_s=args.timeout, federation_config=federation
+                population_run(ticket, run_dir, training, args.seed),
+                timeout_s=args.timeout,
+                federation_config=federation,
             )
             row = {
                 "arm": name,
