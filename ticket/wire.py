@@ -612,7 +612,8 @@ class SecAggRequest:
 
     A train message may carry a mask request (with the TrainInstruction beside it) and an
     advert request; a query message an unmask request and a key bundle, or the setup's single
-    parts. Under differential privacy a mask request comes with the clip norm and noise std.
+    parts. Under differential privacy a mask request comes with the distributed Skellam
+    mechanism's clip norm, scale and per-device noise variance (ticket/secagg/privacy.py).
     """
 
     NAME: ClassVar[str] = "secagg request"
