@@ -207,11 +207,11 @@ def _row(summary: RoundSummary) -> str:
 def _accuracy(section: object) -> float | None:
     if not isinstance(section, Mapping):
         return None
-    value = section.get("accuracy")
-    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
-        return None
-    return float(value)
+    return _number(section.get("accuracy"))
 
 
 def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    """A logged figure, or None for one that is absent, not a number or NaN."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+        return None
+    return float(value)

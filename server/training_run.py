@@ -34,7 +34,7 @@ from server.run_log import RunLog, plot_run, round_line
 from server.secagg_round import SecAggPlan, SecurePackedFedAvg
 from server.strategy import PAYLOAD_KEY, PackedFedAvg, RoundPlan, RoundRecord
 from ticket.packing import PackLayout
-from ticket.runconfig import RunConfigError
+from ticket.runconfig import RunConfigError, devices_needed
 from ticket.secagg.errors import ParamsError
 
 logger = logging.getLogger(__name__)
@@ -123,14 +123,14 @@ def make_strategy(
     if secagg is None:
         return PackedFedAvg(layout, plan, rounds=rounds, **sampling)
     enrolled = load_roster(roster) if roster is not None else None
-    needed = max(min_nodes, plan.min_replies, rounds.goal if rounds is not None else 0)
+    goal = rounds.goal if rounds is not None else 0
+    key, needed = devices_needed(min_nodes, plan.min_replies, goal)
     if enrolled is not None and len(enrolled) < needed:
         # Only enrolled devices can join a secure round: fewer than a round needs, and every
         # round would wait for devices that do not exist.
         raise RunConfigError(
             f"run config: {roster} enrolls {len(enrolled)} device(s) for secure aggregation; "
-            f"a round needs {needed} (min-nodes, min-replies, round-goal): enroll more or "
-            "lower them"
+            f"a round needs {needed} ({key}): enroll more or lower it"
         )
     try:
         return SecurePackedFedAvg(

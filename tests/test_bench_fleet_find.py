@@ -1,23 +1,18 @@
 """bench/fleet_find.py keeps each finished seed, so a long task is measured a seed per session."""
 
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from tests.bench_scripts import BENCH, load_bench_script
 
 
 @pytest.fixture(scope="module")
 def fleet_find() -> ModuleType:
     sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_fleet_find_seeds", BENCH / "fleet_find.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script(BENCH / "fleet_find.py", "bench_fleet_find_seeds")
 
 
 def test_a_kept_seed_is_reused_only_under_the_same_settings(

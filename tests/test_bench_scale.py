@@ -1,7 +1,6 @@
 """bench/scale.py's helpers: the target the downlink arms run at, the accuracy it is judged
 by, which throughput rows a rerun replaces, and the anchor app's run-config keys."""
 
-import importlib.util
 import sys
 import tomllib
 from pathlib import Path
@@ -9,19 +8,14 @@ from types import ModuleType
 
 import pytest
 
+from tests.bench_scripts import BENCH, load_bench_script
 from ticket import runconfig
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 @pytest.fixture(scope="module")
 def scale() -> ModuleType:
     sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_scale_helpers", BENCH / "scale.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script(BENCH / "scale.py", "bench_scale_helpers")
 
 
 def test_the_cheapest_target_within_the_tolerance_is_chosen(scale: ModuleType) -> None:

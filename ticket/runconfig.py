@@ -237,16 +237,12 @@ class TrainingSettings:
         """RunConfigError before any round when `population` devices (what `source` holds:
         a simulation's num-supernodes, a roster's enrolled nodes) cannot give a round what the
         run asks of it: every round would wait for devices that do not exist, or abort."""
-        for key, wanted in (
-            ("min-nodes", self.min_nodes),
-            ("min-replies", self.min_replies),
-            ("round-goal", self.round_goal),
-        ):
-            if wanted > population:
-                raise RunConfigError(
-                    f"run config: {key} = {wanted} needs at least {wanted} devices; {source} "
-                    f"has {population}"
-                )
+        key, wanted = devices_needed(self.min_nodes, self.min_replies, self.round_goal)
+        if wanted > population:
+            raise RunConfigError(
+                f"run config: {key} = {wanted} needs at least {wanted} devices; {source} "
+                f"has {population}"
+            )
         expected = self.dp_sampling_rate * population
         if self.dp_sampling_rate > 0 and expected < max(2, self.min_replies):
             raise RunConfigError(
@@ -254,6 +250,13 @@ class TrainingSettings:
                 f"({source}) samples {expected:.1f} a round on average, below min-replies "
                 f"{max(2, self.min_replies)}: most rounds would abort"
             )
+
+
+def devices_needed(min_nodes: int, min_replies: int, round_goal: int) -> tuple[str, int]:
+    """(key, count): the most devices a round of a run may ask for, and the run-config key
+    that asks for them (min-nodes online, min-replies accepted, round-goal updates)."""
+    asks = (("min-nodes", min_nodes), ("min-replies", min_replies), ("round-goal", round_goal))
+    return max(asks, key=lambda ask: ask[1])
 
 
 @dataclass(frozen=True)
