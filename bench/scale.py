@@ -167,14 +167,7 @@ def run_bytes(args: argparse.Namespace) -> dict[str, Any]:
             Arm("ticket float32", "ticket"),  # first: run_task's "vs" reference
             Arm("dense float32", "dense"),
             Arm("ticket + secagg, q = 16384", "ticket", training=secure),
-            *(
-                Arm(
-                    f"ticket + secagg, target {target:g}",
-                    "ticket",
-                    training={**secure, "secagg_target_error": target},
-                )
-                for target in args.targets
-            ),
+            *_target_arms("ticket + secagg", secure, args.targets),
         ),
     )
     result = run_task(task, args.work, args.rounds, args.seed)
@@ -223,6 +216,20 @@ def run_bytes(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _target_arms(name: str, secure: dict[str, Any], targets: list[float]) -> tuple[Any, ...]:
+    """One secure ticket arm per target error, named `name, target T`."""
+    from bench.comm import Arm
+
+    return tuple(
+        Arm(
+            f"{name}, target {target:g}",
+            "ticket",
+            training={**secure, "secagg_target_error": target},
+        )
+        for target in targets
+    )
+
+
 def _bytes_task(args: argparse.Namespace) -> Any:
     from bench.comm import MNIST_FIND, Task
 
@@ -247,7 +254,7 @@ def run_bytes_clip(args: argparse.Namespace, recorded: dict[str, Any]) -> list[d
     """`bytes --clip C`: secure arms at clip C for each of --targets, on the task of the
     recorded bytes run, compared with its float32 ticket; the arms to add to its table."""
     sys.path.insert(0, str(ROOT))
-    from bench.comm import Arm, run_task
+    from bench.comm import run_task
 
     if recorded.get("rounds") != args.rounds:
         raise SystemExit(
@@ -258,14 +265,7 @@ def run_bytes_clip(args: argparse.Namespace, recorded: dict[str, Any]) -> list[d
     secure = {"secagg": True, "secagg_clip": args.clip}
     task = dataclasses.replace(
         _bytes_task(args),
-        arms=tuple(
-            Arm(
-                f"ticket + secagg, clip {args.clip:g}, target {target:g}",
-                "ticket",
-                training={**secure, "secagg_target_error": target},
-            )
-            for target in args.targets
-        ),
+        arms=_target_arms(f"ticket + secagg, clip {args.clip:g}", secure, args.targets),
     )
     result = run_task(task, args.work, args.rounds, args.seed)
     for arm in result["arms"]:
