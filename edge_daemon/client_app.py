@@ -25,7 +25,13 @@ import numpy.typing as npt
 from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 
-from edge_daemon import model_push, search_step, secagg_client, ticket_install
+from edge_daemon import (
+    model_push,
+    reading_counts,
+    search_step,
+    secagg_client,
+    ticket_install,
+)
 from edge_daemon.local_data import (
     LocalData,
     LocalDataError,
@@ -317,9 +323,13 @@ def query(message: Message, context: Context) -> Message:
     try:
         if not secagg_client.is_secure(message):
             raise InstructionError("a query must carry a secure aggregation step")
-        return secagg_client.query_step(message, context)
+        return secagg_client.query_step(message, context, functools.partial(_counts, context))
     except SKIP_ROUND as error:
         return error_reply(message, error)
+
+
+def _counts(context: Context, schema: str) -> npt.NDArray[np.int64]:
+    return reading_counts.local_counts(NodeSettings.from_context(context).data, schema)
 
 
 def record_round(

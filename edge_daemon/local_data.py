@@ -23,6 +23,7 @@ from ticket.data.partition import IndexArray, partition
 from ticket.errors import TicketError
 
 if TYPE_CHECKING:
+    from edge_daemon.readings import Reading
     from ticket.data import Dataset
     from ticket.data.heart_encoding import HeartPreprocessor
 
@@ -158,6 +159,21 @@ def load_local_data(
     )
 
 
+def partition_rows(spec: LocalDataSpec) -> "list[dict[str, str]]":
+    """The raw training rows of this node's partition, in the order training reads them;
+    LocalDataError for a dataset that has no raw rows (only heart-uci has)."""
+    if spec.dataset != "heart-uci":
+        raise LocalDataError(f"dataset {spec.dataset!r} has no raw readings to count")
+    from ticket.data.heart import heart_training_rows
+
+    try:
+        rows = heart_training_rows()
+        train_parts, _ = _fleet_split(replace(spec, partition_id=0), None)
+    except TicketError as error:
+        raise LocalDataError(f"local data ({spec.dataset}, {spec.partition}): {error}") from error
+    return [rows[int(index)] for index in train_parts[spec.partition_id]]
+
+
 def load_store_data(spec: StoreSpec, preprocessing: Mapping[str, Any] | None) -> LocalData:
     """The device's readings, encoded as the ticket expects; LocalDataError when there are none.
 
@@ -165,9 +181,27 @@ def load_store_data(spec: StoreSpec, preprocessing: Mapping[str, Any] | None) ->
     the daemon's hourly purge has not come round yet. Errors never quote a reading: they may end
     up in an Error reply the server sees.
     """
+    encoder = readings_encoder(spec.schema, preprocessing)
+    rows = store_rows(spec)
+    try:
+        features = encoder.transform(rows)  # float32 [R, F]
+        labels = encoder.labels(rows)  # int64 [R]
+    except TicketError as error:
+        raise LocalDataError(f"device readings unusable: {type(error).__name__}") from None
+    held_out = held_out_rows(len(rows), spec)
+    return LocalData(
+        x_train=features[~held_out],
+        y_train=labels[~held_out],
+        x_test=features[held_out],
+        y_test=labels[held_out],
+    )
+
+
+def store_rows(spec: StoreSpec) -> "list[Reading]":
+    """The device's labelled readings, oldest first, retention applied first; LocalDataError
+    when there are none or the store cannot be read (naming no reading)."""
     from edge_daemon.readings import ReadingsStore, StoreError
 
-    encoder = readings_encoder(spec.schema, preprocessing)
     if not spec.path.exists():
         raise LocalDataError("no readings on this device yet (edge-daemon ingest)")
     try:
@@ -181,19 +215,17 @@ def load_store_data(spec: StoreSpec, preprocessing: Mapping[str, Any] | None) ->
             if spec.retention_rows is not None or spec.retention_days is not None:
                 store.apply_retention()  # takes the write lock: only when there are limits
             rows = store.rows()
-        features = encoder.transform(rows) if rows else None  # float32 [R, F]
-        labels = encoder.labels(rows) if rows else None  # int64 [R]
     except (StoreError, TicketError, sqlite3.Error) as error:
         raise LocalDataError(f"device readings unusable: {type(error).__name__}") from None
-    if features is None or labels is None:
+    if not rows:
         raise LocalDataError("no readings on this device yet (edge-daemon ingest)")
-    held_out = np.arange(len(rows)) % spec.test_every == spec.test_every - 1
-    return LocalData(
-        x_train=features[~held_out],
-        y_train=labels[~held_out],
-        x_test=features[held_out],
-        y_test=labels[held_out],
-    )
+    return rows
+
+
+def held_out_rows(count: int, spec: StoreSpec) -> npt.NDArray[np.bool_]:
+    """bool [count]: the readings held out for local evaluation (every test_every-th)."""
+    held_out: npt.NDArray[np.bool_] = np.arange(count) % spec.test_every == spec.test_every - 1
+    return held_out
 
 
 def readings_encoder(schema: str, preprocessing: Mapping[str, Any] | None) -> "HeartPreprocessor":

@@ -3,8 +3,9 @@
 Messages are ticket/wire.py's SecAggRequest and SecAggReply: an advert request -> a key advert,
 a key bundle -> a share bundle, a mask request (on a train message with the global values; under
 differential privacy with the Skellam mechanism's parameters) -> a masked input, an unmask
-request -> an unmask response. Nothing per node but the masked vector leaves: no example
-count, no loss.
+request -> an unmask response. A mask request on a query is for counts of the node's readings
+(a federated fit of their encoding, edge_daemon/reading_counts.py), masked exactly. Nothing
+per node but the masked vector leaves: no example count, no loss.
 
 The node's protocol state (RoundSecrets until its shares go out, then NodeRound) lives in
 `context.state` (one run on one SuperNode: every message runs in a fresh clientapp process)
@@ -116,13 +117,29 @@ def train_step(message: Message, context: Context, trainer: Trainer) -> tuple[Me
     return wire_reply(message, answer.to_record()), len(masked or b"")
 
 
-def query_step(message: Message, context: Context) -> Message:
-    """Setup and trip B: advertise keys, reveal shares, share next round's secrets."""
+Counter = Callable[[str], npt.NDArray[np.int64]]  # readings schema -> this node's counts
+
+
+def query_step(message: Message, context: Context, counter: Counter) -> Message:
+    """Setup and trip B: advertise keys, reveal shares, share next round's secrets; or, for a
+    fit of the encoding, mask this node's counts of its readings (`counter`)."""
     ask = read_request(message)
     store = StateStore.of(context)
-    r, advert, revealed, shares = ask.round, None, None, None
+    r, advert, revealed, shares, masked = ask.round, None, None, None, None
     if ask.advert_round is not None:
         advert = _advertise(store, context, ask.advert_round)
+    if ask.mask_request is not None:
+        if ask.counts_schema is None or ask.count_cap is None:
+            raise InstructionsError("a query's mask request must be for counts")
+        request, cap = ask.mask_request, ask.count_cap
+        state = store.node_round(r)
+        # Counts, then zeros where a training update carries its weight and loss.
+        counts = np.concatenate([counter(ask.counts_schema), np.zeros(EXTRA_VALUES, np.int64)])
+        rng = np.random.default_rng()  # unused: counts are masked as they are, not rounded
+        masked, state = _protocol(
+            "mask", lambda: mask_input(request, state, counts, rng=rng, count_cap=cap)
+        )
+        store.put(f"round-{r}", state.to_bytes())
     if ask.unmask_request is not None:
         request = ask.unmask_request
         state = store.node_round(r)
@@ -136,7 +153,9 @@ def query_step(message: Message, context: Context) -> Message:
         shares, state = _protocol("shares", lambda: distribute_shares(bundle, secrets, trust=trust))
         store.put(f"round-{nxt}", state.to_bytes())
     store.save(keep_from=r - 1)
-    answer = SecAggReply(key_advert=advert, unmask_response=revealed, share_bundle=shares)
+    answer = SecAggReply(
+        masked_input=masked, key_advert=advert, unmask_response=revealed, share_bundle=shares
+    )
     return wire_reply(message, answer.to_record())
 
 

@@ -78,7 +78,14 @@ from ticket.secagg import Phase, Roster, RoundAbortedError, SecAggParams, Server
 from ticket.secagg.privacy import SkellamParams, decode_sum
 from ticket.secagg.quantize import choose_quantization
 from ticket.secagg.weighting import EXTRA_VALUES, read_sum
-from ticket.wire import SECAGG, TRAIN_LOSS, SecAggReply, SecAggRequest, WireError
+from ticket.wire import (
+    SECAGG,
+    TRAIN_LOSS,
+    SecAggReply,
+    SecAggRequest,
+    TrainInstruction,
+    WireError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -235,22 +242,23 @@ class SecurePackedFedAvg(PackedFedAvg):
             self._next = _Pending(self._server_round(r + 1), asked=set(cohort))
         self._global = arrays[PAYLOAD_KEY].numpy().copy()  # float32 [n]
         refuse_extra_config(config)
-        payload = self._encode_global(r, arrays)
-        train = self._train_instruction(r, payload)
-        instruction = train.to_record()
+        train = self._member_instruction(r, arrays)
+        kind = MessageType.TRAIN if train is not None else MessageType.QUERY
         asked = self._next.asked if self._next is not None else set()
         messages = []
         for node in sorted(set(self._requests) | asked):
             ask = self._request(r, advert_round=r + 1 if node in asked else None)
-            if node in self._requests:
-                # Under DP the device clips to C and adds its noise share.
-                ask = dataclasses.replace(ask, mask_request=self._requests[node], dp=self.skellam)
+            is_member = node in self._requests
+            if is_member:
+                ask = self._member_ask(ask, self._requests[node])
             records = ask.to_record()
-            content = to_flower(records.merged(instruction) if node in self._requests else records)
+            if is_member and train is not None:
+                records = records.merged(train.to_record())
+            content = to_flower(records)
             down = _size(content.config_records[SECAGG])
-            if node in self._requests:
+            if is_member and train is not None:
                 down += train.size
-            messages.append(Message(content, dst_node_id=node, message_type=MessageType.TRAIN))
+            messages.append(Message(content, dst_node_id=node, message_type=kind))
             record.bytes_down[node] = record.bytes_down.get(node, 0) + down
         self._sent_train = {message.metadata.dst_node_id for message in messages}
         members = frozenset(self._requests)
@@ -287,6 +295,15 @@ class SecurePackedFedAvg(PackedFedAvg):
         result, reason = self._unmask_and_share(r, record)
         self.history.observe(record.failures)
         return self._finish(r, record, result, reason)
+
+    def _member_instruction(self, r: int, arrays: ArrayRecord) -> TrainInstruction | None:
+        """What a member of round r computes the vector it masks from: training from the
+        global values (a train message). None: the mask request says it (a query message)."""
+        return self._train_instruction(r, self._encode_global(r, arrays))
+
+    def _member_ask(self, ask: SecAggRequest, mask_request: bytes) -> SecAggRequest:
+        """A member's secagg request; under DP the device clips to C and adds its noise."""
+        return dataclasses.replace(ask, mask_request=mask_request, dp=self.skellam)
 
     # ------------------------------------------------------------ trip B
 

@@ -88,6 +88,8 @@ BUNDLE_ROUND = "bundle-round"
 DP_CLIP_NORM = "dp-clip-norm"
 DP_SCALE = "dp-scale"
 DP_NOISE_VAR = "dp-noise-var"
+COUNTS_SCHEMA = "counts-schema"  # a mask request for counts of the named readings schema
+COUNT_CAP = "count-cap"  # ... each of them at most this many
 # ... and node to server.
 MASKED_INPUT = "masked-input"
 KEY_ADVERT = "key-advert"
@@ -614,6 +616,10 @@ class SecAggRequest:
     advert request; a query message an unmask request and a key bundle, or the setup's single
     parts. Under differential privacy a mask request comes with the distributed Skellam
     mechanism's clip norm, scale and per-device noise variance (ticket/secagg/privacy.py).
+
+    A query message may carry a mask request for counts in place of an update (a federated fit
+    of the encoding of readings, server/encoding_fit.py): `counts_schema` names the readings
+    schema whose histogram the node masks, each count at most `count_cap`, summed exactly.
     """
 
     NAME: ClassVar[str] = "secagg request"
@@ -627,10 +633,16 @@ class SecAggRequest:
     bundle_round: int | None = None
     advert_round: int | None = None  # -> key_advert
     dp: "SkellamParams | None" = None
+    counts_schema: str | None = None  # with count_cap: the mask request is for these counts
+    count_cap: int | None = None
 
     def __post_init__(self) -> None:
         if (self.key_bundle is None) != (self.bundle_round is None):
             raise WireError(f"{self.NAME}: a key bundle and its round travel together")
+        if (self.counts_schema is None) != (self.count_cap is None):
+            raise WireError(f"{self.NAME}: a counts schema and its cap travel together")
+        if self.counts_schema is not None and (self.mask_request is None or self.dp is not None):
+            raise WireError(f"{self.NAME}: counts go with a mask request and without DP")
 
     def to_record(self) -> Records:
         parts: dict[str, ConfigValue | None] = {
@@ -641,6 +653,8 @@ class SecAggRequest:
             KEY_BUNDLE: self.key_bundle,
             BUNDLE_ROUND: self.bundle_round,
             ADVERT_ROUND: self.advert_round,
+            COUNTS_SCHEMA: self.counts_schema,
+            COUNT_CAP: self.count_cap,
         }
         if self.dp is not None:
             parts |= {
@@ -669,6 +683,7 @@ class SecAggRequest:
             except ParamsError as error:
                 raise WireError(f"{cls.NAME}: {error}") from None
         bundle = ask.optional(KEY_BUNDLE, ask.raw)
+        schema = ask.optional(COUNTS_SCHEMA, ask.text)
         request = cls(
             round=ask.integer(ROUND),
             weight_cap=ask.integer(WEIGHT_CAP, minimum=1),
@@ -678,6 +693,8 @@ class SecAggRequest:
             bundle_round=ask.integer(BUNDLE_ROUND) if bundle is not None else None,
             advert_round=ask.optional(ADVERT_ROUND, ask.integer),
             dp=dp,
+            counts_schema=schema,
+            count_cap=ask.integer(COUNT_CAP, minimum=1) if schema is not None else None,
         )
         ask.done()
         return request

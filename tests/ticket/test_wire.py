@@ -66,6 +66,9 @@ EXAMPLES: dict[str, Any] = {
         1, 100, unmask_request=b"u", key_bundle=b"k", bundle_round=2
     ),
     "SecAggRequest+advert": SecAggRequest(1, 100, advert_round=1),
+    "SecAggRequest+counts": SecAggRequest(
+        1, 100, mask_request=b"m", counts_schema="heart-uci", count_cap=5000
+    ),
     "SecAggReply": SecAggReply(masked_input=b"x", key_advert=b"a"),
     "SecAggReply+unmask": SecAggReply(unmask_response=b"r", share_bundle=b"s"),
 }
@@ -241,6 +244,17 @@ def test_secagg_parts_that_travel_together() -> None:
         SecAggRequest.from_record(half_dp)
     with pytest.raises(WireError, match="secagg request: DP scale must be a positive"):
         SecAggRequest.from_record(bad_dp)
+    counts = SecAggRequest(1, 100, mask_request=b"m", counts_schema="heart-uci", count_cap=9)
+    no_cap = _edit_config(counts.to_record(), wire.SECAGG, count_cap=_DROP)
+    zero_cap = _edit_config(counts.to_record(), wire.SECAGG, count_cap=0)
+    with pytest.raises(WireError, match=re.escape("secagg.count-cap: missing")):
+        SecAggRequest.from_record(no_cap)
+    with pytest.raises(WireError, match=re.escape("secagg.count-cap:")):
+        SecAggRequest.from_record(zero_cap)
+    with pytest.raises(WireError, match="a counts schema and its cap travel together"):
+        SecAggRequest(1, 100, mask_request=b"m", count_cap=9)
+    with pytest.raises(WireError, match="counts go with a mask request and without DP"):
+        SecAggRequest(1, 100, counts_schema="heart-uci", count_cap=9)
     with pytest.raises(
         WireError, match=re.escape("secagg reply: secagg.masked-input: expected bytes")
     ):
@@ -339,6 +353,11 @@ GOLDEN = {
         }
     },
     "SecAggRequest+advert": {"config": {"secagg": ["advert-round", "round", "weight-cap"]}},
+    "SecAggRequest+counts": {
+        "config": {
+            "secagg": ["count-cap", "counts-schema", "mask-request", "round", "weight-cap"]
+        }
+    },
     "SecAggReply": {"config": {"secagg": ["key-advert", "masked-input"]}},
     "SecAggReply+unmask": {"config": {"secagg": ["share-bundle", "unmask-response"]}},
 }
@@ -406,6 +425,7 @@ OTHER_FORMATS: dict[str, tuple[set[str], str]] = {
     "server/delivery_record.py": ({"kept"}, "final-model.json's per-node lists"),
     "server/enrolment.py": ({"status"}, "a subcommand"),
     "server/deadline_grid.py": ({"round"}, _RUN_LOG + ": a late reply's entry"),
+    "server/encoding_fit.py": ({"rejected", "round"}, "the encoding fit's record (to_json)"),
     "server/fleet.py": ({"round"}, _RUN_LOG),
     "server/fleet_search.py": ({"loss", "round"}, _RUN_LOG),
     "server/metrics.py": ({"accuracy"}, "server-side evaluation scores"),

@@ -73,9 +73,7 @@ def load_heart(sites: Sequence[str] | None = None) -> Dataset:
     """Heart-uci restricted to `sites` (all four hospitals for None), encoded by a preprocessor
     fitted on the selected training rows only."""
     chosen = select_sites("heart-uci", sites, HEART_SITES)
-    rows = [row for row in read_heart_rows() if row["dataset"] in chosen]
-    train = [row for row in rows if not is_test_row(row["dataset"], row["id"])]
-    test = [row for row in rows if is_test_row(row["dataset"], row["id"])]
+    train, test = _split_rows(chosen)
     preprocessor = HeartPreprocessor.fit(train)
     recipe = {
         "dataset": "heart-uci",
@@ -101,6 +99,19 @@ def load_heart(sites: Sequence[str] | None = None) -> Dataset:
         fingerprint=fingerprint(recipe),
         preprocessing=preprocessor.to_json(),
     )
+
+
+def heart_training_rows(sites: Sequence[str] | None = None) -> list[dict[str, str]]:
+    """The raw training rows of `sites` (all four hospitals for None), in the order of
+    `load_heart(sites)`'s x_train: what a dataset node counts for a federated encoding fit."""
+    return _split_rows(select_sites("heart-uci", sites, HEART_SITES))[0]
+
+
+def _split_rows(chosen: tuple[str, ...]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    rows = [row for row in read_heart_rows() if row["dataset"] in chosen]
+    train = [row for row in rows if not is_test_row(row["dataset"], row["id"])]
+    test = [row for row in rows if is_test_row(row["dataset"], row["id"])]
+    return train, test
 
 
 def _site_indices(rows: Sequence[RawRow], sites: tuple[str, ...]) -> npt.NDArray[np.int64]:
