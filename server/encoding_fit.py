@@ -40,7 +40,9 @@ logger = logging.getLogger(__name__)
 
 COUNTS_ARRAY = "counts"  # the one array the round's layout packs
 DEFAULT_COUNT_CAP = 2**16 - 1  # rows a device may hold; q = cap + 1 keeps n * q under 2^32
-SCHEMAS = ("heart-uci",)  # readings schemas with a counts layout (ticket/data/heart_counts.py)
+# readings schema -> classes of its label, for the schemas with a counts layout
+# (ticket/data/heart_counts.py)
+SCHEMAS = {"heart-uci": 2}
 
 
 class EncodingFitError(TicketError):
@@ -58,6 +60,7 @@ class EncodingFit:
     round: int  # the run-wide round number it ran as
     bytes_up: int
     bytes_down: int
+    nodes: tuple[int, ...] = ()  # the devices whose counts are in the sum
     rejected: dict[int, str] = field(default_factory=dict)  # node -> why its reply was refused
 
     def to_json(self) -> dict[str, Any]:
@@ -175,6 +178,7 @@ def fit_encoding(
         round=round_number,
         bytes_up=sum(record.bytes_up.values()),
         bytes_down=sum(record.bytes_down.values()),
+        nodes=tuple(record.accepted),
         rejected=dict(record.rejected),
     )
     logger.info(

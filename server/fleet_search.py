@@ -20,6 +20,7 @@ secure aggregation state of one round is never reused by another. Only aggregate
 W_k, masks and counts; no device's update is ever stored.
 """
 
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -33,6 +34,7 @@ import numpy.typing as npt
 import torch
 
 from server.checkpoint import RunCheckpoint
+from server.encoding_fit import SCHEMAS, fit_encoding
 from server.privacy import Release, charged_rounds, epsilon
 from server.rollout import push
 from server.run_log import RunLog, plot_run
@@ -40,8 +42,9 @@ from server.run_settings import ServerSettings
 from server.strategy import PackedFedAvg
 from server.training_run import RunPaths, make_strategy, run_resumable, run_settings
 from ticket import __version__
-from ticket.atomic import atomic_write_bytes
-from ticket.bundle import Ticket, build_ticket, encode_ticket, read_ticket
+from ticket.atomic import atomic_write_bytes, atomic_write_text
+from ticket.bundle import Ticket, build_ticket, encode_ticket, read_ticket, sign_ticket
+from ticket.dense import dense_ticket
 from ticket.errors import TicketError
 from ticket.fleet_search import SEARCHES, DataFree, FleetPruning, FleetSaliency, SearchMethod
 from ticket.fleet_search.magnitude import hamming, next_mask, rewind
@@ -59,6 +62,7 @@ logger = logging.getLogger(__name__)
 
 Arrays = dict[str, np.ndarray]
 NODE_POLL_S = 1.0  # how often the search looks for devices to connect before it starts
+ENCODING_STATE = "encoding.json"  # search-fit-encoding: the fit's record and the dense ticket's id
 
 
 class SearchError(TicketError):
@@ -98,7 +102,7 @@ class FindSettings:
         """What a resume must not change: the searched ticket and every search key that
         shapes the result (the output path and the seed push are not among them)."""
         keys = asdict(self.search)
-        for name in ("search_out", "search_push_ticket"):
+        for name in ("search_out", "search_push_ticket", "search_sign_key"):
             del keys[name]
         return {"searched_ticket": ticket_id, **keys}
 
@@ -121,6 +125,9 @@ class _Level:
 def run_search(grid: Any, settings: FindSettings, *, now: datetime | None = None) -> Ticket:
     """Run (or resume) the search; write the found ticket (unsigned) to `settings.out`."""
     training = settings.training
+    fitted = None
+    if settings.search.search_fit_encoding:
+        fitted = _fitted_dense_ticket(grid, settings, now or datetime.now(UTC))
     keys = [training.fleet_key.read_bytes()] if training.fleet_key is not None else []
     base = read_ticket(
         training.ticket_path, trusted_keys=keys, allow_unsigned=training.allow_unsigned
@@ -130,6 +137,14 @@ def run_search(grid: Any, settings: FindSettings, *, now: datetime | None = None
     state = latest_state(run_dir, fingerprint)
     if state is None:
         state = SearchState(level=0, mask=base.masks, w_k=base.weights, settings=fingerprint)
+        if fitted is not None:  # the fit's round counts among the search's, and its bytes
+            state = replace(
+                state,
+                rounds=int(fitted["round"]),
+                bytes_up=int(fitted["bytes_up"]),
+                bytes_down=int(fitted["bytes_down"]),
+                nodes=tuple(int(node) for node in fitted["nodes"]),
+            )
     elif state.is_done:
         logger.info("%s: the search had finished; writing its ticket again", run_dir)
     if not state.is_done:
@@ -142,6 +157,70 @@ def run_search(grid: Any, settings: FindSettings, *, now: datetime | None = None
     settings.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(settings.out, encode_ticket(ticket))
     return ticket
+
+
+def _fitted_dense_ticket(grid: Any, settings: FindSettings, created_at: datetime) -> dict[str, Any]:
+    """search-fit-encoding: fit the encoding on the fleet's counts (server/encoding_fit.py),
+    draw the dense ticket at W_0 and write it to ticket-path, signed with search-sign-key when
+    set; the fit's record. Kept in the run directory's encoding.json, so a resumed search
+    neither asks the fleet again nor draws another W_0."""
+    search, training = settings.search, settings.training
+    held = training.run_dir / ENCODING_STATE
+    if held.is_file():
+        return _read_fit_record(held, training.ticket_path)
+    if training.ticket_path.exists():
+        raise SearchError(
+            f"{training.ticket_path} exists: with search-fit-encoding the search writes the "
+            "dense ticket it draws to ticket-path; move that file or name another path"
+        )
+    fit = fit_encoding(grid, training, schema=search.search_schema, cap=search.search_count_cap)
+    record = {"fitted_on": "fleet", "run_id": training.run_dir.name, **fit.to_json()}
+    data = DataSpec(
+        name=fit.schema,
+        num_features=len(fit.preprocessor.feature_names),
+        num_classes=SCHEMAS[fit.schema],
+        preprocessing=fit.preprocessor.to_json(),
+    )
+    try:
+        dense = dense_ticket(
+            search.search_model,
+            data,
+            seed=training.plan.seed,
+            tool={"name": "fleet-server find", "version": __version__},
+            created_at=created_at,
+            metrics={"encoding_fit": record},
+        )
+        if search.search_sign_key is not None:
+            dense = sign_ticket(dense, search.search_sign_key.read_bytes())
+    except (OSError, TicketError) as error:
+        raise SearchError(f"cannot make the dense ticket to search in: {error}") from None
+    training.ticket_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(training.ticket_path, encode_ticket(dense))
+    kept = {**record, "nodes": list(fit.nodes), "dense_ticket": dense.content_id}
+    training.run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(held, json.dumps(kept, indent=2, sort_keys=True) + "\n")
+    return kept
+
+
+def _read_fit_record(path: Path, ticket_path: Path) -> dict[str, Any]:
+    """The encoding fit a resumed search made; SearchError when it or its ticket is damaged."""
+    try:
+        record = json.loads(path.read_text())
+        ticket = read_ticket(ticket_path, allow_unsigned=True)
+        matches = isinstance(record, dict) and record.get("dense_ticket") == ticket.content_id
+        if matches:
+            for key in ("round", "bytes_up", "bytes_down"):
+                int(record[key])
+            [int(node) for node in record["nodes"]]
+    except (OSError, ValueError, KeyError, TypeError, TicketError) as error:
+        raise SearchError(f"{path}: the encoding fit's record is unreadable: {error}") from None
+    if not matches:
+        raise SearchError(
+            f"{path} records the dense ticket of another fit than {ticket_path}: start afresh "
+            "with a new run name"
+        )
+    fit: dict[str, Any] = record
+    return fit
 
 
 def _push_base(grid: Any, base: Ticket, training: ServerSettings) -> None:
@@ -478,7 +557,10 @@ def _found_ticket(
         ),
         rewind_step=search.search_rewind_round,
         density=Density.from_json(measure_density(state.mask), at="density"),
-        metrics={"search_levels": [dict(line) for line in state.history]},
+        metrics={
+            "search_levels": [dict(line) for line in state.history],
+            **({"encoding_fit": fit} if (fit := spec.metrics.get("encoding_fit")) else {}),
+        },
         parent=base.content_id,
         created_at=created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
         tool={"name": "fleet-server find", "version": __version__},

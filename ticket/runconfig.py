@@ -392,8 +392,45 @@ class SearchSettings:
         ),
     )
 
+    search_fit_encoding: bool = field(
+        default=False,
+        metadata=_rules(
+            "fit the encoding of readings on the fleet's counts first (one secure round), then "
+            "draw the dense ticket at W_0 from seed and write it to ticket-path"
+        ),
+    )
+    search_model: str = field(
+        default="",
+        metadata=_rules("search-fit-encoding: model registry name of the dense ticket"),
+    )
+    search_schema: str = field(
+        default="heart-uci",
+        metadata=_rules(
+            "search-fit-encoding: the readings schema whose encoding is fitted",
+            choices=("heart-uci",),
+        ),
+    )
+    search_count_cap: int = field(
+        default=2**16 - 1,
+        metadata=_rules(
+            "search-fit-encoding: the most readings a device may count in one bin; a device "
+            "holding more sits the fit out",
+            ge=1,
+            le=2**24 - 1,
+        ),
+    )
+    search_sign_key: Path | None = field(
+        default=None,
+        metadata=_rules(
+            "search-fit-encoding: the fleet's private key, to sign the dense ticket the "
+            "devices install"
+        ),
+    )
+
     def __post_init__(self) -> None:
         _check(self)
+        if self.search_fit_encoding and not self.search_model:
+            raise RunConfigError("run config: search-fit-encoding needs search-model")
 
 
 @dataclass(frozen=True)

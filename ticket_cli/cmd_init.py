@@ -12,22 +12,14 @@ import argparse
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
 from ticket import __version__
-from ticket.bundle import build_ticket, sign_ticket, write_ticket
+from ticket.bundle import sign_ticket, write_ticket
 from ticket.data import load_dataset
+from ticket.dense import dense_ticket
 from ticket.errors import TicketError
-from ticket.manifest import DataSpec, Density, Manifest, MethodSpec, ModelSpec, measure_density
-from ticket.masks import prunable_names
-from ticket.models import build_model
-from ticket.prune import derive_seed
-from ticket.train import snapshot
+from ticket.manifest import DataSpec
 from ticket_cli.cmd_keys import read_private_key
 from ticket_cli.commands import HELP
-from ticket_cli.find_runner import merged_model_args
-
-METHOD = "init"  # the manifest's method name of a dense starting ticket
 
 
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -58,22 +50,13 @@ def run(args: argparse.Namespace) -> int:
         raise TicketError(f"--seed must be >= 0, got {args.seed}")
     signing_key = read_private_key(args.sign_key) if args.sign_key else None
     dataset = load_dataset(args.data, sites=tuple(args.sites) if args.sites else None)
-    model_args = merged_model_args(dataset, {})
-    model = build_model(args.model, model_args, derive_seed(args.seed, "init"))
-    weights = {name: value.numpy() for name, value in snapshot(model).items()}
-    masks = {name: np.ones(weights[name].shape, np.bool_) for name in prunable_names(model)}
-    manifest = Manifest(
-        model=ModelSpec(name=args.model, args=model_args),
-        data=DataSpec.from_json(dataset.describe(), at="data"),
-        method=MethodSpec(name=METHOD, seed=args.seed),
-        rewind_step=0,
-        density=Density.from_json(measure_density(masks), at="density"),
-        metrics={},
-        parent=None,
-        created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    ticket = dense_ticket(
+        args.model,
+        DataSpec.from_json(dataset.describe(), at="data"),
+        seed=args.seed,
         tool={"name": "ticketfleet", "version": __version__},
+        created_at=datetime.now(UTC),
     )
-    ticket = build_ticket(manifest, masks, weights)
     if signing_key is not None:
         ticket = sign_ticket(ticket, signing_key)
     out.parent.mkdir(parents=True, exist_ok=True)
