@@ -354,9 +354,7 @@ GOLDEN = {
     },
     "SecAggRequest+advert": {"config": {"secagg": ["advert-round", "round", "weight-cap"]}},
     "SecAggRequest+counts": {
-        "config": {
-            "secagg": ["count-cap", "counts-schema", "mask-request", "round", "weight-cap"]
-        }
+        "config": {"secagg": ["count-cap", "counts-schema", "mask-request", "round", "weight-cap"]}
     },
     "SecAggReply": {"config": {"secagg": ["key-advert", "masked-input"]}},
     "SecAggReply+unmask": {"config": {"secagg": ["share-bundle", "unmask-response"]}},
