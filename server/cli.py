@@ -48,6 +48,7 @@ from ticket.runconfig import SEARCH_METHODS, SEARCH_SCOPES, RunConfigError, Sear
 
 DEFAULT_CONFIG = Path("/etc/fleet-server/server.yaml")
 FOLLOW_POLL_S = 1.0  # how often `find` looks at a search the service runs
+DRAWN_TICKET = "dense.ticket"  # --fit-encoding: where in the run directory the search draws it
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,12 +111,27 @@ def build_parser() -> argparse.ArgumentParser:
         "find",
         "find a winning ticket on the fleet itself",
         "Start the SuperLink and search the fleet for a ticket inside TICKET (a dense ticket "
-        "from `ticket init`, signed by the fleet key): the devices train or score it on their "
-        "own data under the run: section's schedule and secure aggregation, and the server "
-        "prunes the aggregate. Writes the found ticket to --out, signed with the fleet's signing "
-        "key when this server holds it. Run it again after a kill: it resumes.",
+        "from `ticket init`, signed by the fleet key), or with --fit-encoding inside one the "
+        "search draws after fitting the encoding of readings on the devices' securely summed "
+        "counts: the devices train or score it on their own data under the run: section's "
+        "schedule and secure aggregation, and the server prunes the aggregate. Writes the "
+        "found ticket to --out, signed with the fleet's signing key when this server holds "
+        "it. Run it again after a kill: it resumes.",
     )
-    find.add_argument("searched", type=Path, metavar="TICKET", help="the ticket to search in")
+    find.add_argument(
+        "searched",
+        type=Path,
+        nargs="?",
+        metavar="TICKET",
+        help="the dense ticket to search in (or --fit-encoding)",
+    )
+    find.add_argument(
+        "--fit-encoding",
+        action="store_true",
+        help="no TICKET: fit the encoding of readings on the fleet's securely summed counts, "
+        "then draw the dense --model at W_0 from run.seed and search in it",
+    )
+    find.add_argument("--model", help="--fit-encoding: the model registry name, e.g. heart-mlp")
     find.add_argument("--out", required=True, type=Path, help="the .ticket file to write")
     find.add_argument(
         "--method",
@@ -270,6 +286,18 @@ def run_find(args: argparse.Namespace, config: FleetConfig) -> int:
     out: Path = args.out.absolute()
     if out.exists() and not args.force:
         raise BadArgumentError(f"{out} already exists; pass --force to overwrite it")
+    _check_fit_encoding(args, config)
+    name = args.run_name or f"find-{out.stem}"
+    run_dir = config.paths.run_dir(name)
+    fit: dict[str, Any] = {}
+    if args.fit_encoding:  # the search draws the dense ticket; the devices install it signed
+        key = config.fleet_private_key
+        fit = {
+            "search_fit_encoding": True,
+            "search_model": args.model,
+            "search_sign_key": key.absolute() if key.is_file() else None,
+        }
+    searched = run_dir / DRAWN_TICKET if args.fit_encoding else args.searched.absolute()
     try:
         settings = SearchSettings(
             search_method=args.method,
@@ -281,15 +309,13 @@ def run_find(args: argparse.Namespace, config: FleetConfig) -> int:
             search_early_bird_distance=args.early_bird_distance,
             search_synflow_iterations=args.synflow_iterations,
             search_out=out,
+            **fit,
         )
     except RunConfigError as error:  # names the run-config key; say the option instead
         raise BadArgumentError(_as_option(str(error))) from None
     if settings.search_rewind_round > settings.search_rounds_per_level:
         raise BadArgumentError("--rewind-round must be at most --rounds-per-level")
-    name = args.run_name or f"find-{out.stem}"
-    job = SearchJob(
-        args.searched.absolute(), config.paths.run_dir(name), out, settings, args.plaintext
-    )
+    job = SearchJob(searched, run_dir, out, settings, args.plaintext)
     signal.signal(signal.SIGTERM, _interrupt)
     service = read_state(config.paths.service_file)
     if service is not None and service.alive and service.phase != STOPPED:
@@ -323,6 +349,26 @@ def run_find(args: argparse.Namespace, config: FleetConfig) -> int:
             + ("" if fleet.dp_epsilon is None else f", epsilon {fleet.dp_epsilon:.2f}")
         )
     return ExitCode.OK
+
+
+def _check_fit_encoding(args: argparse.Namespace, config: FleetConfig) -> None:
+    """Exactly one of TICKET and --fit-encoding, --model with the latter only, and a fit the
+    fleet can run: under secure aggregation, without DP (not built for the counts)."""
+    if args.fit_encoding == (args.searched is not None):
+        raise BadArgumentError("give TICKET (a dense ticket to search in) or --fit-encoding")
+    if not args.fit_encoding:
+        if args.model is not None:
+            raise BadArgumentError("--model goes with --fit-encoding (TICKET names its model)")
+        return
+    if not args.model:
+        raise BadArgumentError("--fit-encoding needs --model, e.g. --model heart-mlp")
+    if args.plaintext:
+        raise BadArgumentError("--fit-encoding runs under secure aggregation only: no --plaintext")
+    if config.run.dp_noise_multiplier > 0:
+        raise BadArgumentError(
+            "--fit-encoding: DP noise on the encoding's counts is not built; fit without "
+            "run.dp_noise_multiplier, or give TICKET"
+        )
 
 
 def _find_through_service(

@@ -226,7 +226,7 @@ class FleetServer:
     def find(self, job: "SearchJob") -> str:
         """Start the SuperLink, submit (or resume) the fleet search `job`, follow it to the
         end; its status. The found ticket is at `job.out` (unsigned: the caller signs it)."""
-        if not job.ticket.is_file():
+        if not job.ticket.is_file() and not job.settings.search_fit_encoding:
             raise BadArgumentError(f"{job.ticket}: no such ticket to search in")
         return self._serve(lambda: self.search(job), program="fleet-server find")
 

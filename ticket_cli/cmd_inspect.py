@@ -90,6 +90,7 @@ def report_lines(ticket: Ticket, trusted: set[str] | None) -> list[str]:
     if method.train is not None:
         lines.append(f"training  {inline_values(method.train)}")
     lines += _fleet_lines(manifest.fleet)
+    lines += _encoding_fit_line(manifest.metrics.get("encoding_fit"))
     lines += [
         f"density   {percent_text(manifest.density.overall)}  "
         f"({kept:,} of {total:,} prunable weights kept)",
@@ -137,6 +138,16 @@ def _fleet_lines(fleet: FleetSpec | None) -> list[str]:
         f"{fleet.levels} level(s), {fleet.rounds} rounds, {privacy}",
         f"          search cost {fleet.bytes_up:,} bytes up, {fleet.bytes_down:,} bytes down "
         "(rewind step counts rounds)",
+    ]
+
+
+def _encoding_fit_line(fit: object) -> list[str]:
+    """Where the encoding of readings was fitted, when the fleet fitted it (--fit-encoding)."""
+    if not isinstance(fit, dict) or fit.get("fitted_on") != "fleet":
+        return []
+    return [
+        f"encoding  fitted on the fleet's summed counts (run {fit.get('run_id')}): "
+        f"{fit.get('devices')} devices, {fit.get('rows')} readings, no reading left a device"
     ]
 
 

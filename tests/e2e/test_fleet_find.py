@@ -1,14 +1,16 @@
-"""`fleet-server find` end to end: a ticket found on the fleet, killed mid-search, resumed.
+"""`fleet-server find --fit-encoding` end to end: a ticket found on the fleet from nothing but
+the devices' readings, the server killed mid-search and resumed.
 
-`fleet-server init` makes the state directory and the fleet key; `ticket init` writes the dense
-heart-uci ticket, signed with it. Three edge daemons (one per hospital, each with its own
-SuperNode and only its own hospital's rows, enrolled while the search waits for them) hold no
-ticket: the search pushes the dense one.
-`fleet-server find --method fed-imp` runs two pruning levels of one round each under secure
-aggregation (the default for a search); once level 0 is finished the fleet-server's process
-group gets SIGKILL. The second `fleet-server find` stops the leftover SuperLink, resumes at
-level 1 without rerunning level 0, and writes a ticket signed by the fleet key whose manifest
-says where it was found.
+`fleet-server init` makes the state directory and the fleet key. Three edge daemons (one per
+hospital, each with its own SuperNode and only its own hospital's readings, enrolled while the
+search waits for them) hold no ticket. The search first sums their counts of their readings
+under secure aggregation and fits the encoding on that sum (the pooled rows are never read),
+draws the dense heart-mlp at W_0, signs it with the fleet key and pushes it. Then
+`--method fed-imp` runs two pruning levels of one round each; once level 0 is finished the
+fleet-server's process group gets SIGKILL. The second `fleet-server find` stops the leftover
+SuperLink, resumes at level 1 without asking for the counts again or rerunning level 0, and
+writes a ticket signed by the fleet key whose manifest says where it and its encoding were
+found. (`make demo`'s loopback search covers a TICKET from `ticket init`.)
 """
 
 import json
@@ -53,13 +55,6 @@ def test_a_ticket_found_on_the_fleet_survives_a_kill_of_the_server(tmp_path: Pat
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert init.returncode == 0, init.stderr
-    dense = tmp_path / "dense.ticket"
-    made = subprocess.run(
-        [str(BIN / "ticket"), "init", "--model", "heart-mlp", "--data", "heart-uci",
-         "--out", str(dense), "--sign-key", str(state / "keys" / "fleet.key")],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert made.returncode == 0, made.stderr
     devices = prepare_devices(
         tmp_path / "devices",
         hospitals=("Cleveland", "Hungary", "VA Long Beach"),
@@ -71,7 +66,8 @@ def test_a_ticket_found_on_the_fleet_survives_a_kill_of_the_server(tmp_path: Pat
         node_auth=True,
     )
     out = tmp_path / "found.ticket"
-    find = [str(BIN / "fleet-server"), "find", str(dense), "--out", str(out), "-c", str(config),
+    find = [str(BIN / "fleet-server"), "find", "--fit-encoding", "--model", "heart-mlp",
+            "--out", str(out), "-c", str(config),
             "--method", "fed-imp", "--target-density", "0.6", "--rate", "0.3",
             "--rounds-per-level", "1"]  # fmt: skip
     run_dir = state / "runs" / "find-found"
@@ -94,6 +90,8 @@ def test_a_ticket_found_on_the_fleet_survives_a_kill_of_the_server(tmp_path: Pat
         _kill_group(first, signal.SIGKILL)
         first.wait(timeout=10)
         level0 = sorted(p.name for p in (run_dir / "level-000" / "checkpoints").iterdir())
+        fitted = (run_dir / "encoding.json").read_bytes()
+        drawn_at = (run_dir / "dense.ticket").stat().st_mtime_ns
 
         second = _start([*find, "--force"], tmp_path / "second.log")
         started.append(second)
@@ -105,20 +103,31 @@ def test_a_ticket_found_on_the_fleet_survives_a_kill_of_the_server(tmp_path: Pat
     assert "resuming the search" in second_log and "found ticket" in second_log
     assert sorted(p.name for p in (run_dir / "level-000" / "checkpoints").iterdir()) == level0
     found = read_ticket(out, trusted_keys=[(state / "keys" / "fleet.pub").read_bytes()])
-    base = read_ticket(dense, allow_unsigned=True)
+    fleet_pub = (state / "keys" / "fleet.pub").read_bytes()
+    base = read_ticket(run_dir / "dense.ticket", trusted_keys=[fleet_pub])  # signed: installed
     assert found.manifest.parent == base.content_id
+    fit = found.manifest.metrics["encoding_fit"]
+    assert (fit["fitted_on"], fit["devices"], fit["round"]) == ("fleet", 3, 1)
+    assert json.loads((run_dir / "encoding.json").read_text())["dense_ticket"] == base.content_id
+    # The resumed search neither asked for the counts again nor drew another W_0.
+    assert (run_dir / "encoding.json").read_bytes() == fitted
+    assert (run_dir / "dense.ticket").stat().st_mtime_ns == drawn_at
     assert found.manifest.density.overall == pytest.approx(0.6, abs=0.01)
     fleet = found.manifest.fleet
     assert fleet is not None and fleet.secagg
-    assert (fleet.levels, fleet.rounds, fleet.devices) == (2, 2, 3)
+    assert (fleet.levels, fleet.rounds, fleet.devices) == (2, 3, 3)  # the fit's round too
     assert fleet.bytes_up > 0 and fleet.bytes_down > 0
     for name in ("level-000", "level-001"):
         lines = (run_dir / name / "rounds.jsonl").read_text().splitlines()
         rounds = [json.loads(line)["round"] for line in lines]
-        assert rounds == ([1] if name == "level-000" else [2])  # each round once
-    # Only counts reach the server's disk: no per-device vector in the search's files.
+        assert rounds == ([2] if name == "level-000" else [3])  # each round once
+    # Only aggregates reach the server's disk: no per-device vector or count in the search's
+    # files (encoding.json is the fit's record; the fleet's summed counts are not kept).
     stored = {p.suffix for p in run_dir.rglob("*") if p.is_file() and p.name != "round.json"}
-    assert stored <= {".state", ".ckpt", ".jsonl", ".png"}
+    assert stored <= {".state", ".ckpt", ".jsonl", ".png", ".json", ".ticket"}
+    assert set(json.loads((run_dir / "encoding.json").read_text())) == {
+        "fitted_on", "run_id", "schema", "devices", "rows", "round", "bytes_up", "bytes_down",
+        "rejected", "nodes", "dense_ticket"}  # fmt: skip
     progress = json.loads((run_dir / "level-001" / "round.json").read_text())
     assert set(progress) == {"round", "stage", "sent", "replied", "usable", "elapsed_s", "goal",
                              "deadline_s", "closed"}  # counts only  # fmt: skip
@@ -127,4 +136,5 @@ def test_a_ticket_found_on_the_fleet_survives_a_kill_of_the_server(tmp_path: Pat
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert inspect.returncode == 0 and "found on the fleet" in inspect.stdout, inspect.stdout
+    assert "encoding  fitted on the fleet's summed counts" in inspect.stdout, inspect.stdout
     assert not is_listening("127.0.0.1", port)

@@ -218,6 +218,37 @@ def test_find_names_the_bad_option_before_starting_anything(
     assert not (tmp_path / "state" / "fleet-server.pid").exists()
 
 
+@pytest.mark.parametrize(
+    ("arguments", "yaml", "message"),
+    [
+        (["d.ticket", "--fit-encoding", "--model", "heart-mlp"], "", "give TICKET"),
+        ([], "", "give TICKET (a dense ticket to search in) or --fit-encoding"),
+        (["d.ticket", "--model", "heart-mlp"], "", "--model goes with --fit-encoding"),
+        (["--fit-encoding"], "", "--fit-encoding needs --model"),
+        (["--fit-encoding", "--model", "heart-mlp", "--plaintext"], "", "no --plaintext"),
+        (
+            ["--fit-encoding", "--model", "heart-mlp"],
+            ", secagg: true, dp_noise_multiplier: 1.0, dp_clip_norm: 0.5",
+            "DP noise on the encoding's counts is not built",
+        ),
+    ],
+)
+def test_find_takes_a_ticket_or_fits_the_encoding_never_both(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    arguments: list[str],
+    yaml: str,
+    message: str,
+) -> None:
+    config = _config(tmp_path)
+    config.write_text(config.read_text().replace("ticket: t}", f"ticket: t{yaml}}}"))
+    code = main(["find", *arguments, "--out", str(tmp_path / "f.ticket"), "-c", str(config)])
+    err = capsys.readouterr().err
+    assert code == ExitCode.BAD_INPUT, err
+    assert message in err, err
+    assert not (tmp_path / "state" / "fleet-server.pid").exists()
+
+
 def test_find_refuses_an_unknown_method(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         build_parser().parse_args(["find", "d.ticket", "--out", "f.ticket", "--method", "imp2"])

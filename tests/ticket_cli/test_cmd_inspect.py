@@ -267,10 +267,13 @@ def test_a_fleet_found_ticket_says_where_and_at_what_cost(
              "bytes_up": 82296, "bytes_down": 158664, "secagg": True}  # fmt: skip
     level = {"level": 0, "density_after": 0.1, "rounds": 2, "devices": 4, "bytes_up": 82296,
              "bytes_down": 158664, "train_loss": 0.47}  # fmt: skip
-    path = _rewrite(tmp_path / "f.ticket", fleet=fleet, metrics={"search_levels": [level]})
+    fit = {"fitted_on": "fleet", "run_id": "find-heart", "devices": 4, "rows": 643, "round": 1}
+    metrics = {"search_levels": [level], "encoding_fit": fit}
+    path = _rewrite(tmp_path / "f.ticket", fleet=fleet, metrics=metrics)
     code, out, _ = _run(capsys, "inspect", str(path), "--allow-unsigned")
     assert code == ExitCode.OK
     assert "found on the fleet (run find-heart): 4 devices, 1 level(s), 2 rounds, secure" in out
+    assert "fitted on the fleet's summed counts (run find-heart): 4 devices, 643 readings" in out
     assert "search cost 82,296 bytes up, 158,664 bytes down" in out
     table = out[out.index("fleet search by level") :].splitlines()
     assert table[1].split() == ["level", "density", "after", "rounds", "devices", "bytes", "up",
