@@ -468,6 +468,10 @@ def summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
+def _keys(settings: dict[str, Any]) -> str:
+    return ", ".join(f"`{key} = {value}`" for key, value in sorted(settings.items()))
+
+
 def write_markdown(document: dict[str, Any], path: Path) -> None:
     task = document["task"]
     both = document.get("engine") == "simulation"
@@ -479,7 +483,12 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
         f"Run {document['finished_at']} on {document['machine']}; {document['seeds']} seed(s); "
         f"secure aggregation {'on' if document['secagg'] else 'off'} for search and training; "
         f"{document['train_rounds']} federated training rounds per found ticket; target "
-        f"accuracy {document['target_accuracy']}.",
+        f"accuracy {document['target_accuracy']}."
+        + (
+            f" Search keys: {_keys(document['search_settings'])}."
+            if document.get("search_settings")
+            else ""
+        ),
         "",
         "Mean ± spread (population std) over seeds. Search bytes are over all devices and "
         "rounds of the search; `to target` is the training uplink until the server's pooled "
@@ -592,6 +601,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--work", type=Path, default=Path("/tmp/ticketfleet-fleet-find"))
     parser.add_argument(
+        "--rounds-per-level",
+        type=int,
+        help="override the task's search rounds per level (results get an _rplN suffix)",
+    )
+    parser.add_argument(
         "--resume", action="store_true", help="reuse the seeds kept with the same settings"
     )
     parser.add_argument(
@@ -599,6 +613,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     task = TASKS[args.task]
+    if args.rounds_per_level is not None:
+        if args.rounds_per_level < 1:
+            parser.error("--rounds-per-level must be >= 1")
+        search = {**task.search, "search-rounds-per-level": args.rounds_per_level}
+        task = replace(task, search=search)
     seeds = 1 if args.quick else args.seeds
     densities = [0.2, 0.05] if args.quick else [float(d) for d in args.densities.split(",")]
     methods = [m for m in args.methods.split(",") if m]
@@ -609,6 +628,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     suffix = ("_simulation" if args.engine == "simulation" else "") + (
         "_plaintext" if args.plaintext else ""
     )
+    if args.rounds_per_level is not None:  # a variant: its own results, not the task's table
+        suffix += f"_rpl{args.rounds_per_level}"
     stem = RESULTS / f"fleet_find_{args.task}{suffix}"
     kept = SeedStore(
         Path(f"{stem}_seeds"),
@@ -647,6 +668,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "engine": args.engine,
         "train_rounds": task.train_rounds,
         "target_accuracy": task.target_accuracy,
+        "search_settings": task.search,
         "wall_s": time.monotonic() - began,
         "rows": rows,
         "table": summarise(rows),

@@ -29,3 +29,13 @@ def test_a_kept_seed_is_reused_only_under_the_same_settings(
     assert kept.load(0) is None
     other = fleet_find.SeedStore(tmp_path / "seeds", {**settings, "densities": [0.2]})
     assert other.load(1) is None  # other densities: run again, never mixed into the table
+
+
+def test_a_rounds_per_level_variant_is_refused_below_one_and_names_its_results(
+    fleet_find: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        fleet_find.main(["--rounds-per-level", "0"])
+    assert "--rounds-per-level must be >= 1" in capsys.readouterr().err
+    settings = {"search-rounds-per-level": 10, "search-rate": 0.5}
+    assert fleet_find._keys(settings) == ("`search-rate = 0.5`, `search-rounds-per-level = 10`")
