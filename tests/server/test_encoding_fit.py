@@ -20,17 +20,6 @@ from ticket.data.heart import heart_training_rows
 from ticket.data.heart_counts import encoding_counts
 from ticket.data.heart_encoding import HeartPreprocessor
 from ticket.runconfig import RunConfigError
-from ticket_cli.cli import main as ticket_main
-
-
-@pytest.fixture(scope="module")
-def dense_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Only for the run config's ticket-path: the fit itself needs no ticket."""
-    out = tmp_path_factory.mktemp("dense") / "dense.ticket"
-    assert (
-        ticket_main(["init", "--model", "heart-mlp", "--data", "heart-uci", "--out", str(out)]) == 0
-    )
-    return out
 
 
 def _settings(dense_path: Path, tmp_path: Path, **changes: Any) -> ServerSettings:

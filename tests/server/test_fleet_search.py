@@ -20,16 +20,6 @@ from ticket.fleet_search.state import latest_state
 from ticket.packing import PackLayout
 from ticket.runconfig import RunConfigError
 from ticket.tensorfile import read_tensor_file
-from ticket_cli.cli import main as ticket_main
-
-
-@pytest.fixture(scope="module")
-def dense_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dense") / "dense.ticket"
-    assert (
-        ticket_main(["init", "--model", "heart-mlp", "--data", "heart-uci", "--out", str(out)]) == 0
-    )
-    return out
 
 
 @pytest.fixture(scope="module")
