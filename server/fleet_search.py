@@ -169,6 +169,12 @@ def _fitted_dense_ticket(grid: Any, settings: FindSettings, created_at: datetime
     if held.is_file():
         return _read_fit_record(held, training.ticket_path)
     if training.ticket_path.exists():
+        drawn = _drawn_here(training.ticket_path, training.run_dir.name)
+        if drawn is not None:  # killed between writing the ticket and its record
+            kept = {**drawn.manifest.metrics["encoding_fit"], "nodes": []}
+            kept["dense_ticket"] = drawn.content_id
+            atomic_write_text(held, json.dumps(kept, indent=2, sort_keys=True) + "\n")
+            return kept
         raise SearchError(
             f"{training.ticket_path} exists: with search-fit-encoding the search writes the "
             "dense ticket it draws to ticket-path; move that file or name another path"
@@ -200,6 +206,18 @@ def _fitted_dense_ticket(grid: Any, settings: FindSettings, created_at: datetime
     training.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(held, json.dumps(kept, indent=2, sort_keys=True) + "\n")
     return kept
+
+
+def _drawn_here(path: Path, run_id: str) -> Ticket | None:
+    """The dense ticket at `path` if this search drew it (its fit names this run), else None."""
+    try:
+        ticket = read_ticket(path, allow_unsigned=True)
+    except TicketError:
+        return None
+    fit = ticket.manifest.metrics.get("encoding_fit")
+    if isinstance(fit, dict) and fit.get("fitted_on") == "fleet" and fit.get("run_id") == run_id:
+        return ticket
+    return None
 
 
 def _read_fit_record(path: Path, ticket_path: Path) -> dict[str, Any]:

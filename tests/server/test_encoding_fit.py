@@ -167,6 +167,14 @@ def test_a_search_that_fits_the_encoding_on_the_fleet_draws_ticket_inits_w0_and_
         dense.content_id
     )
 
+    # Killed between writing the dense ticket and the fit's record: the ticket names the fit.
+    (tmp_path / "search" / "encoding.json").unlink()
+    for state in (tmp_path / "search").glob("level-*.state"):
+        state.unlink()
+    third = _search(config)
+    assert third.manifest.parent == dense.content_id
+    assert third.manifest.metrics["encoding_fit"]["devices"] == 4
+
 
 def test_a_fit_search_refuses_to_overwrite_a_ticket_or_to_run_without_a_model(
     dense_path: Path, tmp_path: Path
