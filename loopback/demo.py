@@ -1,11 +1,13 @@
 """`python -m loopback.demo`: a heart ticket found on the fleet, rolled out and trained there.
 
-Makes a fleet signing key and the dense heart-uci ticket (`ticket init`, or reuses
-OUT/dense.ticket), then gives each hospital its own device: an `edge-daemon` with that
-hospital's readings ingested and no ticket (loopback.devices). It starts a SuperLink and the
-daemons on loopback (loopback.launcher); each daemon starts its SuperNode. Three Flower runs
-follow, as an operator would start them: a fleet search (fed-oneshot) that pushes the dense
-ticket and finds a ticket at density 0.1 from the hospitals' own rows; after the demo signs it
+Makes a fleet signing key (or reuses OUT/fleet.key), then gives each hospital its own device:
+an `edge-daemon` with that hospital's readings ingested and no ticket (loopback.devices). It
+starts a SuperLink and the daemons on loopback (loopback.launcher); each daemon starts its
+SuperNode. Three Flower runs follow, as an operator would start them: a fleet search
+(fed-oneshot) that first fits the encoding of readings on the hospitals' securely summed counts
+and draws the dense heart-uci ticket (search-fit-encoding; with --no-secagg, `ticket init`'s
+OUT/dense.ticket on the pooled rows instead), pushes it and finds a ticket at density 0.1 from
+the hospitals' own rows; after the demo signs it
 with the fleet key (the ML engineer's step), a rollout that installs it on every device; and a
 few rounds of training it, all under secure aggregation (unless --no-secagg). It prints what
 each step did, a per-round table and what each device's owner sees, and stops every process
@@ -104,17 +106,35 @@ def run_config(
     return to_run_config(RunConfig(placement=placement, training=settings))
 
 
-def dense_ticket(out: Path) -> tuple[Path, Path]:
-    """OUT/dense.ticket (`ticket init`: heart-mlp at W_0, every weight kept), signed by the demo
-    fleet's key OUT/fleet.key; (ticket, public key). Both are made unless already there."""
+def fleet_signing_key(out: Path) -> Path:
+    """OUT/fleet.key, the demo fleet's signing key, made unless already there; its public key."""
     from ticket_cli.cli import main
 
-    ticket, key = out / "dense.ticket", out / "fleet.key"
-    public = key.with_suffix(".pub")
+    key = out / "fleet.key"
     if not key.exists():
         if main(["keygen", "--out", str(out / "fleet")]) != 0:
             raise LoopbackError("ticket keygen failed")
-        ticket.unlink(missing_ok=True)  # signed by an older key: make it again
+        (out / "dense.ticket").unlink(missing_ok=True)  # signed by an older key: make it again
+    return key.with_suffix(".pub")
+
+
+def searched_ticket(out: Path, workdir: Path, *, fit_encoding: bool) -> tuple[Path, Path]:
+    """(the dense ticket the search runs in, the fleet's public key). With `fit_encoding` the
+    search draws it after fitting the encoding on the fleet; else `ticket init` makes it on the
+    pooled rows (the fit runs under secure aggregation only)."""
+    if fit_encoding:
+        return workdir / "search" / "dense.ticket", fleet_signing_key(out)
+    return dense_ticket(out)
+
+
+def dense_ticket(out: Path) -> tuple[Path, Path]:
+    """OUT/dense.ticket (`ticket init`: heart-mlp at W_0, every weight kept, the encoding fitted
+    on the pooled rows), signed by the demo fleet's key; (ticket, public key). Made unless
+    already there."""
+    from ticket_cli.cli import main
+
+    ticket, key = out / "dense.ticket", out / "fleet.key"
+    public = fleet_signing_key(out)
     if ticket.exists():
         print(f"reusing {ticket}")
         return ticket, public
@@ -249,12 +269,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out: Path = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    workdir = out / "loopback"
     try:
-        dense, fleet_key = dense_ticket(out)
+        dense, fleet_key = searched_ticket(out, workdir, fit_encoding=args.secagg)
     except LoopbackError as error:
         print(f"demo: {error}", file=sys.stderr)
         return 1
-    workdir = out / "loopback"
     shutil.rmtree(workdir, ignore_errors=True)  # a fresh SuperLink database every demo
     port = free_port()
     hospitals = HEART_SITES[: args.nodes]
@@ -404,6 +424,15 @@ def _demo_runs(  # noqa: PLR0917  # the demo's places, all needed
         search_method="fed-oneshot",
         search_rounds_per_level=SEARCH_ROUNDS,
         search_target_density=args.density,
+        **(
+            {
+                "search_fit_encoding": True,
+                "search_model": "heart-mlp",
+                "search_sign_key": (fleet_key.with_suffix(".key")).resolve(),
+            }
+            if args.secagg
+            else {}
+        ),
     )
     deploy = deploy_config(
         ticket, run_dir=workdir / "deploy", fleet_key=fleet_key, timeout_s=args.timeout
@@ -427,8 +456,13 @@ def find_deploy_train(
     fleet: Loopback, runs: DemoRuns, args: argparse.Namespace, signing_key: Path, ticket: Path
 ) -> RunOutcome:
     """Search the fleet, sign what it found, roll it out, train it: the training run's outcome."""
+    fit = (
+        "the encoding of readings fitted on the hospitals' securely summed counts, then "
+        if args.secagg
+        else ""
+    )
     print(
-        f"1/3 finding a ticket at density {args.density} on the fleet itself (fed-oneshot: "
+        f"1/3 finding a ticket at density {args.density} on the fleet itself ({fit}fed-oneshot: "
         f"{SEARCH_ROUNDS} dense rounds, then prune): no reading leaves its hospital"
     )
     searched = fleet.run(runs.find, timeout_s=args.timeout)
@@ -448,11 +482,18 @@ def format_search(found: Ticket) -> str:
     fleet = found.manifest.fleet
     if fleet is None:  # run_search always writes it
         return f"found {found.content_id[:12]}"
+    fit = found.manifest.metrics.get("encoding_fit")
+    fitted = (
+        f"\n  encoding fitted on {fit['devices']} devices' summed counts of {fit['rows']} "
+        f"readings ({fit['bytes_up']:,} bytes up, in the search's)"
+        if isinstance(fit, dict)
+        else ""
+    )
     return (
         f"found {found.content_id[:12]} at density {found.manifest.density.overall:.3f} on "
         f"{fleet.devices} devices: {fleet.rounds} rounds, {fleet.bytes_up:,} bytes up, "
         f"{fleet.bytes_down:,} bytes down"
-        f"{', secure aggregation' if fleet.secagg else ''}; signed by the fleet key"
+        f"{', secure aggregation' if fleet.secagg else ''}; signed by the fleet key{fitted}"
     )
 
 

@@ -179,6 +179,7 @@ def _fitted_dense_ticket(grid: Any, settings: FindSettings, created_at: datetime
             f"{training.ticket_path} exists: with search-fit-encoding the search writes the "
             "dense ticket it draws to ticket-path; move that file or name another path"
         )
+    _wait_for_devices(grid, training)
     fit = fit_encoding(grid, training, schema=search.search_schema, cap=search.search_count_cap)
     record = {"fitted_on": "fleet", "run_id": training.run_dir.name, **fit.to_json()}
     data = DataSpec(
@@ -244,11 +245,7 @@ def _read_fit_record(path: Path, ticket_path: Path) -> dict[str, Any]:
 def _push_base(grid: Any, base: Ticket, training: ServerSettings) -> None:
     """Install the searched ticket on the connected devices (waiting up to round-timeout-s for
     min-nodes of them to connect); enough of them must take it."""
-    deadline = time.monotonic() + training.round_timeout_s
-    nodes = sorted(grid.get_node_ids())
-    while len(nodes) < training.min_nodes and time.monotonic() < deadline:
-        time.sleep(NODE_POLL_S)
-        nodes = sorted(grid.get_node_ids())
+    nodes = _wait_for_devices(grid, training)
     acks = push(
         grid,
         training.ticket_path.read_bytes(),
@@ -270,6 +267,19 @@ def _push_base(grid: Any, base: Ticket, training: ServerSettings) -> None:
             f"only {len(installed)} of {len(nodes)} connected devices installed ticket "
             f"{base.content_id[:12]}; the search needs min-nodes = {training.min_nodes}"
         )
+
+
+def _wait_for_devices(grid: Any, training: ServerSettings) -> list[int]:
+    """The connected node ids, once min-nodes of them are (or round-timeout-s has passed).
+
+    Waited for before anything reads the roster: an operator enrolls devices while the search
+    waits, and a roster read earlier would refuse the keys of those enrolled since."""
+    deadline = time.monotonic() + training.round_timeout_s
+    nodes = sorted(grid.get_node_ids())
+    while len(nodes) < training.min_nodes and time.monotonic() < deadline:
+        time.sleep(NODE_POLL_S)
+        nodes = sorted(grid.get_node_ids())
+    return nodes
 
 
 def _next_level(grid: Any, settings: FindSettings, base: Ticket, state: SearchState) -> SearchState:

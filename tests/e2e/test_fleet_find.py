@@ -10,7 +10,8 @@ draws the dense heart-mlp at W_0, signs it with the fleet key and pushes it. The
 fleet-server's process group gets SIGKILL. The second `fleet-server find` stops the leftover
 SuperLink, resumes at level 1 without asking for the counts again or rerunning level 0, and
 writes a ticket signed by the fleet key whose manifest says where it and its encoding were
-found. (`make demo`'s loopback search covers a TICKET from `ticket init`.)
+found. A TICKET from `ticket init` takes the same path after the fit
+(tests/server/test_fleet_search.py searches one in process).
 """
 
 import json

@@ -1,9 +1,12 @@
 """The demo's closing tables: each device's personalisation, the MNIST tickets, the hub."""
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
-from loopback.demo import format_mnist, format_personal, format_seeded
+from loopback.demo import format_mnist, format_personal, format_search, format_seeded
 from loopback.mnist_tickets import MnistTicket
+from ticket.bundle import Ticket
 
 
 def test_the_personalisation_table_names_the_model_predict_uses() -> None:
@@ -47,3 +50,16 @@ def test_the_mnist_table_and_the_hub_line_name_every_density() -> None:
     assert "hub: 4 tickets in out/hub" in seeded
     assert "2 MNIST tickets (10.8%, 5.0% of the weights)" in seeded
     assert "MNIST" not in format_seeded(Path("out/hub"), 2, [])
+
+
+def test_the_search_line_says_where_the_encoding_was_fitted() -> None:
+    fleet = SimpleNamespace(devices=4, rounds=3, bytes_up=90_000, bytes_down=150_000, secagg=True)
+    fit = {"devices": 4, "rows": 643, "bytes_up": 14_248}
+    manifest = SimpleNamespace(
+        fleet=fleet, density=SimpleNamespace(overall=0.1), metrics={"encoding_fit": fit}
+    )
+    found = cast(Ticket, SimpleNamespace(content_id="ab" * 32, manifest=manifest))  # duck-typed
+    line = format_search(found)
+
+    assert "on 4 devices: 3 rounds, 90,000 bytes up" in line
+    assert "encoding fitted on 4 devices' summed counts of 643 readings (14,248 bytes up" in line
