@@ -9,7 +9,7 @@ The round is ticket/secagg's, driven by SecurePackedFedAvg, with two differences
 mask request travels on a query message naming the readings schema and a public cap on every
 count (ticket/wire.py SecAggRequest counts-schema, count-cap), since there is no ticket to
 train yet; and the round's q is cap + 1, so the survivors' sum is exact, never quantised. A
-device holding more rows than the cap refuses the round rather than wrap around.
+device whose counts exceed the cap refuses the round rather than wrap around.
 
 There is no plaintext path: a device's histogram alone would describe its patients' readings.
 Distributed DP noise on the counts is not built, so a run with DP refuses the fit
