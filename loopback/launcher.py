@@ -469,12 +469,16 @@ def _tree(pid: int) -> Iterator[psutil.Process]:
 
 
 def flower_name(process: psutil.Process) -> str:
-    """The Flower command a process runs (flwr-clientapp, flower-superexec, ...)."""
-    for part in process.cmdline():
-        base = Path(part).name
-        if base.startswith(("flower-", "flwr-", "flwr")):
-            return base
-    return process.name()
+    """The Flower command a process runs (flwr-clientapp, flower-superexec, ...); "" for one
+    that has exited, a zombie not yet reaped included (a tree walk meets those mid-restart)."""
+    try:
+        for part in process.cmdline():
+            base = Path(part).name
+            if base.startswith(("flower-", "flwr-", "flwr")):
+                return base
+        return process.name()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):  # ZombieProcess is a NoSuchProcess
+        return ""
 
 
 def _wait_dead(process: psutil.Process, *, timeout_s: float) -> None:

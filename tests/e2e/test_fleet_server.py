@@ -297,9 +297,10 @@ def _node_group(daemon: subprocess.Popen[bytes]) -> int:
 
 
 def _superlink_of(service: subprocess.Popen[bytes]) -> psutil.Process:
+    # A SuperLink that the service just replaced can linger as a zombie: flower_name skips it.
     (superlink,) = [
         p for p in psutil.Process(service.pid).children(recursive=True)
-        if "flower-superlink" in " ".join(p.cmdline())
+        if flower_name(p) == "flower-superlink"
     ]  # fmt: skip
     return superlink
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from selenium.webdriver.common.by import By
 
-from tests.hub.browser import browser_paths, start_browser, wait_ready
+from tests.hub.browser import browser_paths, follow, start_browser, wait_ready
 from tests.hub.live import closed_port
 from tests.ticket_cli.registry_tickets import flip_byte
 from ticket import crypto
@@ -115,8 +115,7 @@ def test_publish_search_pull_and_browse_a_lineage(
         wait_ready(browser)
         assert browser.find_element(By.ID, "description").text == "the child"
         assert browser.find_element(By.ID, "parent").text == f"re-pruned from {parent_id[:12]}"
-        browser.find_element(By.CSS_SELECTOR, "#parent a").click()
-        wait_ready(browser)
+        follow(browser, browser.find_element(By.CSS_SELECTOR, "#parent a"))
         levels = read_ticket(work / "parent.ticket", allow_unsigned=True).manifest.metrics
         points = browser.find_elements(By.CSS_SELECTOR, "circle.point")
         children = browser.find_elements(By.CSS_SELECTOR, "#children li")

@@ -9,6 +9,7 @@ from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.wait import WebDriverWait
 
@@ -49,3 +50,17 @@ def wait_ready(browser: WebDriver) -> None:
     WebDriverWait(browser, PAGE_WAIT_S).until(
         expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "body[data-ready]"))
     )
+
+
+def follow(browser: WebDriver, clickable: WebElement) -> None:
+    """Click a link or submit button and wait for the page it opens to be ready.
+
+    Waits on the URL, not on the old page's nodes: a check on an element of the document being
+    replaced (selenium's staleness_of) can meet chromium mid-swap and fail with "Node with given
+    id does not belong to the document" instead of reporting it stale. Once the URL has changed
+    the new document is committed, so the ready mark found after it is the new page's.
+    """
+    before = browser.current_url
+    clickable.click()
+    WebDriverWait(browser, PAGE_WAIT_S).until(lambda driver: driver.current_url != before)
+    wait_ready(browser)

@@ -11,11 +11,9 @@ from pathlib import Path
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support import expected_conditions
-from selenium.webdriver.support.wait import WebDriverWait
 
 from hub.seed import seed_hub
-from tests.hub.browser import PAGE_WAIT_S, browser_paths, start_browser, wait_ready
+from tests.hub.browser import browser_paths, follow, start_browser, wait_ready
 from tests.hub.hub_tickets import CHILD_LEVELS, PARENT_LEVELS, Lineage
 from tests.hub.live import serving
 from tests.ticket_cli.registry_tickets import Tickets
@@ -65,10 +63,7 @@ def test_search_filters_and_opens_a_card_with_its_plot(
 
     browser.find_element(By.ID, "f-dataset").send_keys("heart-uci")
     browser.find_element(By.ID, "f-min_density").send_keys("0.3")
-    old_body = browser.find_element(By.TAG_NAME, "body")
-    browser.find_element(By.ID, "search").click()
-    WebDriverWait(browser, PAGE_WAIT_S).until(expected_conditions.staleness_of(old_body))
-    wait_ready(browser)
+    follow(browser, browser.find_element(By.ID, "search"))
     filtered = _rows(browser)
 
     sparse = tickets.content_id(tickets.sparse)
@@ -77,8 +72,7 @@ def test_search_filters_and_opens_a_card_with_its_plot(
     assert "min_density=0.3" in browser.current_url
     assert browser.find_element(By.ID, "status").text == "2 tickets"
 
-    browser.find_element(By.CSS_SELECTOR, f'tr[data-id="{lineage.child_id}"] td a').click()
-    wait_ready(browser)
+    follow(browser, browser.find_element(By.CSS_SELECTOR, f'tr[data-id="{lineage.child_id}"] td a'))
 
     assert browser.current_url == f"{hub}/tickets/{lineage.child_id}"
     assert browser.find_element(By.ID, "title").text == "Heart child"
@@ -107,8 +101,7 @@ def test_lineage_links_both_ways_and_card_text_stays_text(
 
     parent_link = browser.find_element(By.CSS_SELECTOR, "#parent a")
     relation = browser.find_element(By.ID, "parent").text
-    parent_link.click()
-    wait_ready(browser)
+    follow(browser, parent_link)
 
     assert relation == f"re-pruned from {lineage.parent_id[:12]}"
     assert browser.current_url == f"{hub}/tickets/{lineage.parent_id}"

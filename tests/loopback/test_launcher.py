@@ -10,10 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from loopback.demo import all_rounds_completed, format_table, round_rows
-from loopback.launcher import Loopback, LoopbackError, RunOutcome, _round_walls
+from loopback.launcher import Loopback, LoopbackError, RunOutcome, _round_walls, flower_name
 from tests.process_tree import (
     TREE_SIZE,
     env,
@@ -98,6 +99,27 @@ def test_a_round_without_evaluation_shows_nan() -> None:
     row = round_rows(RunOutcome(1, "finished:completed", 3.0, [line]))[0]
     assert math.isnan(row["accuracy"]) and math.isnan(row["server-accuracy"])
     assert "nan" in format_table([row])
+
+
+def test_flower_name_reads_a_script_and_skips_an_exited_child_a_zombie_included(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "flower-supernode"
+    script.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(600)\n")
+    child = subprocess.Popen([sys.executable, str(script)])
+    try:
+        watched = psutil.Process(child.pid)
+        assert flower_name(watched) == "flower-supernode"
+        child.kill()
+        deadline = time.monotonic() + 10
+        while watched.status() != psutil.STATUS_ZOMBIE:  # not reaped: Popen.wait not called
+            assert time.monotonic() < deadline, "the killed child never became a zombie"
+            time.sleep(0.01)
+        assert flower_name(watched) == ""
+    finally:
+        child.kill()
+        child.wait()
+    assert flower_name(watched) == ""  # reaped: gone
 
 
 def test_every_started_process_and_its_children_are_stopped(tmp_path: Path) -> None:
