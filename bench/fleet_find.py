@@ -159,6 +159,22 @@ TASKS = {
 }
 
 
+def with_iid_split(task: Task) -> Task:
+    """The task with its rows split IID among the same devices: the same data, devices and
+    schedule, without the heterogeneity of the task's own split."""
+    own_nodes = task.nodes
+
+    def nodes(ticket: Path) -> list[dict[str, Any]]:
+        return [
+            {key: value for key, value in node.items() if key != wire.NODE_PARTITION_SHARDS}
+            | {wire.NODE_PARTITION: "iid"}
+            for node in own_nodes(ticket)
+        ]
+
+    simulation = {k: v for k, v in task.simulation.items() if k != "sim-partition-shards"}
+    return replace(task, nodes=nodes, simulation=simulation | {"sim-partition": "iid"})
+
+
 class TimedClient:
     """The ClientApp, with the CPU time it takes counted apart from the server's."""
 
@@ -485,6 +501,11 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
         f"{document['train_rounds']} federated training rounds per found ticket; target "
         f"accuracy {document['target_accuracy']}."
         + (
+            f" Devices' rows split {document['partition']}, not the task's own split."
+            if document.get("partition")
+            else ""
+        )
+        + (
             f" Search keys: {_keys(document['search_settings'])}."
             if document.get("search_settings")
             else ""
@@ -583,6 +604,34 @@ class SeedStore:
         )
 
 
+def _search_key(parser: argparse.ArgumentParser, text: str) -> tuple[str, Any]:
+    """--search-key KEY=VALUE: VALUE read as JSON (1, 0.5, true), else kept as text (sgd)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        parser.error(f"--search-key: expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _variant(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Task, str]:
+    """The task as --rounds-per-level, --search-key and --partition change it, and the suffix
+    of its results ("" for the task itself; --variant names it, else the changes do)."""
+    task, suffix = TASKS[args.task], ""
+    if args.rounds_per_level is not None:
+        if args.rounds_per_level < 1:
+            parser.error("--rounds-per-level must be >= 1")
+        search = {**task.search, "search-rounds-per-level": args.rounds_per_level}
+        task, suffix = replace(task, search=search), f"_rpl{args.rounds_per_level}"
+    overrides = dict(_search_key(parser, text) for text in args.search_key)
+    task = replace(task, search={**task.search, **overrides})
+    suffix += "".join(f"_{key}{value}" for key, value in overrides.items())
+    if args.partition == "iid":
+        task, suffix = with_iid_split(task), suffix + "_iid"
+    return task, (f"_{args.variant}" if args.variant else suffix)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=sorted(TASKS), default="fed-heart")
@@ -606,18 +655,31 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="override the task's search rounds per level (results get an _rplN suffix)",
     )
     parser.add_argument(
+        "--search-key",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a run-config key of the search's rounds, e.g. local-epochs=1 or "
+        "optimizer=sgd (repeatable; results get a _KEYVALUE suffix per key)",
+    )
+    parser.add_argument(
+        "--variant",
+        help="name the results _NAME in place of the suffix made from the keys changed",
+    )
+    parser.add_argument(
+        "--partition",
+        choices=("iid",),
+        help="split the task's rows IID among its devices in place of its own split (results "
+        "get an _iid suffix): how much of a gap to central IMP the split's heterogeneity makes",
+    )
+    parser.add_argument(
         "--resume", action="store_true", help="reuse the seeds kept with the same settings"
     )
     parser.add_argument(
         "--new-seeds", type=int, default=None, help="run at most this many seeds not yet kept"
     )
     args = parser.parse_args(argv)
-    task = TASKS[args.task]
-    if args.rounds_per_level is not None:
-        if args.rounds_per_level < 1:
-            parser.error("--rounds-per-level must be >= 1")
-        search = {**task.search, "search-rounds-per-level": args.rounds_per_level}
-        task = replace(task, search=search)
+    task, variant = _variant(parser, args)
     seeds = 1 if args.quick else args.seeds
     densities = [0.2, 0.05] if args.quick else [float(d) for d in args.densities.split(",")]
     methods = [m for m in args.methods.split(",") if m]
@@ -628,14 +690,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     suffix = ("_simulation" if args.engine == "simulation" else "") + (
         "_plaintext" if args.plaintext else ""
     )
-    if args.rounds_per_level is not None:  # a variant: its own results, not the task's table
-        suffix += f"_rpl{args.rounds_per_level}"
-    stem = RESULTS / f"fleet_find_{args.task}{suffix}"
-    kept = SeedStore(
-        Path(f"{stem}_seeds"),
-        {"task": args.task, "densities": densities, "methods": methods,
-         "secagg": not args.plaintext, "engine": args.engine, "train_rounds": task.train_rounds},
-    )  # fmt: skip
+    stem = RESULTS / f"fleet_find_{args.task}{suffix}{variant}"
+    settings = {"task": args.task, "densities": densities, "methods": methods,
+                "secagg": not args.plaintext, "engine": args.engine,
+                "train_rounds": task.train_rounds}  # fmt: skip
+    if task != TASKS[args.task]:  # a variant's seeds are kept only for the same variant
+        settings |= {"search": task.search, "partition": args.partition}
+    kept = SeedStore(Path(f"{stem}_seeds"), settings)
     by_seed = {seed: kept.load(seed) for seed in range(seeds)} if args.resume else {}
     to_run = [seed for seed in range(seeds) if by_seed.get(seed) is None]
     if args.new_seeds is not None:
@@ -669,13 +730,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         "train_rounds": task.train_rounds,
         "target_accuracy": task.target_accuracy,
         "search_settings": task.search,
+        "partition": args.partition,
         "wall_s": time.monotonic() - began,
         "rows": rows,
         "table": summarise(rows),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-    write_markdown(document, stem.with_suffix(".md"))
+    Path(f"{stem}.json").write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    write_markdown(document, Path(f"{stem}.md"))
     print(f"wrote {stem}.md ({document['wall_s']:.0f} s)")
 
 

@@ -44,7 +44,13 @@ from server.service_state import STOPPED, ServiceState, format_service, read_sta
 from server.superlink import SuperLinkError, is_listening
 from ticket.atomic import AlreadyRunningError
 from ticket.errors import TicketError
-from ticket.runconfig import SEARCH_METHODS, SEARCH_SCOPES, RunConfigError, SearchSettings
+from ticket.runconfig import (
+    OPTIMIZERS,
+    SEARCH_METHODS,
+    SEARCH_SCOPES,
+    RunConfigError,
+    SearchSettings,
+)
 
 DEFAULT_CONFIG = Path("/etc/fleet-server/server.yaml")
 FOLLOW_POLL_S = 1.0  # how often `find` looks at a search the service runs
@@ -183,6 +189,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=SearchSettings.search_synflow_iterations,
         help=f"synflow: pruning iterations (default {SearchSettings.search_synflow_iterations})",
     )
+    schedule = find.add_argument_group(
+        "the search rounds' local schedule",
+        "Each replaces its run: section key for the search only (default: the run's). On a "
+        "fleet of unlike devices, one full-batch gradient step a round finds a better mask "
+        "than local Adam epochs: --optimizer sgd --lr 1 --local-epochs 1 --batch-size N with "
+        "N above any device's readings (docs/fleet-search.md).",
+    )
+    schedule.add_argument("--local-epochs", type=int, default=0, help="each device's epochs")
+    schedule.add_argument(
+        "--batch-size",
+        type=int,
+        default=0,
+        help="local batch size (above a device's rows: one full-batch step an epoch)",
+    )
+    schedule.add_argument("--lr", type=float, default=0.0, help="local learning rate")
+    schedule.add_argument("--optimizer", choices=OPTIMIZERS, default="", help="local optimizer")
     find.add_argument(
         "--name",
         dest="run_name",
@@ -308,6 +330,10 @@ def run_find(args: argparse.Namespace, config: FleetConfig) -> int:
             search_rewind_round=args.rewind_round,
             search_early_bird_distance=args.early_bird_distance,
             search_synflow_iterations=args.synflow_iterations,
+            search_local_epochs=args.local_epochs,
+            search_batch_size=args.batch_size,
+            search_lr=args.lr,
+            search_optimizer=args.optimizer,
             search_out=out,
             **fit,
         )

@@ -81,7 +81,7 @@ class FindSettings:
     def from_run(cls, run: RunConfig) -> "FindSettings":
         if run.search.search_out is None:
             raise RunConfigError("run config: search-out is required to find")
-        training = ServerSettings.from_run(run)
+        training = ServerSettings.from_run(replace(run, training=run.search.schedule(run.training)))
         if run.search.search_rewind_round > run.search.search_rounds_per_level:
             raise RunConfigError(
                 "run config: search-rewind-round must be at most search-rounds-per-level "

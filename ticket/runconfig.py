@@ -392,6 +392,30 @@ class SearchSettings:
         ),
     )
 
+    # The search rounds' local schedule, each 0 or "" for the training key's own. A fleet of
+    # unlike devices (the heart hospitals) finds a better mask with one full-batch gradient
+    # step a round (FedSGD: search-optimizer sgd, search-batch-size above any device's rows,
+    # search-local-epochs 1) than with local Adam epochs: docs/fleet-search.md.
+    search_local_epochs: int = field(
+        default=0, metadata=_rules("the search rounds' local epochs; 0 = local-epochs", ge=0)
+    )
+    search_batch_size: int = field(
+        default=0,
+        metadata=_rules(
+            "the search rounds' local batch size (above a device's rows: one full-batch step "
+            "an epoch); 0 = batch-size",
+            ge=0,
+        ),
+    )
+    search_lr: float = field(
+        default=0.0, metadata=_rules("the search rounds' local learning rate; 0 = lr", ge=0)
+    )
+    search_optimizer: str = field(
+        default="",
+        metadata=_rules(
+            'the search rounds\' local optimizer; "" = optimizer', choices=("", *OPTIMIZERS)
+        ),
+    )
     search_fit_encoding: bool = field(
         default=False,
         metadata=_rules(
@@ -431,6 +455,17 @@ class SearchSettings:
         _check(self)
         if self.search_fit_encoding and not self.search_model:
             raise RunConfigError("run config: search-fit-encoding needs search-model")
+
+    def schedule(self, training: TrainingSettings) -> TrainingSettings:
+        """`training` with the local schedule the search's rounds run: each search-* schedule
+        key that is set replaces its training key."""
+        return dataclasses.replace(
+            training,
+            local_epochs=self.search_local_epochs or training.local_epochs,
+            batch_size=self.search_batch_size or training.batch_size,
+            lr=self.search_lr or training.lr,
+            optimizer=self.search_optimizer or training.optimizer,
+        )
 
 
 @dataclass(frozen=True)

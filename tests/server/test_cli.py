@@ -201,6 +201,8 @@ def test_a_second_run_on_one_state_directory_exits_7_and_touches_nothing(
         (["--rate", "0.99"], "--rate: must be a number in (0, 0.95], got 0.99"),
         (["--rounds-per-level", "0"], "--rounds-per-level"),
         (["--rewind-round", "4"], "--rewind-round must be at most --rounds-per-level"),
+        (["--lr", "-0.5"], "--lr: must be a number >= 0, got -0.5"),
+        (["--batch-size", "-1"], "--batch-size: must be a whole number >= 0, got -1"),
         ([], "no such ticket to search in"),  # TICKET does not exist
     ],
 )

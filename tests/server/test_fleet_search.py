@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Message
+from flwr.app import Message, MessageType
 
 from edge_daemon import client_app
 from server.fleet_search import FindSettings, SearchError, run_search
 from server.run_log import RunLog
 from tests.inprocess import InProcessGrid, heart_nodes, server_identity
-from ticket import numpy_mlp, runconfig
+from ticket import numpy_mlp, runconfig, wire
 from ticket.bundle import Ticket, read_ticket
 from ticket.fleet_search.state import latest_state
 from ticket.packing import PackLayout
@@ -103,6 +103,47 @@ def test_fed_oneshot_prunes_once_to_the_target(
     assert found.manifest.density.overall == pytest.approx(0.2, abs=0.01)
     assert found.manifest.fleet is not None and found.manifest.fleet.levels == 1
     assert_inside(found, dense)
+
+
+def test_the_search_rounds_train_with_the_search_schedule_and_the_ticket_records_it(
+    dense_path: Path, tmp_path: Path
+) -> None:
+    """search-optimizer, -lr and -batch-size replace the training keys in every round of the
+    search (here FedSGD: one full-batch SGD step a round); the unset one keeps local-epochs."""
+    grid = InProcessGrid(client_app.app, heart_nodes(dense_path))
+    found = search(
+        find_config(
+            dense_path,
+            tmp_path,
+            **{
+                "search-method": "fed-oneshot",
+                "search-target-density": 0.5,
+                "search-rounds-per-level": 2,
+                "optimizer": "adam",
+                "lr": 0.001,
+                "search-optimizer": "sgd",
+                "search-lr": 0.5,
+                "search-batch-size": 4096,
+            },
+        ),
+        grid,
+    )
+    told = [
+        message.content.config_records[wire.CONFIG]
+        for message in grid.sent
+        if message.metadata.message_type == MessageType.TRAIN
+    ]
+    assert len(told) == 2 * 4  # two rounds, four devices
+    for config in told:
+        schedule = (config[wire.OPTIMIZER], config[wire.LR], config[wire.BATCH_SIZE])
+        assert schedule == ("sgd", 0.5, 4096) and config[wire.LOCAL_EPOCHS] == 1
+    train = found.manifest.method.train
+    assert (train["optimizer"], train["lr"], train["batch_size"], train["epochs"]) == (
+        "sgd",
+        0.5,
+        4096,
+        1,
+    )
 
 
 def test_fed_snip_under_secure_aggregation_sends_saliency_once(

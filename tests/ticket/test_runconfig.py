@@ -14,6 +14,7 @@ from ticket.runconfig import (
     RunConfig,
     RunConfigError,
     RunPlacement,
+    SearchSettings,
     SimulationSettings,
     TrainingSettings,
 )
@@ -125,6 +126,19 @@ def test_a_missing_required_path_names_its_key() -> None:
 def test_direct_construction_is_checked_too() -> None:
     with pytest.raises(RunConfigError, match="run config: num-rounds: must be a whole number"):
         TrainingSettings(num_rounds=0)
+
+
+def test_the_search_schedule_keys_replace_only_the_training_keys_they_set() -> None:
+    training = TrainingSettings(local_epochs=4, batch_size=32, lr=0.001, optimizer="adam")
+    assert SearchSettings().schedule(training) == training
+    changed = SearchSettings(search_batch_size=4096, search_optimizer="sgd").schedule(training)
+    assert (changed.local_epochs, changed.batch_size, changed.lr, changed.optimizer) == (
+        4,
+        4096,
+        0.001,
+        "sgd",
+    )
+    assert changed.min_nodes == training.min_nodes  # nothing but the schedule changes
 
 
 def test_the_rendered_table_holds_every_default() -> None:
