@@ -75,8 +75,13 @@ bench-hardening: $(STAMP)
 bench-hub: $(STAMP)
 	$(BIN)/python bench/hub.py
 
+# The heart tables with the run's schedule and with FedSGD search rounds (docs/fleet-search.md);
+# fed-mnist takes hours: `bench/fleet_find.py --task fed-mnist --resume --new-seeds 1` a seed at a time.
 bench-fleet-find: $(STAMP)
 	$(BIN)/python bench/fleet_find.py
+	$(BIN)/python bench/fleet_find.py --variant fedsgd --rounds-per-level 20 \
+		--search-key optimizer=sgd --search-key lr=1.0 --search-key batch-size=4096 \
+		--search-key local-epochs=1
 
 bench-personalise: $(STAMP)
 	OMP_NUM_THREADS=1 taskset -c 0 $(BIN)/python bench/personalise.py

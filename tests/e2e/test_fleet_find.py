@@ -6,7 +6,9 @@ hospital, each with its own SuperNode and only its own hospital's readings, enro
 search waits for them) hold no ticket. The search first sums their counts of their readings
 under secure aggregation and fits the encoding on that sum (the pooled rows are never read),
 draws the dense heart-mlp at W_0, signs it with the fleet key and pushes it. Then
-`--method fed-imp` runs two pruning levels of one round each; once level 0 is finished the
+`--method fed-imp` runs two pruning levels of one round each, its rounds one full-batch SGD
+step on each device (FedSGD: --optimizer, --lr, --local-epochs and --batch-size replace the
+run: section's local schedule for the search); once level 0 is finished the
 fleet-server's process group gets SIGKILL. The second `fleet-server find` stops the leftover
 SuperLink, resumes at level 1 without asking for the counts again or rerunning level 0, and
 writes a ticket signed by the fleet key whose manifest says where it and its encoding were
@@ -70,7 +72,10 @@ def test_a_ticket_found_on_the_fleet_survives_a_kill_of_the_server(tmp_path: Pat
     find = [str(BIN / "fleet-server"), "find", "--fit-encoding", "--model", "heart-mlp",
             "--out", str(out), "-c", str(config),
             "--method", "fed-imp", "--target-density", "0.6", "--rate", "0.3",
-            "--rounds-per-level", "1"]  # fmt: skip
+            "--rounds-per-level", "1",
+            # FedSGD rounds for the search alone: the run: section's schedule is local Adam
+            "--optimizer", "sgd", "--lr", "1", "--local-epochs", "1",
+            "--batch-size", "4096"]  # fmt: skip
     run_dir = state / "runs" / "find-found"
     started: list[subprocess.Popen[bytes]] = []
     try:
@@ -114,6 +119,10 @@ def test_a_ticket_found_on_the_fleet_survives_a_kill_of_the_server(tmp_path: Pat
     assert (run_dir / "encoding.json").read_bytes() == fitted
     assert (run_dir / "dense.ticket").stat().st_mtime_ns == drawn_at
     assert found.manifest.density.overall == pytest.approx(0.6, abs=0.01)
+    train = found.manifest.method.train
+    assert train is not None
+    assert (train["optimizer"], train["lr"], train["epochs"], train["batch_size"]) == (
+        "sgd", 1.0, 1, 4096)  # fmt: skip
     fleet = found.manifest.fleet
     assert fleet is not None and fleet.secagg
     assert (fleet.levels, fleet.rounds, fleet.devices) == (2, 3, 3)  # the fit's round too
