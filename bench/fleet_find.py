@@ -45,7 +45,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -58,6 +58,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from flwr.app import Context, Message  # noqa: E402
 
+from bench.fleet_tasks import TASKS, Task, add_variant_options, variant_of  # noqa: E402
 from edge_daemon import client_app  # noqa: E402
 from loopback.launcher import Loopback  # noqa: E402
 from server.fleet_search import FindSettings, run_search  # noqa: E402
@@ -65,7 +66,7 @@ from server.run_log import RunLog  # noqa: E402
 from server.run_settings import ServerSettings  # noqa: E402
 from server.server_app import run_training  # noqa: E402
 from tests.inprocess import InProcessGrid, server_identity  # noqa: E402
-from ticket import runconfig, wire  # noqa: E402
+from ticket import runconfig  # noqa: E402
 from ticket.atomic import atomic_write_text  # noqa: E402
 from ticket.bundle import Ticket, build_ticket, read_ticket, write_ticket  # noqa: E402
 from ticket.manifest import Density, measure_density  # noqa: E402
@@ -77,102 +78,6 @@ METHODS = ("fed-imp", "fed-early-bird", "fed-oneshot", "fed-snip", "synflow")
 DENSE, CENTRAL, RANDOM = "dense FedAvg (no ticket)", "central IMP (pooled rows)", "random pruning"
 IN_PROCESS, SIMULATION = "in-process", "Simulation Engine"
 RUN_TIMEOUT_S = 1800.0  # one search or training run through the Simulation Engine
-
-
-@dataclass(frozen=True)
-class Task:
-    dataset: str
-    model: str
-    nodes: Callable[[Path], list[dict[str, Any]]]  # node configs for a ticket path
-    sampling: dict[str, Any]  # fraction-train, min-nodes, ...
-    training: dict[str, Any]  # local schedule of every round (search and training)
-    train_rounds: int  # federated training rounds of every found ticket and reference
-    target_accuracy: float  # "uplink to reach": the first round at or above it
-    # search-* keys for every method, and training keys of the search's rounds
-    search: dict[str, Any] = field(default_factory=dict)
-    # --engine simulation: the sim-* keys that give the virtual nodes the same split as
-    # `nodes`, and how many virtual nodes there are
-    simulation: dict[str, Any] = field(default_factory=dict)
-    virtual_nodes: int = 0
-
-
-def _heart_nodes(ticket: Path) -> list[dict[str, Any]]:
-    return [
-        {
-            wire.NODE_TICKET_PATH: str(ticket),
-            wire.NODE_ALLOW_UNSIGNED: True,
-            wire.NODE_SECAGG_ALLOW_UNCERTIFIED: True,
-            wire.NODE_DATASET: "heart-uci",
-            wire.NODE_PARTITION: "natural",
-            wire.NODE_PARTITION_ID: index,
-            wire.NODE_NUM_PARTITIONS: 4,
-        }
-        for index in range(4)
-    ]
-
-
-def _mnist_nodes(ticket: Path) -> list[dict[str, Any]]:
-    return [
-        {
-            wire.NODE_TICKET_PATH: str(ticket),
-            wire.NODE_ALLOW_UNSIGNED: True,
-            wire.NODE_SECAGG_ALLOW_UNCERTIFIED: True,
-            wire.NODE_DATASET: "mnist",
-            wire.NODE_PARTITION: "shards",
-            wire.NODE_PARTITION_SHARDS: 2,
-            wire.NODE_PARTITION_ID: index,
-            wire.NODE_NUM_PARTITIONS: 100,
-        }
-        for index in range(100)
-    ]
-
-
-TASKS = {
-    # The 4 heart-uci hospitals as 4 devices (natural split), all of them every round.
-    "fed-heart": Task(
-        dataset="heart-uci",
-        model="heart-mlp",
-        nodes=_heart_nodes,
-        sampling={"min-nodes": 4, "min-replies": 3},
-        training={"local-epochs": 1, "batch-size": 32, "lr": 0.001},
-        train_rounds=10,
-        target_accuracy=0.78,
-        # Central IMP trains 10 epochs per level on the pooled rows; a fleet level gets 3
-        # rounds of 4 local epochs.
-        search={"search-rounds-per-level": 3, "search-rate": 0.5, "local-epochs": 4},
-        simulation={"sim-dataset": "heart-uci", "sim-partition": "natural"},
-        virtual_nodes=4,
-    ),
-    # 100 devices with 2 label-sorted shards each (McMahan et al. 2017), 10 per round.
-    "fed-mnist": Task(
-        dataset="mnist",
-        model="lenet-300-100",
-        nodes=_mnist_nodes,
-        sampling={"min-nodes": 10, "min-replies": 8, "fraction-train": 0.1},
-        training={"local-epochs": 1, "batch-size": 60, "lr": 0.0012},
-        train_rounds=30,
-        target_accuracy=0.85,
-        search={"search-rounds-per-level": 3, "search-rate": 0.5},
-        simulation={"sim-dataset": "mnist", "sim-partition": "shards", "sim-partition-shards": 2},
-        virtual_nodes=100,
-    ),
-}
-
-
-def with_iid_split(task: Task) -> Task:
-    """The task with its rows split IID among the same devices: the same data, devices and
-    schedule, without the heterogeneity of the task's own split."""
-    own_nodes = task.nodes
-
-    def nodes(ticket: Path) -> list[dict[str, Any]]:
-        return [
-            {key: value for key, value in node.items() if key != wire.NODE_PARTITION_SHARDS}
-            | {wire.NODE_PARTITION: "iid"}
-            for node in own_nodes(ticket)
-        ]
-
-    simulation = {k: v for k, v in task.simulation.items() if k != "sim-partition-shards"}
-    return replace(task, nodes=nodes, simulation=simulation | {"sim-partition": "iid"})
 
 
 class TimedClient:
@@ -604,37 +509,9 @@ class SeedStore:
         )
 
 
-def _search_key(parser: argparse.ArgumentParser, text: str) -> tuple[str, Any]:
-    """--search-key KEY=VALUE: VALUE read as JSON (1, 0.5, true), else kept as text (sgd)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key or not value:
-        parser.error(f"--search-key: expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
-def _variant(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Task, str]:
-    """The task as --rounds-per-level, --search-key and --partition change it, and the suffix
-    of its results ("" for the task itself; --variant names it, else the changes do)."""
-    task, suffix = TASKS[args.task], ""
-    if args.rounds_per_level is not None:
-        if args.rounds_per_level < 1:
-            parser.error("--rounds-per-level must be >= 1")
-        search = {**task.search, "search-rounds-per-level": args.rounds_per_level}
-        task, suffix = replace(task, search=search), f"_rpl{args.rounds_per_level}"
-    overrides = dict(_search_key(parser, text) for text in args.search_key)
-    task = replace(task, search={**task.search, **overrides})
-    suffix += "".join(f"_{key}{value}" for key, value in overrides.items())
-    if args.partition == "iid":
-        task, suffix = with_iid_split(task), suffix + "_iid"
-    return task, (f"_{args.variant}" if args.variant else suffix)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", choices=sorted(TASKS), default="fed-heart")
+    add_variant_options(parser)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--densities", default="0.2,0.1,0.05,0.02")
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -650,36 +527,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--work", type=Path, default=Path("/tmp/ticketfleet-fleet-find"))
     parser.add_argument(
-        "--rounds-per-level",
-        type=int,
-        help="override the task's search rounds per level (results get an _rplN suffix)",
-    )
-    parser.add_argument(
-        "--search-key",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a run-config key of the search's rounds, e.g. local-epochs=1 or "
-        "optimizer=sgd (repeatable; results get a _KEYVALUE suffix per key)",
-    )
-    parser.add_argument(
-        "--variant",
-        help="name the results _NAME in place of the suffix made from the keys changed",
-    )
-    parser.add_argument(
-        "--partition",
-        choices=("iid",),
-        help="split the task's rows IID among its devices in place of its own split (results "
-        "get an _iid suffix): how much of a gap to central IMP the split's heterogeneity makes",
-    )
-    parser.add_argument(
         "--resume", action="store_true", help="reuse the seeds kept with the same settings"
     )
     parser.add_argument(
         "--new-seeds", type=int, default=None, help="run at most this many seeds not yet kept"
     )
     args = parser.parse_args(argv)
-    task, variant = _variant(parser, args)
+    task, variant = variant_of(parser, args)
     seeds = 1 if args.quick else args.seeds
     densities = [0.2, 0.05] if args.quick else [float(d) for d in args.densities.split(",")]
     methods = [m for m in args.methods.split(",") if m]

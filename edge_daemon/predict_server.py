@@ -124,15 +124,20 @@ class PredictServer:
             timeout = 30  # a client that stops sending mid-request does not hold a thread
 
             def do_POST(self) -> None:
+                try:
+                    size: int | None = int(self.headers.get("Content-Length", ""))
+                except ValueError:
+                    size = None
+                fits = size is not None and 0 <= size <= MAX_REQUEST_BYTES
                 if self.path != "/predict":
+                    if fits:  # read what the client is sending: a reply before its body is
+                        self.rfile.read(size or 0)  # read can meet it mid-send (broken pipe)
                     self._reply(404, {"error": "POST /predict is the only endpoint"})
                     return
-                try:
-                    size = int(self.headers.get("Content-Length", ""))
-                except ValueError:
+                if size is None:
                     self._reply(400, {"error": "a Content-Length header is required"})
                     return
-                if not 0 <= size <= MAX_REQUEST_BYTES:
+                if not fits:
                     self._reply(400, {"error": f"the body is over {MAX_REQUEST_BYTES} bytes"})
                     return
                 self._reply(*server.predict(self.rfile.read(size)))

@@ -448,6 +448,8 @@ class Loopback:
             for process in _tree(started.popen.pid):
                 with suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                     name = flower_name(process)
+                    if not name:  # exited since the walk, a zombie included: nothing to record
+                        continue
                     rss = process.memory_info().rss
                     root = process.pid == started.popen.pid
                     key = started.label if root else f"{started.label}/{name}"
@@ -470,7 +472,8 @@ def _tree(pid: int) -> Iterator[psutil.Process]:
 
 def flower_name(process: psutil.Process) -> str:
     """The Flower command a process runs (flwr-clientapp, flower-superexec, ...); "" for one
-    that has exited, a zombie not yet reaped included (a tree walk meets those mid-restart)."""
+    that has exited, a zombie not yet reaped included (a tree walk meets those mid-restart),
+    and for one whose command line we may not read."""
     try:
         for part in process.cmdline():
             base = Path(part).name

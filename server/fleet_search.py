@@ -63,6 +63,8 @@ logger = logging.getLogger(__name__)
 Arrays = dict[str, np.ndarray]
 NODE_POLL_S = 1.0  # how often the search looks for devices to connect before it starts
 ENCODING_STATE = "encoding.json"  # search-fit-encoding: the fit's record and the dense ticket's id
+# SearchSettings' schedule keys: the fingerprint holds the schedule they make, not their 0s.
+SCHEDULE_KEYS = ("search_local_epochs", "search_batch_size", "search_lr", "search_optimizer")
 
 
 class SearchError(TicketError):
@@ -99,12 +101,15 @@ class FindSettings:
         return PruningRates(self.search.search_rate, None if output == 0.0 else output)
 
     def fingerprint(self, ticket_id: str) -> dict[str, Any]:
-        """What a resume must not change: the searched ticket and every search key that
-        shapes the result (the output path and the seed push are not among them)."""
+        """What a resume must not change: the searched ticket, every search key that shapes
+        the result (the output path and the seed push are not among them) and the local
+        schedule the rounds ran, as the devices were told it (the run's keys where the
+        search-* schedule keys leave them: a changed `run:` lr counts too)."""
         keys = asdict(self.search)
-        for name in ("search_out", "search_push_ticket", "search_sign_key"):
+        for name in ("search_out", "search_push_ticket", "search_sign_key", *SCHEDULE_KEYS):
             del keys[name]
-        return {"searched_ticket": ticket_id, **keys}
+        schedule = asdict(self.training.plan.train)
+        return {"searched_ticket": ticket_id, **keys, "local_schedule": schedule}
 
 
 @dataclass

@@ -392,10 +392,10 @@ class SearchSettings:
         ),
     )
 
-    # The search rounds' local schedule, each 0 or "" for the training key's own. A fleet of
-    # unlike devices (the heart hospitals) finds a better mask with one full-batch gradient
-    # step a round (FedSGD: search-optimizer sgd, search-batch-size above any device's rows,
-    # search-local-epochs 1) than with local Adam epochs: docs/fleet-search.md.
+    # The search rounds' local schedule, each 0 or "" for the training key's own. On the four
+    # heart hospitals one full-batch gradient step a round (FedSGD: search-optimizer sgd,
+    # search-batch-size above any device's rows, search-local-epochs 1) found tickets as good
+    # as pooled rows did where local Adam epochs did not (docs/fleet-search.md).
     search_local_epochs: int = field(
         default=0, metadata=_rules("the search rounds' local epochs; 0 = local-epochs", ge=0)
     )
@@ -646,9 +646,8 @@ def _checked(key: str, hint: Any, value: object, rules: Mapping[str, Any]) -> ob
         raise RunConfigError(f"run config: {key}: must be a string, got {value!r}")
     choices = rules.get("choices")
     if choices is not None and value not in choices:
-        raise RunConfigError(
-            f"run config: {key}: must be one of: {', '.join(choices)}; got {value!r}"
-        )
+        shown = ", ".join(choice or '""' for choice in choices)  # "" is a choice too: say so
+        raise RunConfigError(f"run config: {key}: must be one of: {shown}; got {value!r}")
     return value
 
 

@@ -88,7 +88,9 @@ def report_lines(ticket: Ticket, trusted: set[str] | None) -> list[str]:
         f"method    {_method(method, manifest.rewind_step)}",
     ]
     if method.train is not None:
-        lines.append(f"training  {inline_values(method.train)}")
+        # A fleet search records the local schedule its rounds ran, not how to train the ticket.
+        whose = "" if manifest.fleet is None else "  (the fleet search's rounds)"
+        lines.append(f"training  {inline_values(method.train)}{whose}")
     lines += _fleet_lines(manifest.fleet)
     lines += _encoding_fit_line(manifest.metrics.get("encoding_fit"))
     lines += [

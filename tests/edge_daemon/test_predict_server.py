@@ -1,7 +1,9 @@
 """The local prediction endpoint: HTTP on a 0600 Unix socket; bad requests get 400, not a crash."""
 
 import json
+import select
 import shutil
+import socket
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -72,6 +74,14 @@ def test_predictions_over_the_socket_equal_the_network_run_directly_and_errors_a
         )
         assert _call(server, b"{not json") == (400, {"error": "the body is not JSON"})
         assert _call(server, b"{}", path="/other")[0] == 404
+        # A refused request's body is read before the reply: a client still sending it never
+        # meets a closed socket (a broken pipe, as http.client sends headers and body apart).
+        with socket.socket(socket.AF_UNIX) as raw:
+            raw.connect(str(server.socket_path))
+            raw.sendall(b"POST /other HTTP/1.1\r\nContent-Length: 4096\r\n\r\n")
+            assert select.select([raw], [], [], 0.5)[0] == []  # no reply before the body
+            raw.sendall(b"x" * 4096)
+            assert b" 404 " in raw.makefile("rb").readline()
         # The server is still up after every refusal.
         assert _call(server, json.dumps({"readings": []}).encode())[0] == 200
     finally:

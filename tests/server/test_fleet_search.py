@@ -16,7 +16,7 @@ from server.run_log import RunLog
 from tests.inprocess import InProcessGrid, heart_nodes, server_identity
 from ticket import numpy_mlp, runconfig, wire
 from ticket.bundle import Ticket, read_ticket
-from ticket.fleet_search.state import latest_state
+from ticket.fleet_search.state import SearchStateError, latest_state
 from ticket.packing import PackLayout
 from ticket.runconfig import RunConfigError
 from ticket.tensorfile import read_tensor_file
@@ -298,20 +298,21 @@ def test_a_killed_search_resumes_without_repeating_a_level(
         np.testing.assert_array_equal(resumed.masks[name], mask)
 
 
-def test_a_resume_with_other_settings_is_refused(dense_path: Path, tmp_path: Path) -> None:
-    search(
-        find_config(
-            dense_path, tmp_path, **{"search-method": "fed-oneshot", "search-target-density": 0.5}
-        )
-    )
-    with pytest.raises(Exception, match="other settings"):
-        search(
-            find_config(
-                dense_path,
-                tmp_path,
-                **{"search-method": "fed-oneshot", "search-target-density": 0.4},
-            )
-        )
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"search-target-density": 0.4}, "search_target_density"),
+        ({"search-lr": 0.5}, "local_schedule"),  # the search's own schedule key
+        ({"lr": 0.01}, "local_schedule"),  # the run's, which the search rounds ran with
+    ],
+)
+def test_a_resume_with_other_settings_is_refused(
+    dense_path: Path, tmp_path: Path, changes: dict[str, Any], named: str
+) -> None:
+    first = {"search-method": "fed-oneshot", "search-target-density": 0.5}
+    search(find_config(dense_path, tmp_path, **first))
+    with pytest.raises(SearchStateError, match=rf"other settings \({named}\)"):
+        search(find_config(dense_path, tmp_path, **(first | changes)))
 
 
 @pytest.mark.parametrize(

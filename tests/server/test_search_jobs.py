@@ -29,11 +29,13 @@ def _request(name: str = "find-heart", **settings: object) -> SearchRequest:
 
 def test_a_submitted_search_round_trips_and_is_pending_until_it_finishes(tmp_path: Path) -> None:
     queue = SearchQueue(tmp_path)
-    queue.submit(_request())
+    fedsgd = {"search_optimizer": "sgd", "search_lr": 1.0, "search_batch_size": 4096}
+    queue.submit(_request(**fedsgd))
 
     assert queue.pending() == ["find-heart"]
     read = queue.request("find-heart")
-    assert read.settings == _request().settings and read.ticket == Path("/srv/dense.ticket")
+    assert read.settings == _request(**fedsgd).settings  # the search's own schedule included
+    assert read.ticket == Path("/srv/dense.ticket")
     assert read.submitted_at
     status = queue.status("find-heart")
     assert status is not None and status.state == QUEUED
@@ -82,6 +84,13 @@ def test_a_second_submission_of_a_running_job_is_refused_a_finished_one_requeued
                 | {"settings": {"search_target_density": 2.0}}
             ),
             "search-target-density",
+        ),
+        (
+            json.dumps(
+                {"format": 1, "name": "find-heart", "ticket": "t", "out": "o"}
+                | {"settings": {"search_optimizer": "rmsprop"}}
+            ),
+            "search-optimizer: must be one of: \"\", adam, sgd; got 'rmsprop'",
         ),
         (
             json.dumps({"format": 1, "name": "other", "ticket": "t", "out": "o", "settings": {}}),

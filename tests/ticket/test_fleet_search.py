@@ -234,6 +234,17 @@ def test_state_from_other_settings_or_damaged_is_refused(tmp_path: Path) -> None
         latest_state(tmp_path, {"method": "fed-imp", "target": 0.1})
 
 
+def test_a_state_from_before_a_setting_was_added_resumes_and_one_that_lost_a_setting_not(
+    tmp_path: Path,
+) -> None:
+    save_state(tmp_path, _state(1, {"method": "fed-imp", "target": 0.1}))
+    now = {"method": "fed-imp", "target": 0.1, "local_schedule": {"lr": 1.0}}
+    loaded = latest_state(tmp_path, now)  # written before local_schedule was a setting
+    assert loaded is not None and loaded.level == 1
+    with pytest.raises(SearchStateError, match=r"other settings \(target\)"):
+        latest_state(tmp_path, {"method": "fed-imp"})  # a setting it ran with is gone
+
+
 # ---------------------------------------------------------------- the registry and the wire mask
 
 

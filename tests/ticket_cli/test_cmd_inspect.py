@@ -269,12 +269,18 @@ def test_a_fleet_found_ticket_says_where_and_at_what_cost(
              "bytes_down": 158664, "train_loss": 0.47}  # fmt: skip
     fit = {"fitted_on": "fleet", "run_id": "find-heart", "devices": 4, "rows": 643, "round": 1}
     metrics = {"search_levels": [level], "encoding_fit": fit}
-    path = _rewrite(tmp_path / "f.ticket", fleet=fleet, metrics=metrics)
+    golden = read_ticket(GOLDEN / "tiny.ticket", allow_unsigned=True).manifest.to_json()
+    schedule = {"epochs": 1, "batch_size": 4096, "lr": 1.0, "optimizer": "sgd"}
+    method = {**golden["method"], "train": schedule}  # the search rounds' FedSGD
+    path = _rewrite(tmp_path / "f.ticket", fleet=fleet, metrics=metrics, method=method)
     code, out, _ = _run(capsys, "inspect", str(path), "--allow-unsigned")
     assert code == ExitCode.OK
     assert "found on the fleet (run find-heart): 4 devices, 1 level(s), 2 rounds, secure" in out
     assert "fitted on the fleet's summed counts (run find-heart): 4 devices, 643 readings" in out
     assert "search cost 82,296 bytes up, 158,664 bytes down" in out
+    (training,) = [line for line in out.splitlines() if line.startswith("training  ")]
+    assert "optimizer=sgd" in training  # what the search's rounds ran, not how to train it
+    assert training.endswith("  (the fleet search's rounds)")
     table = out[out.index("fleet search by level") :].splitlines()
     assert table[1].split() == ["level", "density", "after", "rounds", "devices", "bytes", "up",
                                 "bytes", "down", "loss"]  # fmt: skip

@@ -91,12 +91,10 @@ def latest_state(directory: Path, settings: Mapping[str, Any]) -> SearchState | 
         raise SearchStateError(f"{path}: not a usable search state: {error}") from None
     if state.level != levels[-1]:
         raise SearchStateError(f"{path}: holds level {state.level}")
-    if dict(state.settings) != dict(settings):
-        changed = sorted(
-            k
-            for k in set(state.settings) | set(settings)
-            if state.settings.get(k) != settings.get(k)
-        )
+    # A setting this version added is absent from a state an earlier version wrote: it is not
+    # compared, so a search killed before an upgrade resumes after it.
+    changed = sorted(k for k in state.settings if state.settings[k] != settings.get(k))
+    if changed:
         raise SearchStateError(
             f"{path}: the search there ran with other settings ({', '.join(changed)}); "
             "use a new run directory"
