@@ -55,7 +55,7 @@ from ticket.masks import prunable_names
 from ticket.models import build_model
 from ticket.packing import PackLayout
 from ticket.prune import PruningRates, derive_seed, is_at_target
-from ticket.runconfig import RunConfig, RunConfigError, SearchSettings
+from ticket.runconfig import SEARCH_SCHEDULE_FIELDS, RunConfig, RunConfigError, SearchSettings
 from ticket.wire import INSTALLED, SALIENCY, SearchStep
 
 logger = logging.getLogger(__name__)
@@ -63,8 +63,6 @@ logger = logging.getLogger(__name__)
 Arrays = dict[str, np.ndarray]
 NODE_POLL_S = 1.0  # how often the search looks for devices to connect before it starts
 ENCODING_STATE = "encoding.json"  # search-fit-encoding: the fit's record and the dense ticket's id
-# SearchSettings' schedule keys: the fingerprint holds the schedule they make, not their 0s.
-SCHEDULE_KEYS = ("search_local_epochs", "search_batch_size", "search_lr", "search_optimizer")
 
 
 class SearchError(TicketError):
@@ -106,7 +104,9 @@ class FindSettings:
         schedule the rounds ran, as the devices were told it (the run's keys where the
         search-* schedule keys leave them: a changed `run:` lr counts too)."""
         keys = asdict(self.search)
-        for name in ("search_out", "search_push_ticket", "search_sign_key", *SCHEDULE_KEYS):
+        unshaping = ("search_out", "search_push_ticket", "search_sign_key")
+        # The schedule fields' 0s stand for run keys: the schedule they make is kept instead.
+        for name in (*unshaping, *SEARCH_SCHEDULE_FIELDS):
             del keys[name]
         schedule = asdict(self.training.plan.train)
         return {"searched_ticket": ticket_id, **keys, "local_schedule": schedule}

@@ -468,6 +468,15 @@ class SearchSettings:
         )
 
 
+# SearchSettings' fields that `schedule` reads: the search rounds' own local schedule.
+SEARCH_SCHEDULE_FIELDS = (
+    "search_local_epochs",
+    "search_batch_size",
+    "search_lr",
+    "search_optimizer",
+)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """A whole run config: every key of `[tool.flwr.app.config]`, typed."""

@@ -139,6 +139,12 @@ def test_the_search_schedule_keys_replace_only_the_training_keys_they_set() -> N
         "sgd",
     )
     assert changed.min_nodes == training.min_nodes  # nothing but the schedule changes
+    # SEARCH_SCHEDULE_FIELDS (what a search's resume fingerprint sets aside) are the ones it reads
+    setting = {"search_local_epochs": 2, "search_batch_size": 8, "search_lr": 0.5,
+               "search_optimizer": "sgd"}  # fmt: skip
+    assert set(runconfig.SEARCH_SCHEDULE_FIELDS) == set(setting)
+    for name, value in setting.items():
+        assert SearchSettings(**{name: value}).schedule(training) != training, name
 
 
 def test_the_rendered_table_holds_every_default() -> None:
