@@ -109,6 +109,10 @@ def test_flower_name_reads_a_script_and_skips_an_exited_child_a_zombie_included(
     child = subprocess.Popen([sys.executable, str(script)])
     try:
         watched = psutil.Process(child.pid)
+        deadline = time.monotonic() + 10
+        while str(script) not in watched.cmdline():  # forked, not yet exec'd: pytest's cmdline
+            assert time.monotonic() < deadline, "the child never ran its script"
+            time.sleep(0.01)
         assert flower_name(watched) == "flower-supernode"
         child.kill()
         deadline = time.monotonic() + 10
