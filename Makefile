@@ -8,7 +8,7 @@ OUT    ?= demo-out
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 
-.PHONY: install browser demo test test-fast lint bench bench-heart bench-mnist bench-comm bench-daemon bench-secagg bench-deploy bench-hardening bench-hub bench-fleet-find bench-personalise clean
+.PHONY: install browser demo test test-fast lint bench bench-heart bench-mnist bench-comm bench-daemon bench-secagg bench-deploy bench-hardening bench-hub bench-fleet-find bench-fleet-find-mnist bench-personalise clean
 
 install: $(STAMP)
 
@@ -48,7 +48,7 @@ test: lint browser
 test-fast: lint browser
 	$(BIN)/pytest -m "not slow" -x
 
-bench: bench-heart bench-mnist bench-comm bench-daemon bench-secagg bench-deploy bench-hardening bench-hub bench-fleet-find bench-personalise
+bench: bench-heart bench-mnist bench-comm bench-daemon bench-secagg bench-deploy bench-hardening bench-hub bench-fleet-find bench-fleet-find-mnist bench-personalise
 
 bench-heart: $(STAMP)
 	$(BIN)/python bench/lth_heart.py
@@ -82,6 +82,14 @@ bench-fleet-find: $(STAMP)
 	$(BIN)/python bench/fleet_find.py --variant fedsgd --rounds-per-level 20 \
 		--search-key optimizer=sgd --search-key lr=1.0 --search-key batch-size=4096 \
 		--search-key local-epochs=1
+
+# fed-mnist: about 30 minutes a seed for the full table on 2 cores; --resume keeps finished seeds.
+bench-fleet-find-mnist: $(STAMP)
+	$(BIN)/python bench/fleet_find.py --task fed-mnist --resume
+	$(BIN)/python bench/fleet_find.py --task fed-mnist --methods fed-imp --densities 0.2,0.1 \
+		--variant rpl3-imp --resume
+	$(BIN)/python bench/fleet_find.py --task fed-mnist --methods fed-imp --densities 0.2,0.1 \
+		--rounds-per-level 10 --variant rpl10-imp --resume
 
 bench-personalise: $(STAMP)
 	OMP_NUM_THREADS=1 taskset -c 0 $(BIN)/python bench/personalise.py
