@@ -43,7 +43,7 @@ browser:
 		$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -q chromium chromium-driver; }
 
 test: lint browser
-	$(BIN)/pytest --durations=15
+	$(BIN)/pytest -n 2 --dist loadgroup --durations=15
 
 test-fast: lint browser
 	$(BIN)/pytest -m "not slow" -x
