@@ -11,18 +11,18 @@ stops them by pid, so which lane it runs in changes nothing but when.
 
 import pytest
 
-# Seconds each file took under `make test` on 2 cores, the lanes side by side: lane a 669,
-# lane b 636; the unit tests (about 3 minutes of one worker) fill whichever is free.
+# Seconds each file took in a fresh clone's `make test` on 2 cores, the lanes side by side:
+# lane a 735, lane b 712; the unit tests (about 3 minutes of one worker) fill whichever is free.
 LANES = {
-    "test_chaos": "e2e-lane-a",  # 344
-    "test_simulation": "e2e-lane-a",  # 162
-    "test_daemons": "e2e-lane-a",  # 133
-    "test_orphans": "e2e-lane-a",  # 31
-    "test_fleet_server": "e2e-lane-b",  # 244
-    "test_fleet_find": "e2e-lane-b",  # 179
-    "test_deploy": "e2e-lane-b",  # 156
-    "test_final_model": "e2e-lane-b",  # 51
-    "test_hub": "e2e-lane-b",  # 6
+    "test_chaos": "e2e-lane-a",  # 351
+    "test_simulation": "e2e-lane-a",  # 198
+    "test_daemons": "e2e-lane-a",  # 151
+    "test_orphans": "e2e-lane-a",  # 36
+    "test_fleet_server": "e2e-lane-b",  # 266
+    "test_fleet_find": "e2e-lane-b",  # 207
+    "test_deploy": "e2e-lane-b",  # 182
+    "test_final_model": "e2e-lane-b",  # 53
+    "test_hub": "e2e-lane-b",  # 4
 }
 
 
