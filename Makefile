@@ -90,6 +90,10 @@ bench-fleet-find-mnist: $(STAMP)
 		--variant rpl3-imp --resume
 	$(BIN)/python bench/fleet_find.py --task fed-mnist --methods fed-imp --densities 0.2,0.1 \
 		--rounds-per-level 10 --variant rpl10-imp --resume
+	$(BIN)/python bench/fleet_find.py --task fed-mnist --methods fed-imp --densities 0.05 \
+		--rounds-per-level 10 --variant rpl10-imp-5pct --resume
+	$(BIN)/python bench/fleet_find.py --task fed-mnist --methods fed-imp --densities 0.02 \
+		--rounds-per-level 10 --variant rpl10-imp-2pct --resume
 
 bench-personalise: $(STAMP)
 	OMP_NUM_THREADS=1 taskset -c 0 $(BIN)/python bench/personalise.py
