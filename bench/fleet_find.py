@@ -76,7 +76,7 @@ from ticket_cli.cli import main as ticket_main  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 METHODS = ("fed-imp", "fed-early-bird", "fed-oneshot", "fed-snip", "synflow")
 # Each fed-mnist round trains 10 of 100 devices that hold two digits each, and the server's
-# accuracy swings by several points from one round to the next: a mean over the last rounds
+# accuracy swings by tens of points from one round to the next: a mean over the last rounds
 # compares two tickets better than the last round alone.
 LAST_ROUNDS = 5
 DENSE, CENTRAL, RANDOM = "dense FedAvg (no ticket)", "central IMP (pooled rows)", "random pruning"
@@ -464,9 +464,7 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
     ):
         cell = _cells(entry)
         reached = entry.get("bytes_to_target_n", 0)
-        to_target = cell("bytes_to_target") if reached else "n/a"
-        if reached and reached < entry["seeds"]:
-            to_target += f" ({reached}/{entry['seeds']})"
+        to_target = cell("bytes_to_target", of_seeds=True) if reached else "n/a"
         costs = [cell("search_rounds", "{:.0f}"), cell("search_bytes_up"),
                  cell("search_bytes_down")]  # fmt: skip
         if both:
@@ -474,11 +472,8 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
                      cell("train_wall_s", "{:.1f}")]  # fmt: skip
         else:
             costs.append(cell("server_cpu_s", "{:.2f}"))
-        last = cell("accuracy_last", "{:.3f}")
-        kept = entry.get("accuracy_last_n", 0)
-        if 0 < kept < entry["seeds"]:
-            last += f" ({kept}/{entry['seeds']})"
-        scored = [cell("accuracy", "{:.3f}"), last, cell("auc", "{:.3f}"), to_target]
+        scored = [cell("accuracy", "{:.3f}"), cell("accuracy_last", "{:.3f}", of_seeds=True),
+                  cell("auc", "{:.3f}"), to_target]  # fmt: skip
         lines.append(f"| {entry['target_density']:g} | {entry['arm']} | " +
                      " | ".join([*costs, *scored]) + " |")  # fmt: skip
     lines += ["", *document.get("notes", [])]
@@ -486,14 +481,17 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
 
 
 def _cells(entry: dict[str, Any]) -> Callable[..., str]:
-    """`cell(key, fmt)`: the entry's mean of `key` with its spread, "-" when absent."""
+    """`cell(key, fmt)`: the entry's mean of `key` with its spread, "-" when absent; with
+    `of_seeds`, followed by "(k/N)" when only k of its N seeds had a value."""
 
-    def cell(key: str, fmt: str = "{:,.0f}") -> str:
+    def cell(key: str, fmt: str = "{:,.0f}", *, of_seeds: bool = False) -> str:
         if key not in entry:
             return "-"
         text = fmt.format(entry[key])
         spread = entry.get(key + "_std")
-        return text + (f" ± {fmt.format(spread)}" if spread else "")
+        text += f" ± {fmt.format(spread)}" if spread else ""
+        had, seeds = entry.get(key + "_n", 0), entry["seeds"]
+        return text + (f" ({had}/{seeds})" if of_seeds and had < seeds else "")
 
     return cell
 
